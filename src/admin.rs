@@ -1,0 +1,219 @@
+//! The admin listener: health, the trace API and Prometheus metrics.
+//!
+//! Endpoints and JSON fields follow SPEC.md. Store reads run on tokio's blocking pool so a
+//! long listing never stalls the runtime. When `[admin] token` is set, everything but
+//! `/healthz` needs `Authorization: Bearer <token>`, compared in constant time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::metrics::Metrics;
+use crate::span::{SpanBodies, SpanStatus};
+use crate::store::{Store, TraceFilter};
+use crate::trace_context::{SpanId, TraceId};
+
+/// Default and maximum `limit` of `/api/traces`.
+const DEFAULT_TRACE_LIMIT: usize = 50;
+const MAX_TRACE_LIMIT: usize = 1000;
+
+pub type AdminBody = Full<Bytes>;
+
+/// State shared by admin requests.
+pub struct Admin {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    /// SHA-256 of the admin token, when one is required.
+    token_digest: Option<[u8; 32]>,
+}
+
+impl Admin {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, token: Option<&str>) -> Self {
+        Admin { store, metrics, token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()) }
+    }
+
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<AdminBody>, Infallible> {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        if path == "/healthz" {
+            return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+        }
+        if !self.authorized(req.headers()) {
+            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer <token>)");
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Ok(response);
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Ok(error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported here"));
+        }
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let response = match segments.as_slice() {
+            ["metrics"] => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r
+            }
+            ["api", "traces"] => self.list_traces(&query).await,
+            ["api", "traces", id] => self.get_trace(id).await,
+            ["api", "traces", id, "spans", span] => self.get_span(id, span).await,
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        };
+        Ok(response)
+    }
+
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let Some(expected) = &self.token_digest else { return true };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        bool::from(digest.ct_eq(expected))
+    }
+
+    async fn list_traces(&self, query: &str) -> Response<AdminBody> {
+        let mut filter = TraceFilter::default();
+        let mut limit = DEFAULT_TRACE_LIMIT;
+        for (key, value) in parse_query(query) {
+            match key.as_str() {
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if n > 0 => limit = n.min(MAX_TRACE_LIMIT),
+                    _ => return error(StatusCode::BAD_REQUEST, "limit must be a positive integer"),
+                },
+                "team" if !value.is_empty() => filter.team = Some(value),
+                "model" if !value.is_empty() => filter.model = Some(value),
+                "status" if !value.is_empty() => {
+                    filter.status = Some(match value.as_str() {
+                        "ok" => SpanStatus::Ok,
+                        "error" => SpanStatus::Error,
+                        "cancelled" => SpanStatus::Cancelled,
+                        _ => return error(StatusCode::BAD_REQUEST, "status must be ok, error or cancelled"),
+                    })
+                }
+                "since" | "until" if !value.is_empty() => match value.parse::<u64>() {
+                    Ok(t) if key == "since" => filter.since_unix_nano = Some(t),
+                    Ok(t) => filter.until_unix_nano = Some(t),
+                    Err(_) => return error(StatusCode::BAD_REQUEST, "since/until are unix times in nanoseconds"),
+                },
+                _ => {}
+            }
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.list_traces(&filter, limit)).await {
+            Ok(Ok(traces)) => json_response(StatusCode::OK, &json!({ "traces": traces })),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    async fn get_trace(&self, id: &str) -> Response<AdminBody> {
+        let Some(trace_id) = TraceId::from_hex(id) else {
+            return error(StatusCode::BAD_REQUEST, "trace id must be 32 hex digits");
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.trace_spans(&trace_id)).await {
+            Ok(Ok(spans)) if spans.is_empty() => error(StatusCode::NOT_FOUND, "unknown trace"),
+            Ok(Ok(spans)) => json_response(StatusCode::OK, &json!({ "trace_id": trace_id, "spans": spans })),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    async fn get_span(&self, id: &str, span: &str) -> Response<AdminBody> {
+        let (Some(trace_id), Some(span_id)) = (TraceId::from_hex(id), SpanId::from_hex(span)) else {
+            return error(StatusCode::BAD_REQUEST, "ids must be 32 (trace) and 16 (span) hex digits");
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.span(&trace_id, &span_id)).await {
+            Ok(Ok(Some((span, bodies)))) => json_response(StatusCode::OK, &span_with_bodies(&span, bodies)),
+            Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "unknown span"),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+}
+
+/// A span's JSON plus `request_body` and `response_body` (parsed JSON when the body is JSON,
+/// else the text as captured, e.g. a raw SSE stream).
+fn span_with_bodies(span: &crate::span::Span, bodies: SpanBodies) -> Value {
+    let mut value = serde_json::to_value(span).unwrap_or(Value::Null);
+    let as_value = |text: Option<String>| match text {
+        None => Value::Null,
+        Some(t) => serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t)),
+    };
+    if let Value::Object(map) = &mut value {
+        map.insert("request_body".into(), as_value(bodies.request_body));
+        map.insert("response_body".into(), as_value(bodies.response_body));
+        map.insert("bodies_truncated".into(), Value::Bool(bodies.truncated));
+    }
+    value
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
+    json_response(status, &json!({ "error": { "message": message } }))
+}
+
+/// `a=1&b=x%20y` → pairs, percent- and plus-decoded.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("team=a%20b&model=gpt-4o&x=1+2&bad=%zz&end=%4");
+        assert_eq!(q[0], ("team".into(), "a b".into()));
+        assert_eq!(q[2], ("x".into(), "1 2".into()));
+        assert_eq!(q[3], ("bad".into(), "%zz".into()));
+        assert_eq!(q[4], ("end".into(), "%4".into()));
+    }
+}

@@ -1,0 +1,136 @@
+//! Body wrappers that let bytes pass untouched while keeping a bounded copy.
+//!
+//! [`RequestTee`] wraps the client's request body on its way upstream. [`ResponseTee`] wraps
+//! the upstream's response body on its way to the client: every frame is returned to hyper the
+//! moment the upstream yields it (nothing is buffered or delayed), a copy goes into the
+//! capture, and the call is finished exactly once — at end of stream, on an upstream body
+//! error, or on drop before the end (the client disconnected: `cancelled`). Dropping the
+//! response body also drops the upstream body, which cancels the upstream request.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::call::{CallContext, Outcome, ResponseFacts};
+use crate::capture::Capture;
+
+/// The client's request body, copied into a shared capture as it streams upstream.
+pub struct RequestTee {
+    inner: Incoming,
+    capture: Arc<Mutex<Capture>>,
+    started: Instant,
+}
+
+impl RequestTee {
+    pub fn new(inner: Incoming, capture: Arc<Mutex<Capture>>, started: Instant) -> Self {
+        RequestTee { inner, capture, started }
+    }
+}
+
+impl Body for RequestTee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame {
+            if let Some(data) = frame.data_ref() {
+                let elapsed = u32::try_from(self.started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                self.capture.lock().unwrap_or_else(|p| p.into_inner()).push(data, elapsed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's response body on its way to the client; owns the call until it ends.
+pub struct ResponseTee {
+    inner: Incoming,
+    call: Option<CallContext>,
+    capture: Option<Capture>,
+    status_code: u16,
+    is_sse: bool,
+    encoding: Option<http::HeaderValue>,
+}
+
+impl ResponseTee {
+    pub fn new(
+        inner: Incoming,
+        call: CallContext,
+        capture: Capture,
+        status_code: u16,
+        is_sse: bool,
+        encoding: Option<http::HeaderValue>,
+    ) -> Self {
+        ResponseTee { inner, call: Some(call), capture: Some(capture), status_code, is_sse, encoding }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(call) = self.call.take() {
+            let facts = ResponseFacts {
+                status_code: Some(self.status_code),
+                capture: self.capture.take(),
+                is_sse: self.is_sse,
+                encoding: self.encoding.take(),
+            };
+            call.finish(facts, outcome);
+        }
+    }
+}
+
+impl Body for ResponseTee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(call), Some(capture)) = (frame.data_ref(), &this.call, &mut this.capture) {
+                    capture.push(data, call.elapsed_us());
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Outcome::Completed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => {
+                this.finish(Outcome::Failed(format!("upstream body error: {err}")));
+                Poll::Ready(Some(Err(err)))
+            }
+            None => {
+                this.finish(Outcome::Completed);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseTee {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304) may never be polled: it still completed.
+        let outcome = if self.inner.is_end_stream() { Outcome::Completed } else { Outcome::Cancelled };
+        self.finish(outcome);
+    }
+}

@@ -1,0 +1,754 @@
+//! Configuration: the TOML file described in SPEC.md, loaded in two stages.
+//!
+//! Stage one deserializes the file into strict `Raw*` structs (`deny_unknown_fields`) after
+//! replacing every `${VAR}` in string values from the environment. Stage two (`Config::load`)
+//! checks values that serde cannot (addresses, URLs, duplicate names, cross references) and
+//! builds the runtime [`Config`] the rest of the program uses. Every error names the field
+//! path it is about, e.g. `providers[1].upstream: ...`, so a bad config stops start-up with a
+//! message the operator can act on.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::providers::Api;
+
+/// Where `serve` looks for a config when `--config` is not given and `$TRACEGATE_CONFIG` is unset.
+pub const DEFAULT_CONFIG_PATH: &str = "config/tracegate.toml";
+
+/// A config problem, with the dotted path of the field it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------------------------
+// Stage one: the file as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    providers: Option<Vec<RawProvider>>,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+    #[serde(default)]
+    pricing: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    export: RawExport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    default_provider: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: Option<PathBuf>,
+    retention_days: Option<u32>,
+    capture_bodies: Option<bool>,
+    max_capture_bytes: Option<usize>,
+    /// Capacity of the queue between the proxy and the span writer.
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    prefix: String,
+    upstream: String,
+    api: Api,
+    api_key: Option<String>,
+    connect_timeout_secs: Option<f64>,
+    response_timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    daily_budget_usd: Option<f64>,
+    monthly_budget_usd: Option<f64>,
+    requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input_per_mtok: f64,
+    output_per_mtok: f64,
+    cached_input_per_mtok: Option<f64>,
+    cache_write_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    otlp_endpoint: Option<String>,
+    zipkin_endpoint: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage two: the validated runtime config.
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub admin: AdminConfig,
+    pub providers: Vec<Arc<Provider>>,
+    pub teams: Vec<Team>,
+    /// USD per million tokens by model name (exact, then longest prefix).
+    pub pricing: BTreeMap<String, Price>,
+    pub export: ExportConfig,
+    /// The file this was loaded from; `None` for the built-in defaults.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// Index into `Config::providers` for un-prefixed paths.
+    pub default_provider: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub retention_days: u32,
+    pub capture_bodies: bool,
+    pub max_capture_bytes: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Clone, Default)]
+pub struct AdminConfig {
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig").field("token", &self.token.as_ref().map(|_| "<set>")).finish()
+    }
+}
+
+/// One upstream route.
+#[derive(Clone)]
+pub struct Provider {
+    pub name: String,
+    /// Path prefix without a trailing slash, e.g. `/openai`.
+    pub prefix: String,
+    pub upstream: Upstream,
+    pub api: Api,
+    /// Provider key sent upstream when the caller authenticated with a team key.
+    pub api_key: Option<String>,
+    pub connect_timeout: std::time::Duration,
+    /// How long to wait for the upstream's response headers (the model may think for a while).
+    pub response_timeout: std::time::Duration,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("upstream", &self.upstream.to_string())
+            .field("api", &self.api)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// A parsed upstream base URL: `scheme://authority/base_path`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prepended to every forwarded path, without trailing slash ("" for none).
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Clone)]
+pub struct Team {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub daily_budget_usd: Option<f64>,
+    pub monthly_budget_usd: Option<f64>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl fmt::Debug for Team {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Team").field("name", &self.name).field("keys", &self.keys.len()).finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExportConfig {
+    pub otlp_endpoint: Option<http::Uri>,
+    pub zipkin_endpoint: Option<http::Uri>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8788";
+const DEFAULT_STORE_PATH: &str = "data/tracegate";
+const DEFAULT_RETENTION_DAYS: u32 = 30;
+const DEFAULT_MAX_CAPTURE_BYTES: usize = 1 << 20;
+const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
+const DEFAULT_RESPONSE_TIMEOUT_SECS: f64 = 600.0;
+
+/// The config used when no file is found: OpenAI and Anthropic routes, store under `data/`.
+const BUILTIN_DEFAULTS: &str = r#"
+[[providers]]
+name = "openai"
+prefix = "/openai"
+upstream = "https://api.openai.com"
+api = "openai"
+
+[[providers]]
+name = "anthropic"
+prefix = "/anthropic"
+upstream = "https://api.anthropic.com"
+api = "anthropic"
+"#;
+
+impl Config {
+    /// Resolves which file to load: the explicit path, else `$TRACEGATE_CONFIG`, else
+    /// `config/tracegate.toml` if it exists, else the built-in defaults.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::from_file(path);
+        }
+        if let Some(path) = std::env::var_os("TRACEGATE_CONFIG").filter(|p| !p.is_empty()) {
+            return Config::from_file(Path::new(&path));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            return Config::from_file(default);
+        }
+        Config::builtin()
+    }
+
+    /// The built-in defaults.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Config::from_toml(BUILTIN_DEFAULTS, &|name| std::env::var(name).ok())
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read config {}: {e}", path.display())))?;
+        let mut config = Config::from_toml(&text, &|name| std::env::var(name).ok())
+            .map_err(|e| ConfigError { message: format!("{} (in {})", e.message, path.display()), ..e })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `env` looks up `${VAR}` values.
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
+        expand_env(&mut value, &mut String::new(), env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+        })?;
+        Config::load(raw)
+    }
+
+    fn load(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = parse_addr("server.listen", raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        let admin_listen =
+            parse_addr("server.admin_listen", raw.server.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN))?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
+        }
+        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::new("server.tls_key", "required when server.tls_cert is set")),
+            (None, Some(_)) => return Err(ConfigError::new("server.tls_cert", "required when server.tls_key is set")),
+        };
+
+        let raw_providers = match raw.providers {
+            Some(p) => p,
+            None => {
+                let RawConfig { providers, .. } = toml::from_str(BUILTIN_DEFAULTS).expect("built-in defaults parse");
+                providers.unwrap_or_default()
+            }
+        };
+        let mut providers = Vec::with_capacity(raw_providers.len());
+        let mut names = HashSet::new();
+        let mut prefixes = HashSet::new();
+        for (i, p) in raw_providers.into_iter().enumerate() {
+            let field = |name: &str| format!("providers[{i}].{name}");
+            if p.name.trim().is_empty() {
+                return Err(ConfigError::new(field("name"), "must not be empty"));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(ConfigError::new(field("name"), format!("duplicate provider name {:?}", p.name)));
+            }
+            let prefix = normalize_prefix(&p.prefix).map_err(|m| ConfigError::new(field("prefix"), m))?;
+            if !prefixes.insert(prefix.clone()) {
+                return Err(ConfigError::new(field("prefix"), format!("duplicate prefix {prefix:?}")));
+            }
+            let upstream = parse_upstream(&p.upstream).map_err(|m| ConfigError::new(field("upstream"), m))?;
+            let api_key = p.api_key.filter(|k| !k.is_empty());
+            if let Some(key) = &api_key {
+                http::HeaderValue::from_str(key)
+                    .map_err(|_| ConfigError::new(field("api_key"), "contains characters not allowed in a header"))?;
+            }
+            providers.push(Arc::new(Provider {
+                name: p.name,
+                prefix,
+                upstream,
+                api: p.api,
+                api_key,
+                connect_timeout: parse_secs(&field("connect_timeout_secs"), p.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS)?,
+                response_timeout: parse_secs(&field("response_timeout_secs"), p.response_timeout_secs, DEFAULT_RESPONSE_TIMEOUT_SECS)?,
+            }));
+        }
+        let default_provider = match raw.server.default_provider {
+            None => None,
+            Some(name) => Some(providers.iter().position(|p| p.name == name).ok_or_else(|| {
+                ConfigError::new("server.default_provider", format!("no provider is named {name:?}"))
+            })?),
+        };
+
+        let max_capture_bytes = raw.storage.max_capture_bytes.unwrap_or(DEFAULT_MAX_CAPTURE_BYTES);
+        let queue_capacity = raw.storage.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        if queue_capacity == 0 {
+            return Err(ConfigError::new("storage.queue_capacity", "must be at least 1"));
+        }
+        let storage = StorageConfig {
+            path: raw.storage.path.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH)),
+            retention_days: raw.storage.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
+            capture_bodies: raw.storage.capture_bodies.unwrap_or(true),
+            max_capture_bytes,
+            queue_capacity,
+        };
+        if storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.path", "must not be empty"));
+        }
+
+        let admin = AdminConfig { token: raw.admin.token.filter(|t| !t.is_empty()) };
+
+        let mut teams = Vec::with_capacity(raw.teams.len());
+        let mut team_names = HashSet::new();
+        let mut team_keys = HashSet::new();
+        for (i, t) in raw.teams.into_iter().enumerate() {
+            let field = |name: &str| format!("teams[{i}].{name}");
+            if t.name.trim().is_empty() {
+                return Err(ConfigError::new(field("name"), "must not be empty"));
+            }
+            if !team_names.insert(t.name.clone()) {
+                return Err(ConfigError::new(field("name"), format!("duplicate team name {:?}", t.name)));
+            }
+            for (k, key) in t.keys.iter().enumerate() {
+                if key.is_empty() {
+                    return Err(ConfigError::new(format!("teams[{i}].keys[{k}]"), "must not be empty"));
+                }
+                if !team_keys.insert(key.clone()) {
+                    return Err(ConfigError::new(format!("teams[{i}].keys[{k}]"), "the same key is listed twice"));
+                }
+            }
+            for (name, value) in [("daily_budget_usd", t.daily_budget_usd), ("monthly_budget_usd", t.monthly_budget_usd)] {
+                if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                    return Err(ConfigError::new(field(name), "must be a non-negative number"));
+                }
+            }
+            teams.push(Team {
+                name: t.name,
+                keys: t.keys,
+                daily_budget_usd: t.daily_budget_usd,
+                monthly_budget_usd: t.monthly_budget_usd,
+                requests_per_minute: t.requests_per_minute,
+                tokens_per_minute: t.tokens_per_minute,
+            });
+        }
+
+        let mut pricing = BTreeMap::new();
+        for (model, p) in raw.pricing {
+            let field = |name: &str| format!("pricing.{model:?}.{name}");
+            for (name, value) in [
+                ("input_per_mtok", Some(p.input_per_mtok)),
+                ("output_per_mtok", Some(p.output_per_mtok)),
+                ("cached_input_per_mtok", p.cached_input_per_mtok),
+                ("cache_write_per_mtok", p.cache_write_per_mtok),
+            ] {
+                if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                    return Err(ConfigError::new(field(name), "must be a non-negative number"));
+                }
+            }
+            pricing.insert(
+                model,
+                Price {
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                    cached_input_per_mtok: p.cached_input_per_mtok,
+                    cache_write_per_mtok: p.cache_write_per_mtok,
+                },
+            );
+        }
+
+        let export = ExportConfig {
+            otlp_endpoint: parse_endpoint("export.otlp_endpoint", raw.export.otlp_endpoint)?,
+            zipkin_endpoint: parse_endpoint("export.zipkin_endpoint", raw.export.zipkin_endpoint)?,
+        };
+
+        Ok(Config {
+            server: ServerConfig { listen, admin_listen, tls, default_provider },
+            storage,
+            admin,
+            providers,
+            teams,
+            pricing,
+            export,
+            source: None,
+        })
+    }
+
+    /// A human-readable summary of what was resolved (no secrets), printed by `check-config`.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let source = self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+        let _ = writeln!(out, "config: {source}");
+        let scheme = if self.server.tls.is_some() { "https" } else { "http" };
+        let _ = writeln!(out, "proxy listener: {scheme}://{}", self.server.listen);
+        let _ = writeln!(
+            out,
+            "admin listener: http://{} (token {})",
+            self.server.admin_listen,
+            if self.admin.token.is_some() { "required" } else { "not set" }
+        );
+        let _ = writeln!(
+            out,
+            "storage: {} (retention {} days, bodies {}, capture limit {} bytes)",
+            self.storage.path.display(),
+            self.storage.retention_days,
+            if self.storage.capture_bodies { "kept" } else { "not kept" },
+            self.storage.max_capture_bytes
+        );
+        let _ = writeln!(out, "routes:");
+        for (i, p) in self.providers.iter().enumerate() {
+            let default = if self.server.default_provider == Some(i) { " (default for un-prefixed paths)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {}/* -> {}/*  [{} api={:?}, provider key {}]{default}",
+                p.prefix,
+                p.upstream,
+                p.name,
+                p.api,
+                if p.api_key.is_some() { "set" } else { "not set" }
+            );
+        }
+        let _ = writeln!(out, "teams: {}", if self.teams.is_empty() { "none" } else { "" });
+        for t in &self.teams {
+            let _ = writeln!(out, "  {} ({} key{})", t.name, t.keys.len(), if t.keys.len() == 1 { "" } else { "s" });
+        }
+        let _ = writeln!(out, "priced models: {}", self.pricing.len());
+        if let Some(e) = &self.export.otlp_endpoint {
+            let _ = writeln!(out, "otlp export: {e}");
+        }
+        if let Some(e) = &self.export.zipkin_endpoint {
+            let _ = writeln!(out, "zipkin export: {e}");
+        }
+        out
+    }
+}
+
+/// Replaces `${VAR}` in every string value; `$$` stands for a literal `$`.
+fn expand_env(value: &mut toml::Value, path: &mut String, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            if s.contains('$') {
+                *s = expand_str(s, env).map_err(|m| ConfigError::new(path.clone(), m))?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                expand_env(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail.find('}').ok_or_else(|| "unterminated ${...}".to_string())?;
+            let name = &tail[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name in ${{{name}}}"));
+            }
+            let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(field, format!("{value:?} is not an address like 127.0.0.1:8787")))
+}
+
+fn parse_secs(field: &str, value: Option<f64>, default: f64) -> Result<std::time::Duration, ConfigError> {
+    let secs = value.unwrap_or(default);
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(ConfigError::new(field, "must be a number of seconds between 0 and 86400"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn normalize_prefix(prefix: &str) -> Result<String, String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("{prefix:?} must start with '/'"));
+    }
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("must not be \"/\" alone (use server.default_provider for un-prefixed paths)".into());
+    }
+    if trimmed.contains("//") || trimmed.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{prefix:?} is not a clean path"));
+    }
+    if !trimmed.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b)) {
+        return Err(format!("{prefix:?} may hold only letters, digits and / - _ . ~"));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn parse_upstream(value: &str) -> Result<Upstream, String> {
+    let uri: http::Uri = value.parse().map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| format!("{value:?} needs http:// or https://"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(format!("{value:?}: only http and https upstreams are supported"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| format!("{value:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the upstream URL are not allowed; use api_key".into());
+    }
+    if uri.query().is_some() {
+        return Err(format!("{value:?} must not have a query string"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(Upstream { scheme, authority, base_path })
+}
+
+fn parse_endpoint(field: &str, value: Option<String>) -> Result<Option<http::Uri>, ConfigError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else { return Ok(None) };
+    let uri: http::Uri = value.parse().map_err(|e| ConfigError::new(field, format!("{value:?} is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") if uri.authority().is_some() => Ok(Some(uri)),
+        _ => Err(ConfigError::new(field, format!("{value:?} must be an http:// or https:// URL"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("sk-test".into()),
+            "PORT" => Some("9999".into()),
+            _ => None,
+        }
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &env)
+    }
+
+    #[test]
+    fn empty_file_gives_builtin_routes() {
+        let c = load("").unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.providers[0].prefix, "/openai");
+        assert_eq!(c.providers[1].api, Api::Anthropic);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(c.storage.max_capture_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tracegate.toml")).unwrap();
+        let c = Config::from_toml(&text, &|_| None).unwrap();
+        assert!(c.providers.iter().any(|p| p.name == "openai"));
+        assert!(c.providers.iter().any(|p| p.name == "anthropic"));
+    }
+
+    #[test]
+    fn env_vars_are_expanded() {
+        let c = load(
+            r#"
+            [server]
+            listen = "127.0.0.1:${PORT}"
+            [[providers]]
+            name = "o"
+            prefix = "/o/"
+            upstream = "http://127.0.0.1:1/base/"
+            api = "openai"
+            api_key = "${KEY}"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.providers[0].api_key.as_deref(), Some("sk-test"));
+        assert_eq!(c.providers[0].prefix, "/o");
+        assert_eq!(c.providers[0].upstream.base_path, "/base");
+        assert_eq!(expand_str("a$$b$c", &env).unwrap(), "a$b$c");
+    }
+
+    #[test]
+    fn missing_env_var_names_the_field() {
+        let e = load("[admin]\ntoken = \"${NOPE}\"").unwrap_err();
+        assert_eq!(e.field, "admin.token");
+        assert!(e.message.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3").unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+        let e = load("[[providers]]\nname='a'\nprefix='/a'\nupstream='http://x'\napi='openai'\nkey='x'").unwrap_err();
+        assert!(e.field.starts_with("providers[0]") || e.message.contains("key"), "{e}");
+        assert!(load("[nope]\na=1").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            ("[server]\ndefault_provider = \"zzz\"", "server.default_provider"),
+            ("[server]\ntls_cert = \"a.pem\"", "server.tls_key"),
+            ("[[providers]]\nname='a'\nprefix='a'\nupstream='http://x'\napi='openai'", "providers[0].prefix"),
+            ("[[providers]]\nname='a'\nprefix='/a'\nupstream='ftp://x'\napi='openai'", "providers[0].upstream"),
+            ("[[providers]]\nname='a'\nprefix='/a'\nupstream='http://u:p@x'\napi='openai'", "providers[0].upstream"),
+            (
+                "[[providers]]\nname='a'\nprefix='/a'\nupstream='http://x'\napi='openai'\n[[providers]]\nname='b'\nprefix='/a/'\nupstream='http://x'\napi='openai'",
+                "providers[1].prefix",
+            ),
+            ("[[teams]]\nname='t'\nkeys=['k','k']", "teams[0].keys[1]"),
+            ("[pricing.\"m\"]\ninput_per_mtok=-1\noutput_per_mtok=1", "pricing.\"m\".input_per_mtok"),
+            ("[export]\notlp_endpoint='localhost:4318'", "export.otlp_endpoint"),
+        ];
+        for (text, field) in cases {
+            let e = load(text).unwrap_err();
+            assert_eq!(e.field, field, "{text} -> {e}");
+        }
+        let e = load("[[providers]]\nname='a'\nprefix='/a'\nupstream='http://x'\napi='gemini'").unwrap_err();
+        assert_eq!(e.field, "providers[0].api", "{e}");
+    }
+
+    #[test]
+    fn describe_never_shows_secrets() {
+        let c = load(
+            "[admin]\ntoken='${KEY}'\n[[providers]]\nname='o'\nprefix='/o'\nupstream='http://x'\napi='openai'\napi_key='${KEY}'\n[[teams]]\nname='t'\nkeys=['${KEY}']",
+        )
+        .unwrap();
+        let text = c.describe();
+        assert!(!text.contains("sk-test"), "{text}");
+        assert!(!format!("{c:?}").contains("sk-test"));
+    }
+}

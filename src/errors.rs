@@ -1,0 +1,141 @@
+//! Errors the proxy itself produces, answered in the shape of the provider's own errors.
+//!
+//! A client SDK parses a tracegate error exactly like one from the provider: OpenAI routes get
+//! `{"error":{"message","type","param","code"}}`, Anthropic routes get
+//! `{"type":"error","error":{"type","message"}}`. Each error knows its HTTP status and a short
+//! stable label (`code`) usable in metrics and logs.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::providers::Api;
+
+/// An error produced by tracegate (not relayed from the upstream).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyError {
+    pub status: StatusCode,
+    /// Stable short label, e.g. `no_route`, `upstream_unreachable`.
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds the client should wait before retrying (429).
+    pub retry_after: Option<u64>,
+}
+
+impl ProxyError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ProxyError { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn no_route(path: &str) -> Self {
+        let shown: String = path.chars().take(200).collect();
+        ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("tracegate: no provider is configured for path {shown:?}; use a configured prefix such as /openai/v1/..."),
+        )
+    }
+
+    pub fn absolute_form() -> Self {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "absolute_form_rejected",
+            "tracegate: absolute-form request targets are not accepted; tracegate only forwards to its configured upstreams",
+        )
+    }
+
+    pub fn connect_method() -> Self {
+        ProxyError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect_rejected",
+            "tracegate: CONNECT is not supported; tracegate only forwards to its configured upstreams",
+        )
+    }
+
+    pub fn upstream_unreachable(provider: &str, detail: &str) -> Self {
+        ProxyError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!("tracegate: upstream {provider:?} could not be reached: {detail}"),
+        )
+    }
+
+    pub fn upstream_timeout(provider: &str, what: &str) -> Self {
+        ProxyError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("tracegate: upstream {provider:?} timed out ({what})"),
+        )
+    }
+
+    /// The provider's error `type` for this status.
+    fn error_type(&self, api: Api) -> &'static str {
+        match (api, self.status.as_u16()) {
+            (Api::Openai, 400 | 404 | 405 | 413 | 431) => "invalid_request_error",
+            (Api::Openai, 401) => "authentication_error",
+            (Api::Openai, 429) => "rate_limit_error",
+            (Api::Openai, _) => "api_error",
+            (Api::Anthropic, 400 | 405 | 413 | 431) => "invalid_request_error",
+            (Api::Anthropic, 401) => "authentication_error",
+            (Api::Anthropic, 404) => "not_found_error",
+            (Api::Anthropic, 429) => "rate_limit_error",
+            (Api::Anthropic, 504) => "timeout_error",
+            (Api::Anthropic, _) => "api_error",
+        }
+    }
+
+    /// The JSON body in the provider's error shape.
+    pub fn body(&self, api: Api) -> String {
+        let value = match api {
+            Api::Openai => serde_json::json!({
+                "error": {"message": self.message, "type": self.error_type(api), "param": null, "code": self.code}
+            }),
+            Api::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {"type": self.error_type(api), "message": self.message}
+            }),
+        };
+        value.to_string()
+    }
+
+    /// The full HTTP response.
+    pub fn to_response(&self, api: Api) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body(api))));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("x-tracegate-error", HeaderValue::from_static(self.code));
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let body: serde_json::Value = serde_json::from_str(&ProxyError::no_route("/x").body(Api::Openai)).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "no_route");
+        assert!(body["error"]["message"].as_str().unwrap().contains("/x"));
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let e = ProxyError::upstream_timeout("anthropic", "response headers");
+        let body: serde_json::Value = serde_json::from_str(&e.body(Api::Anthropic)).unwrap();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "timeout_error");
+        assert_eq!(e.to_response(Api::Anthropic).status(), 504);
+    }
+}

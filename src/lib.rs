@@ -1,0 +1,29 @@
+//! tracegate: a transparent LLM API proxy that records every call as a span, groups calls into
+//! traces through standard trace headers, and stores them in an embedded sled database.
+//!
+//! ARCHITECTURE.md is the map; in short, a request flows
+//! `server` → `proxy` (phases: `routing`, `trace_context`, `upstream`) → `body_tee` → `call`
+//! → (queue) → `recorder` (`providers`, `sse`, `pricing`) → `store`, and is read back through
+//! `admin` and `cli`.
+
+pub mod admin;
+pub mod body_tee;
+pub mod call;
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod errors;
+pub mod metrics;
+pub mod mock_llm;
+pub mod pricing;
+pub mod providers;
+pub mod proxy;
+pub mod recorder;
+pub mod routing;
+pub mod server;
+pub mod span;
+pub mod sse;
+pub mod store;
+pub mod trace_context;
+pub mod upstream;

@@ -1,0 +1,124 @@
+//! The `tracegate` binary: parses the command line and runs the command. Everything it does
+//! lives in the library (see ARCHITECTURE.md); this file only wires it to the process.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tracegate::cli::{self, Command};
+use tracegate::config::Config;
+use tracegate::server::Server;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("tracegate: {message}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::resolve(config.as_deref()) {
+            Ok(config) => {
+                print!("{}", config.describe());
+                println!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tracegate: config error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => {
+            init_logging();
+            let config = match Config::resolve(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tracegate: config error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime().block_on(async move {
+                let server = match Server::start(config).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("tracegate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                wait_for_signal().await;
+                tracing::info!("shutting down: finishing in-flight calls and flushing spans");
+                server.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::MockLlm { listen, chunk_delay_ms } => {
+            init_logging();
+            runtime().block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(&listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("tracegate mock-llm: cannot listen on {listen}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen);
+                tracing::info!(listen = %addr, chunk_delay_ms, "mock-llm serving the OpenAI and Anthropic APIs");
+                let config = tracegate::mock_llm::MockConfig { chunk_delay: Duration::from_millis(chunk_delay_ms) };
+                tokio::select! {
+                    result = tracegate::mock_llm::serve(listener, config) => {
+                        if let Err(e) = result {
+                            eprintln!("tracegate mock-llm: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    _ = wait_for_signal() => {}
+                }
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Traces { limit, admin } => print_result(runtime().block_on(cli::traces(limit, &admin))),
+        Command::Trace { trace_id, admin } => print_result(runtime().block_on(cli::trace(&trace_id, &admin))),
+    }
+}
+
+fn print_result(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracegate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics, rendered in the text exposition format on the admin listener.
+//!
+//! The request path only touches plain atomics (a dropped-span counter). Everything labelled
+//! by provider, model and team is updated by the recorder thread after a span is built, so the
+//! mutex around the labelled series is never contended by requests.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::span::Span;
+
+/// Histogram bucket bounds in seconds, sized for LLM calls (tens of ms to minutes).
+const SECONDS_BUCKETS: [f64; 16] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub spans_recorded: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    pub store_errors: AtomicU64,
+    labelled: Mutex<Labelled>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Labelled {
+    requests: BTreeMap<Labels, u64>,
+    durations: BTreeMap<Labels, Histogram>,
+    ttft: BTreeMap<Labels, Histogram>,
+    tokens: BTreeMap<Labels, u64>,
+    cost: BTreeMap<Labels, f64>,
+}
+
+#[derive(Clone, Default)]
+struct Histogram {
+    counts: [u64; SECONDS_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, value: f64) {
+        for (i, bound) in SECONDS_BUCKETS.iter().enumerate() {
+            if value <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+}
+
+impl Metrics {
+    /// Counts one recorded proxied call in the labelled series.
+    pub fn observe_call(&self, span: &Span) {
+        let provider = span.provider.clone().unwrap_or_default();
+        let model = span.response_model.clone().or_else(|| span.request_model.clone()).unwrap_or_default();
+        let team = span.team.clone().unwrap_or_default();
+        let mut l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        let base: Labels = vec![("provider", provider.clone()), ("model", model.clone()), ("team", team.clone())];
+        let mut with_status = base.clone();
+        with_status.push(("status", span.status.as_str().to_string()));
+        *l.requests.entry(with_status).or_default() += 1;
+        let pm: Labels = vec![("provider", provider), ("model", model)];
+        l.durations.entry(pm.clone()).or_default().observe(span.duration_ms / 1000.0);
+        if let Some(ttft) = span.ttft_ms {
+            l.ttft.entry(pm).or_default().observe(ttft / 1000.0);
+        }
+        for (kind, value) in [("input", span.input_tokens), ("output", span.output_tokens)] {
+            if let Some(n) = value {
+                let mut labels = base.clone();
+                labels.push(("type", kind.to_string()));
+                *l.tokens.entry(labels).or_default() += n;
+            }
+        }
+        if let Some(cost) = span.cost_usd {
+            *l.cost.entry(base).or_default() += cost;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        counter(&mut out, "tracegate_spans_recorded_total", "Spans written to the store.", self.spans_recorded.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "tracegate_spans_dropped_total",
+            "Spans dropped because the recorder queue was full.",
+            self.spans_dropped.load(Ordering::Relaxed),
+        );
+        counter(&mut out, "tracegate_store_errors_total", "Failed writes to the span store.", self.store_errors.load(Ordering::Relaxed));
+
+        let l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        header(&mut out, "tracegate_requests_total", "counter", "Proxied calls by provider, model, team and status.");
+        for (labels, v) in &l.requests {
+            let _ = writeln!(out, "tracegate_requests_total{} {v}", render_labels(labels, None));
+        }
+        histogram(&mut out, "tracegate_request_duration_seconds", "Duration of proxied calls.", &l.durations);
+        histogram(&mut out, "tracegate_ttft_seconds", "Time to first token of streamed calls.", &l.ttft);
+        header(&mut out, "tracegate_tokens_total", "counter", "Tokens by provider, model, team and type (input/output).");
+        for (labels, v) in &l.tokens {
+            let _ = writeln!(out, "tracegate_tokens_total{} {v}", render_labels(labels, None));
+        }
+        header(&mut out, "tracegate_cost_usd_total", "counter", "Cost in USD by provider, model and team.");
+        for (labels, v) in &l.cost {
+            let _ = writeln!(out, "tracegate_cost_usd_total{} {v}", render_labels(labels, None));
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, Histogram>) {
+    header(out, name, "histogram", help);
+    for (labels, h) in series {
+        for (bound, count) in SECONDS_BUCKETS.iter().zip(h.counts) {
+            let _ = writeln!(out, "{name}_bucket{} {count}", render_labels(labels, Some(&bound.to_string())));
+        }
+        let _ = writeln!(out, "{name}_bucket{} {}", render_labels(labels, Some("+Inf")), h.count);
+        let _ = writeln!(out, "{name}_sum{} {}", render_labels(labels, None), h.sum);
+        let _ = writeln!(out, "{name}_count{} {}", render_labels(labels, None), h.count);
+    }
+}
+
+fn render_labels(labels: &Labels, le: Option<&str>) -> String {
+    let mut out = String::from("{");
+    let mut first = true;
+    for (k, v) in labels.iter().map(|(k, v)| (*k, v.as_str())).chain(le.map(|le| ("le", le))) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "{k}=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        let labels: Labels = vec![("model", "a\"b\\c\nd".to_string())];
+        assert_eq!(render_labels(&labels, Some("0.5")), "{model=\"a\\\"b\\\\c\\nd\",le=\"0.5\"}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::default();
+        h.observe(0.02);
+        h.observe(3.0);
+        assert_eq!(h.counts[1], 0);
+        assert_eq!(h.counts[2], 1);
+        assert_eq!(h.counts[SECONDS_BUCKETS.len() - 1], 2);
+        assert_eq!(h.count, 2);
+    }
+}

@@ -1,0 +1,567 @@
+//! Provider wire formats: what a recorded call was, and what its bodies say.
+//!
+//! The recorder hands captured request and response bodies to [`parse_request`] and
+//! [`parse_response`] after the bytes went to the client. Both only read: they never fail
+//! and never panic, whatever the bytes (truncated, not UTF-8, not JSON, unexpected types),
+//! and return whatever facts could be found. OpenAI's formats (Chat Completions, legacy
+//! Completions, Embeddings, Responses; also OpenAI-compatible servers) live in [`openai`],
+//! Anthropic's (Messages, legacy Complete) in [`anthropic`]; this module dispatches and
+//! holds the lenient JSON helpers both use.
+
+pub mod anthropic;
+pub mod openai;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Wire format spoken by an upstream, as named in the config (`"openai"`, `"anthropic"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// OpenAI and any OpenAI-compatible server.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// What kind of call a request is, as recorded in a span's `operation`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Chat Completions, Responses, Anthropic Messages.
+    Chat,
+    /// Legacy text completions (OpenAI `/v1/completions`, Anthropic `/v1/complete`).
+    TextCompletion,
+    /// Embeddings.
+    Embeddings,
+    /// Anything else, named by the last meaningful path segment (`models`, `count_tokens`).
+    Other(String),
+}
+
+impl Operation {
+    /// The span's `operation` value: `chat`, `text_completion`, `embeddings` or the
+    /// [`Operation::Other`] name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::TextCompletion => "text_completion",
+            Operation::Embeddings => "embeddings",
+            Operation::Other(name) => name,
+        }
+    }
+
+    /// Whether responses to this operation carry generated text worth collecting.
+    fn generates(&self) -> bool {
+        matches!(self, Operation::Chat | Operation::TextCompletion)
+    }
+}
+
+/// The operation for an upstream path (the part after the provider prefix; a query string
+/// or fragment is ignored).
+///
+/// OpenAI: `…/chat/completions` → Chat, `…/completions` → TextCompletion, `…/embeddings` →
+/// Embeddings, `…/responses` and `…/responses/{id}` → Chat. Anthropic: `…/messages` → Chat,
+/// `…/complete` → TextCompletion. A missing `/v1`, other prefixes (Azure's
+/// `/openai/deployments/{name}/…`), empty segments and trailing slashes are tolerated. The
+/// operation is decided by the last *meaningful* segment, one made only of ASCII letters,
+/// `_` and `-` (ids and versions contain digits), so `/v1/models/gpt-4o` → `Other("models")`
+/// and `/v1/messages/count_tokens` → `Other("count_tokens")`. A path with no meaningful
+/// segment gives `Other` of its last segment, or `Other("unknown")` when it has none.
+pub fn operation_for(api: Api, path: &str) -> Operation {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let meaningful = segments.iter().rposition(|s| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-')
+    });
+    let Some(i) = meaningful else {
+        return Operation::Other(segments.last().copied().unwrap_or("unknown").to_owned());
+    };
+    let previous = i.checked_sub(1).and_then(|p| segments.get(p)).copied();
+    let op = match api {
+        Api::Openai => openai::operation(segments[i], previous),
+        Api::Anthropic => anthropic::operation(segments[i]),
+    };
+    op.unwrap_or_else(|| Operation::Other(segments[i].to_owned()))
+}
+
+/// Facts read from a request body.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestFacts {
+    /// The requested model.
+    pub model: Option<String>,
+    /// Whether a streamed response was asked for (`"stream": true`).
+    pub stream: bool,
+    /// OpenAI `stream_options.include_usage`: the stream ends with a usage chunk.
+    pub include_usage: bool,
+    /// The output limit: `max_tokens`, else `max_completion_tokens`, else
+    /// `max_output_tokens` (Anthropic legacy: `max_tokens_to_sample`).
+    pub max_tokens: Option<u64>,
+}
+
+/// Reads model, streaming and output limit from a request body. A body that is not a JSON
+/// object gives the defaults; a truncated one gives the fields that precede the cut. For
+/// [`Operation::Embeddings`] only the model is read.
+pub fn parse_request(api: Api, op: &Operation, body: &[u8]) -> RequestFacts {
+    match api {
+        Api::Openai => openai::parse_request(op, body),
+        Api::Anthropic => anthropic::parse_request(body),
+    }
+}
+
+/// Token counts reported by the provider, normalised across formats.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// All input tokens including cached ones: OpenAI `prompt_tokens` / `input_tokens`;
+    /// Anthropic `input_tokens + cache_read_input_tokens + cache_creation_input_tokens`.
+    pub input_tokens: u64,
+    /// OpenAI `completion_tokens` / `output_tokens` (reasoning included); Anthropic
+    /// `output_tokens`.
+    pub output_tokens: u64,
+    /// Input tokens served from the prompt cache (already part of `input_tokens`).
+    pub cache_read_input_tokens: Option<u64>,
+    /// Anthropic only: input tokens written to the prompt cache (part of `input_tokens`).
+    pub cache_creation_input_tokens: Option<u64>,
+    /// OpenAI only: reasoning tokens (already part of `output_tokens`).
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// Facts read from a response body.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResponseFacts {
+    /// The model that answered, as the provider reported it.
+    pub model: Option<String>,
+    /// OpenAI `choices[0].finish_reason`; Responses API `incomplete_details.reason`, else
+    /// `status`; Anthropic `stop_reason`.
+    pub finish_reason: Option<String>,
+    /// Provider-reported usage; `None` when the response carried none (or, for a stream,
+    /// not the final count).
+    pub usage: Option<Usage>,
+    /// Event streams only: `end_offset` of the first event carrying generated content
+    /// (non-empty text, tool-call arguments, refusal, or reasoning/thinking delta).
+    pub first_content_end: Option<usize>,
+    /// The generated text that reached the client, concatenated: content, tool-call
+    /// arguments, refusals and reasoning/thinking text. Meant for token estimation.
+    pub output_text: String,
+    /// The provider's error message, from an error body or an error event.
+    pub error: Option<String>,
+}
+
+/// Reads model, finish reason, usage, generated text and error from a (decompressed)
+/// response body. `sse` says whether the content type was `text/event-stream`; a body
+/// whose first non-blank byte is `{` is read as JSON and one that starts with an SSE field
+/// (`data:`, `event:`, `:`, `id:`, `retry:`) as an event stream, whatever `sse` says.
+/// Generated text is only collected for [`Operation::Chat`] and
+/// [`Operation::TextCompletion`].
+pub fn parse_response(api: Api, op: &Operation, body: &[u8], sse: bool) -> ResponseFacts {
+    let sse = looks_like_sse(body).unwrap_or(sse);
+    let generates = op.generates();
+    match (api, sse) {
+        (Api::Openai, true) => openai::parse_stream(body, generates),
+        (Api::Openai, false) => openai::parse_body(body, generates),
+        (Api::Anthropic, true) => anthropic::parse_stream(body, generates),
+        (Api::Anthropic, false) => anthropic::parse_body(body, generates),
+    }
+}
+
+/// `Some(true)` for a body that starts like an event stream, `Some(false)` for one that
+/// starts like a JSON object, `None` when it is unclear.
+fn looks_like_sse(body: &[u8]) -> Option<bool> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    let body = &body[start..];
+    if body.starts_with(b"{") {
+        return Some(false);
+    }
+    let sse = [&b"data:"[..], b"event:", b":", b"id:", b"retry:"];
+    sse.iter().any(|p| body.starts_with(p)).then_some(true)
+}
+
+/// Generated text collected while reading a response, and where it first appeared.
+#[derive(Default)]
+struct Generated {
+    text: String,
+    first_end: Option<usize>,
+}
+
+impl Generated {
+    /// Appends a piece of generated text seen in the event ending at `event_end` (`None`
+    /// outside event streams). Empty pieces are not content.
+    fn push(&mut self, piece: &str, event_end: Option<usize>) {
+        if piece.is_empty() {
+            return;
+        }
+        self.text.push_str(piece);
+        if self.first_end.is_none() {
+            self.first_end = event_end;
+        }
+    }
+
+    /// Appends a string value, or the `text` of each part of an array of content parts.
+    fn push_value(&mut self, value: Option<&Value>, event_end: Option<usize>) {
+        match value {
+            Some(Value::String(s)) => self.push(s, event_end),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    self.push(str_at(part, "text").unwrap_or_default(), event_end);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads the top-level members named in `keys` from a JSON object, skipping all others
+/// without building them. Stops quietly at the first syntax error, keeping the members
+/// read before it, so a truncated body still yields its leading fields. Anything but an
+/// object gives an empty map.
+fn top_level(body: &[u8], keys: &[&str]) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // An error only ends the walk early; what was read so far is in `out`.
+    let _ = TopLevel {
+        keys,
+        out: &mut out,
+    }
+    .deserialize(&mut de);
+    out
+}
+
+/// Seed and visitor of [`top_level`]'s walk.
+struct TopLevel<'k, 'o> {
+    keys: &'k [&'k str],
+    out: &'o mut Map<String, Value>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(KeyOf(self.keys))? {
+            match key {
+                Some(key) => {
+                    let value: Value = map.next_value()?;
+                    self.out.insert(key.to_owned(), value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an object key, answering which of the wanted keys it is (without allocating).
+struct KeyOf<'k>(&'k [&'k str]);
+
+impl<'de, 'k> DeserializeSeed<'de> for KeyOf<'k> {
+    type Value = Option<&'k str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'k> Visitor<'_> for KeyOf<'k> {
+    type Value = Option<&'k str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().find(|k| **k == key).copied())
+    }
+}
+
+/// A string member of `value`, if it is an object holding a string there.
+fn str_at<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+/// A non-empty string, owned.
+fn non_empty(s: Option<&str>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// A token count: a non-negative integer (a non-negative float is truncated).
+fn count(value: Option<&Value>) -> Option<u64> {
+    let value = value?;
+    value.as_u64().or_else(|| {
+        let f = value.as_f64()?;
+        (f.is_finite() && f >= 0.0).then_some(f as u64)
+    })
+}
+
+/// The message of an error value: a string, or an object's `message` (else its `type`,
+/// else `code`, else its JSON). Null, booleans and empty strings are no error.
+fn error_message(value: &Value) -> Option<String> {
+    match value {
+        Value::Null | Value::Bool(_) => None,
+        Value::String(s) => non_empty(Some(s)),
+        Value::Object(_) => non_empty(str_at(value, "message"))
+            .or_else(|| non_empty(str_at(value, "type")))
+            .or_else(|| non_empty(str_at(value, "code")))
+            .or_else(|| Some(value.to_string())),
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn api_config_names() {
+        assert_eq!(
+            serde_json::from_str::<Api>("\"openai\"").unwrap(),
+            Api::Openai
+        );
+        assert_eq!(
+            serde_json::from_str::<Api>("\"anthropic\"").unwrap(),
+            Api::Anthropic
+        );
+        assert_eq!(
+            serde_json::to_string(&Api::Anthropic).unwrap(),
+            "\"anthropic\""
+        );
+        assert!(serde_json::from_str::<Api>("\"OpenAI\"").is_err());
+    }
+
+    #[test]
+    fn operation_names() {
+        assert_eq!(Operation::Chat.as_str(), "chat");
+        assert_eq!(Operation::TextCompletion.as_str(), "text_completion");
+        assert_eq!(Operation::Embeddings.as_str(), "embeddings");
+        assert_eq!(Operation::Other("models".into()).as_str(), "models");
+    }
+
+    #[test]
+    fn openai_operations() {
+        let cases = [
+            ("/v1/chat/completions", Operation::Chat),
+            ("/v1/chat/completions/", Operation::Chat),
+            ("/chat/completions", Operation::Chat),
+            ("chat/completions?foo=bar", Operation::Chat),
+            ("/v1//chat//completions", Operation::Chat),
+            (
+                "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
+                Operation::Chat,
+            ),
+            (
+                "/v1/chat/completions/chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+                Operation::Chat,
+            ),
+            ("/v1/completions", Operation::TextCompletion),
+            ("/completions/", Operation::TextCompletion),
+            ("/v1/embeddings", Operation::Embeddings),
+            ("/embeddings?x=1", Operation::Embeddings),
+            ("/v1/responses", Operation::Chat),
+            (
+                "/v1/responses/resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b",
+                Operation::Chat,
+            ),
+            (
+                "/v1/responses/resp_67cc/input_items",
+                Operation::Other("input_items".into()),
+            ),
+            (
+                "/v1/responses/input_tokens",
+                Operation::Other("input_tokens".into()),
+            ),
+            ("/v1/models", Operation::Other("models".into())),
+            ("/v1/models/gpt-4o-mini", Operation::Other("models".into())),
+            (
+                "/v1/audio/transcriptions",
+                Operation::Other("transcriptions".into()),
+            ),
+            (
+                "/v1/files/file-abc123/content",
+                Operation::Other("content".into()),
+            ),
+            ("/v1", Operation::Other("v1".into())),
+            ("/", Operation::Other("unknown".into())),
+            ("", Operation::Other("unknown".into())),
+        ];
+        for (path, want) in cases {
+            assert_eq!(operation_for(Api::Openai, path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn anthropic_operations() {
+        let cases = [
+            ("/v1/messages", Operation::Chat),
+            ("/v1/messages/", Operation::Chat),
+            ("/messages?beta=true", Operation::Chat),
+            ("/v1/complete", Operation::TextCompletion),
+            (
+                "/v1/messages/count_tokens",
+                Operation::Other("count_tokens".into()),
+            ),
+            ("/v1/messages/batches", Operation::Other("batches".into())),
+            (
+                "/v1/messages/batches/msgbatch_013Zva2CMHLNnXjNJJKqJ2EF/results",
+                Operation::Other("results".into()),
+            ),
+            (
+                "/v1/models/claude-sonnet-4-5-20250929",
+                Operation::Other("models".into()),
+            ),
+            (
+                "/v1/chat/completions",
+                Operation::Other("completions".into()),
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(operation_for(Api::Anthropic, path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn top_level_reads_wanted_keys_only() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"m","n":{"x":[1,2]},"stream":true}"#;
+        let got = top_level(body, &["model", "stream", "absent"]);
+        assert_eq!(Value::Object(got), json!({"model":"m","stream":true}));
+    }
+
+    #[test]
+    fn top_level_keeps_fields_before_a_cut() {
+        let body =
+            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"a long prom"#;
+        let got = top_level(body, &["model", "stream", "messages"]);
+        assert_eq!(Value::Object(got), json!({"model":"gpt-4o","stream":true}));
+    }
+
+    #[test]
+    fn top_level_of_non_objects_is_empty() {
+        for body in [
+            &b""[..],
+            b"[1,2]",
+            b"\"model\"",
+            b"null",
+            b"\xFF\xFE",
+            b"{\"model\":\"a\xFFb\"}",
+        ] {
+            assert!(top_level(body, &["model"]).is_empty());
+        }
+        // Escaped keys still match.
+        assert_eq!(top_level(br#"{"mod\u0065l":"x"}"#, &["model"]).len(), 1);
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow() {
+        let mut body = b"{\"model\":\"m\",\"x\":".to_vec();
+        body.extend(std::iter::repeat_n(b'[', 100_000));
+        assert_eq!(
+            Value::Object(top_level(&body, &["model", "x"])),
+            json!({"model":"m"})
+        );
+        let mut body = b"{\"x\":".to_vec();
+        body.extend(std::iter::repeat_n(b'[', 100_000));
+        body.extend(b"],\"model\":\"m\"}");
+        assert!(top_level(&body, &["model"]).is_empty());
+    }
+
+    #[test]
+    fn counts_are_lenient() {
+        assert_eq!(count(Some(&json!(12))), Some(12));
+        assert_eq!(count(Some(&json!(12.9))), Some(12));
+        assert_eq!(count(Some(&json!(-1))), None);
+        assert_eq!(count(Some(&json!(-1.5))), None);
+        assert_eq!(count(Some(&json!("12"))), None);
+        assert_eq!(count(Some(&json!(null))), None);
+        assert_eq!(count(Some(&json!(1e300))), Some(u64::MAX));
+        assert_eq!(count(None), None);
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            error_message(&json!({"message":"bad","type":"x"})).as_deref(),
+            Some("bad")
+        );
+        assert_eq!(
+            error_message(&json!({"type":"overloaded_error"})).as_deref(),
+            Some("overloaded_error")
+        );
+        assert_eq!(
+            error_message(&json!({"code":"rate_limit"})).as_deref(),
+            Some("rate_limit")
+        );
+        assert_eq!(
+            error_message(&json!({"param":null})).as_deref(),
+            Some("{\"param\":null}")
+        );
+        assert_eq!(error_message(&json!("plain")).as_deref(), Some("plain"));
+        assert_eq!(error_message(&json!(500)).as_deref(), Some("500"));
+        assert_eq!(error_message(&json!(null)), None);
+        assert_eq!(error_message(&json!("")), None);
+    }
+
+    #[test]
+    fn sse_sniffing() {
+        assert_eq!(looks_like_sse(b"  \n{\"a\":1}"), Some(false));
+        assert_eq!(looks_like_sse(b"data: {}\n\n"), Some(true));
+        assert_eq!(looks_like_sse(b"\r\nevent: ping\n"), Some(true));
+        assert_eq!(looks_like_sse(b": comment\n"), Some(true));
+        assert_eq!(looks_like_sse(b"<html>"), None);
+        assert_eq!(looks_like_sse(b""), None);
+        // An event stream served without its content type is still read as one.
+        let body = b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+        let facts = parse_response(Api::Openai, &Operation::Chat, body, false);
+        assert_eq!(facts.output_text, "hi");
+        assert_eq!(facts.first_content_end, Some(body.len() - 14));
+        // And a JSON error body on a stream request is read as JSON.
+        let body = br#"{"error":{"message":"Invalid model","type":"invalid_request_error"}}"#;
+        let facts = parse_response(Api::Openai, &Operation::Chat, body, true);
+        assert_eq!(facts.error.as_deref(), Some("Invalid model"));
+    }
+
+    #[test]
+    fn non_generating_operations_collect_no_text() {
+        let body = br#"{"object":"list","data":[{"id":"x","content":"text"}],"choices":[{"message":{"content":"nope"}}]}"#;
+        let facts = parse_response(
+            Api::Openai,
+            &Operation::Other("messages".into()),
+            body,
+            false,
+        );
+        assert_eq!(facts, ResponseFacts::default());
+        let body = br#"{"input_tokens":2095}"#;
+        let facts = parse_response(
+            Api::Anthropic,
+            &Operation::Other("count_tokens".into()),
+            body,
+            false,
+        );
+        assert_eq!(facts, ResponseFacts::default());
+    }
+
+    #[test]
+    fn generated_text_collection() {
+        let mut g = Generated::default();
+        g.push("", Some(5));
+        assert_eq!(g.first_end, None);
+        g.push("a", Some(9));
+        g.push_value(
+            Some(&json!([{"type":"text","text":"b"},{"type":"image_url"},7])),
+            Some(12),
+        );
+        g.push_value(Some(&json!(null)), Some(13));
+        assert_eq!((g.text.as_str(), g.first_end), ("ab", Some(9)));
+    }
+}

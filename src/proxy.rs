@@ -1,0 +1,319 @@
+//! The request path: every proxied call passes these phases in order.
+//!
+//! 1. **admit** — refuse CONNECT and absolute-form targets (we never go where a client says);
+//! 2. **route** — pick the configured provider by path prefix (404 when none);
+//! 3. **trace** — read the caller's trace context, mint this call's span id;
+//! 4. **upstream request** — strip hop-by-hop and `x-tracegate-*` headers, set `traceparent`,
+//!    stream the body through a [`RequestTee`];
+//! 5. **response** — relay status and headers, add `x-tracegate-trace-id`/`-span-id`, stream the
+//!    body through a [`ResponseTee`] that finishes the call when the body ends.
+//!
+//! Nothing on this path parses a body, counts tokens or touches the store; it only forwards
+//! and copies bytes into a bounded capture (see ARCHITECTURE.md, "invariants").
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::body_tee::{RequestTee, ResponseTee};
+use crate::call::{CallContext, Outcome, PendingCall, ResponseFacts};
+use crate::capture::Capture;
+use crate::clock::unix_nanos;
+use crate::config::{Config, Provider};
+use crate::errors::ProxyError;
+use crate::providers::Api;
+use crate::recorder::RecorderHandle;
+use crate::routing::Router;
+use crate::trace_context::{self, Propagation, SpanId, TraceId};
+use crate::upstream::{build_client, UpstreamClient};
+
+/// What the proxy answers with: a relayed upstream body or a small body of its own.
+pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;
+
+const TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-tracegate-trace-id");
+const SPAN_ID_HEADER: HeaderName = HeaderName::from_static("x-tracegate-span-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const B3: HeaderName = HeaderName::from_static("b3");
+const SESSION_HEADER: &str = "x-tracegate-session";
+const TRACEGATE_HEADER_PREFIX: &str = "x-tracegate-";
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus `host`,
+/// which the client sets from the upstream URL.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The proxy service shared by every connection.
+pub struct Proxy {
+    router: Router,
+    client: UpstreamClient,
+    recorder: RecorderHandle,
+    max_capture_bytes: usize,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, recorder: RecorderHandle) -> Self {
+        let connect_timeout = config.providers.iter().map(|p| p.connect_timeout).max().unwrap_or_default();
+        Proxy {
+            router: Router::new(config),
+            client: build_client(connect_timeout),
+            recorder,
+            max_capture_bytes: config.storage.max_capture_bytes,
+        }
+    }
+
+    /// Handles one request; never fails (errors become provider-shaped responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let start_time_unix_nano = unix_nanos();
+
+        // Phase 1: admit.
+        if req.method() == Method::CONNECT {
+            return Ok(own_response(ProxyError::connect_method(), Api::Openai));
+        }
+        if req.version() < Version::HTTP_2 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
+            return Ok(own_response(ProxyError::absolute_form(), Api::Openai));
+        }
+
+        // Phase 2: route.
+        let path = req.uri().path();
+        let Some(route) = self.router.route(path) else {
+            tracing::debug!(path, "no route");
+            return Ok(own_response(ProxyError::no_route(path), Api::Openai));
+        };
+        let provider = route.provider.clone();
+        let upstream_uri = match upstream_uri(&provider, route.upstream_path, req.uri().query()) {
+            Ok(uri) => uri,
+            Err(e) => return Ok(own_response(e, provider.api)),
+        };
+        let upstream_path = if route.upstream_path.is_empty() { "/".to_string() } else { route.upstream_path.to_string() };
+
+        // Phase 3: trace context.
+        let (mut parts, body) = req.into_parts();
+        let caller = trace_context::extract(&parts.headers);
+        let span_id = SpanId::random();
+        let (trace_id, parent_span_id, sampled, tracestate, propagation) = match caller {
+            Some(c) => (c.trace_id, c.parent_span_id, c.sampled, c.tracestate, Some(c.propagation)),
+            None => (TraceId::random(), None, true, None, None),
+        };
+
+        // Phase 4: upstream request.
+        let tracegate_headers = strip_request_headers(&mut parts.headers);
+        let session = tracegate_headers
+            .iter()
+            .find(|(name, _)| name.as_str() == SESSION_HEADER)
+            .map(|(_, value)| value.clone());
+        parts.headers.insert(TRACEPARENT, trace_context::traceparent_value(trace_id, span_id, sampled));
+        if let Some(state) = tracestate {
+            parts.headers.insert(TRACESTATE, state);
+        }
+        if matches!(propagation, Some(Propagation::B3Single | Propagation::B3Multi)) {
+            parts.headers.insert(B3, trace_context::b3_value(trace_id, span_id, sampled));
+        }
+        let size_hint = content_length(&parts.headers);
+        let request_capture = Arc::new(Mutex::new(Capture::new(self.max_capture_bytes, size_hint)));
+        let method = parts.method.clone();
+        parts.uri = upstream_uri;
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone(), started));
+
+        let pending = PendingCall::new(CallContext {
+            trace_id,
+            span_id,
+            parent_span_id,
+            provider: provider.clone(),
+            method,
+            path: upstream_path,
+            started,
+            start_time_unix_nano,
+            tracegate_headers,
+            session,
+            request_capture,
+            recorder: self.recorder.clone(),
+        });
+
+        let result = tokio::time::timeout(provider.response_timeout, self.client.request(upstream_req)).await;
+
+        // Phase 5: response.
+        let call = pending.take();
+        let upstream_response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                let error = classify_client_error(&provider, &err);
+                tracing::warn!(provider = %provider.name, error = %error, "upstream request failed");
+                return Ok(fail(call, error, provider.api));
+            }
+            Err(_elapsed) => {
+                let error = ProxyError::upstream_timeout(&provider.name, "no response headers within the response timeout");
+                tracing::warn!(provider = %provider.name, "upstream response timeout");
+                return Ok(fail(call, error, provider.api));
+            }
+        };
+
+        let (mut parts, body) = upstream_response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let is_sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let encoding = parts.headers.get(header::CONTENT_ENCODING).cloned();
+        let capture = Capture::new(self.max_capture_bytes, content_length(&parts.headers));
+        insert_ids(&mut parts.headers, trace_id, span_id);
+        parts.version = Version::HTTP_11;
+        let status = parts.status.as_u16();
+        let body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+/// Records a failed call and answers the client with a provider-shaped error.
+fn fail(call: CallContext, error: ProxyError, api: Api) -> Response<ProxyBody> {
+    let (trace_id, span_id) = (call.trace_id, call.span_id);
+    let facts = ResponseFacts { status_code: Some(error.status.as_u16()), ..ResponseFacts::none() };
+    call.finish(facts, Outcome::Failed(error.message.clone()));
+    let mut response = own_response(error, api);
+    insert_ids(response.headers_mut(), trace_id, span_id);
+    response
+}
+
+fn own_response(error: ProxyError, api: Api) -> Response<ProxyBody> {
+    error.to_response(api).map(Either::Right)
+}
+
+fn insert_ids(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId) {
+    let mut trace_hex = [0u8; 32];
+    trace_id.write_hex(&mut trace_hex);
+    let mut span_hex = [0u8; 16];
+    span_id.write_hex(&mut span_hex);
+    headers.insert(TRACE_ID_HEADER, HeaderValue::from_bytes(&trace_hex).expect("hex is a valid header value"));
+    headers.insert(SPAN_ID_HEADER, HeaderValue::from_bytes(&span_hex).expect("hex is a valid header value"));
+}
+
+/// `{upstream}{base_path}{path}?{query}`.
+fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let up = &provider.upstream;
+    let path = if path.is_empty() && up.base_path.is_empty() { "/" } else { path };
+    let mut path_and_query = String::with_capacity(up.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    path_and_query.push_str(&up.base_path);
+    path_and_query.push_str(path);
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::upstream_unreachable(&provider.name, &format!("invalid upstream path: {e}")))
+}
+
+/// Removes hop-by-hop headers, `host`, the caller's trace headers (replaced by ours) and every
+/// `x-tracegate-*` header, returning the latter for the recorder.
+fn strip_request_headers(headers: &mut HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(TRACEPARENT);
+    headers.remove(TRACESTATE);
+    headers.remove(B3);
+    let mut removed = Vec::new();
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            n.starts_with(TRACEGATE_HEADER_PREFIX) || n.starts_with("x-b3-")
+        })
+        .cloned()
+        .collect();
+    for name in ours {
+        let is_b3 = name.as_str().starts_with("x-b3-");
+        // `remove` drops extra values of a repeated header; keep the first like every reader here.
+        if let Some(value) = headers.remove(&name) {
+            if !is_b3 {
+                removed.push((name, value));
+            }
+        }
+    }
+    removed
+}
+
+/// Removes the hop-by-hop headers and any header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// 502 for refused/unresolvable upstreams, 504 when connecting timed out.
+fn classify_client_error(provider: &Provider, err: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    let mut detail = err.to_string();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProxyError::upstream_timeout(&provider.name, "connect timeout");
+            }
+        }
+        detail = e.to_string();
+        source = e.source();
+    }
+    if err.is_connect() {
+        ProxyError::upstream_unreachable(&provider.name, &detail)
+    } else {
+        ProxyError::upstream_unreachable(&provider.name, &format!("connection failed: {detail}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_header_hygiene() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("host", HeaderValue::from_static("evil.example"));
+        h.insert("x-tracegate-team", HeaderValue::from_static("search"));
+        h.insert("x-tracegate-property-env", HeaderValue::from_static("prod"));
+        h.insert("x-b3-traceid", HeaderValue::from_static("abc"));
+        h.insert("authorization", HeaderValue::from_static("Bearer sk"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let removed = strip_request_headers(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["authorization", "content-type"]);
+        assert_eq!(removed.len(), 2);
+    }
+}

@@ -1,0 +1,335 @@
+//! The recorder: turns finished calls into spans and writes them, off the request path.
+//!
+//! The proxy hands each [`CallRecord`] to a bounded queue with `try_send`; when the queue is
+//! full the record is dropped and counted (`tracegate_spans_dropped_total`), so recording never
+//! blocks a request. One thread drains the queue: it decodes the captured bodies, reads model,
+//! usage and finish reason with the wire-format parsers, prices the call, updates the metrics,
+//! and writes spans to sled in batches, flushing at most every [`FLUSH_INTERVAL`].
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::call::{CallRecord, Outcome};
+use crate::capture::Captured;
+use crate::config::{Config, Price};
+use crate::metrics::Metrics;
+use crate::pricing::{self, BilledTokens};
+use crate::providers;
+use crate::span::{Span, SpanBodies, SpanKind, SpanStatus, UsageSource};
+use crate::store::{SpanWrite, Store};
+
+/// Longest time a written span waits before it is flushed to disk.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Most spans written in one sled batch.
+const MAX_BATCH: usize = 512;
+/// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
+const MAX_DECODED_BYTES: u64 = 16 << 20;
+
+enum Message {
+    Call(Box<CallRecord>),
+    /// Write everything queued before this message, flush, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The proxy's side of the queue. Cheap to clone.
+#[derive(Clone)]
+pub struct RecorderHandle {
+    tx: SyncSender<Message>,
+    metrics: Arc<Metrics>,
+}
+
+impl RecorderHandle {
+    /// Queues a finished call; never blocks. A full queue drops the record and counts it.
+    pub fn submit(&self, record: CallRecord) {
+        match self.tx.try_send(Message::Call(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.spans_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until everything queued so far is written and flushed (shutdown, tests).
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Message::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// The recorder's settings, taken from the config.
+#[derive(Clone)]
+pub struct RecorderSettings {
+    pub capture_bodies: bool,
+    pub pricing: BTreeMap<String, Price>,
+}
+
+impl RecorderSettings {
+    pub fn from_config(config: &Config) -> Self {
+        RecorderSettings { capture_bodies: config.storage.capture_bodies, pricing: config.pricing.clone() }
+    }
+}
+
+/// Starts the recorder thread. It stops when every handle is dropped, after writing what is queued.
+pub fn start(
+    settings: RecorderSettings,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    capacity: usize,
+) -> (RecorderHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let thread_metrics = metrics.clone();
+    let join = std::thread::Builder::new()
+        .name("tracegate-recorder".into())
+        .spawn(move || run(rx, settings, store, thread_metrics))
+        .expect("spawn recorder thread");
+    (RecorderHandle { tx, metrics }, join)
+}
+
+fn run(rx: Receiver<Message>, settings: RecorderSettings, store: Arc<Store>, metrics: Arc<Metrics>) {
+    let mut batch: Vec<SpanWrite> = Vec::with_capacity(MAX_BATCH);
+    let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
+    let mut dirty_since: Option<Instant> = None;
+    loop {
+        let timeout = match dirty_since {
+            Some(t) => FLUSH_INTERVAL.saturating_sub(t.elapsed()),
+            None => Duration::from_secs(3600),
+        };
+        let mut disconnected = false;
+        match rx.recv_timeout(timeout) {
+            Ok(message) => {
+                accept(message, &settings, &metrics, &mut batch, &mut waiters);
+                // Drain whatever else is already queued into the same batch.
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(message) => accept(message, &settings, &metrics, &mut batch, &mut waiters),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => disconnected = true,
+        }
+        if !batch.is_empty() {
+            write(&store, &metrics, &mut batch);
+            dirty_since.get_or_insert_with(Instant::now);
+        }
+        let flush_due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
+        if flush_due || !waiters.is_empty() || disconnected {
+            if let Err(e) = store.flush() {
+                metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "span store flush failed");
+            }
+            dirty_since = None;
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
+
+fn accept(
+    message: Message,
+    settings: &RecorderSettings,
+    metrics: &Metrics,
+    batch: &mut Vec<SpanWrite>,
+    waiters: &mut Vec<mpsc::Sender<()>>,
+) {
+    match message {
+        Message::Call(record) => {
+            let write = build_span(&record, settings);
+            metrics.observe_call(&write.span);
+            batch.push(write);
+        }
+        Message::Flush(waiter) => waiters.push(waiter),
+    }
+}
+
+fn write(store: &Store, metrics: &Metrics, batch: &mut Vec<SpanWrite>) {
+    match store.write_batch(batch) {
+        Ok(()) => {
+            metrics.spans_recorded.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, spans = batch.len(), "span store write failed; spans lost");
+        }
+    }
+    batch.clear();
+}
+
+/// Builds the span (and its kept bodies) for one finished call.
+pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite {
+    let api = record.provider.api;
+    let operation = providers::operation_for(api, &record.path);
+
+    let request_bytes = record.request_body.joined(b"\n");
+    let request = providers::parse_request(api, &operation, &request_bytes);
+    let response_bytes = decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
+    let response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);
+
+    let ttft_ms = if record.response_is_sse && record.response_encoding.is_none() {
+        response.first_content_end.and_then(|offset| {
+            record
+                .response_body
+                .marks
+                .iter()
+                .find(|m| m.end_offset as usize >= offset)
+                .map(|m| f64::from(m.elapsed_us) / 1000.0)
+        })
+    } else {
+        None
+    };
+
+    let (status, error) = match &record.outcome {
+        Outcome::Cancelled => (SpanStatus::Cancelled, Some("client disconnected before the response was complete".to_string())),
+        Outcome::Failed(message) => (SpanStatus::Error, Some(message.clone())),
+        Outcome::Completed => match record.status_code {
+            Some(code) if code >= 400 => {
+                (SpanStatus::Error, Some(response.error.clone().unwrap_or_else(|| format!("upstream answered HTTP {code}"))))
+            }
+            _ => match &response.error {
+                Some(message) => (SpanStatus::Error, Some(message.clone())),
+                None => (SpanStatus::Ok, None),
+            },
+        },
+    };
+
+    let model = response.model.clone().or_else(|| request.model.clone());
+    let name = match request.model.as_ref().or(model.as_ref()) {
+        Some(m) => format!("{} {m}", operation.as_str()),
+        None => operation.as_str().to_string(),
+    };
+
+    let (input_tokens, output_tokens, usage_source, cache_read, cache_write, reasoning) = match &response.usage {
+        Some(u) => (
+            Some(u.input_tokens),
+            Some(u.output_tokens),
+            UsageSource::Reported,
+            u.cache_read_input_tokens,
+            u.cache_creation_input_tokens,
+            u.reasoning_tokens,
+        ),
+        None => (None, None, UsageSource::Missing, None, None, None),
+    };
+    let cost_usd = match (&model, input_tokens, output_tokens) {
+        (Some(m), Some(input), Some(output)) => pricing::price_for(&settings.pricing, m).map(|price| {
+            pricing::cost_usd(
+                price,
+                BilledTokens {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_read_input_tokens: cache_read.unwrap_or(0),
+                    cache_creation_input_tokens: cache_write.unwrap_or(0),
+                },
+            )
+        }),
+        _ => None,
+    };
+
+    let mut team = None;
+    let mut user = None;
+    let mut omit_bodies = false;
+    let mut properties = BTreeMap::new();
+    for (name, value) in &record.tracegate_headers {
+        let Ok(value) = value.to_str() else { continue };
+        match name.as_str() {
+            "x-tracegate-team" if !value.is_empty() => team = Some(value.to_string()),
+            "x-tracegate-user" if !value.is_empty() => user = Some(value.to_string()),
+            "x-tracegate-omit-bodies" => omit_bodies = value.trim().eq_ignore_ascii_case("true"),
+            other => {
+                if let Some(prop) = other.strip_prefix("x-tracegate-property-") {
+                    if !prop.is_empty() {
+                        properties.insert(prop.to_string(), value.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let session = record.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+
+    let span = Span {
+        trace_id: record.trace_id,
+        span_id: record.span_id,
+        parent_span_id: record.parent_span_id,
+        name,
+        kind: SpanKind::Llm,
+        start_time_unix_nano: record.start_time_unix_nano,
+        duration_ms: record.duration.as_secs_f64() * 1000.0,
+        ttft_ms,
+        provider: Some(record.provider.name.clone()),
+        operation: Some(operation.as_str().to_string()),
+        method: Some(record.method.as_str().to_string()),
+        path: Some(record.path.clone()),
+        status_code: record.status_code,
+        status,
+        request_model: request.model,
+        response_model: response.model,
+        stream: request.stream || record.response_is_sse,
+        input_tokens,
+        output_tokens,
+        usage_source,
+        cache_read_input_tokens: cache_read,
+        cache_creation_input_tokens: cache_write,
+        reasoning_tokens: reasoning,
+        finish_reason: response.finish_reason,
+        cost_usd,
+        team,
+        user,
+        session,
+        properties,
+        error,
+    };
+
+    let bodies = (settings.capture_bodies && !omit_bodies).then(|| SpanBodies {
+        request_body: text_of(&request_bytes, record.request_body.total_len),
+        response_body: text_of(&response_bytes, record.response_body.total_len),
+        truncated: record.request_body.truncated() || record.response_body.truncated(),
+    });
+    SpanWrite { span, bodies }
+}
+
+/// The response body as the client's SDK saw it after content decoding (gzip, deflate, br).
+fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_sse: bool) -> Bytes {
+    let separator: &[u8] = if is_sse { b"\n\n" } else { b"\n" };
+    let Some(encoding) = encoding.and_then(|e| e.to_str().ok()).map(|e| e.trim().to_ascii_lowercase()) else {
+        return body.joined(separator);
+    };
+    // A truncated compressed body decodes only as far as its head reaches.
+    let compressed = &body.head[..];
+    let mut out = Vec::new();
+    let result = match encoding.as_str() {
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out),
+        "br" => brotli_decompressor::Decompressor::new(compressed, 4096).take(MAX_DECODED_BYTES).read_to_end(&mut out),
+        "identity" | "" => return body.joined(separator),
+        _ => return Bytes::new(),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, encoding, "response body decoded partially");
+    }
+    Bytes::from(out)
+}
+
+/// Text to store for a body; `None` for an empty body.
+fn text_of(bytes: &[u8], total_len: u64) -> Option<String> {
+    if total_len == 0 && bytes.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}

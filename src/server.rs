@@ -1,0 +1,325 @@
+//! Listeners and lifecycle: opens the store, starts the recorder, binds the proxy and admin
+//! listeners, serves connections (HTTP/1.1 and HTTP/2, optionally TLS on the proxy listener),
+//! and shuts down gracefully: stop accepting, let in-flight calls finish within a deadline,
+//! then write and flush every queued span.
+//!
+//! [`Server::start`] is what `tracegate serve` runs and what the integration tests start
+//! in-process on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::{Config, TlsFiles};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::recorder::{self, RecorderHandle, RecorderSettings};
+use crate::store::Store;
+
+/// How long a graceful shutdown waits for in-flight calls (streams included).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A running tracegate.
+pub struct Server {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    recorder: RecorderHandle,
+    recorder_thread: Option<std::thread::JoinHandle<()>>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Server {
+    /// Opens the store and binds both listeners; serving starts immediately.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let store_path = config.storage.path.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .map_err(|e| StartError(e.to_string()))?
+            .map_err(|e| StartError(format!("cannot open the span store at {}: {e}", config.storage.path.display())))?;
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let (recorder, recorder_thread) = recorder::start(
+            RecorderSettings::from_config(&config),
+            store.clone(),
+            metrics.clone(),
+            config.storage.queue_capacity,
+        );
+
+        let tls = match &config.server.tls {
+            Some(files) => Some(tls_acceptor(files)?),
+            None => None,
+        };
+        let proxy_listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| StartError(format!("cannot listen on {} (server.listen): {e}", config.server.listen)))?;
+        let admin_listener = TcpListener::bind(config.server.admin_listen).await.map_err(|e| {
+            StartError(format!("cannot listen on {} (server.admin_listen): {e}", config.server.admin_listen))
+        })?;
+        let proxy_addr = proxy_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let proxy = Arc::new(Proxy::new(&config, recorder.clone()));
+        let admin = Arc::new(Admin::new(store.clone(), metrics.clone(), config.admin.token.as_deref()));
+
+        let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls, shutdown_rx.clone(), move || {
+            let proxy = proxy.clone();
+            service_fn(move |req| proxy.clone().handle(req))
+        }));
+        let admin_task = tokio::spawn(accept_loop(admin_listener, None, shutdown_rx, move || {
+            let admin = admin.clone();
+            service_fn(move |req| admin.clone().handle(req))
+        }));
+
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, store = %config.storage.path.display(), "tracegate listening");
+        Ok(Server {
+            proxy_addr,
+            admin_addr,
+            shutdown,
+            listeners: vec![proxy_task, admin_task],
+            recorder,
+            recorder_thread: Some(recorder_thread),
+            store,
+            metrics,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Waits until every call finished so far is written and flushed.
+    pub async fn flush(&self) {
+        let recorder = self.recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
+    }
+
+    /// Stops accepting, drains in-flight connections (up to [`SHUTDOWN_GRACE`]), then writes and
+    /// flushes every queued span.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.listeners.drain(..) {
+            let _ = task.await;
+        }
+        self.flush().await;
+        drop(self.recorder);
+        if let Some(thread) = self.recorder_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        tracing::info!("tracegate stopped");
+    }
+}
+
+/// Accepts connections until shutdown, then waits (up to [`SHUTDOWN_GRACE`]) for the open
+/// ones, which were told to finish their in-flight requests and close.
+async fn accept_loop<M, S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+    make_service: M,
+) where
+    M: Fn() -> S + Send + Sync + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // One clone per open connection; the loop waits for the count to fall back to one.
+    let open_connections = Arc::new(());
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = make_service();
+                let shutdown = shutdown.clone();
+                let guard = open_connections.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let io = match tls {
+                        None => Connection::Plain(stream),
+                        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => Connection::Tls(Box::new(tls_stream)),
+                            Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!("TLS handshake timed out"),
+                        },
+                    };
+                    serve_connection(io, service, shutdown).await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while Arc::strong_count(&open_connections) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(open = Arc::strong_count(&open_connections) - 1, "shutdown grace period over; closing open connections");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves one connection (HTTP/1.1 or HTTP/2 by preface); on shutdown, lets the current
+/// requests finish and then closes it.
+async fn serve_connection<S, B>(io: Connection, service: S, mut shutdown: watch::Receiver<bool>)
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| StartError(format!("server.tls_cert {}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError(format!("server.tls_cert {}: no certificate found", files.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| StartError(format!("server.tls_key {}: {e}", files.key.display())))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError(format!("server.tls_cert/tls_key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An accepted connection, plain or TLS.
+enum Connection {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+// Connection implements AsyncRead/AsyncWrite by delegating to the plain or TLS stream.
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(s) => s.is_write_vectored(),
+            Connection::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The span and trace-summary model: plain serde types that are both the stored record and
+//! the admin API's JSON (field names fixed by SPEC.md), so the wire schema reads in one file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::trace_context::{SpanId, TraceId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    /// A call that went through the proxy.
+    Llm,
+    /// A span the application sent us over OTLP.
+    App,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanStatus {
+    Ok,
+    Cancelled,
+    Error,
+}
+
+impl SpanStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanStatus::Ok => "ok",
+            SpanStatus::Cancelled => "cancelled",
+            SpanStatus::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// The provider said how many tokens were used.
+    Reported,
+    /// tracegate counted the tokens itself.
+    Estimated,
+    /// Nobody knows: the fields are null, never a silent 0.
+    Missing,
+}
+
+/// One recorded call (or one ingested application span).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_time_unix_nano: u64,
+    pub duration_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub provider: Option<String>,
+    pub operation: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status_code: Option<u16>,
+    pub status: SpanStatus,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    pub stream: bool,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub usage_source: UsageSource,
+    /// Input tokens served from the provider's prompt cache (counted inside `input_tokens`).
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+    /// Input tokens written to the provider's prompt cache (Anthropic; inside `input_tokens`).
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Reasoning tokens (counted inside `output_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub team: Option<String>,
+    pub user: Option<String>,
+    pub session: Option<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    pub error: Option<String>,
+}
+
+impl Span {
+    pub fn end_time_unix_nano(&self) -> u64 {
+        self.start_time_unix_nano + (self.duration_ms * 1e6) as u64
+    }
+}
+
+/// The captured bodies of one span, stored apart from the span so listings never load them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpanBodies {
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+    /// True when a body was longer than `max_capture_bytes` and only its head and tail were kept.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One line of the trace list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    pub trace_id: TraceId,
+    pub root_name: String,
+    pub start_time_unix_nano: u64,
+    pub duration_ms: f64,
+    pub span_count: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: Option<f64>,
+    pub status: SpanStatus,
+    pub teams: Vec<String>,
+    /// Models seen in the trace (response model, else request model); used by the `model` filter.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub end_time_unix_nano: u64,
+    /// Whether `root_name` comes from a span without a parent (else: the earliest span).
+    #[serde(default)]
+    pub has_true_root: bool,
+}
+
+impl TraceSummary {
+    pub fn new(span: &Span) -> Self {
+        let mut summary = TraceSummary {
+            trace_id: span.trace_id,
+            root_name: span.name.clone(),
+            start_time_unix_nano: span.start_time_unix_nano,
+            duration_ms: 0.0,
+            span_count: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: None,
+            status: SpanStatus::Ok,
+            teams: Vec::new(),
+            models: Vec::new(),
+            end_time_unix_nano: span.start_time_unix_nano,
+            has_true_root: false,
+        };
+        summary.add(span);
+        summary
+    }
+
+    /// Folds one more span of the same trace into the summary.
+    pub fn add(&mut self, span: &Span) {
+        let is_root = span.parent_span_id.is_none();
+        let earlier = span.start_time_unix_nano < self.start_time_unix_nano;
+        if (is_root && (!self.has_true_root || earlier)) || (!self.has_true_root && (earlier || self.span_count == 0)) {
+            self.root_name = span.name.clone();
+            self.has_true_root = is_root;
+        }
+        self.start_time_unix_nano = self.start_time_unix_nano.min(span.start_time_unix_nano);
+        self.end_time_unix_nano = self.end_time_unix_nano.max(span.end_time_unix_nano());
+        self.duration_ms = (self.end_time_unix_nano - self.start_time_unix_nano) as f64 / 1e6;
+        self.span_count += 1;
+        self.input_tokens += span.input_tokens.unwrap_or(0);
+        self.output_tokens += span.output_tokens.unwrap_or(0);
+        if let Some(cost) = span.cost_usd {
+            self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
+        }
+        self.status = self.status.max(span.status);
+        if let Some(team) = &span.team {
+            if !self.teams.contains(team) {
+                self.teams.push(team.clone());
+            }
+        }
+        if let Some(model) = span.response_model.as_ref().or(span.request_model.as_ref()) {
+            if !self.models.contains(model) {
+                self.models.push(model.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The pooled client that talks to the configured upstreams.
+//!
+//! One hyper client serves every provider: connections are pooled per host, HTTPS goes through
+//! rustls with the Mozilla (webpki) roots plus the system's native roots, and ALPN picks HTTP/2
+//! or HTTP/1.1. Plain `http://` upstreams (local model servers, `mock-llm`) use HTTP/1.1.
+
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body_tee::RequestTee;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestTee>;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Builds the shared upstream client. `connect_timeout` is the longest of the providers'.
+pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let tls = rustls::ClientConfig::builder().with_root_certificates(root_store()).with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+/// Mozilla's roots, plus whatever the system trusts (for corporate CAs); a system without a
+/// certificate store still gets the Mozilla set.
+fn root_store() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(native_roots = added, total = roots.len(), "TLS roots loaded");
+    roots
+}
