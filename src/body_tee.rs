@@ -22,13 +22,36 @@ use crate::capture::Capture;
 /// The client's request body, copied into a shared capture as it streams upstream.
 pub struct RequestTee {
     inner: Incoming,
+    /// A frame read ahead by [`RequestTee::read_first_frame`], returned before anything else.
+    first: Option<Frame<Bytes>>,
     capture: Arc<Mutex<Capture>>,
     started: Instant,
 }
 
 impl RequestTee {
     pub fn new(inner: Incoming, capture: Arc<Mutex<Capture>>, started: Instant) -> Self {
-        RequestTee { inner, capture, started }
+        RequestTee { inner, first: None, capture, started }
+    }
+
+    /// Reads the body's first frame before the upstream is contacted, so that even a call
+    /// whose upstream cannot be reached records what was asked (model, stream flag). A JSON
+    /// request of an SDK arrives with its headers, so this waits for nothing in practice.
+    pub async fn read_first_frame(&mut self) -> Result<(), hyper::Error> {
+        if self.inner.is_end_stream() {
+            return Ok(());
+        }
+        if let Some(frame) = http_body_util::BodyExt::frame(&mut self.inner).await.transpose()? {
+            self.record(&frame);
+            self.first = Some(frame);
+        }
+        Ok(())
+    }
+
+    fn record(&self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            let elapsed = u32::try_from(self.started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            self.capture.lock().unwrap_or_else(|p| p.into_inner()).push(data, elapsed);
+        }
     }
 }
 
@@ -37,22 +60,29 @@ impl Body for RequestTee {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
-            if let Some(data) = frame.data_ref() {
-                let elapsed = u32::try_from(self.started.elapsed().as_micros()).unwrap_or(u32::MAX);
-                self.capture.lock().unwrap_or_else(|p| p.into_inner()).push(data, elapsed);
-            }
+            self.record(frame);
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(len) = self.first.as_ref().and_then(|f| f.data_ref()).map(|d| d.len() as u64) {
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + len);
+            }
+            hint.set_lower(hint.lower() + len);
+        }
+        hint
     }
 }
 

@@ -52,6 +52,14 @@ impl ProxyError {
         )
     }
 
+    pub fn request_body_incomplete() -> Self {
+        ProxyError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_body_incomplete",
+            "tracegate: the request body did not arrive",
+        )
+    }
+
     pub fn upstream_unreachable(provider: &str, detail: &str) -> Self {
         ProxyError::new(
             StatusCode::BAD_GATEWAY,
@@ -71,11 +79,11 @@ impl ProxyError {
     /// The provider's error `type` for this status.
     fn error_type(&self, api: Api) -> &'static str {
         match (api, self.status.as_u16()) {
-            (Api::Openai, 400 | 404 | 405 | 413 | 431) => "invalid_request_error",
+            (Api::Openai, 400 | 404 | 405 | 408 | 413 | 431) => "invalid_request_error",
             (Api::Openai, 401) => "authentication_error",
             (Api::Openai, 429) => "rate_limit_error",
             (Api::Openai, _) => "api_error",
-            (Api::Anthropic, 400 | 405 | 413 | 431) => "invalid_request_error",
+            (Api::Anthropic, 400 | 405 | 408 | 413 | 431) => "invalid_request_error",
             (Api::Anthropic, 401) => "authentication_error",
             (Api::Anthropic, 404) => "not_found_error",
             (Api::Anthropic, 429) => "rate_limit_error",

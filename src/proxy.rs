@@ -44,6 +44,9 @@ const B3: HeaderName = HeaderName::from_static("b3");
 const SESSION_HEADER: &str = "x-tracegate-session";
 const TRACEGATE_HEADER_PREFIX: &str = "x-tracegate-";
 
+/// How long a client may take to start sending its request body.
+const REQUEST_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus `host`,
 /// which the client sets from the upstream URL.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -130,7 +133,7 @@ impl Proxy {
         let method = parts.method.clone();
         parts.uri = upstream_uri;
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone(), started));
+        let mut body = RequestTee::new(body, request_capture.clone(), started);
 
         let pending = PendingCall::new(CallContext {
             trace_id,
@@ -147,6 +150,12 @@ impl Proxy {
             recorder: self.recorder.clone(),
         });
 
+        match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_first_frame()).await {
+            Ok(Ok(())) => {}
+            // The client went away or stalled before sending its body: nothing to forward.
+            Ok(Err(_)) | Err(_) => return Ok(own_response(ProxyError::request_body_incomplete(), provider.api)),
+        }
+        let upstream_req = Request::from_parts(parts, body);
         let result = tokio::time::timeout(provider.response_timeout, self.client.request(upstream_req)).await;
 
         // Phase 5: response.
@@ -312,7 +321,8 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer sk"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let removed = strip_request_headers(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
         assert_eq!(names, vec!["authorization", "content-type"]);
         assert_eq!(removed.len(), 2);
     }

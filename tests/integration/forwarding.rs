@@ -1,0 +1,179 @@
+//! Forwarding: bodies pass unchanged in both directions, streams are not buffered, and only
+//! configured upstreams are ever contacted.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// Sends `request_body` through the proxy to a scripted upstream answering `chunks`, and checks
+/// both directions byte for byte.
+async fn pass_through(api: &str, path: &str, request_body: &str, content_type: &'static str, chunks: Vec<&'static str>) {
+    let expected: String = chunks.concat();
+    let upstream = Scripted::start(move |_req| {
+        let body = chunked(&chunks);
+        Response::builder()
+            .header("content-type", content_type)
+            .header("x-upstream-custom", "kept")
+            .body(body.boxed())
+            .unwrap()
+    })
+    .await;
+    let proxy = Proxy::start(&provider("p", "/p", upstream.addr, api)).await;
+
+    let (status, headers, body) =
+        post(&proxy.url(&format!("/p{path}?api-version=1")), &[("x-tracegate-team", "t1"), ("x-custom", "c")], request_body).await;
+    assert_eq!(status, 200);
+    assert_eq!(std::str::from_utf8(&body).unwrap(), expected, "response body changed on the way");
+    assert_eq!(header(&headers, "x-upstream-custom"), "kept");
+    assert_eq!(header(&headers, "x-tracegate-trace-id").len(), 32);
+    assert_eq!(header(&headers, "x-tracegate-span-id").len(), 16);
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri.path_and_query().unwrap().as_str(), format!("{path}?api-version=1"));
+    assert_eq!(&seen[0].body[..], request_body.as_bytes(), "request body changed on the way");
+    assert_eq!(header(&seen[0].headers, "x-custom"), "c");
+    assert!(seen[0].headers.keys().all(|k| !k.as_str().starts_with("x-tracegate-")), "x-tracegate-* went upstream");
+    assert_eq!(header(&seen[0].headers, "host"), upstream.addr.to_string());
+
+    let spans = proxy.spans(header(&headers, "x-tracegate-trace-id")).await;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["status"], "ok");
+    assert_eq!(spans[0]["team"], "t1");
+}
+
+#[tokio::test]
+async fn openai_non_stream_passes_through_byte_for_byte() {
+    let body = "{\n  \"id\": \"chatcmpl-1\",\n  \"model\": \"gpt-4o-mini\",  \"choices\": [{\"message\":{\"content\":\"h\u{e9}llo\"},\"finish_reason\":\"stop\"}],\n\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n";
+    pass_through("openai", "/v1/chat/completions", CHAT, "application/json", vec![body]).await;
+}
+
+#[tokio::test]
+async fn openai_stream_passes_through_byte_for_byte() {
+    let chunks = vec![
+        "data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n",
+        "\ndata: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\r\n\r\n",
+        ": keep-alive comment\n\n",
+        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+    ];
+    pass_through("openai", "/v1/chat/completions", CHAT_STREAM_USAGE, "text/event-stream", chunks).await;
+}
+
+#[tokio::test]
+async fn anthropic_non_stream_passes_through_byte_for_byte() {
+    let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}"#;
+    pass_through("anthropic", "/v1/messages", MESSAGES, "application/json", vec![body]).await;
+}
+
+#[tokio::test]
+async fn anthropic_stream_passes_through_byte_for_byte() {
+    let chunks = vec![
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-3-5-haiku-20241022\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ];
+    pass_through("anthropic", "/v1/messages", MESSAGES_STREAM, "text/event-stream", chunks).await;
+}
+
+#[tokio::test]
+async fn first_streamed_chunk_reaches_the_client_before_the_upstream_sends_the_last() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let upstream = Scripted::start(move |_req| {
+        let rx = rx.lock().unwrap().take().expect("one request");
+        Response::builder().header("content-type", "text/event-stream").body(ChannelBody(rx).boxed()).unwrap()
+    })
+    .await;
+    let proxy = Proxy::start(&provider("openai", "/openai", upstream.addr, "openai")).await;
+
+    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
+        .unwrap();
+    let first = "data: {\"choices\":[{\"delta\":{\"content\":\"first\"}}]}\n\n";
+    tx.send(Bytes::from_static(first.as_bytes())).await.unwrap();
+    let response = send(request).await;
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let mut body = response.into_body();
+    // The upstream has sent only the first chunk and is waiting: it must already be here.
+    assert_eq!(next_chunk(&mut body).await.unwrap(), first.as_bytes());
+
+    let last = "data: {\"choices\":[{\"delta\":{\"content\":\" last\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    tx.send(Bytes::from_static(last.as_bytes())).await.unwrap();
+    drop(tx);
+    let mut rest = Vec::new();
+    while let Some(chunk) = next_chunk(&mut body).await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, last.as_bytes());
+
+    let spans = proxy.wait_spans(&trace_id, 1).await;
+    assert_eq!(spans[0]["stream"], true);
+    assert_eq!(spans[0]["status"], "ok");
+    assert!(spans[0]["ttft_ms"].as_f64().is_some(), "a stream has a time to first token");
+    assert_eq!(spans[0]["usage_source"], "missing");
+    assert!(spans[0]["input_tokens"].is_null());
+}
+
+#[tokio::test]
+async fn unknown_prefix_absolute_form_and_connect_never_reach_an_upstream() {
+    let upstream = Scripted::start(|_req| Response::new(full("should not be called"))).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", upstream.addr, "openai")).await;
+
+    let (status, _, body) = post(&proxy.url("/nope/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 404);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "no_route");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+
+    // A prefix must end at a path segment boundary.
+    let (status, _, _) = post(&proxy.url("/openaiX/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 404);
+
+    // Absolute-form target naming the upstream itself, and CONNECT: refused, nothing forwarded.
+    for raw in [
+        format!("GET http://{0}/v1/models HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n", upstream.addr),
+        format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", upstream.addr),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 400") || head.starts_with("HTTP/1.1 405"), "{head}");
+    }
+    assert_eq!(upstream.requests().len(), 0, "an unrouted request reached the upstream");
+}
+
+#[tokio::test]
+async fn upstream_down_gives_provider_shaped_502_and_an_error_span() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&format!("{}{}", provider("openai", "/openai", closed, "openai"), provider("anthropic", "/anthropic", closed, "anthropic"))).await;
+
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 502);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_unreachable");
+    let spans = proxy.spans(header(&headers, "x-tracegate-trace-id")).await;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["status"], "error");
+    assert_eq!(spans[0]["status_code"], 502);
+    assert!(spans[0]["error"].as_str().unwrap().contains("could not be reached"));
+    assert_eq!(spans[0]["request_model"], "gpt-4o-mini");
+
+    let (status, _, body) = post(&proxy.url("/anthropic/v1/messages"), &[], MESSAGES).await;
+    assert_eq!(status, 502);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "api_error");
+}

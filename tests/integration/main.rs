@@ -1,0 +1,11 @@
+//! Integration tests: a real tracegate on loopback in front of real upstreams.
+//!
+//! Modules by area: `forwarding` (bytes in, bytes out, errors), `trace_headers` (how calls join
+//! traces), `recording` (what the spans say, and that they survive a restart), `sdk` (the
+//! official OpenAI Python SDK as a client).
+
+mod forwarding;
+mod recording;
+mod sdk;
+mod support;
+mod trace_headers;

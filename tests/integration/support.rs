@@ -1,0 +1,259 @@
+//! Test harness: a real tracegate (in-process, real sockets on loopback, real sled in a temp
+//! dir) in front of real upstreams — the `mock-llm` server, or a scripted upstream whose every
+//! response a test writes by hand and which records every request it receives.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracegate::config::Config;
+use tracegate::mock_llm::{self, MockConfig};
+use tracegate::server::Server;
+
+/// A running `mock-llm` on a random loopback port.
+pub struct Mock {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Mock {
+    pub async fn start(chunk_delay: Duration) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = mock_llm::serve(listener, MockConfig { chunk_delay }).await;
+        });
+        Mock { addr, task }
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request as a scripted upstream received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type ScriptBody = BoxBody<Bytes, Infallible>;
+type Script = dyn Fn(&Received) -> Response<ScriptBody> + Send + Sync;
+
+/// An upstream whose answers the test scripts, recording what it receives.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl Scripted {
+    pub async fn start(script: impl Fn(&Received) -> Response<ScriptBody> + Send + Sync + 'static) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let script = script.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let script = script.clone();
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let rec = Received { method: parts.method, uri: parts.uri, headers: parts.headers, body };
+                            log.lock().unwrap().push(rec.clone());
+                            Ok::<_, Infallible>(script(&rec))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Scripted { addr, received, task }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> ScriptBody {
+    Full::new(body.into()).boxed()
+}
+
+/// A provider entry for the test config.
+pub fn provider(name: &str, prefix: &str, upstream: SocketAddr, api: &str) -> String {
+    format!("[[providers]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\napi = \"{api}\"\n")
+}
+
+/// tracegate on random ports with its store in a temp dir.
+pub struct Proxy {
+    pub server: Option<Server>,
+    pub store_dir: Arc<TempDir>,
+    pub config_text: String,
+}
+
+impl Proxy {
+    /// Starts tracegate with `providers` (TOML) and any extra config.
+    pub async fn start(providers: &str) -> Proxy {
+        Proxy::start_in(Arc::new(TempDir::new().unwrap()), providers).await
+    }
+
+    /// Starts tracegate on an existing store directory (restart tests).
+    pub async fn start_in(store_dir: Arc<TempDir>, providers: &str) -> Proxy {
+        let config_text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{providers}",
+            store_dir.path().join("store").display()
+        );
+        let config = Config::from_toml(&config_text, &|_| None).expect("test config is valid");
+        let server = Server::start(config).await.expect("tracegate starts");
+        Proxy { server: Some(server), store_dir, config_text }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server().proxy_addr())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server().admin_addr())
+    }
+
+    /// GET on the admin API after every finished call has been written.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.server().flush().await;
+        let resp = send(Request::get(self.admin_url(path)).body(Full::new(Bytes::new())).unwrap()).await;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// The spans of a trace (empty if unknown).
+    pub async fn spans(&self, trace_id: &str) -> Vec<Value> {
+        let (_, v) = self.admin_get(&format!("/api/traces/{trace_id}")).await;
+        v["spans"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the trace has `n` spans; returns them.
+    pub async fn wait_spans(&self, trace_id: &str, n: usize) -> Vec<Value> {
+        for _ in 0..200 {
+            let spans = self.spans(trace_id).await;
+            if spans.len() >= n {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("trace {trace_id} never reached {n} spans");
+    }
+
+    pub async fn shutdown(mut self) -> Arc<TempDir> {
+        self.server.take().unwrap().shutdown().await;
+        self.store_dir.clone()
+    }
+}
+
+/// Sends a request with a fresh HTTP/1.1 client and returns the streaming response.
+pub async fn send(req: Request<Full<Bytes>>) -> Response<Incoming> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    client.request(req).await.expect("request reaches the server")
+}
+
+/// POSTs JSON with extra headers; returns status, headers and the whole body.
+pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, HeaderMap, Bytes) {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// The request headers the mock saw, from its `x-mock-request-headers` echo.
+pub fn upstream_saw(headers: &HeaderMap) -> Value {
+    serde_json::from_str(header(headers, "x-mock-request-headers")).expect("mock echoes request headers")
+}
+
+pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+pub const CHAT_STREAM_USAGE: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+pub const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+pub const MESSAGES_STREAM: &str = r#"{"model":"claude-3-5-haiku-latest","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+pub const MESSAGES: &str = r#"{"model":"claude-3-5-haiku-latest","max_tokens":64,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+
+/// A response body the test feeds chunk by chunk through a channel.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// Reads the next data frame of a response (None at the end), failing after 10 s.
+pub async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("no chunk within 10 s: the proxy is holding the stream back")?
+            .expect("body error");
+        if let Ok(data) = frame.into_data() {
+            return Some(data);
+        }
+    }
+}
+
+/// A body that yields `chunks` as separate frames.
+pub fn chunked(chunks: &[&'static str]) -> ScriptBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+    for c in chunks {
+        tx.try_send(Bytes::from_static(c.as_bytes())).unwrap();
+    }
+    ChannelBody(rx).boxed()
+}
