@@ -45,7 +45,8 @@ impl Admin {
             return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
         }
         if !self.authorized(req.headers()) {
-            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer <token>)");
+            let mut response =
+                error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer <token>)");
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Ok(response);
         }

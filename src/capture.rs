@@ -145,7 +145,10 @@ mod tests {
         let done = c.finish();
         assert_eq!(&done.joined(b"|")[..], b"hello world");
         assert!(!done.truncated());
-        assert_eq!(done.marks, vec![ChunkMark { end_offset: 6, elapsed_us: 1 }, ChunkMark { end_offset: 11, elapsed_us: 2 }]);
+        assert_eq!(
+            done.marks,
+            vec![ChunkMark { end_offset: 6, elapsed_us: 1 }, ChunkMark { end_offset: 11, elapsed_us: 2 }]
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     };
     let config = flags.get("config").map(PathBuf::from);
     let admin = || AdminTarget { url: flags.get("admin").cloned(), config: config.clone() };
-    let no_positional = |p: &Vec<String>| if p.is_empty() { Ok(()) } else { Err(format!("unexpected argument {:?}", p[0])) };
+    let no_positional =
+        |p: &Vec<String>| if p.is_empty() { Ok(()) } else { Err(format!("unexpected argument {:?}", p[0])) };
     match command.as_str() {
         "serve" => {
             allow(&["config"])?;
@@ -98,13 +99,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 Some(v) => v.parse().map_err(|_| format!("--chunk-delay-ms: {v:?} is not a whole number"))?,
                 None => crate::mock_llm::DEFAULT_CHUNK_DELAY.as_millis() as u64,
             };
-            Ok(Command::MockLlm { listen: flags.get("listen").cloned().unwrap_or_else(|| "127.0.0.1:9090".into()), chunk_delay_ms })
+            Ok(Command::MockLlm {
+                listen: flags.get("listen").cloned().unwrap_or_else(|| "127.0.0.1:9090".into()),
+                chunk_delay_ms,
+            })
         }
         "traces" => {
             allow(&["limit", "admin", "config"])?;
             no_positional(&positional)?;
             let limit = match flags.get("limit") {
-                Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("--limit: {v:?} is not a positive number"))?,
+                Some(v) => v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("--limit: {v:?} is not a positive number"))?,
                 None => 20,
             };
             Ok(Command::Traces { limit, admin: admin() })
@@ -127,13 +135,15 @@ async fn get_json(target: &AdminTarget, path_and_query: &str) -> Result<Value, S
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = http::Request::get(uri).body(Empty::new()).map_err(|e| e.to_string())?;
     if let Some(token) = token {
-        let value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "admin token is not a valid header")?;
+        let value =
+            http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "admin token is not a valid header")?;
         request.headers_mut().insert(http::header::AUTHORIZATION, value);
     }
     let response = client.request(request).await.map_err(|e| format!("cannot reach the admin API at {base}: {e}"))?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let value: Value = serde_json::from_slice(&body).map_err(|_| format!("admin API answered {status} with a non-JSON body"))?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|_| format!("admin API answered {status} with a non-JSON body"))?;
     if !status.is_success() {
         let message = value["error"]["message"].as_str().unwrap_or("request failed");
         return Err(format!("admin API: {status}: {message}"));
@@ -220,7 +230,9 @@ pub fn format_trace(value: &Value) -> String {
     let start = spans.iter().filter_map(|s| s["start_time_unix_nano"].as_u64()).min().unwrap_or(0);
     let end = spans
         .iter()
-        .map(|s| s["start_time_unix_nano"].as_u64().unwrap_or(0) + (s["duration_ms"].as_f64().unwrap_or(0.0) * 1e6) as u64)
+        .map(|s| {
+            s["start_time_unix_nano"].as_u64().unwrap_or(0) + (s["duration_ms"].as_f64().unwrap_or(0.0) * 1e6) as u64
+        })
         .max()
         .unwrap_or(start);
     let mut out = String::new();
@@ -236,7 +248,13 @@ pub fn format_trace(value: &Value) -> String {
         format_cost((!costs.is_empty()).then(|| costs.iter().sum())),
         format_utc(start),
     );
-    fn walk(out: &mut String, children: &HashMap<Option<&str>, Vec<&Value>>, parent: Option<&str>, prefix: &str, trace_start: u64) {
+    fn walk(
+        out: &mut String,
+        children: &HashMap<Option<&str>, Vec<&Value>>,
+        parent: Option<&str>,
+        prefix: &str,
+        trace_start: u64,
+    ) {
         let Some(list) = children.get(&parent) else { return };
         for (i, span) in list.iter().enumerate() {
             let last = i + 1 == list.len();
@@ -308,7 +326,10 @@ mod tests {
     #[test]
     fn parses_commands() {
         assert_eq!(parse(&args("serve --config x.toml")).unwrap(), Command::Serve { config: Some("x.toml".into()) });
-        assert_eq!(parse(&args("mock-llm --chunk-delay-ms=5")).unwrap(), Command::MockLlm { listen: "127.0.0.1:9090".into(), chunk_delay_ms: 5 });
+        assert_eq!(
+            parse(&args("mock-llm --chunk-delay-ms=5")).unwrap(),
+            Command::MockLlm { listen: "127.0.0.1:9090".into(), chunk_delay_ms: 5 }
+        );
         assert!(matches!(parse(&args("trace abc")).unwrap(), Command::Trace { .. }));
         assert!(parse(&args("trace")).is_err());
         assert!(parse(&args("serve --limit 3")).is_err());
@@ -324,6 +345,9 @@ mod tests {
         ]});
         let text = format_trace(&v);
         assert!(text.contains("└─ agent"), "{text}");
-        assert!(text.contains("   └─ chat gpt-4o  [ok 200]  +1.0 ms  5.0 ms  ttft 1.5 ms  tokens 3/4 (reported)"), "{text}");
+        assert!(
+            text.contains("   └─ chat gpt-4o  [ok 200]  +1.0 ms  5.0 ms  ttft 1.5 ms  tokens 3/4 (reported)"),
+            "{text}"
+        );
     }
 }

@@ -374,8 +374,16 @@ impl Config {
                 upstream,
                 api: p.api,
                 api_key,
-                connect_timeout: parse_secs(&field("connect_timeout_secs"), p.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS)?,
-                response_timeout: parse_secs(&field("response_timeout_secs"), p.response_timeout_secs, DEFAULT_RESPONSE_TIMEOUT_SECS)?,
+                connect_timeout: parse_secs(
+                    &field("connect_timeout_secs"),
+                    p.connect_timeout_secs,
+                    DEFAULT_CONNECT_TIMEOUT_SECS,
+                )?,
+                response_timeout: parse_secs(
+                    &field("response_timeout_secs"),
+                    p.response_timeout_secs,
+                    DEFAULT_RESPONSE_TIMEOUT_SECS,
+                )?,
             }));
         }
         let default_provider = match raw.server.default_provider {
@@ -422,7 +430,9 @@ impl Config {
                     return Err(ConfigError::new(format!("teams[{i}].keys[{k}]"), "the same key is listed twice"));
                 }
             }
-            for (name, value) in [("daily_budget_usd", t.daily_budget_usd), ("monthly_budget_usd", t.monthly_budget_usd)] {
+            for (name, value) in
+                [("daily_budget_usd", t.daily_budget_usd), ("monthly_budget_usd", t.monthly_budget_usd)]
+            {
                 if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
                     return Err(ConfigError::new(field(name), "must be a non-negative number"));
                 }
@@ -482,7 +492,8 @@ impl Config {
     pub fn describe(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let source = self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+        let source =
+            self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
         let _ = writeln!(out, "config: {source}");
         let scheme = if self.server.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(out, "proxy listener: {scheme}://{}", self.server.listen);
@@ -529,12 +540,14 @@ impl Config {
 }
 
 /// Replaces `${VAR}` in every string value; `$$` stands for a literal `$`.
-fn expand_env(value: &mut toml::Value, path: &mut String, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+fn expand_env(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                *s = expand_str(s, env).map_err(|m| ConfigError::new(path.clone(), m))?;
-            }
+        toml::Value::String(s) if s.contains('$') => {
+            *s = expand_str(s, env).map_err(|m| ConfigError::new(path.clone(), m))?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -588,9 +601,7 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("{value:?} is not an address like 127.0.0.1:8787")))
+    value.parse().map_err(|_| ConfigError::new(field, format!("{value:?} is not an address like 127.0.0.1:8787")))
 }
 
 fn parse_secs(field: &str, value: Option<f64>, default: f64) -> Result<std::time::Duration, ConfigError> {

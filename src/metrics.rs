@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use crate::span::Span;
 
 /// Histogram bucket bounds in seconds, sized for LLM calls (tens of ms to minutes).
-const SECONDS_BUCKETS: [f64; 16] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+const SECONDS_BUCKETS: [f64; 16] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -83,14 +84,24 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        counter(&mut out, "tracegate_spans_recorded_total", "Spans written to the store.", self.spans_recorded.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "tracegate_spans_recorded_total",
+            "Spans written to the store.",
+            self.spans_recorded.load(Ordering::Relaxed),
+        );
         counter(
             &mut out,
             "tracegate_spans_dropped_total",
             "Spans dropped because the recorder queue was full.",
             self.spans_dropped.load(Ordering::Relaxed),
         );
-        counter(&mut out, "tracegate_store_errors_total", "Failed writes to the span store.", self.store_errors.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "tracegate_store_errors_total",
+            "Failed writes to the span store.",
+            self.store_errors.load(Ordering::Relaxed),
+        );
 
         let l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
         header(&mut out, "tracegate_requests_total", "counter", "Proxied calls by provider, model, team and status.");
@@ -99,7 +110,12 @@ impl Metrics {
         }
         histogram(&mut out, "tracegate_request_duration_seconds", "Duration of proxied calls.", &l.durations);
         histogram(&mut out, "tracegate_ttft_seconds", "Time to first token of streamed calls.", &l.ttft);
-        header(&mut out, "tracegate_tokens_total", "counter", "Tokens by provider, model, team and type (input/output).");
+        header(
+            &mut out,
+            "tracegate_tokens_total",
+            "counter",
+            "Tokens by provider, model, team and type (input/output).",
+        );
         for (labels, v) in &l.tokens {
             let _ = writeln!(out, "tracegate_tokens_total{} {v}", render_labels(labels, None));
         }

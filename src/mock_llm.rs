@@ -56,8 +56,7 @@ pub const DEFAULT_CHUNK_DELAY: Duration = Duration::from_millis(20);
 
 /// The mock's reply. Streams emit it word by word; each word after the first keeps its
 /// leading space, so the streamed pieces concatenate to exactly this text.
-pub const REPLY_TEXT: &str =
-    "This is a mock reply from tracegate mock-llm, the offline fake upstream.";
+pub const REPLY_TEXT: &str = "This is a mock reply from tracegate mock-llm, the offline fake upstream.";
 
 /// [`REPLY_TEXT`] as the pieces a stream emits: one piece is one output "token".
 const REPLY_PIECES: [&str; 12] = [
@@ -85,25 +84,12 @@ const MAX_EMBEDDING_DIMS: usize = 4096;
 const DEFAULT_EMBEDDING_DIMS: usize = 8;
 
 /// Name prefixes of the request headers echoed back in `x-mock-request-headers`.
-const ECHOED_HEADER_PREFIXES: [&str; 7] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-",
-    "authorization",
-    "x-api-key",
-    "x-tracegate-",
-];
+const ECHOED_HEADER_PREFIXES: [&str; 7] =
+    ["traceparent", "tracestate", "b3", "x-b3-", "authorization", "x-api-key", "x-tracegate-"];
 
 /// Model ids listed by `GET /v1/models`.
-const MODEL_IDS: [&str; 6] = [
-    "mock-model",
-    "gpt-4o-mini",
-    "gpt-4o",
-    "text-embedding-3-small",
-    "claude-haiku-4-5",
-    "claude-sonnet-4-5",
-];
+const MODEL_IDS: [&str; 6] =
+    ["mock-model", "gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-haiku-4-5", "claude-sonnet-4-5"];
 
 /// Settings of a mock server.
 #[derive(Clone, Debug)]
@@ -115,9 +101,7 @@ pub struct MockConfig {
 
 impl Default for MockConfig {
     fn default() -> Self {
-        MockConfig {
-            chunk_delay: DEFAULT_CHUNK_DELAY,
-        }
+        MockConfig { chunk_delay: DEFAULT_CHUNK_DELAY }
     }
 }
 
@@ -218,11 +202,9 @@ struct Opts {
 
 impl Opts {
     fn from_headers(headers: &HeaderMap, default_delay: Duration) -> Opts {
-        let delay = header_u64(headers, "x-mock-chunk-delay-ms")
-            .map(Duration::from_millis)
-            .unwrap_or(default_delay);
-        let chunks = header_u64(headers, "x-mock-chunks")
-            .map(|n| usize::try_from(n).unwrap_or(MAX_CHUNKS).min(MAX_CHUNKS));
+        let delay = header_u64(headers, "x-mock-chunk-delay-ms").map(Duration::from_millis).unwrap_or(default_delay);
+        let chunks =
+            header_u64(headers, "x-mock-chunks").map(|n| usize::try_from(n).unwrap_or(MAX_CHUNKS).min(MAX_CHUNKS));
         Opts { delay, chunks }
     }
 }
@@ -234,26 +216,15 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// The `x-mock-status` hook: an error status to answer with, if one was asked for.
 fn forced_status(headers: &HeaderMap) -> Option<StatusCode> {
     let code = u16::try_from(header_u64(headers, "x-mock-status")?).ok()?;
-    StatusCode::from_u16(code)
-        .ok()
-        .filter(|s| s.is_client_error() || s.is_server_error())
+    StatusCode::from_u16(code).ok().filter(|s| s.is_client_error() || s.is_server_error())
 }
 
 async fn handle(req: Request<Incoming>, default_delay: Duration) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
     let echoed = echoed_headers(&parts.headers);
-    let mut response = route(
-        &parts.method,
-        parts.uri.path(),
-        &parts.headers,
-        body,
-        default_delay,
-    )
-    .await;
+    let mut response = route(&parts.method, parts.uri.path(), &parts.headers, body, default_delay).await;
     if let Some(value) = echoed {
-        response
-            .headers_mut()
-            .insert("x-mock-request-headers", value);
+        response.headers_mut().insert("x-mock-request-headers", value);
     }
     response
 }
@@ -268,21 +239,13 @@ async fn route(
     if let Some(endpoint) = Endpoint::from_path(path) {
         let api = endpoint.api();
         if method != Method::POST {
-            return error_response(
-                api,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use POST on this endpoint",
-            );
+            return error_response(api, StatusCode::METHOD_NOT_ALLOWED, "use POST on this endpoint");
         }
         // Read the body before anything else so keep-alive connections stay reusable.
         let bytes = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                return error_response(
-                    api,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large",
-                );
+                return error_response(api, StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
             }
             Err(_) => {
                 return error_response(api, StatusCode::BAD_REQUEST, "could not read request body");
@@ -294,11 +257,7 @@ async fn route(
         let req: Value = match serde_json::from_slice::<Value>(&bytes) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
-                return error_response(
-                    api,
-                    StatusCode::BAD_REQUEST,
-                    "request body must be a JSON object",
-                );
+                return error_response(api, StatusCode::BAD_REQUEST, "request body must be a JSON object");
             }
             Err(err) => {
                 let msg = format!("could not parse the JSON body of your request: {err}");
@@ -316,11 +275,7 @@ async fn route(
     }
 
     let anthropic_client = headers.contains_key("anthropic-version");
-    let api = if anthropic_client {
-        Api::Anthropic
-    } else {
-        Api::OpenAi
-    };
+    let api = if anthropic_client { Api::Anthropic } else { Api::OpenAi };
     match (method, path) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/v1/models") => match forced_status(headers) {
@@ -376,14 +331,8 @@ impl Reply {
     fn plan(max_tokens: Option<u64>, opts: &Opts) -> Reply {
         let wanted = opts.chunks.unwrap_or(REPLY_PIECES.len());
         match max_tokens {
-            Some(max) if max < wanted as u64 => Reply {
-                words: max as usize,
-                truncated: true,
-            },
-            _ => Reply {
-                words: wanted,
-                truncated: false,
-            },
+            Some(max) if max < wanted as u64 => Reply { words: max as usize, truncated: true },
+            _ => Reply { words: wanted, truncated: false },
         }
     }
 
@@ -458,16 +407,11 @@ fn next_id() -> u64 {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn model_of(req: &Value) -> String {
-    req.get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("mock-model")
-        .to_owned()
+    req.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_owned()
 }
 
 fn is_stream(req: &Value) -> bool {
@@ -476,14 +420,11 @@ fn is_stream(req: &Value) -> bool {
 
 /// The first of `keys` present as a non-negative integer.
 fn max_tokens(req: &Value, keys: &[&str]) -> Option<u64> {
-    keys.iter()
-        .find_map(|k| req.get(*k).and_then(Value::as_u64))
+    keys.iter().find_map(|k| req.get(*k).and_then(Value::as_u64))
 }
 
 fn include_usage(req: &Value) -> bool {
-    req.pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+    req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false)
 }
 
 fn openai_usage(prompt: u64, completion: u64) -> Value {
@@ -504,10 +445,7 @@ fn openai_usage(prompt: u64, completion: u64) -> Value {
 fn chat_completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     let model = model_of(req);
     let prompt_tokens = chat_prompt_tokens(req.get("messages"), 0);
-    let reply = Reply::plan(
-        max_tokens(req, &["max_completion_tokens", "max_tokens"]),
-        opts,
-    );
+    let reply = Reply::plan(max_tokens(req, &["max_completion_tokens", "max_tokens"]), opts);
     let finish_reason = if reply.truncated { "length" } else { "stop" };
     let usage = openai_usage(prompt_tokens, reply.words as u64);
     let id = format!("chatcmpl-mock-{}", next_id());
@@ -553,13 +491,7 @@ fn chat_completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     };
     let choice = |delta: Value, finish: Option<&str>| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
     sse_response(total, opts.delay, move |k| match k {
-        0 => chunk(
-            choice(
-                json!({"role": "assistant", "content": "", "refusal": null}),
-                None,
-            ),
-            None,
-        ),
+        0 => chunk(choice(json!({"role": "assistant", "content": "", "refusal": null}), None), None),
         k if k <= n => chunk(choice(json!({"content": piece(k - 1)}), None), None),
         k if k == n + 1 => chunk(choice(json!({}), Some(finish_reason)), None),
         k if k == n + 2 && with_usage => chunk(json!([]), Some(&usage)),
@@ -636,21 +568,16 @@ enum EmbeddingInput<'a> {
 
 /// Splits the `input` of an embeddings request into its items, as the real API does.
 fn embedding_inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput<'_>>, &'static str> {
-    const SHAPE: &str =
-        "'input' must be a string, an array of strings, or an array of token arrays";
+    const SHAPE: &str = "'input' must be a string, an array of strings, or an array of token arrays";
     match input {
         Some(Value::String(s)) => Ok(vec![EmbeddingInput::Text(s)]),
         Some(Value::Array(items)) if items.is_empty() => Err("'input' must not be empty"),
-        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
-            Ok(vec![EmbeddingInput::Tokens(items)])
-        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => Ok(vec![EmbeddingInput::Tokens(items)]),
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| match item {
                 Value::String(s) => Ok(EmbeddingInput::Text(s)),
-                Value::Array(tokens) if tokens.iter().all(Value::is_number) => {
-                    Ok(EmbeddingInput::Tokens(tokens))
-                }
+                Value::Array(tokens) if tokens.iter().all(Value::is_number) => Ok(EmbeddingInput::Tokens(tokens)),
                 _ => Err(SHAPE),
             })
             .collect(),
@@ -668,9 +595,7 @@ fn embeddings(req: &Value) -> Response<MockBody> {
     let dims = req
         .get("dimensions")
         .and_then(Value::as_u64)
-        .map_or(DEFAULT_EMBEDDING_DIMS, |d| {
-            (d as usize).clamp(1, MAX_EMBEDDING_DIMS)
-        });
+        .map_or(DEFAULT_EMBEDDING_DIMS, |d| (d as usize).clamp(1, MAX_EMBEDDING_DIMS));
     let base64 = req.get("encoding_format").and_then(Value::as_str) == Some("base64");
 
     let mut prompt_tokens = 0;
@@ -685,10 +610,7 @@ fn embeddings(req: &Value) -> Response<MockBody> {
                 }
                 EmbeddingInput::Tokens(tokens) => {
                     prompt_tokens += tokens.len() as u64;
-                    let ids: Vec<u8> = tokens
-                        .iter()
-                        .flat_map(|t| t.as_i64().unwrap_or(0).to_le_bytes())
-                        .collect();
+                    let ids: Vec<u8> = tokens.iter().flat_map(|t| t.as_i64().unwrap_or(0).to_le_bytes()).collect();
                     fnv1a(&ids)
                 }
             };
@@ -724,15 +646,11 @@ fn embedding_vector(seed: u64, dims: usize) -> Vec<f32> {
         })
         .collect();
     let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
-    raw.iter()
-        .map(|x| ((x / norm) * 1024.0).round() as f32 / 1024.0)
-        .collect()
+    raw.iter().map(|x| ((x / norm) * 1024.0).round() as f32 / 1024.0).collect()
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn splitmix64(x: u64) -> u64 {
@@ -747,11 +665,7 @@ fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for group in bytes.chunks(3) {
-        let b = [
-            group[0],
-            *group.get(1).unwrap_or(&0),
-            *group.get(2).unwrap_or(&0),
-        ];
+        let b = [group[0], *group.get(1).unwrap_or(&0), *group.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
             if i <= group.len() {
@@ -782,11 +696,7 @@ fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
     let n = next_id();
     let resp_id = format!("resp_mock_{n}");
     let item_id = format!("msg_mock_{n}");
-    let final_status = if reply.truncated {
-        "incomplete"
-    } else {
-        "completed"
-    };
+    let final_status = if reply.truncated { "incomplete" } else { "completed" };
     let text = reply.text();
     let message_item = |status: &str, content: Value| {
         json!({
@@ -843,11 +753,7 @@ fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
     let item_added = message_item("in_progress", json!([]));
     let empty_part = text_part("");
     let full_part = text_part(&text);
-    let last_type = if reply.truncated {
-        "response.incomplete"
-    } else {
-        "response.completed"
-    };
+    let last_type = if reply.truncated { "response.incomplete" } else { "response.completed" };
     let words = reply.words;
     // Events: created, in_progress, output_item.added, content_part.added, one delta per
     // word, output_text.done, content_part.done, output_item.done, completed.
@@ -857,10 +763,7 @@ fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
         let (kind, event) = match k {
             0 => ("response.created", json!({"response": created})),
             1 => ("response.in_progress", json!({"response": created})),
-            2 => (
-                "response.output_item.added",
-                json!({"output_index": 0, "item": item_added}),
-            ),
+            2 => ("response.output_item.added", json!({"output_index": 0, "item": item_added})),
             3 => (
                 "response.content_part.added",
                 json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": empty_part}),
@@ -883,10 +786,7 @@ fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
                 "response.content_part.done",
                 json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": full_part}),
             ),
-            k if k == 6 + words => (
-                "response.output_item.done",
-                json!({"output_index": 0, "item": final_item}),
-            ),
+            k if k == 6 + words => ("response.output_item.done", json!({"output_index": 0, "item": final_item})),
             _ => (last_type, json!({"response": completed})),
         };
         let mut event = event;
@@ -902,11 +802,7 @@ fn messages(req: &Value, opts: &Opts) -> Response<MockBody> {
     let system_words = req.get("system").map_or(0, text_words);
     let input_tokens = chat_prompt_tokens(req.get("messages"), system_words);
     let reply = Reply::plan(max_tokens(req, &["max_tokens"]), opts);
-    let stop_reason = if reply.truncated {
-        "max_tokens"
-    } else {
-        "end_turn"
-    };
+    let stop_reason = if reply.truncated { "max_tokens" } else { "end_turn" };
     let id = format!("msg_mock_{}", next_id());
     let usage = |output_tokens: u64| {
         json!({
@@ -961,10 +857,7 @@ fn messages(req: &Value, opts: &Opts) -> Response<MockBody> {
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece(k - 3)}}),
         ),
-        k if k == 3 + words => sse_event(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
-        ),
+        k if k == 3 + words => sse_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
         k if k == 4 + words => sse_event(
             "message_delta",
             &json!({
@@ -979,10 +872,7 @@ fn messages(req: &Value, opts: &Opts) -> Response<MockBody> {
 
 /// `GET /v1/models`, in Anthropic's shape when the caller is an Anthropic client.
 fn list_models(anthropic: bool) -> Response<MockBody> {
-    let data: Vec<Value> = MODEL_IDS
-        .iter()
-        .map(|id| model_object(id, anthropic))
-        .collect();
+    let data: Vec<Value> = MODEL_IDS.iter().map(|id| model_object(id, anthropic)).collect();
     let body = if anthropic {
         json!({
             "data": data,
@@ -1015,10 +905,7 @@ fn model_object(id: &str, anthropic: bool) -> Value {
 
 /// The answer to `x-mock-status`.
 fn forced_error(api: Api, status: StatusCode) -> Response<MockBody> {
-    let msg = format!(
-        "mock error: status {} requested with x-mock-status",
-        status.as_u16()
-    );
+    let msg = format!("mock error: status {} requested with x-mock-status", status.as_u16());
     error_response(api, status, &msg)
 }
 
@@ -1057,10 +944,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
     let bytes = serde_json::to_vec(body).expect("serializing a JSON value cannot fail");
     let mut response = Response::new(MockBody::Full(Some(Bytes::from(bytes))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -1072,16 +956,10 @@ fn sse_response(
     event: impl FnMut(usize) -> Bytes + Send + 'static,
 ) -> Response<MockBody> {
     let frames: Box<dyn Iterator<Item = Bytes> + Send> = Box::new((0..total).map(event));
-    let mut response = Response::new(MockBody::Paced(Box::new(Paced {
-        frames: frames.peekable(),
-        delay,
-        sleep: None,
-    })));
+    let mut response =
+        Response::new(MockBody::Paced(Box::new(Paced { frames: frames.peekable(), delay, sleep: None })));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
@@ -1133,10 +1011,7 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Paced(paced) => {
@@ -1187,9 +1062,7 @@ mod tests {
     async fn start(delay_ms: u64) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = MockConfig {
-            chunk_delay: Duration::from_millis(delay_ms),
-        };
+        let config = MockConfig { chunk_delay: Duration::from_millis(delay_ms) };
         tokio::spawn(serve(listener, config));
         addr
     }
@@ -1214,10 +1087,7 @@ mod tests {
         /// SSE events as (event name, data) pairs.
         fn events(&self) -> Vec<(Option<String>, String)> {
             let body = self.body();
-            assert!(
-                body.ends_with("\n\n"),
-                "stream must end with a complete event"
-            );
+            assert!(body.ends_with("\n\n"), "stream must end with a complete event");
             body.split("\n\n")
                 .filter(|e| !e.is_empty())
                 .map(|event| {
@@ -1246,31 +1116,18 @@ mod tests {
         }
     }
 
-    async fn send(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
+    async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr.to_string());
+        let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
         if !body.is_empty() {
             builder = builder.header("content-type", "application/json");
         }
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
+        let request = builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
         let started = StdInstant::now();
         let response = sender.send_request(request).await.unwrap();
         let (parts, mut incoming) = response.into_parts();
@@ -1280,30 +1137,20 @@ mod tests {
                 frames.push((started.elapsed(), data));
             }
         }
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            frames,
-        }
+        Reply { status: parts.status, headers: parts.headers, frames }
     }
 
     async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
         send(addr, "POST", path, &[], &body.to_string()).await
     }
 
-    const HELLO: &str =
-        r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello to me"}]"#;
+    const HELLO: &str = r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello to me"}]"#;
 
     #[tokio::test]
     async fn chat_non_stream_has_openai_shape_and_usage() {
         let addr = start(0).await;
         let messages: Value = serde_json::from_str(HELLO).unwrap();
-        let r = post(
-            addr,
-            "/v1/chat/completions",
-            json!({"model": "gpt-4o-mini", "messages": messages}),
-        )
-        .await;
+        let r = post(addr, "/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": messages})).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.headers["content-type"], "application/json");
         let v = r.json();
@@ -1321,22 +1168,14 @@ mod tests {
         assert_eq!(v["usage"]["completion_tokens"], 12);
         assert_eq!(v["usage"]["total_tokens"], 27);
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-        assert_eq!(
-            v["usage"]["completion_tokens_details"]["reasoning_tokens"],
-            0
-        );
+        assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 0);
         assert_eq!(v["system_fingerprint"], "fp_mock");
     }
 
     #[tokio::test]
     async fn chat_max_tokens_cuts_the_reply_with_length() {
         let addr = start(0).await;
-        let r = post(
-            addr,
-            "/v1/chat/completions",
-            json!({"model": "m", "messages": [], "max_tokens": 3}),
-        )
-        .await;
+        let r = post(addr, "/v1/chat/completions", json!({"model": "m", "messages": [], "max_tokens": 3})).await;
         let v = r.json();
         assert_eq!(v["choices"][0]["message"]["content"], "This is a");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
@@ -1347,12 +1186,7 @@ mod tests {
     #[tokio::test]
     async fn chat_stream_without_include_usage_has_no_usage() {
         let addr = start(0).await;
-        let r = post(
-            addr,
-            "/v1/chat/completions",
-            json!({"model": "m", "messages": [], "stream": true}),
-        )
-        .await;
+        let r = post(addr, "/v1/chat/completions", json!({"model": "m", "messages": [], "stream": true})).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.headers["content-type"], "text/event-stream");
         assert_eq!(r.headers["cache-control"], "no-cache");
@@ -1363,22 +1197,13 @@ mod tests {
         assert!(chunks.iter().all(|c| c.get("usage").is_none()));
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "");
-        let text: String = chunks[1..13]
-            .iter()
-            .map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let text: String =
+            chunks[1..13].iter().map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap().to_owned()).collect();
         assert_eq!(text, REPLY_TEXT);
         let last = &chunks[13]["choices"][0];
         assert_eq!(last["delta"], json!({}));
         assert_eq!(last["finish_reason"], "stop");
-        assert!(chunks
-            .iter()
-            .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+        assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
     }
 
     #[tokio::test]
@@ -1418,33 +1243,16 @@ mod tests {
         assert_eq!(r.events().len(), 8);
         let first = r.frames.first().unwrap().0;
         let last = r.frames.last().unwrap().0;
-        assert!(
-            last >= Duration::from_millis(300),
-            "stream took only {last:?}"
-        );
-        assert!(
-            last - first >= Duration::from_millis(200),
-            "first {first:?}, last {last:?}"
-        );
-        assert!(
-            r.frames.len() >= 3,
-            "events arrived in only {} frames",
-            r.frames.len()
-        );
+        assert!(last >= Duration::from_millis(300), "stream took only {last:?}");
+        assert!(last - first >= Duration::from_millis(200), "first {first:?}, last {last:?}");
+        assert!(r.frames.len() >= 3, "events arrived in only {} frames", r.frames.len());
     }
 
     #[tokio::test]
     async fn config_delay_applies_and_zero_header_overrides_it() {
         let addr = start(40).await;
         let body = json!({"model": "m", "messages": [], "stream": true}).to_string();
-        let slow = send(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mock-chunks", "4")],
-            &body,
-        )
-        .await;
+        let slow = send(addr, "POST", "/v1/chat/completions", &[("x-mock-chunks", "4")], &body).await;
         assert!(slow.frames.last().unwrap().0 >= Duration::from_millis(150));
         let fast = send(
             addr,
@@ -1476,10 +1284,7 @@ mod tests {
         expected.extend(std::iter::repeat_n("content_block_delta", 12));
         expected.extend(["content_block_stop", "message_delta", "message_stop"]);
         assert_eq!(names, expected);
-        let data: Vec<Value> = events
-            .iter()
-            .map(|(_, d)| serde_json::from_str(d).unwrap())
-            .collect();
+        let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
         for ((name, _), d) in events.iter().zip(&data) {
             assert_eq!(d["type"], name.as_deref().unwrap());
         }
@@ -1530,59 +1335,34 @@ mod tests {
                 bytes.push((bits >> nbits) as u8);
             }
         }
-        bytes
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
     }
 
     #[tokio::test]
     async fn embeddings_floats_and_base64_agree() {
         let addr = start(0).await;
-        let floats = post(
-            addr,
-            "/v1/embeddings",
-            json!({"model": "e", "input": ["hello world", "bye"]}),
-        )
-        .await
-        .json();
+        let floats = post(addr, "/v1/embeddings", json!({"model": "e", "input": ["hello world", "bye"]})).await.json();
         assert_eq!(floats["object"], "list");
         assert_eq!(floats["model"], "e");
-        assert_eq!(
-            floats["usage"],
-            json!({"prompt_tokens": 3, "total_tokens": 3})
-        );
+        assert_eq!(floats["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
         assert_eq!(floats["data"].as_array().unwrap().len(), 2);
         assert_eq!(floats["data"][1]["index"], 1);
         assert_eq!(floats["data"][0]["object"], "embedding");
-        let first: Vec<f32> = floats["data"][0]["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let first: Vec<f32> =
+            floats["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         assert_eq!(first.len(), 8);
         let norm: f32 = first.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 0.01, "norm {norm}");
 
-        let b64 = post(
-            addr,
-            "/v1/embeddings",
-            json!({"model": "e", "input": "hello world", "encoding_format": "base64"}),
-        )
-        .await
-        .json();
+        let b64 =
+            post(addr, "/v1/embeddings", json!({"model": "e", "input": "hello world", "encoding_format": "base64"}))
+                .await
+                .json();
         let encoded = b64["data"][0]["embedding"].as_str().unwrap();
         assert_eq!(encoded.len(), 44); // 32 bytes
         assert_eq!(decode_f32s(encoded), first, "same input, same vector");
 
-        let tokens = post(
-            addr,
-            "/v1/embeddings",
-            json!({"input": [[1, 2, 3], [4]], "dimensions": 3}),
-        )
-        .await
-        .json();
+        let tokens = post(addr, "/v1/embeddings", json!({"input": [[1, 2, 3], [4]], "dimensions": 3})).await.json();
         assert_eq!(tokens["usage"]["prompt_tokens"], 4);
         assert_eq!(tokens["data"][1]["embedding"].as_array().unwrap().len(), 3);
 
@@ -1624,10 +1404,7 @@ mod tests {
         let item = &v["output"][0];
         assert_eq!(item["type"], "message");
         assert_eq!(item["role"], "assistant");
-        assert_eq!(
-            item["content"][0],
-            json!({"type": "output_text", "text": REPLY_TEXT, "annotations": []})
-        );
+        assert_eq!(item["content"][0], json!({"type": "output_text", "text": REPLY_TEXT, "annotations": []}));
         // 2 instruction words + (4 words + 3) + 3
         assert_eq!(v["usage"]["input_tokens"], 12);
         assert_eq!(v["usage"]["output_tokens"], 12);
@@ -1642,10 +1419,7 @@ mod tests {
         let body = json!({"model": "gpt-4o", "input": [{"role": "user", "content": [{"type": "input_text", "text": "a b"}]}], "stream": true});
         let r = post(addr, "/v1/responses", body).await;
         let events = r.events();
-        let data: Vec<Value> = events
-            .iter()
-            .map(|(_, d)| serde_json::from_str(d).unwrap())
-            .collect();
+        let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
         for (i, ((name, _), d)) in events.iter().zip(&data).enumerate() {
             assert_eq!(d["type"], name.as_deref().unwrap());
             assert_eq!(d["sequence_number"], i);
@@ -1653,16 +1427,9 @@ mod tests {
         let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
         assert_eq!(
             names[..4],
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.content_part.added"
-            ]
+            ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
         );
-        assert!(names[4..16]
-            .iter()
-            .all(|n| *n == "response.output_text.delta"));
+        assert!(names[4..16].iter().all(|n| *n == "response.output_text.delta"));
         assert_eq!(
             names[16..],
             [
@@ -1672,10 +1439,7 @@ mod tests {
                 "response.completed"
             ]
         );
-        let deltas: String = data[4..16]
-            .iter()
-            .map(|d| d["delta"].as_str().unwrap().to_owned())
-            .collect();
+        let deltas: String = data[4..16].iter().map(|d| d["delta"].as_str().unwrap().to_owned()).collect();
         assert_eq!(deltas, REPLY_TEXT);
         assert_eq!(data[0]["response"]["status"], "in_progress");
         let done = &data.last().unwrap()["response"];
@@ -1688,30 +1452,20 @@ mod tests {
     #[tokio::test]
     async fn legacy_completions_plain_and_stream() {
         let addr = start(0).await;
-        let v = post(
-            addr,
-            "/v1/completions",
-            json!({"model": "i", "prompt": "once upon a time", "max_tokens": 4}),
-        )
-        .await
-        .json();
+        let v = post(addr, "/v1/completions", json!({"model": "i", "prompt": "once upon a time", "max_tokens": 4}))
+            .await
+            .json();
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["choices"][0]["text"], "This is a mock");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
-        assert_eq!(
-            v["usage"],
-            json!({"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8})
-        );
+        assert_eq!(v["usage"], json!({"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}));
 
         let body = json!({"model": "i", "prompt": "x", "stream": true, "stream_options": {"include_usage": true}});
         let r = post(addr, "/v1/completions", body).await;
         assert_eq!(r.events().last().unwrap().1, "[DONE]");
         let chunks = r.data_json();
         assert_eq!(chunks.len(), 12 + 2);
-        let text: String = chunks[..12]
-            .iter()
-            .map(|c| c["choices"][0]["text"].as_str().unwrap().to_owned())
-            .collect();
+        let text: String = chunks[..12].iter().map(|c| c["choices"][0]["text"].as_str().unwrap().to_owned()).collect();
         assert_eq!(text, REPLY_TEXT);
         assert_eq!(chunks[12]["choices"][0]["finish_reason"], "stop");
         assert_eq!(chunks[13]["usage"]["completion_tokens"], 12);
@@ -1721,14 +1475,7 @@ mod tests {
     async fn x_mock_status_gives_provider_shaped_errors() {
         let addr = start(0).await;
         let body = json!({"model": "m", "messages": [], "stream": true}).to_string();
-        let r = send(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mock-status", "429")],
-            &body,
-        )
-        .await;
+        let r = send(addr, "POST", "/v1/chat/completions", &[("x-mock-status", "429")], &body).await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers["content-type"], "application/json");
         let e = r.json();
@@ -1737,26 +1484,12 @@ mod tests {
         assert_eq!(e["error"]["param"], Value::Null);
         assert!(e["error"]["message"].as_str().unwrap().contains("429"));
 
-        let r = send(
-            addr,
-            "POST",
-            "/v1/messages",
-            &[("x-mock-status", "529")],
-            "{}",
-        )
-        .await;
+        let r = send(addr, "POST", "/v1/messages", &[("x-mock-status", "529")], "{}").await;
         assert_eq!(r.status.as_u16(), 529);
         assert_eq!(r.json()["type"], "error");
         assert_eq!(r.json()["error"]["type"], "overloaded_error");
 
-        let r = send(
-            addr,
-            "POST",
-            "/v1/embeddings",
-            &[("x-mock-status", "500")],
-            "{}",
-        )
-        .await;
+        let r = send(addr, "POST", "/v1/embeddings", &[("x-mock-status", "500")], "{}").await;
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(r.json()["error"]["type"], "server_error");
     }
@@ -1792,8 +1525,7 @@ mod tests {
         ];
         let body = json!({"model": "m", "messages": []}).to_string();
         let r = send(addr, "POST", "/v1/chat/completions", &headers, &body).await;
-        let echoed: Value =
-            serde_json::from_str(r.headers["x-mock-request-headers"].to_str().unwrap()).unwrap();
+        let echoed: Value = serde_json::from_str(r.headers["x-mock-request-headers"].to_str().unwrap()).unwrap();
         assert_eq!(
             echoed,
             json!({
@@ -1817,20 +1549,8 @@ mod tests {
         let addr = start(0).await;
         let v = send(addr, "GET", "/v1/models", &[], "").await.json();
         assert_eq!(v["object"], "list");
-        assert!(v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == "gpt-4o-mini" && m["object"] == "model"));
-        let v = send(
-            addr,
-            "GET",
-            "/v1/models",
-            &[("anthropic-version", "2023-06-01")],
-            "",
-        )
-        .await
-        .json();
+        assert!(v["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-4o-mini" && m["object"] == "model"));
+        let v = send(addr, "GET", "/v1/models", &[("anthropic-version", "2023-06-01")], "").await.json();
         assert_eq!(v["has_more"], false);
         assert_eq!(v["data"][0]["type"], "model");
         let v = send(addr, "GET", "/v1/models/gpt-4o", &[], "").await.json();
@@ -1842,16 +1562,12 @@ mod tests {
         let addr = start(0).await;
         // Several requests over one HTTP/1.1 connection.
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         for _ in 0..3 {
             let req = Request::post("/v1/chat/completions")
                 .header("host", "mock")
-                .body(Full::new(Bytes::from(
-                    r#"{"model":"m","messages":[],"stream":true}"#,
-                )))
+                .body(Full::new(Bytes::from(r#"{"model":"m","messages":[],"stream":true}"#)))
                 .unwrap();
             let resp = sender.send_request(req).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
@@ -1861,14 +1577,10 @@ mod tests {
         // Cleartext HTTP/2 with prior knowledge.
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         let req = Request::post(format!("http://{addr}/v1/messages"))
-            .body(Full::new(Bytes::from(
-                r#"{"model":"c","max_tokens":100,"messages":[]}"#,
-            )))
+            .body(Full::new(Bytes::from(r#"{"model":"c","max_tokens":100,"messages":[]}"#)))
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_2);
@@ -1881,23 +1593,14 @@ mod tests {
     async fn dropping_serve_closes_connections() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(
-            listener,
-            MockConfig {
-                chunk_delay: Duration::from_millis(200),
-            },
-        ));
+        let server = tokio::spawn(serve(listener, MockConfig { chunk_delay: Duration::from_millis(200) }));
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         let req = Request::post("/v1/chat/completions")
             .header("host", "mock")
             .header("x-mock-chunks", "100")
-            .body(Full::new(Bytes::from(
-                r#"{"model":"m","messages":[],"stream":true}"#,
-            )))
+            .body(Full::new(Bytes::from(r#"{"model":"m","messages":[],"stream":true}"#)))
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let mut body = resp.into_body();
@@ -1911,9 +1614,6 @@ mod tests {
             }
         })
         .await;
-        assert!(
-            rest.is_ok(),
-            "stream kept going after the server was dropped"
-        );
+        assert!(rest.is_ok(), "stream kept going after the server was dropped");
     }
 }

@@ -47,7 +47,12 @@ mod tests {
     use super::*;
 
     fn table() -> BTreeMap<String, Price> {
-        let p = |i, o| Price { input_per_mtok: i, output_per_mtok: o, cached_input_per_mtok: None, cache_write_per_mtok: None };
+        let p = |i, o| Price {
+            input_per_mtok: i,
+            output_per_mtok: o,
+            cached_input_per_mtok: None,
+            cache_write_per_mtok: None,
+        };
         BTreeMap::from([("gpt-4o".to_string(), p(2.5, 10.0)), ("gpt-4o-mini".to_string(), p(0.15, 0.6))])
     }
 
@@ -62,8 +67,18 @@ mod tests {
 
     #[test]
     fn cost_splits_cached_input() {
-        let price = Price { input_per_mtok: 2.0, output_per_mtok: 8.0, cached_input_per_mtok: Some(0.5), cache_write_per_mtok: Some(2.5) };
-        let tokens = BilledTokens { input_tokens: 1_000_000, output_tokens: 500_000, cache_read_input_tokens: 400_000, cache_creation_input_tokens: 100_000 };
+        let price = Price {
+            input_per_mtok: 2.0,
+            output_per_mtok: 8.0,
+            cached_input_per_mtok: Some(0.5),
+            cache_write_per_mtok: Some(2.5),
+        };
+        let tokens = BilledTokens {
+            input_tokens: 1_000_000,
+            output_tokens: 500_000,
+            cache_read_input_tokens: 400_000,
+            cache_creation_input_tokens: 100_000,
+        };
         let expected = 0.5 * 2.0 + 0.4 * 0.5 + 0.1 * 2.5 + 0.5 * 8.0;
         assert!((cost_usd(&price, tokens) - expected).abs() < 1e-12);
     }

@@ -104,7 +104,8 @@ impl Proxy {
             Ok(uri) => uri,
             Err(e) => return Ok(own_response(e, provider.api)),
         };
-        let upstream_path = if route.upstream_path.is_empty() { "/".to_string() } else { route.upstream_path.to_string() };
+        let upstream_path =
+            if route.upstream_path.is_empty() { "/".to_string() } else { route.upstream_path.to_string() };
 
         // Phase 3: trace context.
         let (mut parts, body) = req.into_parts();
@@ -117,10 +118,8 @@ impl Proxy {
 
         // Phase 4: upstream request.
         let tracegate_headers = strip_request_headers(&mut parts.headers);
-        let session = tracegate_headers
-            .iter()
-            .find(|(name, _)| name.as_str() == SESSION_HEADER)
-            .map(|(_, value)| value.clone());
+        let session =
+            tracegate_headers.iter().find(|(name, _)| name.as_str() == SESSION_HEADER).map(|(_, value)| value.clone());
         parts.headers.insert(TRACEPARENT, trace_context::traceparent_value(trace_id, span_id, sampled));
         if let Some(state) = tracestate {
             parts.headers.insert(TRACESTATE, state);
@@ -168,7 +167,8 @@ impl Proxy {
                 return Ok(fail(call, error, provider.api));
             }
             Err(_elapsed) => {
-                let error = ProxyError::upstream_timeout(&provider.name, "no response headers within the response timeout");
+                let error =
+                    ProxyError::upstream_timeout(&provider.name, "no response headers within the response timeout");
                 tracing::warn!(provider = %provider.name, "upstream response timeout");
                 return Ok(fail(call, error, provider.api));
             }

@@ -27,6 +27,8 @@ use crate::store::{SpanWrite, Store};
 
 /// Longest time a written span waits before it is flushed to disk.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the recorder naps between batches while spans keep arriving.
+const BUSY_NAP: Duration = Duration::from_millis(2);
 /// Most spans written in one sled batch.
 const MAX_BATCH: usize = 512;
 /// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
@@ -98,31 +100,40 @@ fn run(rx: Receiver<Message>, settings: RecorderSettings, store: Arc<Store>, met
     let mut batch: Vec<SpanWrite> = Vec::with_capacity(MAX_BATCH);
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
+    let mut busy = false;
     loop {
-        let timeout = match dirty_since {
-            Some(t) => FLUSH_INTERVAL.saturating_sub(t.elapsed()),
-            None => Duration::from_secs(3600),
-        };
         let mut disconnected = false;
-        match rx.recv_timeout(timeout) {
-            Ok(message) => {
-                accept(message, &settings, &metrics, &mut batch, &mut waiters);
-                // Drain whatever else is already queued into the same batch.
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(message) => accept(message, &settings, &metrics, &mut batch, &mut waiters),
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            disconnected = true;
-                            break;
-                        }
+        if busy {
+            // Under load, nap instead of parking on the queue: senders then never pay for a
+            // wake-up, and each batch gathers more spans.
+            std::thread::sleep(BUSY_NAP);
+        } else {
+            let timeout = match dirty_since {
+                Some(t) => FLUSH_INTERVAL.saturating_sub(t.elapsed()),
+                None => Duration::from_secs(3600),
+            };
+            match rx.recv_timeout(timeout) {
+                Ok(message) => accept(message, &settings, &metrics, &mut batch, &mut waiters),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+        }
+        // Drain whatever else is already queued, a batch at a time.
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(message) => accept(message, &settings, &metrics, &mut batch, &mut waiters),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => disconnected = true,
-        }
-        if !batch.is_empty() {
+            busy = !batch.is_empty();
+            if batch.is_empty() {
+                break;
+            }
             write(&store, &metrics, &mut batch);
             dirty_since.get_or_insert_with(Instant::now);
         }
@@ -180,7 +191,8 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
 
     let request_bytes = record.request_body.joined(b"\n");
     let request = providers::parse_request(api, &operation, &request_bytes);
-    let response_bytes = decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
+    let response_bytes =
+        decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
     let response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);
 
     let ttft_ms = if record.response_is_sse && record.response_encoding.is_none() {
@@ -197,12 +209,15 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     };
 
     let (status, error) = match &record.outcome {
-        Outcome::Cancelled => (SpanStatus::Cancelled, Some("client disconnected before the response was complete".to_string())),
+        Outcome::Cancelled => {
+            (SpanStatus::Cancelled, Some("client disconnected before the response was complete".to_string()))
+        }
         Outcome::Failed(message) => (SpanStatus::Error, Some(message.clone())),
         Outcome::Completed => match record.status_code {
-            Some(code) if code >= 400 => {
-                (SpanStatus::Error, Some(response.error.clone().unwrap_or_else(|| format!("upstream answered HTTP {code}"))))
-            }
+            Some(code) if code >= 400 => (
+                SpanStatus::Error,
+                Some(response.error.clone().unwrap_or_else(|| format!("upstream answered HTTP {code}"))),
+            ),
             _ => match &response.error {
                 Some(message) => (SpanStatus::Error, Some(message.clone())),
                 None => (SpanStatus::Ok, None),
@@ -261,7 +276,8 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
             }
         }
     }
-    let session = record.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let session =
+        record.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
 
     let span = Span {
         trace_id: record.trace_id,
@@ -314,7 +330,9 @@ fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_ss
     let compressed = &body.head[..];
     let mut out = Vec::new();
     let result = match encoding.as_str() {
-        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out),
+        "gzip" | "x-gzip" => {
+            flate2::read::MultiGzDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out)
+        }
         "deflate" => flate2::read::ZlibDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out),
         "br" => brotli_decompressor::Decompressor::new(compressed, 4096).take(MAX_DECODED_BYTES).read_to_end(&mut out),
         "identity" | "" => return body.joined(separator),

@@ -25,7 +25,7 @@ pub struct Route<'a> {
 impl Router {
     pub fn new(config: &Config) -> Self {
         let mut routes = config.providers.clone();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
         let default = config.server.default_provider.map(|i| config.providers[i].clone());
         Router { routes, default }
     }

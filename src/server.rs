@@ -200,7 +200,10 @@ async fn accept_loop<M, S, B>(
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while Arc::strong_count(&open_connections) > 1 {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(open = Arc::strong_count(&open_connections) - 1, "shutdown grace period over; closing open connections");
+            tracing::warn!(
+                open = Arc::strong_count(&open_connections) - 1,
+                "shutdown grace period over; closing open connections"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -309,14 +312,20 @@ impl tokio::io::AsyncWrite for Connection {
         }
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Connection::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Connection::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Connection::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),

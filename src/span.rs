@@ -123,7 +123,7 @@ pub struct TraceSummary {
     #[serde(default)]
     pub end_time_unix_nano: u64,
     /// Whether `root_name` comes from a span without a parent (else: the earliest span).
-    #[serde(default)]
+    #[serde(skip)]
     pub has_true_root: bool,
 }
 

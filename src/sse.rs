@@ -28,11 +28,7 @@ pub struct SseEvent<'a> {
 /// still open at the end of the buffer (a cut stream) is not, nor is one without any
 /// `data` line.
 pub fn events(buf: &[u8]) -> impl Iterator<Item = SseEvent<'_>> {
-    let pos = if buf.starts_with(b"\xEF\xBB\xBF") {
-        3
-    } else {
-        0
-    };
+    let pos = if buf.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
     Events { buf, pos }
 }
 
@@ -83,11 +79,7 @@ impl<'a> Events<'a> {
     fn next_line(&mut self) -> Option<&'a [u8]> {
         let rest = self.buf.get(self.pos..)?;
         let i = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
-        let term = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-            2
-        } else {
-            1
-        };
+        let term = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
         self.pos += i + term;
         Some(&rest[..i])
     }
@@ -103,13 +95,7 @@ impl<'a> Iterator for Events<'a> {
             let line = self.next_line()?;
             if line.is_empty() {
                 match data.take() {
-                    Some(data) => {
-                        return Some(SseEvent {
-                            event,
-                            data,
-                            end_offset: self.pos,
-                        })
-                    }
+                    Some(data) => return Some(SseEvent { event, data, end_offset: self.pos }),
                     None => {
                         event = None;
                         continue;
@@ -137,9 +123,7 @@ mod tests {
     use super::*;
 
     fn collect(buf: &[u8]) -> Vec<(Option<&str>, String, usize)> {
-        events(buf)
-            .map(|e| (e.event, e.data.into_owned(), e.end_offset))
-            .collect()
+        events(buf).map(|e| (e.event, e.data.into_owned(), e.end_offset)).collect()
     }
 
     #[test]
@@ -148,10 +132,7 @@ mod tests {
         let got = collect(buf);
         assert_eq!(
             got,
-            vec![
-                (Some("message_start"), "{\"a\":1}".to_string(), 36),
-                (Some("ping"), "{}".to_string(), buf.len()),
-            ]
+            vec![(Some("message_start"), "{\"a\":1}".to_string(), 36), (Some("ping"), "{}".to_string(), buf.len()),]
         );
         assert_eq!(&buf[..36], b"event: message_start\ndata: {\"a\":1}\n\n");
     }
@@ -171,26 +152,14 @@ mod tests {
     fn crlf_line_endings() {
         let buf = b"event: a\r\ndata: x\r\n\r\ndata: y\r\ndata: z\r\n\r\n";
         let got = collect(buf);
-        assert_eq!(
-            got,
-            vec![
-                (Some("a"), "x".to_string(), 21),
-                (None, "y\nz".to_string(), buf.len()),
-            ]
-        );
+        assert_eq!(got, vec![(Some("a"), "x".to_string(), 21), (None, "y\nz".to_string(), buf.len()),]);
     }
 
     #[test]
     fn lone_cr_line_endings() {
         let buf = b"event: a\rdata: x\r\rdata: y\r\r";
         let got = collect(buf);
-        assert_eq!(
-            got,
-            vec![
-                (Some("a"), "x".to_string(), 18),
-                (None, "y".to_string(), buf.len())
-            ]
-        );
+        assert_eq!(got, vec![(Some("a"), "x".to_string(), 18), (None, "y".to_string(), buf.len())]);
     }
 
     #[test]
@@ -215,13 +184,7 @@ mod tests {
     #[test]
     fn event_without_data_is_not_dispatched_and_type_resets() {
         let buf = b"event: lonely\n\ndata: x\n\nevent: named\nevent:\ndata: y\n\n";
-        assert_eq!(
-            collect(buf),
-            vec![
-                (None, "x".to_string(), 24),
-                (None, "y".to_string(), buf.len())
-            ]
-        );
+        assert_eq!(collect(buf), vec![(None, "x".to_string(), 24), (None, "y".to_string(), buf.len())]);
     }
 
     #[test]
@@ -237,13 +200,7 @@ mod tests {
     #[test]
     fn invalid_utf8_lines_skipped() {
         let buf = b"data: good\ndata: bad \xFF\xFE\nevent: \xC3\n\ndata: next\n\n";
-        assert_eq!(
-            collect(buf),
-            vec![
-                (None, "good".to_string(), 34),
-                (None, "next".to_string(), buf.len())
-            ]
-        );
+        assert_eq!(collect(buf), vec![(None, "good".to_string(), 34), (None, "next".to_string(), buf.len())]);
     }
 
     #[test]

@@ -134,11 +134,7 @@ pub struct ParseIdError {
 
 impl fmt::Display for ParseIdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "expected {} hex digits, not all zero",
-            self.expected_digits
-        )
+        write!(f, "expected {} hex digits, not all zero", self.expected_digits)
     }
 }
 
@@ -172,9 +168,7 @@ macro_rules! hex_id {
             }
 
             fn from_hex_bytes(s: &[u8], digit: fn(u8) -> Option<u8>) -> Option<Self> {
-                decode_hex::<$bytes>(s, digit)
-                    .filter(|bytes| !all_zero(bytes))
-                    .map(Self)
+                decode_hex::<$bytes>(s, digit).filter(|bytes| !all_zero(bytes)).map(Self)
             }
 
             /// Calls `f` with the lowercase hex as a `&str` held on the stack.
@@ -247,10 +241,7 @@ impl TraceId {
     /// always gives the same trace, on any instance. The name is hashed as
     /// given; [`extract`] trims it first.
     pub fn from_session(session: &str) -> Self {
-        let digest = Sha256::new()
-            .chain_update(SESSION_HASH_PREFIX)
-            .chain_update(session.as_bytes())
-            .finalize();
+        let digest = Sha256::new().chain_update(SESSION_HASH_PREFIX).chain_update(session.as_bytes()).finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         if all_zero(&id) {
@@ -373,9 +364,7 @@ fn extract_b3_multi(headers: &HeaderMap) -> Option<CallerContext> {
     let span_id = SpanId::from_lower_hex(trim_ows(span.as_bytes()))?;
 
     // Debug implies an accept decision. An unrecognised X-B3-Sampled is ignored (so: sampled).
-    let debug = headers
-        .get(X_B3_FLAGS)
-        .is_some_and(|v| trim_ows(v.as_bytes()) == b"1");
+    let debug = headers.get(X_B3_FLAGS).is_some_and(|v| trim_ows(v.as_bytes()) == b"1");
     let denied = headers.get(X_B3_SAMPLED).is_some_and(|v| {
         let v = trim_ows(v.as_bytes());
         v == b"0" || v.eq_ignore_ascii_case(b"false")
@@ -510,11 +499,7 @@ pub fn parse_traceparent(value: &[u8]) -> Result<Traceparent, TraceparentError> 
         version,
         trace_id: TraceId(trace_id),
         parent_id: SpanId(parent_id),
-        flags: if version == 0 {
-            flags
-        } else {
-            flags & FLAG_SAMPLED
-        },
+        flags: if version == 0 { flags } else { flags & FLAG_SAMPLED },
     })
 }
 
@@ -554,11 +539,7 @@ pub fn tracestate_value(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 
     let mut combined = Vec::with_capacity(lines.iter().map(|v| v.len() + 1).sum());
-    for line in lines
-        .iter()
-        .map(|v| trim_ows(v.as_bytes()))
-        .filter(|t| !t.is_empty())
-    {
+    for line in lines.iter().map(|v| trim_ows(v.as_bytes())).filter(|t| !t.is_empty()) {
         if !combined.is_empty() {
             combined.push(b',');
         }
@@ -611,9 +592,7 @@ fn is_key_char(b: u8) -> bool {
 fn tracestate_key_is_valid(key: &[u8]) -> bool {
     fn part(s: &[u8], max_len: usize, first_ok: fn(u8) -> bool) -> bool {
         match s {
-            [first, ..] => {
-                s.len() <= max_len && first_ok(*first) && s.iter().all(|&b| is_key_char(b))
-            }
+            [first, ..] => s.len() <= max_len && first_ok(*first) && s.iter().all(|&b| is_key_char(b)),
             [] => false,
         }
     }
@@ -631,9 +610,7 @@ fn tracestate_key_is_valid(key: &[u8]) -> bool {
 fn tracestate_value_is_valid(value: &[u8]) -> bool {
     matches!(value.last(), Some(&last) if last != b' ')
         && value.len() <= 256
-        && value
-            .iter()
-            .all(|&b| matches!(b, 0x20..=0x7e) && b != b',' && b != b'=')
+        && value.iter().all(|&b| matches!(b, 0x20..=0x7e) && b != b',' && b != b'=')
 }
 
 // ---------------------------------------------------------------------------
@@ -695,12 +672,7 @@ pub fn parse_b3_single(value: &[u8]) -> Option<B3Single> {
     if fields.next().is_some() {
         return None;
     }
-    Some(B3Single {
-        trace_id,
-        span_id,
-        sampling,
-        parent_span_id,
-    })
+    Some(B3Single { trace_id, span_id, sampling, parent_span_id })
 }
 
 /// Single-header B3 `{trace}-{span}-{1|0}`.
@@ -736,10 +708,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
         map
     }
@@ -899,15 +868,9 @@ mod tests {
             trace_id: TraceId,
             span_id: Option<SpanId>,
         }
-        let row = Row {
-            trace_id: trace(),
-            span_id: Some(span()),
-        };
+        let row = Row { trace_id: trace(), span_id: Some(span()) };
         let json = serde_json::to_string(&row).unwrap();
-        assert_eq!(
-            json,
-            format!(r#"{{"trace_id":"{TRACE}","span_id":"{SPAN}"}}"#)
-        );
+        assert_eq!(json, format!(r#"{{"trace_id":"{TRACE}","span_id":"{SPAN}"}}"#));
         assert_eq!(serde_json::from_str::<Row>(&json).unwrap(), row);
         let owned: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(serde_json::from_value::<Row>(owned).unwrap(), row);
@@ -944,10 +907,7 @@ mod tests {
 
     #[test]
     fn traceparent_version_ff_is_invalid() {
-        assert_eq!(
-            tp("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Err(TraceparentError::Version)
-        );
+        assert_eq!(tp("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), Err(TraceparentError::Version));
         assert_eq!(
             tp("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"),
             Err(TraceparentError::Version)
@@ -957,34 +917,16 @@ mod tests {
     #[test]
     fn traceparent_uppercase_hex_is_invalid() {
         use TraceparentError::{Hex, Version};
-        assert_eq!(
-            tp("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("CC-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Err(Version)
-        );
+        assert_eq!(tp("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), Err(Hex));
+        assert_eq!(tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01"), Err(Hex));
+        assert_eq!(tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A"), Err(Hex));
+        assert_eq!(tp("CC-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), Err(Version));
     }
 
     #[test]
     fn traceparent_zero_ids_are_invalid() {
-        assert_eq!(
-            tp("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            Err(TraceparentError::ZeroTraceId)
-        );
-        assert_eq!(
-            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
-            Err(TraceparentError::ZeroParentId)
-        );
+        assert_eq!(tp("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), Err(TraceparentError::ZeroTraceId));
+        assert_eq!(tp("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"), Err(TraceparentError::ZeroParentId));
     }
 
     #[test]
@@ -992,60 +934,21 @@ mod tests {
         use TraceparentError::{Length, Separator};
         // Too short overall.
         assert_eq!(tp(""), Err(Length));
-        assert_eq!(
-            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("0-12345678901234567890123456789012-1234567890123456-01"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("00-1234567890123456789012345678901-1234567890123456-01"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-123456789012345-01"),
-            Err(Length)
-        );
+        assert_eq!(tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"), Err(Length));
+        assert_eq!(tp("0-12345678901234567890123456789012-1234567890123456-01"), Err(Length));
+        assert_eq!(tp("00-1234567890123456789012345678901-1234567890123456-01"), Err(Length));
+        assert_eq!(tp("00-12345678901234567890123456789012-123456789012345-01"), Err(Length));
         // Version 00 must be exactly 55 long.
-        assert_eq!(
-            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01."),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-001"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("000-12345678901234567890123456789012-1234567890123456-01"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("00-123456789012345678901234567890123-1234567890123456-01"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-12345678901234567-01"),
-            Err(Length)
-        );
-        assert_eq!(
-            tp("0000-12345678901234567890123456789012-1234567890123456-01"),
-            Err(Length)
-        );
+        assert_eq!(tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01."), Err(Length));
+        assert_eq!(tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-001"), Err(Length));
+        assert_eq!(tp("000-12345678901234567890123456789012-1234567890123456-01"), Err(Length));
+        assert_eq!(tp("00-123456789012345678901234567890123-1234567890123456-01"), Err(Length));
+        assert_eq!(tp("00-12345678901234567890123456789012-12345678901234567-01"), Err(Length));
+        assert_eq!(tp("0000-12345678901234567890123456789012-1234567890123456-01"), Err(Length));
         // Under a future version the same mistakes put a separator in the wrong place.
-        assert_eq!(
-            tp("cc-123456789012345678901234567890123-1234567890123456-01"),
-            Err(Separator)
-        );
-        assert_eq!(
-            tp("cc-12345678901234567890123456789012-12345678901234567-01"),
-            Err(Separator)
-        );
-        assert_eq!(
-            tp("cc1-2345678901234567890123456789012-1234567890123456-01"),
-            Err(Separator)
-        );
+        assert_eq!(tp("cc-123456789012345678901234567890123-1234567890123456-01"), Err(Separator));
+        assert_eq!(tp("cc-12345678901234567890123456789012-12345678901234567-01"), Err(Separator));
+        assert_eq!(tp("cc1-2345678901234567890123456789012-1234567890123456-01"), Err(Separator));
     }
 
     #[test]
@@ -1067,10 +970,8 @@ mod tests {
 
     #[test]
     fn traceparent_future_version_with_extra_fields() {
-        let parsed = tp(
-            "ab-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be-like",
-        )
-        .unwrap();
+        let parsed =
+            tp("ab-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be-like").unwrap();
         assert_eq!(parsed.version, 0xab);
         assert_eq!(parsed.trace_id, trace());
         assert_eq!(parsed.parent_id, span());
@@ -1085,10 +986,7 @@ mod tests {
             tp("cc-12345678901234567890123456789012-1234567890123456-01.what-the-future-will-be-like"),
             Err(TraceparentError::Separator)
         );
-        assert_eq!(
-            tp("cc-12345678901234567890123456789012-1234567890123456-010"),
-            Err(TraceparentError::Separator)
-        );
+        assert_eq!(tp("cc-12345678901234567890123456789012-1234567890123456-010"), Err(TraceparentError::Separator));
     }
 
     #[test]
@@ -1103,72 +1001,30 @@ mod tests {
     #[test]
     fn traceparent_future_version_still_validates_fields() {
         use TraceparentError::{Hex, ZeroParentId, ZeroTraceId};
-        assert_eq!(
-            tp("cc-00000000000000000000000000000000-1234567890123456-01"),
-            Err(ZeroTraceId)
-        );
-        assert_eq!(
-            tp("cc-12345678901234567890123456789012-0000000000000000-01"),
-            Err(ZeroParentId)
-        );
-        assert_eq!(
-            tp("cc-1234567890123456789012345678901X-1234567890123456-01-x"),
-            Err(Hex)
-        );
+        assert_eq!(tp("cc-00000000000000000000000000000000-1234567890123456-01"), Err(ZeroTraceId));
+        assert_eq!(tp("cc-12345678901234567890123456789012-0000000000000000-01"), Err(ZeroParentId));
+        assert_eq!(tp("cc-1234567890123456789012345678901X-1234567890123456-01-x"), Err(Hex));
     }
 
     #[test]
     fn traceparent_illegal_characters() {
         use TraceparentError::{Hex, Version};
-        assert_eq!(
-            tp(".0-12345678901234567890123456789012-1234567890123456-01"),
-            Err(Version)
-        );
-        assert_eq!(
-            tp("0.-12345678901234567890123456789012-1234567890123456-01"),
-            Err(Version)
-        );
-        assert_eq!(
-            tp("00-.2345678901234567890123456789012-1234567890123456-01"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-1234567890123456789012345678901.-1234567890123456-01"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-.234567890123456-01"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-123456789012345.-01"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-1234567890123456-.0"),
-            Err(Hex)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-1234567890123456-0."),
-            Err(Hex)
-        );
+        assert_eq!(tp(".0-12345678901234567890123456789012-1234567890123456-01"), Err(Version));
+        assert_eq!(tp("0.-12345678901234567890123456789012-1234567890123456-01"), Err(Version));
+        assert_eq!(tp("00-.2345678901234567890123456789012-1234567890123456-01"), Err(Hex));
+        assert_eq!(tp("00-1234567890123456789012345678901.-1234567890123456-01"), Err(Hex));
+        assert_eq!(tp("00-12345678901234567890123456789012-.234567890123456-01"), Err(Hex));
+        assert_eq!(tp("00-12345678901234567890123456789012-123456789012345.-01"), Err(Hex));
+        assert_eq!(tp("00-12345678901234567890123456789012-1234567890123456-.0"), Err(Hex));
+        assert_eq!(tp("00-12345678901234567890123456789012-1234567890123456-0."), Err(Hex));
     }
 
     #[test]
     fn traceparent_wrong_separators() {
         use TraceparentError::Separator;
-        assert_eq!(
-            tp("00_12345678901234567890123456789012-1234567890123456-01"),
-            Err(Separator)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012_1234567890123456-01"),
-            Err(Separator)
-        );
-        assert_eq!(
-            tp("00-12345678901234567890123456789012-1234567890123456_01"),
-            Err(Separator)
-        );
+        assert_eq!(tp("00_12345678901234567890123456789012-1234567890123456-01"), Err(Separator));
+        assert_eq!(tp("00-12345678901234567890123456789012_1234567890123456-01"), Err(Separator));
+        assert_eq!(tp("00-12345678901234567890123456789012-1234567890123456_01"), Err(Separator));
     }
 
     #[test]
@@ -1202,10 +1058,7 @@ mod tests {
 
     #[test]
     fn traceparent_error_messages() {
-        assert_eq!(
-            TraceparentError::Version.to_string(),
-            "traceparent has an invalid version"
-        );
+        assert_eq!(TraceparentError::Version.to_string(), "traceparent has an invalid version");
         let err: Box<dyn std::error::Error> = Box::new(TraceparentError::Length);
         assert!(err.to_string().contains("length"));
     }
@@ -1228,31 +1081,17 @@ mod tests {
                 let (t, s) = (TraceId::random(), SpanId::random());
                 let value = traceparent_value(t, s, sampled);
                 let parsed = parse_traceparent(value.as_bytes()).unwrap();
-                assert_eq!(
-                    parsed,
-                    Traceparent {
-                        version: 0,
-                        trace_id: t,
-                        parent_id: s,
-                        flags: u8::from(sampled)
-                    }
-                );
+                assert_eq!(parsed, Traceparent { version: 0, trace_id: t, parent_id: s, flags: u8::from(sampled) });
             }
         }
     }
 
     #[test]
     fn caller_context_traceparent_for_keeps_trace_and_sampling() {
-        let ctx = extract(&headers(&[(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-        )]))
-        .unwrap();
+        let ctx =
+            extract(&headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")])).unwrap();
         let ours = SpanId::from_hex("1111111111111111").unwrap();
-        assert_eq!(
-            ctx.traceparent_for(ours),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-00"
-        );
+        assert_eq!(ctx.traceparent_for(ours), "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-00");
     }
 
     // ---- tracestate ----
@@ -1263,10 +1102,7 @@ mod tests {
             passed_state(&["rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"]).as_deref(),
             Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
         );
-        assert_eq!(
-            passed_state(&["foo=1,bar=2"]).as_deref(),
-            Some("foo=1,bar=2")
-        );
+        assert_eq!(passed_state(&["foo=1,bar=2"]).as_deref(), Some("foo=1,bar=2"));
     }
 
     #[test]
@@ -1282,10 +1118,7 @@ mod tests {
         assert_eq!(passed_state(&[" foo=1\t"]).as_deref(), Some("foo=1"));
         assert_eq!(passed_state(&["foo=1", ""]).as_deref(), Some("foo=1"));
         assert_eq!(passed_state(&["", "foo=1"]).as_deref(), Some("foo=1"));
-        assert_eq!(
-            passed_state(&["foo=1 ", " \t", "\tbar=2"]).as_deref(),
-            Some("foo=1,bar=2")
-        );
+        assert_eq!(passed_state(&["foo=1 ", " \t", "\tbar=2"]).as_deref(), Some("foo=1,bar=2"));
     }
 
     #[test]
@@ -1299,19 +1132,10 @@ mod tests {
     fn tracestate_ows_and_empty_members() {
         assert!(state_valid(&["foo=1 \t , \t bar=2, \t baz=3"]));
         assert!(state_valid(&["foo=1\t \t,\t \tbar=2,\t \tbaz=3"]));
-        assert!(state_valid(&[
-            " foo=1",
-            "\tfoo2=1",
-            "foo3=1 ",
-            "foo4=1\t",
-            "\t foo5=1 \t"
-        ]));
+        assert!(state_valid(&[" foo=1", "\tfoo2=1", "foo3=1 ", "foo4=1\t", "\t foo5=1 \t"]));
         assert!(state_valid(&["foo=1,,bar=2", ",baz=1,", "  ,  "]));
         // OWS inside a member after trimming is passed on verbatim.
-        assert_eq!(
-            passed_state(&["foo=1 \t , \t bar=2"]).as_deref(),
-            Some("foo=1 \t , \t bar=2")
-        );
+        assert_eq!(passed_state(&["foo=1 \t , \t bar=2"]).as_deref(), Some("foo=1 \t , \t bar=2"));
     }
 
     #[test]
@@ -1324,8 +1148,7 @@ mod tests {
         assert_eq!(passed_state(&[&thirty_three]), None);
 
         // Across lines, as in the W3C test suite.
-        let lines =
-            |n: usize| -> Vec<String> { members[..n].chunks(10).map(|c| c.join(",")).collect() };
+        let lines = |n: usize| -> Vec<String> { members[..n].chunks(10).map(|c| c.join(",")).collect() };
         let ok = lines(32);
         let too_many = lines(33);
         let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
@@ -1373,25 +1196,13 @@ mod tests {
         assert!(!state_valid(&["foo=1", &format!("{}=1", z(257))]));
         let key = format!("{}@{}=1", "t".repeat(241), "v".repeat(14));
         assert!(state_valid(&["foo=1", &key]));
-        assert!(!state_valid(&[
-            "foo=1",
-            &format!("{}@v=1", "t".repeat(242))
-        ]));
+        assert!(!state_valid(&["foo=1", &format!("{}@v=1", "t".repeat(242))]));
         assert!(!state_valid(&["foo=1", &format!("t@{}=1", "v".repeat(15))]));
     }
 
     #[test]
     fn tracestate_illegal_keys() {
-        for bad in [
-            "foo =1",
-            "FOO=1",
-            "foo.bar=1",
-            "1foo=1",
-            "_foo=1",
-            "=1",
-            "fOo=1",
-            "foo",
-        ] {
+        for bad in ["foo =1", "FOO=1", "foo.bar=1", "1foo=1", "_foo=1", "=1", "fOo=1", "foo"] {
             assert!(!state_valid(&[bad]), "{bad:?} should be invalid");
         }
         // One bad member discards the whole list.
@@ -1416,10 +1227,7 @@ mod tests {
     #[test]
     fn tracestate_all_allowed_characters() {
         let key: String = ('a'..='z').chain('0'..='9').chain("_-*/".chars()).collect();
-        let value: String = (0x20u8..=0x7e)
-            .filter(|&b| b != b',' && b != b'=')
-            .map(char::from)
-            .collect();
+        let value: String = (0x20u8..=0x7e).filter(|&b| b != b',' && b != b'=').map(char::from).collect();
         let simple = format!("{key}={value}");
         assert_eq!(passed_state(&[&simple]), Some(simple.clone()));
         let tenant = format!("{key}@a-z0-9_-*/={value}");
@@ -1430,10 +1238,7 @@ mod tests {
     fn tracestate_is_ignored_without_valid_traceparent() {
         assert!(extract(&headers(&[("tracestate", "foo=1")])).is_none());
         let ctx = extract(&headers(&[
-            (
-                "traceparent",
-                "00-00000000000000000000000000000000-1234567890123456-01",
-            ),
+            ("traceparent", "00-00000000000000000000000000000000-1234567890123456-01"),
             ("tracestate", "foo=1"),
             ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
         ]))
@@ -1444,11 +1249,7 @@ mod tests {
 
     #[test]
     fn invalid_tracestate_keeps_the_traceparent() {
-        let ctx = extract(&headers(&[
-            ("traceparent", SPEC_EXAMPLE),
-            ("tracestate", "foo=1,foo=2"),
-        ]))
-        .unwrap();
+        let ctx = extract(&headers(&[("traceparent", SPEC_EXAMPLE), ("tracestate", "foo=1,foo=2")])).unwrap();
         assert_eq!(ctx.propagation, Propagation::W3c);
         assert_eq!(ctx.trace_id, trace());
         assert_eq!(ctx.tracestate, None);
@@ -1458,17 +1259,11 @@ mod tests {
 
     #[test]
     fn b3_single_all_fields() {
-        let b3 = parse_b3_single(
-            b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
-        )
-        .unwrap();
+        let b3 = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").unwrap();
         assert_eq!(b3.trace_id.to_hex(), "80f198ee56343ba864fe8b2a57d3eff7");
         assert_eq!(b3.span_id.to_hex(), "e457b5a2e4d86bd1");
         assert_eq!(b3.sampling, Some(B3Sampling::Accept));
-        assert_eq!(
-            b3.parent_span_id.map(|s| s.to_hex()).as_deref(),
-            Some("05e3ac9a4f6e3b90")
-        );
+        assert_eq!(b3.parent_span_id.map(|s| s.to_hex()).as_deref(), Some("05e3ac9a4f6e3b90"));
         assert!(b3.sampled());
     }
 
@@ -1482,11 +1277,8 @@ mod tests {
 
     #[test]
     fn b3_single_sampling_states() {
-        let parse = |s: &str| {
-            parse_b3_single(
-                format!("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-{s}").as_bytes(),
-            )
-        };
+        let parse =
+            |s: &str| parse_b3_single(format!("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-{s}").as_bytes());
         assert_eq!(parse("0").unwrap().sampling, Some(B3Sampling::Deny));
         assert!(!parse("0").unwrap().sampled());
         assert!(parse("1").unwrap().sampled());
@@ -1544,17 +1336,11 @@ mod tests {
     #[test]
     fn b3_value_formats_and_round_trips() {
         assert_eq!(b3_value(trace(), span(), true), format!("{TRACE}-{SPAN}-1"));
-        assert_eq!(
-            b3_value(trace(), span(), false),
-            format!("{TRACE}-{SPAN}-0")
-        );
+        assert_eq!(b3_value(trace(), span(), false), format!("{TRACE}-{SPAN}-0"));
         for sampled in [true, false] {
             let (t, s) = (TraceId::random(), SpanId::random());
             let parsed = parse_b3_single(b3_value(t, s, sampled).as_bytes()).unwrap();
-            assert_eq!(
-                (parsed.trace_id, parsed.span_id, parsed.sampled()),
-                (t, s, sampled)
-            );
+            assert_eq!((parsed.trace_id, parsed.span_id, parsed.sampled()), (t, s, sampled));
         }
     }
 
@@ -1578,11 +1364,7 @@ mod tests {
 
     #[test]
     fn b3_multi_64_bit_trace_id() {
-        let ctx = extract(&headers(&[
-            ("x-b3-traceid", "a3ce929d0e0e4736"),
-            ("x-b3-spanid", SPAN),
-        ]))
-        .unwrap();
+        let ctx = extract(&headers(&[("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", SPAN)])).unwrap();
         assert_eq!(ctx.trace_id.to_hex(), "0000000000000000a3ce929d0e0e4736");
         assert!(ctx.sampled);
     }
@@ -1611,24 +1393,14 @@ mod tests {
         for pairs in [
             vec![("x-b3-traceid", TRACE)],
             vec![("x-b3-spanid", SPAN)],
-            vec![
-                ("x-b3-traceid", "4BF92F3577B34DA6A3CE929D0E0E4736"),
-                ("x-b3-spanid", SPAN),
-            ],
+            vec![("x-b3-traceid", "4BF92F3577B34DA6A3CE929D0E0E4736"), ("x-b3-spanid", SPAN)],
             vec![("x-b3-traceid", TRACE), ("x-b3-spanid", "00F067AA0BA902B7")],
-            vec![
-                ("x-b3-traceid", "00000000000000000000000000000000"),
-                ("x-b3-spanid", SPAN),
-            ],
+            vec![("x-b3-traceid", "00000000000000000000000000000000"), ("x-b3-spanid", SPAN)],
             vec![("x-b3-traceid", "0000000000000000"), ("x-b3-spanid", SPAN)],
             vec![("x-b3-traceid", TRACE), ("x-b3-spanid", "0000000000000000")],
             vec![("x-b3-traceid", &TRACE[..20]), ("x-b3-spanid", SPAN)],
             vec![("x-b3-traceid", TRACE), ("x-b3-spanid", TRACE)],
-            vec![
-                ("x-b3-traceid", TRACE),
-                ("x-b3-traceid", TRACE),
-                ("x-b3-spanid", SPAN),
-            ],
+            vec![("x-b3-traceid", TRACE), ("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)],
         ] {
             assert!(extract(&headers(&pairs)).is_none(), "{pairs:?}");
         }
@@ -1657,18 +1429,9 @@ mod tests {
     #[test]
     fn utf8_session_is_accepted() {
         let mut map = HeaderMap::new();
-        map.insert(
-            "x-tracegate-session",
-            HeaderValue::from_bytes("sesión".as_bytes()).unwrap(),
-        );
-        assert_eq!(
-            extract(&map).unwrap().trace_id,
-            TraceId::from_session("sesión")
-        );
-        map.insert(
-            "x-tracegate-session",
-            HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
-        );
+        map.insert("x-tracegate-session", HeaderValue::from_bytes("sesión".as_bytes()).unwrap());
+        assert_eq!(extract(&map).unwrap().trace_id, TraceId::from_session("sesión"));
+        map.insert("x-tracegate-session", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
         assert!(extract(&map).is_none());
     }
 
@@ -1719,21 +1482,11 @@ mod tests {
     #[test]
     fn duplicate_traceparent_is_invalid() {
         let map = headers(&[
-            (
-                "traceparent",
-                "00-12345678901234567890123456789011-1234567890123456-01",
-            ),
-            (
-                "traceparent",
-                "00-12345678901234567890123456789012-1234567890123456-01",
-            ),
+            ("traceparent", "00-12345678901234567890123456789011-1234567890123456-01"),
+            ("traceparent", "00-12345678901234567890123456789012-1234567890123456-01"),
         ]);
         assert!(extract(&map).is_none());
-        let map = headers(&[
-            ("traceparent", SPEC_EXAMPLE),
-            ("traceparent", SPEC_EXAMPLE),
-            ("b3", B3_SINGLE),
-        ]);
+        let map = headers(&[("traceparent", SPEC_EXAMPLE), ("traceparent", SPEC_EXAMPLE), ("b3", B3_SINGLE)]);
         assert_eq!(extract(&map).unwrap().propagation, Propagation::B3Single);
     }
 
@@ -1751,12 +1504,7 @@ mod tests {
 
     #[test]
     fn invalid_b3_single_falls_through_to_multi() {
-        for bad in [
-            "1",
-            "d",
-            "nonsense",
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-x",
-        ] {
+        for bad in ["1", "d", "nonsense", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-x"] {
             let ctx = extract(&headers(&[
                 ("b3", bad),
                 ("x-b3-traceid", B3_TRACE),
@@ -1772,10 +1520,7 @@ mod tests {
     #[test]
     fn invalid_everything_falls_through_to_session() {
         let ctx = extract(&headers(&[
-            (
-                "traceparent",
-                "00-00000000000000000000000000000000-1234567890123456-01",
-            ),
+            ("traceparent", "00-00000000000000000000000000000000-1234567890123456-01"),
             ("tracestate", "foo=1"),
             ("b3", "0"),
             ("x-b3-traceid", B3_TRACE),
@@ -1794,10 +1539,7 @@ mod tests {
             assert_eq!(ctx.propagation, Propagation::W3c);
             assert_eq!(ctx.tracestate.unwrap(), "foo=1");
         }
-        assert_eq!(
-            extract(&headers(&[("B3", B3_SINGLE)])).unwrap().propagation,
-            Propagation::B3Single
-        );
+        assert_eq!(extract(&headers(&[("B3", B3_SINGLE)])).unwrap().propagation, Propagation::B3Single);
         // Wrong names are not the header.
         assert!(extract(&headers(&[("trace-parent", SPEC_EXAMPLE)])).is_none());
         assert!(extract(&headers(&[("trace.parent", SPEC_EXAMPLE)])).is_none());

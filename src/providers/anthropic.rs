@@ -6,8 +6,7 @@
 //! [`Usage`] built here folds cache reads and writes into the input total exactly once.
 
 use super::{
-    count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts,
-    ResponseFacts, Usage,
+    count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
 };
 use crate::sse;
 use serde_json::{Map, Value};
@@ -23,10 +22,7 @@ pub(super) fn operation(segment: &str) -> Option<Operation> {
 
 /// Request facts of a Messages or legacy Complete body.
 pub(super) fn parse_request(body: &[u8]) -> RequestFacts {
-    let f = top_level(
-        body,
-        &["model", "stream", "max_tokens", "max_tokens_to_sample"],
-    );
+    let f = top_level(body, &["model", "stream", "max_tokens", "max_tokens_to_sample"]);
     RequestFacts {
         model: non_empty(f.get("model").and_then(Value::as_str)),
         stream: f.get("stream").and_then(Value::as_bool).unwrap_or(false),
@@ -36,23 +32,12 @@ pub(super) fn parse_request(body: &[u8]) -> RequestFacts {
 }
 
 /// Top-level members read from a JSON response body.
-const BODY_KEYS: &[&str] = &[
-    "type",
-    "model",
-    "content",
-    "stop_reason",
-    "usage",
-    "error",
-    "completion",
-];
+const BODY_KEYS: &[&str] = &["type", "model", "content", "stop_reason", "usage", "error", "completion"];
 
 /// Facts of a JSON response body: a message, a legacy completion, or an error.
 pub(super) fn parse_body(body: &[u8], generates: bool) -> ResponseFacts {
     let f = top_level(body, BODY_KEYS);
-    let mut facts = ResponseFacts {
-        model: non_empty(str_at_map(&f, "model")),
-        ..Default::default()
-    };
+    let mut facts = ResponseFacts { model: non_empty(str_at_map(&f, "model")), ..Default::default() };
     read_error(&f, &mut facts);
     let mut usage = RawUsage::default();
     if let Some(u) = f.get("usage") {
@@ -62,12 +47,7 @@ pub(super) fn parse_body(body: &[u8], generates: bool) -> ResponseFacts {
     if generates {
         facts.finish_reason = non_empty(str_at_map(&f, "stop_reason"));
         let mut gen = Generated::default();
-        for block in f
-            .get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for block in f.get("content").and_then(Value::as_array).into_iter().flatten() {
             match str_at(block, "type") {
                 Some("text") => gen.push(str_at(block, "text").unwrap_or_default(), None),
                 Some("thinking") => gen.push(str_at(block, "thinking").unwrap_or_default(), None),
@@ -86,17 +66,8 @@ pub(super) fn parse_body(body: &[u8], generates: bool) -> ResponseFacts {
 }
 
 /// Top-level members read from one stream event.
-const EVENT_KEYS: &[&str] = &[
-    "type",
-    "message",
-    "content_block",
-    "delta",
-    "usage",
-    "error",
-    "completion",
-    "stop_reason",
-    "model",
-];
+const EVENT_KEYS: &[&str] =
+    &["type", "message", "content_block", "delta", "usage", "error", "completion", "stop_reason", "model"];
 
 /// Facts of a Messages event stream (or a legacy `completion` event stream). Usage is
 /// reported only once a `message_delta` carried the final output count: `message_start`
@@ -220,10 +191,7 @@ impl RawUsage {
             return None;
         }
         let input = self.input.unwrap_or(0);
-        let cached = self
-            .cache_read
-            .unwrap_or(0)
-            .saturating_add(self.cache_creation.unwrap_or(0));
+        let cached = self.cache_read.unwrap_or(0).saturating_add(self.cache_creation.unwrap_or(0));
         Some(Usage {
             input_tokens: input.saturating_add(cached),
             output_tokens: self.output.unwrap_or(0),
@@ -254,28 +222,18 @@ mod tests {
 
     /// An event stream of named events with the given line ending.
     fn stream(events: &[(&str, &str)], eol: &str) -> String {
-        events
-            .iter()
-            .map(|(name, data)| format!("event: {name}{eol}data: {data}{eol}{eol}"))
-            .collect()
+        events.iter().map(|(name, data)| format!("event: {name}{eol}data: {data}{eol}{eol}")).collect()
     }
 
     /// Offset just past the event that contains `marker`.
     fn end_after(body: &str, marker: &str, eol: &str) -> usize {
         let i = body.find(marker).expect("marker present");
-        i + body[i..]
-            .find(&format!("{eol}{eol}"))
-            .expect("event terminated")
-            + 2 * eol.len()
+        i + body[i..].find(&format!("{eol}{eol}")).expect("event terminated") + 2 * eol.len()
     }
 
     /// Every prefix of `body` parses without panicking, whatever the flags.
     fn all_prefixes_parse(body: &str) {
-        let ops = [
-            Operation::Chat,
-            Operation::TextCompletion,
-            Operation::Other("count_tokens".into()),
-        ];
+        let ops = [Operation::Chat, Operation::TextCompletion, Operation::Other("count_tokens".into())];
         for cut in 0..=body.len() {
             let bytes = &body.as_bytes()[..cut];
             for op in &ops {
@@ -317,10 +275,7 @@ mod tests {
                     "content_block_delta",
                     r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}}"#,
                 ),
-                (
-                    "content_block_stop",
-                    r#"{"type":"content_block_stop","index":0}"#,
-                ),
+                ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
                 (
                     "content_block_start",
                     r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
@@ -333,10 +288,7 @@ mod tests {
                     "content_block_delta",
                     r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"!"}}"#,
                 ),
-                (
-                    "content_block_stop",
-                    r#"{"type":"content_block_stop","index":1}"#,
-                ),
+                ("content_block_stop", r#"{"type":"content_block_stop","index":1}"#),
                 ("message_delta", message_delta),
                 ("message_stop", r#"{"type":"message_stop"}"#),
             ],
@@ -362,26 +314,15 @@ mod tests {
         let facts = parse_request(Api::Anthropic, &Operation::TextCompletion, body);
         assert_eq!(
             facts,
-            RequestFacts {
-                model: Some("claude-2.1".into()),
-                max_tokens: Some(256),
-                ..Default::default()
-            }
+            RequestFacts { model: Some("claude-2.1".into()), max_tokens: Some(256), ..Default::default() }
         );
         let body = br#"{"model":["x"],"stream":1,"max_tokens":"many"}"#;
-        assert_eq!(
-            parse_request(Api::Anthropic, &Operation::Chat, body),
-            RequestFacts::default()
-        );
+        assert_eq!(parse_request(Api::Anthropic, &Operation::Chat, body), RequestFacts::default());
         let body = br#"{"model":"claude-opus-4-1","max_tokens":32000,"messages":[{"role":"user","content":"cut he"#;
         let facts = parse_request(Api::Anthropic, &Operation::Chat, body);
         assert_eq!(
             facts,
-            RequestFacts {
-                model: Some("claude-opus-4-1".into()),
-                max_tokens: Some(32000),
-                ..Default::default()
-            }
+            RequestFacts { model: Some("claude-opus-4-1".into()), max_tokens: Some(32000), ..Default::default() }
         );
     }
 
@@ -417,7 +358,8 @@ mod tests {
                 finish_reason: Some("tool_use".into()),
                 usage: usage(472 + 1200 + 3000, 89, Some(3000), Some(1200)),
                 first_content_end: None,
-                output_text: r#"Need weather.I'll check the weather.{"location":"San Francisco, CA","unit":"celsius"}"#.into(),
+                output_text: r#"Need weather.I'll check the weather.{"location":"San Francisco, CA","unit":"celsius"}"#
+                    .into(),
                 error: None,
             }
         );
@@ -462,10 +404,7 @@ mod tests {
         // Only output in message_delta: input side from message_start.
         let delta = r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens","stop_sequence":null},"usage":{"output_tokens":42}}"#;
         let facts = messages_stream(&thinking_stream(delta, "\n"));
-        assert_eq!(
-            facts.usage,
-            usage(25 + 100 + 2048, 42, Some(2048), Some(100))
-        );
+        assert_eq!(facts.usage, usage(25 + 100 + 2048, 42, Some(2048), Some(100)));
         assert_eq!(facts.finish_reason.as_deref(), Some("max_tokens"));
         // Input and cache fields in message_delta replace message_start's.
         let delta = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":30,"cache_read_input_tokens":0,"output_tokens":7}}"#;
@@ -479,10 +418,7 @@ mod tests {
         let body = thinking_stream(delta, "\r\n");
         let facts = messages_stream(&body);
         assert_eq!(facts.output_text, "The user greets me.Hello!");
-        assert_eq!(
-            facts.first_content_end,
-            Some(end_after(&body, "The user greets me.", "\r\n"))
-        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, "The user greets me.", "\r\n")));
         assert_eq!(facts.usage, usage(2173, 15, Some(2048), Some(100)));
     }
 
@@ -526,10 +462,7 @@ mod tests {
                     "content_block_delta",
                     r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"ncisco, CA\"}"}}"#,
                 ),
-                (
-                    "content_block_stop",
-                    r#"{"type":"content_block_stop","index":0}"#,
-                ),
+                ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
                 (
                     "message_delta",
                     r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}}"#,
@@ -540,10 +473,7 @@ mod tests {
         );
         let facts = messages_stream(&body);
         assert_eq!(facts.output_text, r#"{"location": "San Francisco, CA"}"#);
-        assert_eq!(
-            facts.first_content_end,
-            Some(end_after(&body, "San Fra", "\n"))
-        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, "San Fra", "\n")));
         assert_eq!(facts.finish_reason.as_deref(), Some("tool_use"));
         assert_eq!(facts.usage, usage(472, 89, None, None));
         all_prefixes_parse(&body);
@@ -555,13 +485,9 @@ mod tests {
         let facts = messages(body);
         assert_eq!(facts.error.as_deref(), Some("Overloaded"));
         assert_eq!(facts.usage, None);
-        let body = r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
-        let facts = parse_response(
-            Api::Anthropic,
-            &Operation::Other("count_tokens".into()),
-            body.as_bytes(),
-            false,
-        );
+        let body =
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+        let facts = parse_response(Api::Anthropic, &Operation::Other("count_tokens".into()), body.as_bytes(), false);
         assert_eq!(facts.error.as_deref(), Some("max_tokens: Field required"));
 
         let mut body = stream(&[("message_start", MESSAGE_START)], "\n");
@@ -571,10 +497,7 @@ mod tests {
                     "content_block_delta",
                     r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Par"}}"#,
                 ),
-                (
-                    "error",
-                    r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#,
-                ),
+                ("error", r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#),
             ],
             "\n",
         );
@@ -582,23 +505,13 @@ mod tests {
         assert_eq!(facts.error.as_deref(), Some("Overloaded"));
         assert_eq!(facts.output_text, "Par");
         assert_eq!(facts.usage, None);
-        assert_eq!(
-            messages_stream("event: error\ndata: {\"type\":\"error\"}\n\n")
-                .error
-                .as_deref(),
-            Some("error")
-        );
+        assert_eq!(messages_stream("event: error\ndata: {\"type\":\"error\"}\n\n").error.as_deref(), Some("error"));
     }
 
     #[test]
     fn legacy_complete() {
         let body = r#"{"type":"completion","id":"compl_01","completion":" Hello! How can I help?","stop_reason":"stop_sequence","model":"claude-2.1","stop":"\n\nHuman:","log_id":"compl_01"}"#;
-        let facts = parse_response(
-            Api::Anthropic,
-            &Operation::TextCompletion,
-            body.as_bytes(),
-            false,
-        );
+        let facts = parse_response(Api::Anthropic, &Operation::TextCompletion, body.as_bytes(), false);
         assert_eq!(facts.output_text, " Hello! How can I help?");
         assert_eq!(facts.finish_reason.as_deref(), Some("stop_sequence"));
         assert_eq!(facts.model.as_deref(), Some("claude-2.1"));
@@ -618,17 +531,9 @@ mod tests {
             ],
             "\n",
         );
-        let facts = parse_response(
-            Api::Anthropic,
-            &Operation::TextCompletion,
-            body.as_bytes(),
-            true,
-        );
+        let facts = parse_response(Api::Anthropic, &Operation::TextCompletion, body.as_bytes(), true);
         assert_eq!(facts.output_text, " Hello!");
-        assert_eq!(
-            facts.first_content_end,
-            Some(end_after(&body, " Hello", "\n"))
-        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, " Hello", "\n")));
         assert_eq!(facts.finish_reason.as_deref(), Some("stop_sequence"));
     }
 

@@ -70,10 +70,8 @@ impl Operation {
 pub fn operation_for(api: Api, path: &str) -> Operation {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let meaningful = segments.iter().rposition(|s| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-')
-    });
+    let meaningful =
+        segments.iter().rposition(|s| s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-'));
     let Some(i) = meaningful else {
         return Operation::Other(segments.last().copied().unwrap_or("unknown").to_owned());
     };
@@ -218,11 +216,7 @@ fn top_level(body: &[u8], keys: &[&str]) -> Map<String, Value> {
     let mut out = Map::new();
     let mut de = serde_json::Deserializer::from_slice(body);
     // An error only ends the walk early; what was read so far is in `out`.
-    let _ = TopLevel {
-        keys,
-        out: &mut out,
-    }
-    .deserialize(&mut de);
+    let _ = TopLevel { keys, out: &mut out }.deserialize(&mut de);
     out
 }
 
@@ -326,18 +320,9 @@ mod tests {
 
     #[test]
     fn api_config_names() {
-        assert_eq!(
-            serde_json::from_str::<Api>("\"openai\"").unwrap(),
-            Api::Openai
-        );
-        assert_eq!(
-            serde_json::from_str::<Api>("\"anthropic\"").unwrap(),
-            Api::Anthropic
-        );
-        assert_eq!(
-            serde_json::to_string(&Api::Anthropic).unwrap(),
-            "\"anthropic\""
-        );
+        assert_eq!(serde_json::from_str::<Api>("\"openai\"").unwrap(), Api::Openai);
+        assert_eq!(serde_json::from_str::<Api>("\"anthropic\"").unwrap(), Api::Anthropic);
+        assert_eq!(serde_json::to_string(&Api::Anthropic).unwrap(), "\"anthropic\"");
         assert!(serde_json::from_str::<Api>("\"OpenAI\"").is_err());
     }
 
@@ -357,41 +342,20 @@ mod tests {
             ("/chat/completions", Operation::Chat),
             ("chat/completions?foo=bar", Operation::Chat),
             ("/v1//chat//completions", Operation::Chat),
-            (
-                "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
-                Operation::Chat,
-            ),
-            (
-                "/v1/chat/completions/chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
-                Operation::Chat,
-            ),
+            ("/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21", Operation::Chat),
+            ("/v1/chat/completions/chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", Operation::Chat),
             ("/v1/completions", Operation::TextCompletion),
             ("/completions/", Operation::TextCompletion),
             ("/v1/embeddings", Operation::Embeddings),
             ("/embeddings?x=1", Operation::Embeddings),
             ("/v1/responses", Operation::Chat),
-            (
-                "/v1/responses/resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b",
-                Operation::Chat,
-            ),
-            (
-                "/v1/responses/resp_67cc/input_items",
-                Operation::Other("input_items".into()),
-            ),
-            (
-                "/v1/responses/input_tokens",
-                Operation::Other("input_tokens".into()),
-            ),
+            ("/v1/responses/resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b", Operation::Chat),
+            ("/v1/responses/resp_67cc/input_items", Operation::Other("input_items".into())),
+            ("/v1/responses/input_tokens", Operation::Other("input_tokens".into())),
             ("/v1/models", Operation::Other("models".into())),
             ("/v1/models/gpt-4o-mini", Operation::Other("models".into())),
-            (
-                "/v1/audio/transcriptions",
-                Operation::Other("transcriptions".into()),
-            ),
-            (
-                "/v1/files/file-abc123/content",
-                Operation::Other("content".into()),
-            ),
+            ("/v1/audio/transcriptions", Operation::Other("transcriptions".into())),
+            ("/v1/files/file-abc123/content", Operation::Other("content".into())),
             ("/v1", Operation::Other("v1".into())),
             ("/", Operation::Other("unknown".into())),
             ("", Operation::Other("unknown".into())),
@@ -408,23 +372,11 @@ mod tests {
             ("/v1/messages/", Operation::Chat),
             ("/messages?beta=true", Operation::Chat),
             ("/v1/complete", Operation::TextCompletion),
-            (
-                "/v1/messages/count_tokens",
-                Operation::Other("count_tokens".into()),
-            ),
+            ("/v1/messages/count_tokens", Operation::Other("count_tokens".into())),
             ("/v1/messages/batches", Operation::Other("batches".into())),
-            (
-                "/v1/messages/batches/msgbatch_013Zva2CMHLNnXjNJJKqJ2EF/results",
-                Operation::Other("results".into()),
-            ),
-            (
-                "/v1/models/claude-sonnet-4-5-20250929",
-                Operation::Other("models".into()),
-            ),
-            (
-                "/v1/chat/completions",
-                Operation::Other("completions".into()),
-            ),
+            ("/v1/messages/batches/msgbatch_013Zva2CMHLNnXjNJJKqJ2EF/results", Operation::Other("results".into())),
+            ("/v1/models/claude-sonnet-4-5-20250929", Operation::Other("models".into())),
+            ("/v1/chat/completions", Operation::Other("completions".into())),
         ];
         for (path, want) in cases {
             assert_eq!(operation_for(Api::Anthropic, path), want, "{path}");
@@ -433,29 +385,22 @@ mod tests {
 
     #[test]
     fn top_level_reads_wanted_keys_only() {
-        let body = br#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"m","n":{"x":[1,2]},"stream":true}"#;
+        let body =
+            br#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"m","n":{"x":[1,2]},"stream":true}"#;
         let got = top_level(body, &["model", "stream", "absent"]);
         assert_eq!(Value::Object(got), json!({"model":"m","stream":true}));
     }
 
     #[test]
     fn top_level_keeps_fields_before_a_cut() {
-        let body =
-            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"a long prom"#;
+        let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"a long prom"#;
         let got = top_level(body, &["model", "stream", "messages"]);
         assert_eq!(Value::Object(got), json!({"model":"gpt-4o","stream":true}));
     }
 
     #[test]
     fn top_level_of_non_objects_is_empty() {
-        for body in [
-            &b""[..],
-            b"[1,2]",
-            b"\"model\"",
-            b"null",
-            b"\xFF\xFE",
-            b"{\"model\":\"a\xFFb\"}",
-        ] {
+        for body in [&b""[..], b"[1,2]", b"\"model\"", b"null", b"\xFF\xFE", b"{\"model\":\"a\xFFb\"}"] {
             assert!(top_level(body, &["model"]).is_empty());
         }
         // Escaped keys still match.
@@ -466,10 +411,7 @@ mod tests {
     fn deep_nesting_does_not_overflow() {
         let mut body = b"{\"model\":\"m\",\"x\":".to_vec();
         body.extend(std::iter::repeat_n(b'[', 100_000));
-        assert_eq!(
-            Value::Object(top_level(&body, &["model", "x"])),
-            json!({"model":"m"})
-        );
+        assert_eq!(Value::Object(top_level(&body, &["model", "x"])), json!({"model":"m"}));
         let mut body = b"{\"x\":".to_vec();
         body.extend(std::iter::repeat_n(b'[', 100_000));
         body.extend(b"],\"model\":\"m\"}");
@@ -490,22 +432,10 @@ mod tests {
 
     #[test]
     fn error_messages() {
-        assert_eq!(
-            error_message(&json!({"message":"bad","type":"x"})).as_deref(),
-            Some("bad")
-        );
-        assert_eq!(
-            error_message(&json!({"type":"overloaded_error"})).as_deref(),
-            Some("overloaded_error")
-        );
-        assert_eq!(
-            error_message(&json!({"code":"rate_limit"})).as_deref(),
-            Some("rate_limit")
-        );
-        assert_eq!(
-            error_message(&json!({"param":null})).as_deref(),
-            Some("{\"param\":null}")
-        );
+        assert_eq!(error_message(&json!({"message":"bad","type":"x"})).as_deref(), Some("bad"));
+        assert_eq!(error_message(&json!({"type":"overloaded_error"})).as_deref(), Some("overloaded_error"));
+        assert_eq!(error_message(&json!({"code":"rate_limit"})).as_deref(), Some("rate_limit"));
+        assert_eq!(error_message(&json!({"param":null})).as_deref(), Some("{\"param\":null}"));
         assert_eq!(error_message(&json!("plain")).as_deref(), Some("plain"));
         assert_eq!(error_message(&json!(500)).as_deref(), Some("500"));
         assert_eq!(error_message(&json!(null)), None);
@@ -533,21 +463,12 @@ mod tests {
 
     #[test]
     fn non_generating_operations_collect_no_text() {
-        let body = br#"{"object":"list","data":[{"id":"x","content":"text"}],"choices":[{"message":{"content":"nope"}}]}"#;
-        let facts = parse_response(
-            Api::Openai,
-            &Operation::Other("messages".into()),
-            body,
-            false,
-        );
+        let body =
+            br#"{"object":"list","data":[{"id":"x","content":"text"}],"choices":[{"message":{"content":"nope"}}]}"#;
+        let facts = parse_response(Api::Openai, &Operation::Other("messages".into()), body, false);
         assert_eq!(facts, ResponseFacts::default());
         let body = br#"{"input_tokens":2095}"#;
-        let facts = parse_response(
-            Api::Anthropic,
-            &Operation::Other("count_tokens".into()),
-            body,
-            false,
-        );
+        let facts = parse_response(Api::Anthropic, &Operation::Other("count_tokens".into()), body, false);
         assert_eq!(facts, ResponseFacts::default());
     }
 
@@ -557,10 +478,7 @@ mod tests {
         g.push("", Some(5));
         assert_eq!(g.first_end, None);
         g.push("a", Some(9));
-        g.push_value(
-            Some(&json!([{"type":"text","text":"b"},{"type":"image_url"},7])),
-            Some(12),
-        );
+        g.push_value(Some(&json!([{"type":"text","text":"b"},{"type":"image_url"},7])), Some(12));
         g.push_value(Some(&json!(null)), Some(13));
         assert_eq!((g.text.as_str(), g.first_end), ("ab", Some(9)));
     }

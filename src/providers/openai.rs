@@ -5,8 +5,7 @@
 //! reason, usage, generated text and error of a response.
 
 use super::{
-    count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts,
-    ResponseFacts, Usage,
+    count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
 };
 use crate::sse;
 use serde_json::{Map, Value};
@@ -29,14 +28,7 @@ const MAX_TOKENS_KEYS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_
 pub(super) fn parse_request(op: &Operation, body: &[u8]) -> RequestFacts {
     let keys: &[&str] = match op {
         Operation::Embeddings => &["model"],
-        _ => &[
-            "model",
-            "stream",
-            "stream_options",
-            "max_tokens",
-            "max_completion_tokens",
-            "max_output_tokens",
-        ],
+        _ => &["model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens"],
     };
     let f = top_level(body, keys);
     RequestFacts {
@@ -52,17 +44,8 @@ pub(super) fn parse_request(op: &Operation, body: &[u8]) -> RequestFacts {
 }
 
 /// Top-level members read from a JSON response body.
-const BODY_KEYS: &[&str] = &[
-    "model",
-    "choices",
-    "output",
-    "status",
-    "incomplete_details",
-    "usage",
-    "error",
-    "object",
-    "message",
-];
+const BODY_KEYS: &[&str] =
+    &["model", "choices", "output", "status", "incomplete_details", "usage", "error", "object", "message"];
 
 /// Facts of a JSON response body: a chat completion, text completion, embedding list,
 /// Responses API response, or an error.
@@ -80,9 +63,7 @@ pub(super) fn parse_body(body: &[u8], generates: bool) -> ResponseFacts {
 }
 
 /// Top-level members read from one stream event.
-const EVENT_KEYS: &[&str] = &[
-    "type", "model", "choices", "usage", "error", "object", "message", "delta", "response",
-];
+const EVENT_KEYS: &[&str] = &["type", "model", "choices", "usage", "error", "object", "message", "delta", "response"];
 
 /// Responses API events whose `delta` is generated text.
 const TEXT_DELTA_EVENTS: [&str; 6] = [
@@ -115,11 +96,7 @@ pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
             Some(kind) if kind.starts_with("response.") => {
                 if let Some(Value::Object(response)) = f.get("response") {
                     read_common(response, &mut facts);
-                    let terminal = [
-                        "response.completed",
-                        "response.incomplete",
-                        "response.failed",
-                    ];
+                    let terminal = ["response.completed", "response.incomplete", "response.failed"];
                     if generates && terminal.contains(&kind) {
                         read_finish(response, &mut facts);
                     }
@@ -131,12 +108,7 @@ pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
             // Chat Completions and Completions chunks.
             _ if generates => {
                 read_finish(&f, &mut facts);
-                for choice in f
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for choice in f.get("choices").and_then(Value::as_array).into_iter().flatten() {
                     if let Some(delta) = choice.get("delta") {
                         read_message_text(delta, &mut gen, end);
                     }
@@ -185,10 +157,7 @@ fn read_finish(f: &Map<String, Value>, facts: &mut ResponseFacts) {
         .find(|c| c.get("index").is_none_or(|i| i.as_u64() == Some(0)));
     let finish = first_choice
         .and_then(|c| str_at(c, "finish_reason"))
-        .or_else(|| {
-            f.get("incomplete_details")
-                .and_then(|d| str_at(d, "reason"))
-        })
+        .or_else(|| f.get("incomplete_details").and_then(|d| str_at(d, "reason")))
         .or_else(|| str_at_map(f, "status"));
     if let Some(finish) = non_empty(finish) {
         facts.finish_reason = Some(finish);
@@ -198,29 +167,14 @@ fn read_finish(f: &Map<String, Value>, facts: &mut ResponseFacts) {
 /// Generated text of a JSON body: every choice's message (or legacy `text`), or the
 /// Responses API output items.
 fn read_body_text(f: &Map<String, Value>, gen: &mut Generated) {
-    for choice in f
-        .get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for choice in f.get("choices").and_then(Value::as_array).into_iter().flatten() {
         if let Some(message) = choice.get("message") {
             read_message_text(message, gen, None);
         }
         gen.push(str_at(choice, "text").unwrap_or_default(), None);
     }
-    for item in f
-        .get("output")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let parts = |key| {
-            item.get(key)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        };
+    for item in f.get("output").and_then(Value::as_array).into_iter().flatten() {
+        let parts = |key| item.get(key).and_then(Value::as_array).into_iter().flatten();
         match str_at(item, "type") {
             Some("message") => {
                 for part in parts("content") {
@@ -246,21 +200,13 @@ fn read_body_text(f: &Map<String, Value>, gen: &mut Generated) {
 fn read_message_text(message: &Value, gen: &mut Generated, end: Option<usize>) {
     gen.push_value(message.get("content"), end);
     gen.push(str_at(message, "refusal").unwrap_or_default(), end);
-    let reasoning = non_empty(str_at(message, "reasoning_content"))
-        .or_else(|| non_empty(str_at(message, "reasoning")));
+    let reasoning = non_empty(str_at(message, "reasoning_content")).or_else(|| non_empty(str_at(message, "reasoning")));
     gen.push(reasoning.as_deref().unwrap_or_default(), end);
-    for call in message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
         let arguments = call.get("function").and_then(|f| str_at(f, "arguments"));
         gen.push(arguments.unwrap_or_default(), end);
     }
-    let arguments = message
-        .get("function_call")
-        .and_then(|f| str_at(f, "arguments"));
+    let arguments = message.get("function_call").and_then(|f| str_at(f, "arguments"));
     gen.push(arguments.unwrap_or_default(), end);
 }
 
@@ -272,23 +218,13 @@ fn usage(u: &Value) -> Option<Usage> {
     if input.is_none() && output.is_none() {
         return None;
     }
-    let detail = |names: [&str; 2], field: &str| {
-        names
-            .iter()
-            .find_map(|n| count(u.get(*n).and_then(|d| d.get(field))))
-    };
+    let detail = |names: [&str; 2], field: &str| names.iter().find_map(|n| count(u.get(*n).and_then(|d| d.get(field))));
     Some(Usage {
         input_tokens: input.unwrap_or(0),
         output_tokens: output.unwrap_or(0),
-        cache_read_input_tokens: detail(
-            ["prompt_tokens_details", "input_tokens_details"],
-            "cached_tokens",
-        ),
+        cache_read_input_tokens: detail(["prompt_tokens_details", "input_tokens_details"], "cached_tokens"),
         cache_creation_input_tokens: None,
-        reasoning_tokens: detail(
-            ["completion_tokens_details", "output_tokens_details"],
-            "reasoning_tokens",
-        ),
+        reasoning_tokens: detail(["completion_tokens_details", "output_tokens_details"], "reasoning_tokens"),
     })
 }
 
@@ -312,29 +248,18 @@ mod tests {
 
     /// An event stream of `data:` events with the given line ending.
     fn stream(datas: &[&str], eol: &str) -> String {
-        datas
-            .iter()
-            .map(|d| format!("data: {d}{eol}{eol}"))
-            .collect()
+        datas.iter().map(|d| format!("data: {d}{eol}{eol}")).collect()
     }
 
     /// Offset just past the event that contains `marker`.
     fn end_after(body: &str, marker: &str, eol: &str) -> usize {
         let i = body.find(marker).expect("marker present");
-        i + body[i..]
-            .find(&format!("{eol}{eol}"))
-            .expect("event terminated")
-            + 2 * eol.len()
+        i + body[i..].find(&format!("{eol}{eol}")).expect("event terminated") + 2 * eol.len()
     }
 
     /// Every prefix of `body` parses without panicking, whatever the flags.
     fn all_prefixes_parse(body: &str) {
-        let ops = [
-            Operation::Chat,
-            Operation::TextCompletion,
-            Operation::Embeddings,
-            Operation::Other("x".into()),
-        ];
+        let ops = [Operation::Chat, Operation::TextCompletion, Operation::Embeddings, Operation::Other("x".into())];
         for cut in 0..=body.len() {
             let bytes = &body.as_bytes()[..cut];
             for op in &ops {
@@ -345,12 +270,7 @@ mod tests {
         }
     }
 
-    fn usage(
-        input: u64,
-        output: u64,
-        cached: Option<u64>,
-        reasoning: Option<u64>,
-    ) -> Option<Usage> {
+    fn usage(input: u64, output: u64, cached: Option<u64>, reasoning: Option<u64>) -> Option<Usage> {
         Some(Usage {
             input_tokens: input,
             output_tokens: output,
@@ -388,25 +308,13 @@ mod tests {
     fn request_limits_and_defaults() {
         let body = br#"{"model":"o3-mini","messages":[],"max_completion_tokens":4000,"reasoning_effort":"low"}"#;
         let facts = parse_request(Api::Openai, &Operation::Chat, body);
-        assert_eq!(
-            facts,
-            RequestFacts {
-                model: Some("o3-mini".into()),
-                max_tokens: Some(4000),
-                ..Default::default()
-            }
-        );
+        assert_eq!(facts, RequestFacts { model: Some("o3-mini".into()), max_tokens: Some(4000), ..Default::default() });
 
         let body = br#"{"model":"gpt-4.1","input":"Tell me a joke","stream":true,"max_output_tokens":500}"#;
         let facts = parse_request(Api::Openai, &Operation::Chat, body);
         assert_eq!(
             facts,
-            RequestFacts {
-                model: Some("gpt-4.1".into()),
-                stream: true,
-                include_usage: false,
-                max_tokens: Some(500)
-            }
+            RequestFacts { model: Some("gpt-4.1".into()), stream: true, include_usage: false, max_tokens: Some(500) }
         );
 
         let body = br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test","max_tokens":7,"stream":false}"#;
@@ -429,32 +337,14 @@ mod tests {
     #[test]
     fn request_wrong_types_invalid_and_truncated() {
         let body = br#"{"model":5,"stream":"yes","stream_options":[true],"max_tokens":-3,"max_completion_tokens":"9"}"#;
-        assert_eq!(
-            parse_request(Api::Openai, &Operation::Chat, body),
-            RequestFacts::default()
-        );
-        for body in [
-            &b""[..],
-            b"not json",
-            b"[]",
-            b"\xFF\xFE\x00",
-            b"{\"model\":",
-        ] {
-            assert_eq!(
-                parse_request(Api::Openai, &Operation::Chat, body),
-                RequestFacts::default()
-            );
+        assert_eq!(parse_request(Api::Openai, &Operation::Chat, body), RequestFacts::default());
+        for body in [&b""[..], b"not json", b"[]", b"\xFF\xFE\x00", b"{\"model\":"] {
+            assert_eq!(parse_request(Api::Openai, &Operation::Chat, body), RequestFacts::default());
         }
-        let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"very long text that got cu"#;
+        let body =
+            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"very long text that got cu"#;
         let facts = parse_request(Api::Openai, &Operation::Chat, body);
-        assert_eq!(
-            facts,
-            RequestFacts {
-                model: Some("gpt-4o".into()),
-                stream: true,
-                ..Default::default()
-            }
-        );
+        assert_eq!(facts, RequestFacts { model: Some("gpt-4o".into()), stream: true, ..Default::default() });
     }
 
     #[test]
@@ -566,10 +456,7 @@ mod tests {
         body += &stream(&CHAT_STREAM[1..], "\r\n");
         let facts = chat_stream(&body);
         assert_eq!(facts.output_text, "Hello there!");
-        assert_eq!(
-            facts.first_content_end,
-            Some(end_after(&body, "\"Hello\"", "\r\n"))
-        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, "\"Hello\"", "\r\n")));
         assert_eq!(facts.usage, usage(19, 3, Some(0), Some(0)));
         assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
     }
@@ -582,10 +469,7 @@ mod tests {
         assert_eq!(facts.model.as_deref(), Some("llama-3"));
         assert_eq!(facts.output_text, "Hi");
         assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
-        assert_eq!(
-            facts.first_content_end,
-            Some(body.len() - "data: [DONE]\n\n".len())
-        );
+        assert_eq!(facts.first_content_end, Some(body.len() - "data: [DONE]\n\n".len()));
     }
 
     #[test]
@@ -599,11 +483,7 @@ mod tests {
         assert_eq!(facts.output_text, "Hello");
         assert_eq!(facts.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
         // A complete last line without the blank line is not an event yet.
-        let body = format!(
-            "{}{}\n",
-            stream(&CHAT_STREAM[..2], "\n"),
-            &stream(&CHAT_STREAM[2..3], "\n").trim_end()
-        );
+        let body = format!("{}{}\n", stream(&CHAT_STREAM[..2], "\n"), &stream(&CHAT_STREAM[2..3], "\n").trim_end());
         assert_eq!(chat_stream(&body).output_text, "Hello");
     }
 
@@ -623,10 +503,7 @@ mod tests {
         let facts = chat_stream(&body);
         assert_eq!(facts.output_text, r#"{"location":"Paris"}"#);
         assert_eq!(facts.finish_reason.as_deref(), Some("tool_calls"));
-        assert_eq!(
-            facts.first_content_end,
-            Some(end_after(&body, r#""arguments":"{\"""#, "\n"))
-        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, r#""arguments":"{\"""#, "\n")));
         assert_eq!(facts.usage, None);
         all_prefixes_parse(&body);
     }
@@ -714,42 +591,20 @@ mod tests {
     }
 }"#;
         let facts = chat(body);
-        assert!(facts
-            .error
-            .as_deref()
-            .is_some_and(|e| e.starts_with("Incorrect API key provided")));
+        assert!(facts.error.as_deref().is_some_and(|e| e.starts_with("Incorrect API key provided")));
         assert_eq!(facts.usage, None);
         let vllm = r#"{"object":"error","message":"The model `gpt-5` does not exist.","type":"NotFoundError","param":null,"code":404}"#;
-        assert_eq!(
-            chat(vllm).error.as_deref(),
-            Some("The model `gpt-5` does not exist.")
-        );
-        assert_eq!(
-            chat(r#"{"error":"Rate limit reached"}"#).error.as_deref(),
-            Some("Rate limit reached")
-        );
-        let facts = parse_response(
-            Api::Openai,
-            &Operation::Embeddings,
-            br#"{"error":{"message":"too long"}}"#,
-            false,
-        );
+        assert_eq!(chat(vllm).error.as_deref(), Some("The model `gpt-5` does not exist."));
+        assert_eq!(chat(r#"{"error":"Rate limit reached"}"#).error.as_deref(), Some("Rate limit reached"));
+        let facts = parse_response(Api::Openai, &Operation::Embeddings, br#"{"error":{"message":"too long"}}"#, false);
         assert_eq!(facts.error.as_deref(), Some("too long"));
-        assert_eq!(
-            chat("<html>502 Bad Gateway</html>"),
-            ResponseFacts::default()
-        );
+        assert_eq!(chat("<html>502 Bad Gateway</html>"), ResponseFacts::default());
     }
 
     #[test]
     fn legacy_completions() {
         let body = r#"{"id":"cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7","object":"text_completion","created":1589478378,"model":"gpt-3.5-turbo-instruct","system_fingerprint":"fp_44709d6fcb","choices":[{"text":"\n\nThis is indeed a test","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
-        let facts = parse_response(
-            Api::Openai,
-            &Operation::TextCompletion,
-            body.as_bytes(),
-            false,
-        );
+        let facts = parse_response(Api::Openai, &Operation::TextCompletion, body.as_bytes(), false);
         assert_eq!(facts.output_text, "\n\nThis is indeed a test");
         assert_eq!(facts.finish_reason.as_deref(), Some("length"));
         assert_eq!(facts.usage, usage(5, 7, None, None));
@@ -763,17 +618,9 @@ mod tests {
             ],
             "\n",
         );
-        let facts = parse_response(
-            Api::Openai,
-            &Operation::TextCompletion,
-            body.as_bytes(),
-            true,
-        );
+        let facts = parse_response(Api::Openai, &Operation::TextCompletion, body.as_bytes(), true);
         assert_eq!(facts.output_text, "This is");
-        assert_eq!(
-            facts.first_content_end,
-            Some(end_after(&body, "\"This\"", "\n"))
-        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, "\"This\"", "\n")));
         assert_eq!(facts.finish_reason.as_deref(), Some("length"));
         all_prefixes_parse(&body);
     }
@@ -835,8 +682,7 @@ mod tests {
                 finish_reason: Some("completed".into()),
                 usage: usage(328, 52, Some(128), Some(10)),
                 first_content_end: None,
-                output_text: "Looking up.The image depicts a scenic landscape.{\"city\":\"Oslo\"}"
-                    .into(),
+                output_text: "Looking up.The image depicts a scenic landscape.{\"city\":\"Oslo\"}".into(),
                 error: None,
             }
         );
@@ -853,10 +699,7 @@ mod tests {
         let body = r#"{"id":"resp_2","object":"response","status":"failed","error":{"code":"server_error","message":"The model failed to generate a response."},"incomplete_details":null,"model":"gpt-4.1","output":[],"usage":null}"#;
         let facts = chat(body);
         assert_eq!(facts.finish_reason.as_deref(), Some("failed"));
-        assert_eq!(
-            facts.error.as_deref(),
-            Some("The model failed to generate a response.")
-        );
+        assert_eq!(facts.error.as_deref(), Some("The model failed to generate a response."));
     }
 
     fn responses_event(kind: &str, data: &str) -> String {
@@ -869,10 +712,7 @@ mod tests {
         let completed = r#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_1","object":"response","status":"completed","error":null,"incomplete_details":null,"model":"gpt-4.1-2025-04-14","output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hi there","annotations":[]}]}],"usage":{"input_tokens":37,"input_tokens_details":{"cached_tokens":0},"output_tokens":11,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":48}}}"#;
         let mut body = String::new();
         body += &responses_event("response.created", created);
-        body += &responses_event(
-            "response.in_progress",
-            &created.replace("response.created", "response.in_progress"),
-        );
+        body += &responses_event("response.in_progress", &created.replace("response.created", "response.in_progress"));
         body += &responses_event(
             "response.output_item.added",
             r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"msg_1","status":"in_progress","type":"message","role":"assistant","content":[]}}"#,
@@ -951,10 +791,7 @@ mod tests {
             "response.incomplete",
             r#"{"type":"response.incomplete","response":{"status":"incomplete","incomplete_details":{"reason":"content_filter"},"model":"gpt-4.1"}}"#,
         );
-        assert_eq!(
-            chat_stream(&body).finish_reason.as_deref(),
-            Some("content_filter")
-        );
+        assert_eq!(chat_stream(&body).finish_reason.as_deref(), Some("content_filter"));
     }
 
     #[test]

@@ -12,7 +12,13 @@ use crate::support::*;
 
 /// Sends `request_body` through the proxy to a scripted upstream answering `chunks`, and checks
 /// both directions byte for byte.
-async fn pass_through(api: &str, path: &str, request_body: &str, content_type: &'static str, chunks: Vec<&'static str>) {
+async fn pass_through(
+    api: &str,
+    path: &str,
+    request_body: &str,
+    content_type: &'static str,
+    chunks: Vec<&'static str>,
+) {
     let expected: String = chunks.concat();
     let upstream = Scripted::start(move |_req| {
         let body = chunked(&chunks);
@@ -25,8 +31,12 @@ async fn pass_through(api: &str, path: &str, request_body: &str, content_type: &
     .await;
     let proxy = Proxy::start(&provider("p", "/p", upstream.addr, api)).await;
 
-    let (status, headers, body) =
-        post(&proxy.url(&format!("/p{path}?api-version=1")), &[("x-tracegate-team", "t1"), ("x-custom", "c")], request_body).await;
+    let (status, headers, body) = post(
+        &proxy.url(&format!("/p{path}?api-version=1")),
+        &[("x-tracegate-team", "t1"), ("x-custom", "c")],
+        request_body,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(std::str::from_utf8(&body).unwrap(), expected, "response body changed on the way");
     assert_eq!(header(&headers, "x-upstream-custom"), "kept");
@@ -35,6 +45,7 @@ async fn pass_through(api: &str, path: &str, request_body: &str, content_type: &
 
     let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, http::Method::POST);
     assert_eq!(seen[0].uri.path_and_query().unwrap().as_str(), format!("{path}?api-version=1"));
     assert_eq!(&seen[0].body[..], request_body.as_bytes(), "request body changed on the way");
     assert_eq!(header(&seen[0].headers, "x-custom"), "c");
@@ -105,7 +116,8 @@ async fn first_streamed_chunk_reaches_the_client_before_the_upstream_sends_the_l
     // The upstream has sent only the first chunk and is waiting: it must already be here.
     assert_eq!(next_chunk(&mut body).await.unwrap(), first.as_bytes());
 
-    let last = "data: {\"choices\":[{\"delta\":{\"content\":\" last\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let last =
+        "data: {\"choices\":[{\"delta\":{\"content\":\" last\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
     tx.send(Bytes::from_static(last.as_bytes())).await.unwrap();
     drop(tx);
     let mut rest = Vec::new();
@@ -145,7 +157,8 @@ async fn unknown_prefix_absolute_form_and_connect_never_reach_an_upstream() {
         let mut stream = tokio::net::TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
         stream.write_all(raw.as_bytes()).await.unwrap();
         let mut answer = vec![0u8; 1024];
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
         let head = String::from_utf8_lossy(&answer[..n]).to_string();
         assert!(head.starts_with("HTTP/1.1 400") || head.starts_with("HTTP/1.1 405"), "{head}");
     }
@@ -158,7 +171,12 @@ async fn upstream_down_gives_provider_shaped_502_and_an_error_span() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let proxy = Proxy::start(&format!("{}{}", provider("openai", "/openai", closed, "openai"), provider("anthropic", "/anthropic", closed, "anthropic"))).await;
+    let proxy = Proxy::start(&format!(
+        "{}{}",
+        provider("openai", "/openai", closed, "openai"),
+        provider("anthropic", "/anthropic", closed, "anthropic")
+    ))
+    .await;
 
     let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
     assert_eq!(status, 502);

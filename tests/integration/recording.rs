@@ -12,7 +12,11 @@ use crate::support::*;
 
 async fn setup(chunk_delay: Duration) -> (Mock, Proxy) {
     let mock = Mock::start(chunk_delay).await;
-    let providers = format!("{}{}", provider("openai", "/openai", mock.addr, "openai"), provider("anthropic", "/anthropic", mock.addr, "anthropic"));
+    let providers = format!(
+        "{}{}",
+        provider("openai", "/openai", mock.addr, "openai"),
+        provider("anthropic", "/anthropic", mock.addr, "anthropic")
+    );
     let proxy = Proxy::start(&providers).await;
     (mock, proxy)
 }
@@ -85,7 +89,8 @@ async fn reported_usage_is_recorded_exactly_for_every_wire_format() {
 
     // Embeddings and the Responses API (plain and streamed).
     let (_, headers, body) =
-        post(&proxy.url("/openai/v1/embeddings"), &[], r#"{"model":"text-embedding-3-small","input":["a b c","d e"]}"#).await;
+        post(&proxy.url("/openai/v1/embeddings"), &[], r#"{"model":"text-embedding-3-small","input":["a b c","d e"]}"#)
+            .await;
     let reply: Value = serde_json::from_slice(&body).unwrap();
     let span = one_span(&proxy, &headers).await;
     assert_eq!(span["operation"], "embeddings");
@@ -94,7 +99,11 @@ async fn reported_usage_is_recorded_exactly_for_every_wire_format() {
     for stream in [false, true] {
         let request = format!(r#"{{"model":"gpt-4.1-mini","input":"Say hello","stream":{stream}}}"#);
         let (_, headers, body) = post(&proxy.url("/openai/v1/responses"), &[], &request).await;
-        let usage = if stream { streamed_usage(&body) } else { serde_json::from_slice::<Value>(&body).unwrap()["usage"].clone() };
+        let usage = if stream {
+            streamed_usage(&body)
+        } else {
+            serde_json::from_slice::<Value>(&body).unwrap()["usage"].clone()
+        };
         let span = one_span(&proxy, &headers).await;
         assert_eq!(span["input_tokens"], usage["input_tokens"], "responses stream={stream}");
         assert_eq!(span["output_tokens"], usage["output_tokens"], "responses stream={stream}");
@@ -137,7 +146,8 @@ async fn cost_is_tokens_times_the_configured_price() {
 #[tokio::test]
 async fn upstream_errors_are_relayed_unchanged_and_recorded_as_errors() {
     let (_mock, proxy) = setup(Duration::ZERO).await;
-    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[("x-mock-status", "429")], CHAT).await;
+    let (status, headers, body) =
+        post(&proxy.url("/openai/v1/chat/completions"), &[("x-mock-status", "429")], CHAT).await;
     assert_eq!(status, 429);
     let relayed: Value = serde_json::from_slice(&body).unwrap();
     let span = one_span(&proxy, &headers).await;
@@ -157,7 +167,12 @@ async fn attribution_properties_and_bodies_are_recorded() {
     let (_mock, proxy) = setup(Duration::ZERO).await;
     let (_, headers, body) = post(
         &proxy.url("/openai/v1/chat/completions"),
-        &[("x-tracegate-team", "search"), ("x-tracegate-user", "ada"), ("x-tracegate-property-env", "prod"), ("authorization", "Bearer sk-secret-123")],
+        &[
+            ("x-tracegate-team", "search"),
+            ("x-tracegate-user", "ada"),
+            ("x-tracegate-property-env", "prod"),
+            ("authorization", "Bearer sk-secret-123"),
+        ],
         CHAT,
     )
     .await;
@@ -175,7 +190,8 @@ async fn attribution_properties_and_bodies_are_recorded() {
     assert!(!detail.to_string().contains("sk-secret-123"), "credentials are never stored");
 
     // Omitted bodies: the span is kept, its bodies are not.
-    let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-omit-bodies", "true")], CHAT).await;
+    let (_, headers, _) =
+        post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-omit-bodies", "true")], CHAT).await;
     let (trace_id, span_id) = (header(&headers, "x-tracegate-trace-id"), header(&headers, "x-tracegate-span-id"));
     let (_, detail) = proxy.admin_get(&format!("/api/traces/{trace_id}/spans/{span_id}")).await;
     assert_eq!(detail["span_id"], span_id);
@@ -205,7 +221,10 @@ async fn client_disconnect_mid_stream_records_a_cancelled_span() {
     let spans = proxy.wait_spans(&trace_id, 1).await;
     assert_eq!(spans[0]["status"], "cancelled");
     assert_eq!(spans[0]["stream"], true);
-    assert!(spans[0]["duration_ms"].as_f64().unwrap() < 10_000.0, "recorded when the client left, not when the stream would have ended");
+    assert!(
+        spans[0]["duration_ms"].as_f64().unwrap() < 10_000.0,
+        "recorded when the client left, not when the stream would have ended"
+    );
 }
 
 #[tokio::test]
@@ -216,7 +235,8 @@ async fn restart_on_the_same_store_keeps_every_trace() {
     let mut traces = Vec::new();
     for i in 0..20 {
         let session = format!("s{}", i % 5);
-        let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-session", &session)], CHAT).await;
+        let (_, headers, _) =
+            post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-session", &session)], CHAT).await;
         traces.push(header(&headers, "x-tracegate-trace-id").to_string());
     }
     let (_, before) = proxy.admin_get("/api/traces?limit=100").await;
@@ -242,11 +262,20 @@ async fn metrics_count_recorded_spans_and_no_drops() {
     }
     proxy.server().flush().await;
     let resp = send(Request::get(proxy.admin_url("/metrics")).body(Full::new(Bytes::new())).unwrap()).await;
-    let text = String::from_utf8(http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = String::from_utf8(http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes().to_vec())
+        .unwrap();
     assert!(text.contains("tracegate_spans_recorded_total 7"), "{text}");
     assert!(text.contains("tracegate_spans_dropped_total 0"), "{text}");
-    assert!(text.contains("tracegate_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",team=\"\",status=\"ok\"} 7"), "{text}");
-    for name in ["tracegate_request_duration_seconds_bucket", "tracegate_tokens_total", "tracegate_ttft_seconds", "tracegate_cost_usd_total"] {
+    assert!(
+        text.contains("tracegate_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",team=\"\",status=\"ok\"} 7"),
+        "{text}"
+    );
+    for name in [
+        "tracegate_request_duration_seconds_bucket",
+        "tracegate_tokens_total",
+        "tracegate_ttft_seconds",
+        "tracegate_cost_usd_total",
+    ] {
         assert!(text.contains(name), "{name} missing");
     }
 }

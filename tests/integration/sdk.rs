@@ -13,15 +13,20 @@ const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdks_work_through_the_proxy_and_their_calls_are_recorded() {
     let mock = Mock::start(Duration::from_millis(1)).await;
-    let providers = format!("{}{}", provider("openai", "/openai", mock.addr, "openai"), provider("anthropic", "/anthropic", mock.addr, "anthropic"));
+    let providers = format!(
+        "{}{}",
+        provider("openai", "/openai", mock.addr, "openai"),
+        provider("anthropic", "/anthropic", mock.addr, "anthropic")
+    );
     let proxy = Proxy::start(&providers).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/official_sdks.py");
     let base = proxy.url("");
     let traceparent = format!("00-{TRACE}-b7ad6b7169203331-01");
-    let output = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(base).arg(traceparent).output())
-        .await
-        .unwrap()
-        .expect("python3 runs");
+    let output =
+        tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(base).arg(traceparent).output())
+            .await
+            .unwrap()
+            .expect("python3 runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),

@@ -115,14 +115,15 @@ pub fn full(body: impl Into<Bytes>) -> ScriptBody {
 
 /// A provider entry for the test config.
 pub fn provider(name: &str, prefix: &str, upstream: SocketAddr, api: &str) -> String {
-    format!("[[providers]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\napi = \"{api}\"\n")
+    format!(
+        "[[providers]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\napi = \"{api}\"\n"
+    )
 }
 
 /// tracegate on random ports with its store in a temp dir.
 pub struct Proxy {
     pub server: Option<Server>,
     pub store_dir: Arc<TempDir>,
-    pub config_text: String,
 }
 
 impl Proxy {
@@ -139,7 +140,7 @@ impl Proxy {
         );
         let config = Config::from_toml(&config_text, &|_| None).expect("test config is valid");
         let server = Server::start(config).await.expect("tracegate starts");
-        Proxy { server: Some(server), store_dir, config_text }
+        Proxy { server: Some(server), store_dir }
     }
 
     pub fn server(&self) -> &Server {
@@ -217,7 +218,8 @@ pub fn upstream_saw(headers: &HeaderMap) -> Value {
 
 pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
 pub const CHAT_STREAM_USAGE: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
-pub const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+pub const CHAT_STREAM: &str =
+    r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
 pub const MESSAGES_STREAM: &str = r#"{"model":"claude-3-5-haiku-latest","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
 pub const MESSAGES: &str = r#"{"model":"claude-3-5-haiku-latest","max_tokens":64,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
 

@@ -43,8 +43,12 @@ async fn traceparent_joins_the_callers_trace_and_upstream_sees_the_proxy_span_as
 #[tokio::test]
 async fn unsampled_flag_is_passed_on() {
     let (_mock, proxy) = setup().await;
-    let (_, headers, _) =
-        post(&proxy.url("/openai/v1/chat/completions"), &[("traceparent", &format!("00-{TRACE}-{CALLER_SPAN}-00"))], CHAT).await;
+    let (_, headers, _) = post(
+        &proxy.url("/openai/v1/chat/completions"),
+        &[("traceparent", &format!("00-{TRACE}-{CALLER_SPAN}-00"))],
+        CHAT,
+    )
+    .await;
     let seen = upstream_saw(&headers);
     assert!(seen["traceparent"].as_str().unwrap().ends_with("-00"));
 }
@@ -81,7 +85,8 @@ async fn session_header_groups_calls_without_trace_context() {
     let (_mock, proxy) = setup().await;
     let mut traces = Vec::new();
     for session in ["chat-42", "chat-42", "chat-43"] {
-        let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-session", session)], CHAT).await;
+        let (_, headers, _) =
+            post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-session", session)], CHAT).await;
         assert!(upstream_saw(&headers).get("x-tracegate-session").is_none());
         traces.push(header(&headers, "x-tracegate-trace-id").to_string());
     }
@@ -109,7 +114,8 @@ async fn invalid_traceparent_starts_a_new_trace() {
         "garbage".to_string(),
     ];
     for value in invalid {
-        let (status, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[("traceparent", &value)], CHAT).await;
+        let (status, headers, _) =
+            post(&proxy.url("/openai/v1/chat/completions"), &[("traceparent", &value)], CHAT).await;
         assert_eq!(status, 200);
         let trace_id = header(&headers, "x-tracegate-trace-id").to_string();
         assert_ne!(trace_id, TRACE, "{value} was accepted");
