@@ -1,0 +1,92 @@
+//! Recorder throughput: how many finished calls per second the recorder thread turns into
+//! spans (`build_span`) and writes to sled (`Store::write_batch`), beside a naive baseline
+//! store that writes one sled key per span and per body (the layout the segment design
+//! replaced). Run: `cargo bench --bench recorder`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracegate::call::{CallRecord, Outcome};
+use tracegate::capture::Capture;
+use tracegate::config::Config;
+use tracegate::recorder::{build_span, RecorderSettings};
+use tracegate::store::{SpanWrite, Store};
+use tracegate::trace_context::{SpanId, TraceId};
+
+const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"In one sentence, what does distributed tracing show?"}],"temperature":0.2,"max_tokens":64}"#;
+const RESPONSE: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1732406400,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. Tracing shows where the time goes."},"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":17,"total_tokens":44}}"#;
+
+fn record(config: &Config) -> CallRecord {
+    let capture = |body: &str| {
+        let mut c = Capture::new(1 << 20, Some(body.len() as u64));
+        c.push(body.as_bytes(), 100);
+        c.finish()
+    };
+    CallRecord {
+        trace_id: TraceId::random(),
+        span_id: SpanId::random(),
+        parent_span_id: None,
+        provider: config.providers[0].clone(),
+        method: http::Method::POST,
+        path: "/v1/chat/completions".into(),
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        duration: Duration::from_micros(850),
+        status_code: Some(200),
+        outcome: Outcome::Completed,
+        request_body: capture(REQUEST),
+        response_body: capture(RESPONSE),
+        response_is_sse: false,
+        response_encoding: None,
+        tracegate_headers: Vec::new(),
+        session: None,
+    }
+}
+
+fn report(name: &str, n: usize, elapsed: Duration) {
+    println!(
+        "{name:<40} {:>9.2} µs/span {:>10.0} spans/s",
+        elapsed.as_secs_f64() * 1e6 / n as f64,
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn main() {
+    let config = Config::from_toml("", &|_| None).unwrap();
+    let settings = RecorderSettings::from_config(&config);
+    let n = 50_000;
+    let records: Vec<CallRecord> = (0..n).map(|_| record(&config)).collect();
+
+    let start = Instant::now();
+    let writes: Vec<SpanWrite> = records.iter().map(|r| build_span(r, &settings)).collect();
+    report("build_span (parse, price)", n, start.elapsed());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("segments")).unwrap());
+    let start = Instant::now();
+    for chunk in writes.chunks(512) {
+        store.write_batch(chunk).unwrap();
+    }
+    store.flush().unwrap();
+    report("Store::write_batch (segments, 512/batch)", n, start.elapsed());
+
+    // Baseline: one key per span and one per body in separate trees, as a naive store would.
+    let db = sled::Config::new().path(dir.path().join("naive")).flush_every_ms(None).open().unwrap();
+    let spans = db.open_tree("spans").unwrap();
+    let bodies = db.open_tree("bodies").unwrap();
+    let start = Instant::now();
+    for chunk in writes.chunks(512) {
+        let mut span_batch = sled::Batch::default();
+        let mut body_batch = sled::Batch::default();
+        for w in chunk {
+            let mut key = w.span.trace_id.0.to_vec();
+            key.extend_from_slice(&w.span.span_id.0);
+            span_batch.insert(key.clone(), serde_json::to_vec(&w.span).unwrap());
+            body_batch.insert(key, serde_json::to_vec(&w.bodies).unwrap());
+        }
+        spans.apply_batch(span_batch).unwrap();
+        bodies.apply_batch(body_batch).unwrap();
+    }
+    db.flush().unwrap();
+    report("baseline: key per span + key per body", n, start.elapsed());
+}
