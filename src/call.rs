@@ -51,6 +51,13 @@ pub struct CallRecord {
     pub session: Option<HeaderValue>,
 }
 
+impl CallRecord {
+    /// Bytes of body captured in this record (what it costs to keep it queued).
+    pub fn captured_bytes(&self) -> usize {
+        [&self.request_body, &self.response_body].iter().map(|c| c.head.len() + c.tail.len()).sum()
+    }
+}
+
 /// Per-request context carried through the proxy's phases.
 pub struct CallContext {
     pub trace_id: TraceId,

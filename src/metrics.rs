@@ -25,8 +25,13 @@ pub struct Metrics {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Distinct (provider, model, team) label sets kept before new ones are folded into `other`.
+const MAX_LABEL_COMBINATIONS: usize = 1000;
+const OVERFLOW_LABEL: &str = "other";
+
 #[derive(Default)]
 struct Labelled {
+    combos: std::collections::HashSet<(String, String, String)>,
     requests: BTreeMap<Labels, u64>,
     durations: BTreeMap<Labels, Histogram>,
     ttft: BTreeMap<Labels, Histogram>,
@@ -57,9 +62,19 @@ impl Metrics {
     /// Counts one recorded proxied call in the labelled series.
     pub fn observe_call(&self, span: &Span) {
         let provider = span.provider.clone().unwrap_or_default();
-        let model = span.response_model.clone().or_else(|| span.request_model.clone()).unwrap_or_default();
-        let team = span.team.clone().unwrap_or_default();
+        let mut model = span.response_model.clone().or_else(|| span.request_model.clone()).unwrap_or_default();
+        let mut team = span.team.clone().unwrap_or_default();
         let mut l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        // Model and team names come from clients: past a bound, new ones share one series.
+        let combo = (provider.clone(), model.clone(), team.clone());
+        if !l.combos.contains(&combo) {
+            if l.combos.len() >= MAX_LABEL_COMBINATIONS {
+                model = OVERFLOW_LABEL.into();
+                team = OVERFLOW_LABEL.into();
+            } else {
+                l.combos.insert(combo);
+            }
+        }
         let base: Labels = vec![("provider", provider.clone()), ("model", model.clone()), ("team", team.clone())];
         let mut with_status = base.clone();
         with_status.push(("status", span.status.as_str().to_string()));
@@ -73,7 +88,8 @@ impl Metrics {
             if let Some(n) = value {
                 let mut labels = base.clone();
                 labels.push(("type", kind.to_string()));
-                *l.tokens.entry(labels).or_default() += n;
+                let total = l.tokens.entry(labels).or_default();
+                *total = total.saturating_add(n);
             }
         }
         if let Some(cost) = span.cost_usd {
@@ -179,6 +195,28 @@ mod tests {
     fn labels_are_escaped() {
         let labels: Labels = vec![("model", "a\"b\\c\nd".to_string())];
         assert_eq!(render_labels(&labels, Some("0.5")), "{model=\"a\\\"b\\\\c\\nd\",le=\"0.5\"}");
+    }
+
+    #[test]
+    fn client_chosen_labels_are_bounded() {
+        let metrics = Metrics::default();
+        let mut span: Span = serde_json::from_value(serde_json::json!({
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7", "parent_span_id": null,
+            "name": "chat", "kind": "llm", "start_time_unix_nano": 1, "duration_ms": 1.0, "ttft_ms": null,
+            "provider": "openai", "operation": "chat", "method": "POST", "path": "/v1/chat/completions",
+            "status_code": 200, "status": "ok", "request_model": "m", "response_model": null, "stream": false,
+            "input_tokens": 1, "output_tokens": 1, "usage_source": "reported", "cost_usd": null,
+            "team": null, "user": null, "session": null, "error": null
+        }))
+        .unwrap();
+        for i in 0..(MAX_LABEL_COMBINATIONS + 50) {
+            span.request_model = Some(format!("model-{i}"));
+            metrics.observe_call(&span);
+        }
+        let text = metrics.render();
+        let series = text.lines().filter(|l| l.starts_with("tracegate_requests_total{")).count();
+        assert_eq!(series, MAX_LABEL_COMBINATIONS + 1);
+        assert!(text.contains("tracegate_requests_total{provider=\"openai\",model=\"other\",team=\"other\",status=\"ok\"} 50"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,6 +31,10 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 const BUSY_NAP: Duration = Duration::from_millis(2);
 /// Most spans written in one sled batch.
 const MAX_BATCH: usize = 512;
+/// Most body bytes gathered into one batch.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Most captured bytes waiting in the queue; past it, new calls are dropped and counted.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
 /// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
 const MAX_DECODED_BYTES: u64 = 16 << 20;
 
@@ -45,14 +49,23 @@ enum Message {
 pub struct RecorderHandle {
     tx: SyncSender<Message>,
     metrics: Arc<Metrics>,
+    /// Captured bytes of the records waiting in the queue.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl RecorderHandle {
     /// Queues a finished call; never blocks. A full queue drops the record and counts it.
     pub fn submit(&self, record: CallRecord) {
+        let bytes = record.captured_bytes();
+        if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.metrics.spans_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match self.tx.try_send(Message::Call(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 self.metrics.spans_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -71,12 +84,18 @@ impl RecorderHandle {
 #[derive(Clone)]
 pub struct RecorderSettings {
     pub capture_bodies: bool,
+    /// Stored bodies are cut to this size (a decompressed body can exceed its capture).
+    pub max_capture_bytes: usize,
     pub pricing: BTreeMap<String, Price>,
 }
 
 impl RecorderSettings {
     pub fn from_config(config: &Config) -> Self {
-        RecorderSettings { capture_bodies: config.storage.capture_bodies, pricing: config.pricing.clone() }
+        RecorderSettings {
+            capture_bodies: config.storage.capture_bodies,
+            max_capture_bytes: config.storage.max_capture_bytes,
+            pricing: config.pricing.clone(),
+        }
     }
 }
 
@@ -88,15 +107,24 @@ pub fn start(
     capacity: usize,
 ) -> (RecorderHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::sync_channel(capacity);
-    let thread_metrics = metrics.clone();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let recorder = Recorder { settings, metrics: metrics.clone(), queued_bytes: queued_bytes.clone() };
     let join = std::thread::Builder::new()
         .name("tracegate-recorder".into())
-        .spawn(move || run(rx, settings, store, thread_metrics))
+        .spawn(move || run(rx, recorder, store))
         .expect("spawn recorder thread");
-    (RecorderHandle { tx, metrics }, join)
+    (RecorderHandle { tx, metrics, queued_bytes }, join)
 }
 
-fn run(rx: Receiver<Message>, settings: RecorderSettings, store: Arc<Store>, metrics: Arc<Metrics>) {
+/// The recorder thread's state.
+struct Recorder {
+    settings: RecorderSettings,
+    metrics: Arc<Metrics>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
+    let metrics = &recorder.metrics;
     let mut batch: Vec<SpanWrite> = Vec::with_capacity(MAX_BATCH);
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
@@ -113,16 +141,17 @@ fn run(rx: Receiver<Message>, settings: RecorderSettings, store: Arc<Store>, met
                 None => Duration::from_secs(3600),
             };
             match rx.recv_timeout(timeout) {
-                Ok(message) => accept(message, &settings, &metrics, &mut batch, &mut waiters),
+                Ok(message) => accept(message, &recorder, &mut batch, &mut waiters),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
         }
         // Drain whatever else is already queued, a batch at a time.
+        busy = false;
         loop {
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && batch_bytes(&batch) < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(message) => accept(message, &settings, &metrics, &mut batch, &mut waiters),
+                    Ok(message) => accept(message, &recorder, &mut batch, &mut waiters),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         disconnected = true;
@@ -130,11 +159,11 @@ fn run(rx: Receiver<Message>, settings: RecorderSettings, store: Arc<Store>, met
                     }
                 }
             }
-            busy = !batch.is_empty();
             if batch.is_empty() {
                 break;
             }
-            write(&store, &metrics, &mut batch);
+            busy = true;
+            write(&store, metrics, &mut batch);
             dirty_since.get_or_insert_with(Instant::now);
         }
         let flush_due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
@@ -154,21 +183,25 @@ fn run(rx: Receiver<Message>, settings: RecorderSettings, store: Arc<Store>, met
     }
 }
 
-fn accept(
-    message: Message,
-    settings: &RecorderSettings,
-    metrics: &Metrics,
-    batch: &mut Vec<SpanWrite>,
-    waiters: &mut Vec<mpsc::Sender<()>>,
-) {
+fn accept(message: Message, recorder: &Recorder, batch: &mut Vec<SpanWrite>, waiters: &mut Vec<mpsc::Sender<()>>) {
     match message {
         Message::Call(record) => {
-            let write = build_span(&record, settings);
-            metrics.observe_call(&write.span);
+            recorder.queued_bytes.fetch_sub(record.captured_bytes(), Ordering::Relaxed);
+            let write = build_span(&record, &recorder.settings);
+            recorder.metrics.observe_call(&write.span);
             batch.push(write);
         }
         Message::Flush(waiter) => waiters.push(waiter),
     }
+}
+
+/// Body bytes held by a batch.
+fn batch_bytes(batch: &[SpanWrite]) -> usize {
+    batch
+        .iter()
+        .filter_map(|w| w.bodies.as_ref())
+        .map(|b| b.request_body.as_ref().map_or(0, String::len) + b.response_body.as_ref().map_or(0, String::len))
+        .sum()
 }
 
 fn write(store: &Store, metrics: &Metrics, batch: &mut Vec<SpanWrite>) {
@@ -189,7 +222,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     let api = record.provider.api;
     let operation = providers::operation_for(api, &record.path);
 
-    let request_bytes = record.request_body.joined(b"\n");
+    let request_bytes = record.request_body.joined(TRUNCATION_MARK.as_bytes());
     let request = providers::parse_request(api, &operation, &request_bytes);
     let response_bytes =
         decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
@@ -312,10 +345,17 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         error,
     };
 
-    let bodies = (settings.capture_bodies && !omit_bodies).then(|| SpanBodies {
-        request_body: text_of(&request_bytes, record.request_body.total_len),
-        response_body: text_of(&response_bytes, record.response_body.total_len),
-        truncated: record.request_body.truncated() || record.response_body.truncated(),
+    let bodies = (settings.capture_bodies && !omit_bodies).then(|| {
+        let (request_body, request_cut) = stored_text(&request_bytes, settings.max_capture_bytes);
+        let (response_body, response_cut) = stored_text(&response_bytes, settings.max_capture_bytes);
+        SpanBodies {
+            request_body,
+            response_body,
+            truncated: request_cut
+                || response_cut
+                || record.request_body.truncated()
+                || record.response_body.truncated(),
+        }
     });
     SpanWrite { span, bodies }
 }
@@ -344,10 +384,21 @@ fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_ss
     Bytes::from(out)
 }
 
-/// Text to store for a body; `None` for an empty body.
-fn text_of(bytes: &[u8], total_len: u64) -> Option<String> {
-    if total_len == 0 && bytes.is_empty() {
-        return None;
+/// Text to store for a body (`None` when empty), cut to `limit` bytes — its head and its last
+/// quarter — and whether it was cut.
+fn stored_text(bytes: &[u8], limit: usize) -> (Option<String>, bool) {
+    if bytes.is_empty() {
+        return (None, false);
     }
-    Some(String::from_utf8_lossy(bytes).into_owned())
+    if bytes.len() <= limit {
+        return (Some(String::from_utf8_lossy(bytes).into_owned()), false);
+    }
+    let tail = limit / 4;
+    let mut text = String::from_utf8_lossy(&bytes[..limit - tail]).into_owned();
+    text.push_str(TRUNCATION_MARK);
+    text.push_str(&String::from_utf8_lossy(&bytes[bytes.len() - tail..]));
+    (Some(text), true)
 }
+
+/// Placed where a stored body was cut.
+const TRUNCATION_MARK: &str = "\n…[truncated by tracegate]…\n";

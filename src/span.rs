@@ -90,7 +90,7 @@ pub struct Span {
 
 impl Span {
     pub fn end_time_unix_nano(&self) -> u64 {
-        self.start_time_unix_nano + (self.duration_ms * 1e6) as u64
+        self.start_time_unix_nano.saturating_add((self.duration_ms * 1e6) as u64)
     }
 }
 
@@ -158,10 +158,10 @@ impl TraceSummary {
         }
         self.start_time_unix_nano = self.start_time_unix_nano.min(span.start_time_unix_nano);
         self.end_time_unix_nano = self.end_time_unix_nano.max(span.end_time_unix_nano());
-        self.duration_ms = (self.end_time_unix_nano - self.start_time_unix_nano) as f64 / 1e6;
+        self.duration_ms = self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano) as f64 / 1e6;
         self.span_count += 1;
-        self.input_tokens += span.input_tokens.unwrap_or(0);
-        self.output_tokens += span.output_tokens.unwrap_or(0);
+        self.input_tokens = self.input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
+        self.output_tokens = self.output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
         if let Some(cost) = span.cost_usd {
             self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
         }

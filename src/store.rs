@@ -1,43 +1,48 @@
 //! The span store: an embedded sled database laid out for cheap batched writes.
 //!
-//! sled copies a leaf node on every insert, so the cost of a write grows with the number of
-//! inserts and the size of the values in the leaf. The recorder therefore writes each batch
-//! of spans as **one segment value** plus one tiny index key per span, in a single atomic
-//! `apply_batch` on one tree:
+//! sled copies a leaf node and logs it on every insert, so a write costs per insert and per
+//! byte. The recorder therefore writes each batch of spans as **two segment values** (the
+//! spans, and their bodies) plus one tiny index key per span, all in one tree:
 //!
-//! - `S` ‖ seq(8)                       → segment: the batch's spans (JSON) and bodies
+//! - `S` ‖ seq(8)                       → span segment: the batch's spans (JSON)
+//! - `B` ‖ seq(8)                       → body segment: the same spans' bodies, in the same order
 //! - `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4) → () : span `i` of segment `seq` belongs to the trace
-//! - `M` indexed_through                → the last seq whose index keys are all written
+//! - `M` format / indexed_through       → the layout version; the last seq whose index keys are written
 //!
 //! Integers are big-endian, so segments are in write order and a trace's index keys are one
 //! contiguous range. Trace summaries are folded from the trace's spans when read; the listing
-//! walks segments newest first (so it is ordered by each trace's latest activity). Only the
-//! recorder thread writes (sled 0.34 must not see concurrent flushes); the admin API reads
-//! concurrently.
+//! walks span segments newest first (so it is ordered by when calls finished) and never reads
+//! bodies. Only the recorder thread writes (sled 0.34 must not see concurrent flushes); the
+//! admin API reads concurrently.
 //!
-//! A segment is inserted before its index keys (plain inserts: a sled batch costs twice as
-//! much per key), then `indexed_through` moves forward. sled recovers a prefix of its log
-//! after a crash, so at open any segment past `indexed_through` gets its index keys again.
+//! Segments are inserted before their index keys (plain inserts: a sled batch costs twice as
+//! much per key); `indexed_through` then moves forward. sled recovers a prefix of its log after
+//! a crash, so at open — and after a failed write — any segment past `indexed_through` gets its
+//! index keys again.
 //!
-//! Segment encoding: `count: u32`, then per span `trace_id(16) span_id(8) start_ns(8)
-//! span_len: u32 span_json flags: u8 request_len: u32 request response_len: u32 response`
-//! (bodies as raw bytes; flags: 1 = bodies kept, 2 = truncated).
+//! Span segment: `count: u32`, then per span `trace_id(16) span_id(8) start_ns(8) len: u32 json`.
+//! Body segment: `count: u32`, then per span `flags: u8 request_len: u32 request response_len:
+//! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::span::{Span, SpanBodies, SpanStatus, TraceSummary};
 use crate::trace_context::{SpanId, TraceId};
 
-/// How many segments a listing walks at most before it stops looking for more matches.
-const MAX_SEGMENTS_SCANNED: usize = 20_000;
+/// How many span segments a listing walks at most before it stops looking for more matches.
+const MAX_SEGMENTS_SCANNED: usize = 2_000;
 /// A segment is closed once its encoding passes this size (a batch may then span several).
 const SEGMENT_TARGET_BYTES: usize = 128 * 1024;
 
-const SEGMENT_PREFIX: u8 = b'S';
-const TRACE_INDEX_PREFIX: u8 = b'T';
+const SPAN_SEGMENT: u8 = b'S';
+const BODY_SEGMENT: u8 = b'B';
+const TRACE_INDEX: u8 = b'T';
+const FORMAT_KEY: &[u8] = b"Mformat";
 const INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
+/// The layout this code reads and writes; another value refuses to open.
+const FORMAT_VERSION: u8 = 1;
 
 const BODIES_KEPT: u8 = 1;
 const BODIES_TRUNCATED: u8 = 2;
@@ -46,12 +51,15 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     next_seq: AtomicU64,
+    /// Set when a write failed part-way: the next write first completes the index.
+    repair_pending: AtomicBool,
 }
 
 #[derive(Debug)]
 pub enum StoreError {
     Sled(sled::Error),
     Corrupt(String),
+    Format(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -59,6 +67,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Sled(e) => write!(f, "store: {e}"),
             StoreError::Corrupt(m) => write!(f, "store: corrupt record: {m}"),
+            StoreError::Format(m) => write!(f, "store: {m}"),
         }
     }
 }
@@ -99,16 +108,20 @@ impl TraceFilter {
     }
 }
 
-fn segment_key(seq: u64) -> [u8; 9] {
+fn segment_key(kind: u8, seq: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
-    key[0] = SEGMENT_PREFIX;
+    key[0] = kind;
     key[1..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
+fn seq_of(key: &[u8]) -> u64 {
+    key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
 fn trace_prefix(trace_id: &TraceId) -> [u8; 17] {
     let mut key = [0u8; 17];
-    key[0] = TRACE_INDEX_PREFIX;
+    key[0] = TRACE_INDEX;
     key[1..].copy_from_slice(&trace_id.0);
     key
 }
@@ -121,75 +134,45 @@ fn trace_index_key(trace_id: &TraceId, seq: u64, index: u32) -> [u8; 29] {
     key
 }
 
-/// One span inside a segment, borrowed from the segment's bytes.
-struct RecordRef<'a> {
+/// One span inside a span segment, borrowed from the segment's bytes.
+struct SpanRef<'a> {
     trace_id: TraceId,
     span_id: SpanId,
-    span_json: &'a [u8],
-    body_flags: u8,
-    request_body: &'a [u8],
-    response_body: &'a [u8],
+    json: &'a [u8],
 }
 
-impl RecordRef<'_> {
-    fn bodies(&self) -> SpanBodies {
-        if self.body_flags & BODIES_KEPT == 0 {
-            return SpanBodies::default();
-        }
-        let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
-        SpanBodies {
-            request_body: text(self.request_body),
-            response_body: text(self.response_body),
-            truncated: self.body_flags & BODIES_TRUNCATED != 0,
-        }
-    }
-}
-
-/// Walks the records of an encoded segment.
-struct SegmentReader<'a> {
+/// Walks the spans of an encoded span segment.
+struct SpanSegment<'a> {
     bytes: &'a [u8],
     remaining: u32,
 }
 
-impl<'a> SegmentReader<'a> {
+impl<'a> SpanSegment<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self, StoreError> {
         let (count, rest) = take_u32(bytes)?;
-        Ok(SegmentReader { bytes: rest, remaining: count })
+        Ok(SpanSegment { bytes: rest, remaining: count })
+    }
+
+    fn parse(bytes: &'a [u8]) -> Result<(SpanRef<'a>, &'a [u8]), StoreError> {
+        if bytes.len() < 32 {
+            return Err(StoreError::Corrupt("span record header cut short".into()));
+        }
+        let trace_id = TraceId(bytes[..16].try_into().expect("16 bytes"));
+        let span_id = SpanId(bytes[16..24].try_into().expect("8 bytes"));
+        let (json, rest) = take_slice(&bytes[32..])?;
+        Ok((SpanRef { trace_id, span_id, json }, rest))
     }
 }
 
-impl<'a> Iterator for SegmentReader<'a> {
-    type Item = Result<RecordRef<'a>, StoreError>;
+impl<'a> Iterator for SpanSegment<'a> {
+    type Item = Result<SpanRef<'a>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
             return None;
         }
         self.remaining -= 1;
-        let parse = |bytes: &'a [u8]| -> Result<(RecordRef<'a>, &'a [u8]), StoreError> {
-            if bytes.len() < 32 {
-                return Err(StoreError::Corrupt("segment record header cut short".into()));
-            }
-            let mut trace = [0u8; 16];
-            trace.copy_from_slice(&bytes[..16]);
-            let mut span = [0u8; 8];
-            span.copy_from_slice(&bytes[16..24]);
-            let (span_json, rest) = take_slice(&bytes[32..])?;
-            let (&body_flags, rest) =
-                rest.split_first().ok_or_else(|| StoreError::Corrupt("segment record cut short".into()))?;
-            let (request_body, rest) = take_slice(rest)?;
-            let (response_body, rest) = take_slice(rest)?;
-            let record = RecordRef {
-                trace_id: TraceId(trace),
-                span_id: SpanId(span),
-                span_json,
-                body_flags,
-                request_body,
-                response_body,
-            };
-            Ok((record, rest))
-        };
-        match parse(self.bytes) {
+        match Self::parse(self.bytes) {
             Ok((record, rest)) => {
                 self.bytes = rest;
                 Some(Ok(record))
@@ -202,13 +185,38 @@ impl<'a> Iterator for SegmentReader<'a> {
     }
 }
 
+/// The bodies of span `index` in an encoded body segment.
+fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
+    let (count, mut rest) = take_u32(segment)?;
+    if index >= count as usize {
+        return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));
+    }
+    for i in 0..=index {
+        let (&flags, after_flags) = rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+        let (request, after_request) = take_slice(after_flags)?;
+        let (response, after_response) = take_slice(after_request)?;
+        if i == index {
+            if flags & BODIES_KEPT == 0 {
+                return Ok(SpanBodies::default());
+            }
+            let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
+            return Ok(SpanBodies {
+                request_body: text(request),
+                response_body: text(response),
+                truncated: flags & BODIES_TRUNCATED != 0,
+            });
+        }
+        rest = after_response;
+    }
+    unreachable!("the loop returns at index")
+}
+
 fn take_u32(bytes: &[u8]) -> Result<(u32, &[u8]), StoreError> {
     if bytes.len() < 4 {
         return Err(StoreError::Corrupt("length cut short".into()));
     }
-    let mut n = [0u8; 4];
-    n.copy_from_slice(&bytes[..4]);
-    Ok((u32::from_be_bytes(n), &bytes[4..]))
+    let (n, rest) = bytes.split_at(4);
+    Ok((u32::from_be_bytes(n.try_into().expect("4 bytes")), rest))
 }
 
 fn take_slice(bytes: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
@@ -224,27 +232,34 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Builds segment values.
+/// Builds one span segment and its body segment.
 struct SegmentWriter {
-    bytes: Vec<u8>,
+    spans: Vec<u8>,
+    bodies: Vec<u8>,
     count: u32,
+    any_bodies: bool,
 }
 
 impl SegmentWriter {
     fn new() -> Self {
-        SegmentWriter { bytes: vec![0; 4], count: 0 }
+        SegmentWriter { spans: vec![0; 4], bodies: vec![0; 4], count: 0, any_bodies: false }
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len() + self.bodies.len()
     }
 
     fn push(&mut self, write: &SpanWrite) {
         let span = &write.span;
-        self.bytes.extend_from_slice(&span.trace_id.0);
-        self.bytes.extend_from_slice(&span.span_id.0);
-        self.bytes.extend_from_slice(&span.start_time_unix_nano.to_be_bytes());
-        let len_at = self.bytes.len();
-        self.bytes.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut self.bytes, span).expect("span types always serialize");
-        let len = (self.bytes.len() - len_at - 4) as u32;
-        self.bytes[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        self.spans.extend_from_slice(&span.trace_id.0);
+        self.spans.extend_from_slice(&span.span_id.0);
+        self.spans.extend_from_slice(&span.start_time_unix_nano.to_be_bytes());
+        let len_at = self.spans.len();
+        self.spans.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut self.spans, span).expect("span types always serialize");
+        let len = (self.spans.len() - len_at - 4) as u32;
+        self.spans[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+
         let (flags, request, response) = match &write.bodies {
             Some(b) => (
                 BODIES_KEPT | if b.truncated { BODIES_TRUNCATED } else { 0 },
@@ -253,17 +268,25 @@ impl SegmentWriter {
             ),
             None => (0, "", ""),
         };
-        self.bytes.push(flags);
+        self.any_bodies |= flags & BODIES_KEPT != 0;
+        self.bodies.push(flags);
         for body in [request, response] {
-            self.bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            self.bytes.extend_from_slice(body.as_bytes());
+            self.bodies.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            self.bodies.extend_from_slice(body.as_bytes());
         }
         self.count += 1;
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        self.bytes[..4].copy_from_slice(&self.count.to_be_bytes());
-        self.bytes
+    /// Inserts the segment (and its bodies, if any were kept) under `seq`.
+    fn write(mut self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
+        let count = self.count.to_be_bytes();
+        if self.any_bodies {
+            self.bodies[..4].copy_from_slice(&count);
+            tree.insert(segment_key(BODY_SEGMENT, seq), self.bodies)?;
+        }
+        self.spans[..4].copy_from_slice(&count);
+        tree.insert(segment_key(SPAN_SEGMENT, seq), self.spans)?;
+        Ok(())
     }
 }
 
@@ -277,37 +300,53 @@ impl Store {
         }
         // The recorder flushes explicitly; sled's own periodic flusher stays off (one flusher only).
         let db = sled::Config::new().path(path).flush_every_ms(None).cache_capacity(64 << 20).open()?;
-        let tree = db.open_tree("spans_v1")?;
-        let next_seq = match tree.scan_prefix([SEGMENT_PREFIX]).next_back() {
-            Some(entry) => {
-                let (key, _) = entry?;
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&key[1..9]);
-                u64::from_be_bytes(seq) + 1
+        let tree = db.open_tree("spans")?;
+        match tree.get(FORMAT_KEY)? {
+            None => {
+                tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             }
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(StoreError::Format(format!(
+                    "{} holds store format {:?}, this tracegate reads format {FORMAT_VERSION}",
+                    path.display(),
+                    v.as_ref()
+                )))
+            }
+        }
+        let next_seq = match tree.scan_prefix([SPAN_SEGMENT]).next_back() {
+            Some(entry) => seq_of(&entry?.0) + 1,
             None => 1,
         };
-        let store = Store { db, tree, next_seq: AtomicU64::new(next_seq) };
+        let store = Store { db, tree, next_seq: AtomicU64::new(next_seq), repair_pending: AtomicBool::new(false) };
         store.repair_index()?;
         Ok(store)
     }
 
-    /// Re-inserts the index keys of segments written after the last complete indexing (a
-    /// crash between a segment and its index keys).
+    /// Inserts the index keys of span segments written after the last complete indexing (a
+    /// crash, or a failed write, between a segment and its index keys). A segment that cannot
+    /// be read is skipped and logged, never a reason to refuse to start.
     fn repair_index(&self) -> Result<(), StoreError> {
         let indexed_through = self.indexed_through()?;
         let mut repaired = 0u64;
-        for entry in self.tree.range(segment_key(indexed_through + 1)..segment_key(u64::MAX)) {
+        let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
+        for entry in self.tree.range(range) {
             let (key, segment) = entry?;
-            let seq = u64::from_be_bytes(key[1..9].try_into().expect("segment keys are 9 bytes"));
-            for (index, record) in SegmentReader::new(&segment)?.enumerate() {
-                self.tree.insert(trace_index_key(&record?.trace_id, seq, index as u32), &[])?;
+            let seq = seq_of(&key);
+            let spans: Result<Vec<SpanRef<'_>>, StoreError> = SpanSegment::new(&segment).and_then(|s| s.collect());
+            match spans {
+                Ok(spans) => {
+                    for (index, span) in spans.iter().enumerate() {
+                        self.tree.insert(trace_index_key(&span.trace_id, seq, index as u32), &[])?;
+                    }
+                }
+                Err(e) => tracing::error!(seq, error = %e, "skipping an unreadable span segment"),
             }
             self.tree.insert(INDEXED_THROUGH_KEY, &seq.to_be_bytes())?;
             repaired += 1;
         }
         if repaired > 0 {
-            tracing::warn!(segments = repaired, "span index completed after an unclean stop");
+            tracing::warn!(segments = repaired, "span index completed after an interrupted write");
             self.flush()?;
         }
         Ok(())
@@ -315,13 +354,27 @@ impl Store {
 
     fn indexed_through(&self) -> Result<u64, StoreError> {
         Ok(match self.tree.get(INDEXED_THROUGH_KEY)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("checked length")),
-            _ => 0,
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            None => 0,
         })
     }
 
     /// Writes a batch of spans (and their bodies): segments first, then their index keys.
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
+        if self.repair_pending.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.repair_index() {
+                self.repair_pending.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        let result = self.write_segments(writes);
+        if result.is_err() {
+            self.repair_pending.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn write_segments(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
         let first_seq = self.next_seq.load(Ordering::Relaxed);
         let mut seq = first_seq;
         let mut segment = SegmentWriter::new();
@@ -329,16 +382,18 @@ impl Store {
         for write in writes {
             index.push(trace_index_key(&write.span.trace_id, seq, segment.count));
             segment.push(write);
-            if segment.bytes.len() >= SEGMENT_TARGET_BYTES {
-                self.tree.insert(segment_key(seq), std::mem::replace(&mut segment, SegmentWriter::new()).finish())?;
+            if segment.len() >= SEGMENT_TARGET_BYTES {
+                // Claim the seq before writing: a failed insert must not reuse it.
+                self.next_seq.store(seq + 1, Ordering::Relaxed);
+                std::mem::replace(&mut segment, SegmentWriter::new()).write(&self.tree, seq)?;
                 seq += 1;
             }
         }
         if segment.count > 0 {
-            self.tree.insert(segment_key(seq), segment.finish())?;
+            self.next_seq.store(seq + 1, Ordering::Relaxed);
+            segment.write(&self.tree, seq)?;
             seq += 1;
         }
-        self.next_seq.store(seq, Ordering::Relaxed);
         for key in &index {
             self.tree.insert(key, &[])?;
         }
@@ -354,16 +409,16 @@ impl Store {
         Ok(())
     }
 
-    /// Traces by latest activity, newest first, filtered, at most `limit`.
+    /// Traces by latest finished call, newest first, filtered, at most `limit`.
     pub fn list_traces(&self, filter: &TraceFilter, limit: usize) -> Result<Vec<TraceSummary>, StoreError> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut cache = SegmentCache::default();
-        for entry in self.tree.scan_prefix([SEGMENT_PREFIX]).rev().take(MAX_SEGMENTS_SCANNED) {
+        for entry in self.tree.scan_prefix([SPAN_SEGMENT]).rev().take(MAX_SEGMENTS_SCANNED) {
             let (_, segment) = entry?;
             let mut traces = Vec::new();
-            for record in SegmentReader::new(&segment)? {
-                traces.push(record?.trace_id);
+            for span in SpanSegment::new(&segment)? {
+                traces.push(span?.trace_id);
             }
             for trace_id in traces.into_iter().rev() {
                 if !seen.insert(trace_id) {
@@ -394,39 +449,37 @@ impl Store {
 
     fn spans_of(&self, trace_id: &TraceId, cache: &mut SegmentCache) -> Result<Vec<Span>, StoreError> {
         let mut spans = Vec::new();
-        self.for_each_record(trace_id, cache, |record| {
-            spans.push(decode::<Span>(record.span_json)?);
+        self.for_each_span(trace_id, cache, |span, _, _| {
+            spans.push(decode::<Span>(span.json)?);
             Ok(true)
         })?;
         spans.sort_by(|a, b| a.start_time_unix_nano.cmp(&b.start_time_unix_nano).then(a.span_id.cmp(&b.span_id)));
         Ok(spans)
     }
 
-    /// Calls `visit` with each record of the trace until it returns false.
-    fn for_each_record(
+    /// Calls `visit(span, seq, index)` with each span of the trace until it returns false.
+    fn for_each_span(
         &self,
         trace_id: &TraceId,
         cache: &mut SegmentCache,
-        mut visit: impl FnMut(&RecordRef<'_>) -> Result<bool, StoreError>,
+        mut visit: impl FnMut(&SpanRef<'_>, u64, usize) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         for entry in self.tree.scan_prefix(trace_prefix(trace_id)) {
             let (key, _) = entry?;
             if key.len() != 29 {
                 continue;
             }
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&key[17..25]);
-            let mut index = [0u8; 4];
-            index.copy_from_slice(&key[25..29]);
-            let Some(segment) = cache.get(&self.tree, u64::from_be_bytes(seq))? else { continue };
-            let Some(record) = SegmentReader::new(segment)?.nth(u32::from_be_bytes(index) as usize) else {
+            let seq = u64::from_be_bytes(key[17..25].try_into().expect("8 bytes"));
+            let index = u32::from_be_bytes(key[25..29].try_into().expect("4 bytes")) as usize;
+            let Some(segment) = cache.get(&self.tree, seq)? else { continue };
+            let Some(span) = SpanSegment::new(segment)?.nth(index) else {
                 return Err(StoreError::Corrupt("index points past the end of its segment".into()));
             };
-            let record = record?;
-            if record.trace_id != *trace_id {
+            let span = span?;
+            if span.trace_id != *trace_id {
                 return Err(StoreError::Corrupt("index points at another trace's span".into()));
             }
-            if !visit(&record)? {
+            if !visit(&span, seq, index)? {
                 break;
             }
         }
@@ -436,23 +489,28 @@ impl Store {
     /// One span and its captured bodies.
     pub fn span(&self, trace_id: &TraceId, span_id: &SpanId) -> Result<Option<(Span, SpanBodies)>, StoreError> {
         let mut found = None;
-        self.for_each_record(trace_id, &mut SegmentCache::default(), |record| {
-            if record.span_id != *span_id {
+        self.for_each_span(trace_id, &mut SegmentCache::default(), |span, seq, index| {
+            if span.span_id != *span_id {
                 return Ok(true);
             }
-            found = Some((decode(record.span_json)?, record.bodies()));
+            found = Some((decode::<Span>(span.json)?, seq, index));
             Ok(false)
         })?;
-        Ok(found)
+        let Some((span, seq, index)) = found else { return Ok(None) };
+        let bodies = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
+            Some(segment) => bodies_at(&segment, index)?,
+            None => SpanBodies::default(),
+        };
+        Ok(Some((span, bodies)))
     }
 
     /// Number of spans stored (walks the index; for tests and diagnostics).
     pub fn span_count(&self) -> usize {
-        self.tree.scan_prefix([TRACE_INDEX_PREFIX]).count()
+        self.tree.scan_prefix([TRACE_INDEX]).count()
     }
 }
 
-/// Segments read during one query, so a trace spread over a few segments reads each once.
+/// Span segments read during one query, so a trace spread over a few segments reads each once.
 #[derive(Default)]
 struct SegmentCache(HashMap<u64, Option<sled::IVec>>);
 
@@ -462,7 +520,7 @@ impl SegmentCache {
             if self.0.len() > 256 {
                 self.0.clear();
             }
-            self.0.insert(seq, tree.get(segment_key(seq))?);
+            self.0.insert(seq, tree.get(segment_key(SPAN_SEGMENT, seq))?);
         }
         Ok(self.0.get(&seq).and_then(|v| v.as_deref()))
     }
