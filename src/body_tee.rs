@@ -7,10 +7,14 @@
 //! error, or on drop before the end (the client disconnected: `cancelled`). Dropping the
 //! response body also drops the upstream body, which cancels the upstream request.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -19,18 +23,42 @@ use hyper::body::Incoming;
 use crate::call::{CallContext, Outcome, ResponseFacts};
 use crate::capture::Capture;
 
+/// What the request side of a call shares with the call: the capture, and whether the
+/// client broke off its upload (so a failed call is blamed on the client, not the upstream).
+#[derive(Debug)]
+pub struct RequestShared {
+    pub capture: Mutex<Capture>,
+    pub client_aborted: AtomicBool,
+}
+
+impl RequestShared {
+    pub fn new(capture: Capture) -> Arc<Self> {
+        Arc::new(RequestShared { capture: Mutex::new(capture), client_aborted: AtomicBool::new(false) })
+    }
+
+    pub fn client_aborted(&self) -> bool {
+        self.client_aborted.load(Ordering::Relaxed)
+    }
+
+    /// Takes the capture out (leaving an empty one).
+    pub fn take_capture(&self) -> Capture {
+        let mut guard = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, Capture::new(0, None))
+    }
+}
+
 /// The client's request body, copied into a shared capture as it streams upstream.
 pub struct RequestTee {
     inner: Incoming,
     /// A frame read ahead by [`RequestTee::read_first_frame`], returned before anything else.
     first: Option<Frame<Bytes>>,
-    capture: Arc<Mutex<Capture>>,
+    shared: Arc<RequestShared>,
     started: Instant,
 }
 
 impl RequestTee {
-    pub fn new(inner: Incoming, capture: Arc<Mutex<Capture>>, started: Instant) -> Self {
-        RequestTee { inner, first: None, capture, started }
+    pub fn new(inner: Incoming, shared: Arc<RequestShared>, started: Instant) -> Self {
+        RequestTee { inner, first: None, shared, started }
     }
 
     /// Reads the body's first frame before the upstream is contacted, so that even a call
@@ -40,17 +68,24 @@ impl RequestTee {
         if self.inner.is_end_stream() {
             return Ok(());
         }
-        if let Some(frame) = http_body_util::BodyExt::frame(&mut self.inner).await.transpose()? {
-            self.record(&frame);
-            self.first = Some(frame);
+        match http_body_util::BodyExt::frame(&mut self.inner).await.transpose() {
+            Ok(Some(frame)) => {
+                self.record(&frame);
+                self.first = Some(frame);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.shared.client_aborted.store(true, Ordering::Relaxed);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     fn record(&self, frame: &Frame<Bytes>) {
         if let Some(data) = frame.data_ref() {
             let elapsed = u32::try_from(self.started.elapsed().as_micros()).unwrap_or(u32::MAX);
-            self.capture.lock().unwrap_or_else(|p| p.into_inner()).push(data, elapsed);
+            self.shared.capture.lock().unwrap_or_else(|p| p.into_inner()).push(data, elapsed);
         }
     }
 }
@@ -64,8 +99,10 @@ impl Body for RequestTee {
             return Poll::Ready(Some(Ok(frame)));
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            self.record(frame);
+        match &frame {
+            Some(Ok(frame)) => self.record(frame),
+            Some(Err(_)) => self.shared.client_aborted.store(true, Ordering::Relaxed),
+            None => {}
         }
         Poll::Ready(frame)
     }
@@ -86,6 +123,9 @@ impl Body for RequestTee {
     }
 }
 
+/// Errors a relayed response body can end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The upstream's response body on its way to the client; owns the call until it ends.
 pub struct ResponseTee {
     inner: Incoming,
@@ -94,7 +134,22 @@ pub struct ResponseTee {
     status_code: u16,
     is_sse: bool,
     encoding: Option<http::HeaderValue>,
+    idle_timeout: Duration,
+    /// Armed the first time the upstream makes us wait; reset by every frame.
+    idle: Option<Pin<Box<Sleep>>>,
 }
+
+/// The upstream went quiet for longer than the provider's idle timeout.
+#[derive(Debug)]
+struct IdleTimeout(Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream sent nothing for {} s (idle timeout)", self.0.as_secs_f64())
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
 
 impl ResponseTee {
     pub fn new(
@@ -105,7 +160,17 @@ impl ResponseTee {
         is_sse: bool,
         encoding: Option<http::HeaderValue>,
     ) -> Self {
-        ResponseTee { inner, call: Some(call), capture: Some(capture), status_code, is_sse, encoding }
+        let idle_timeout = call.provider.idle_timeout;
+        ResponseTee {
+            inner,
+            call: Some(call),
+            capture: Some(capture),
+            status_code,
+            is_sse,
+            encoding,
+            idle_timeout,
+            idle: None,
+        }
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -123,11 +188,25 @@ impl ResponseTee {
 
 impl Body for ResponseTee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Poll::Ready(frame) = polled else {
+            let timeout = this.idle_timeout;
+            let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            if idle.as_mut().poll(cx).is_ready() {
+                let error = IdleTimeout(timeout);
+                this.finish(Outcome::Failed(error.to_string()));
+                return Poll::Ready(Some(Err(Box::new(error))));
+            }
+            return Poll::Pending;
+        };
+        if let Some(idle) = &mut this.idle {
+            idle.as_mut().reset(tokio::time::Instant::now() + this.idle_timeout);
+        }
+        match frame {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(call), Some(capture)) = (frame.data_ref(), &this.call, &mut this.capture) {
                     capture.push(data, call.elapsed_us());
@@ -139,7 +218,7 @@ impl Body for ResponseTee {
             }
             Some(Err(err)) => {
                 this.finish(Outcome::Failed(format!("upstream body error: {err}")));
-                Poll::Ready(Some(Err(err)))
+                Poll::Ready(Some(Err(Box::new(err))))
             }
             None => {
                 this.finish(Outcome::Completed);

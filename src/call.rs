@@ -7,11 +7,12 @@
 //! `try_send`. Nothing here parses bodies: turning bytes into tokens and models is the
 //! recorder's job, off the request path.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::body_tee::RequestShared;
 use crate::capture::{Capture, Captured};
 use crate::config::Provider;
 use crate::recorder::RecorderHandle;
@@ -71,7 +72,7 @@ pub struct CallContext {
     pub tracegate_headers: Vec<(HeaderName, HeaderValue)>,
     pub session: Option<HeaderValue>,
     /// Filled by the request body tee while the body streams upstream.
-    pub request_capture: Arc<Mutex<Capture>>,
+    pub request: Arc<RequestShared>,
     pub recorder: RecorderHandle,
 }
 
@@ -98,14 +99,8 @@ impl CallContext {
     /// Ends the call and hands it to the recorder without waiting.
     pub fn finish(self, response: ResponseFacts, outcome: Outcome) {
         let duration = self.started.elapsed();
-        let request_body = match Arc::try_unwrap(self.request_capture) {
-            Ok(mutex) => mutex.into_inner().unwrap_or_else(|p| p.into_inner()).finish(),
-            // The upstream connection still holds the request body: take what arrived so far.
-            Err(shared) => {
-                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-                std::mem::replace(&mut *guard, Capture::new(0, None)).finish()
-            }
-        };
+        // The upstream connection may still hold the request body: take what arrived so far.
+        let request_body = self.request.take_capture().finish();
         let record = CallRecord {
             trace_id: self.trace_id,
             span_id: self.span_id,

@@ -104,6 +104,7 @@ struct RawProvider {
     api_key: Option<String>,
     connect_timeout_secs: Option<f64>,
     response_timeout_secs: Option<f64>,
+    idle_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +201,8 @@ pub struct Provider {
     pub connect_timeout: std::time::Duration,
     /// How long to wait for the upstream's response headers (the model may think for a while).
     pub response_timeout: std::time::Duration,
+    /// How long a response body may go without a byte before the call is failed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl fmt::Debug for Provider {
@@ -267,6 +270,7 @@ const DEFAULT_MAX_CAPTURE_BYTES: usize = 1 << 20;
 const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 const DEFAULT_RESPONSE_TIMEOUT_SECS: f64 = 600.0;
+const DEFAULT_IDLE_TIMEOUT_SECS: f64 = 300.0;
 
 /// The config used when no file is found: OpenAI and Anthropic routes, store under `data/`.
 const BUILTIN_DEFAULTS: &str = r#"
@@ -384,6 +388,7 @@ impl Config {
                     p.response_timeout_secs,
                     DEFAULT_RESPONSE_TIMEOUT_SECS,
                 )?,
+                idle_timeout: parse_secs(&field("idle_timeout_secs"), p.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS)?,
             }));
         }
         let default_provider = match raw.server.default_provider {

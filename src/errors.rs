@@ -52,6 +52,14 @@ impl ProxyError {
         )
     }
 
+    pub fn unsafe_path() -> Self {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "unsafe_path",
+            "tracegate: paths with dot segments or encoded slashes are not forwarded",
+        )
+    }
+
     pub fn request_body_incomplete() -> Self {
         ProxyError::new(
             StatusCode::REQUEST_TIMEOUT,

@@ -216,7 +216,8 @@ mod tests {
         let text = metrics.render();
         let series = text.lines().filter(|l| l.starts_with("tracegate_requests_total{")).count();
         assert_eq!(series, MAX_LABEL_COMBINATIONS + 1);
-        assert!(text.contains("tracegate_requests_total{provider=\"openai\",model=\"other\",team=\"other\",status=\"ok\"} 50"));
+        assert!(text
+            .contains("tracegate_requests_total{provider=\"openai\",model=\"other\",team=\"other\",status=\"ok\"} 50"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! and copies bytes into a bounded capture (see ARCHITECTURE.md, "invariants").
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::body_tee::{RequestTee, ResponseTee};
+use crate::body_tee::{RequestShared, RequestTee, ResponseTee};
 use crate::call::{CallContext, Outcome, PendingCall, ResponseFacts};
 use crate::capture::Capture;
 use crate::clock::unix_nanos;
@@ -31,7 +31,7 @@ use crate::providers::Api;
 use crate::recorder::RecorderHandle;
 use crate::routing::Router;
 use crate::trace_context::{self, Propagation, SpanId, TraceId};
-use crate::upstream::{build_client, UpstreamClient};
+use crate::upstream::{build_client, tls_config, UpstreamClient};
 
 /// What the proxy answers with: a relayed upstream body or a small body of its own.
 pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;
@@ -64,20 +64,22 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// The proxy service shared by every connection.
 pub struct Proxy {
     router: Router,
-    client: UpstreamClient,
+    /// One pooled client per distinct provider connect timeout (usually just one).
+    clients: Vec<(std::time::Duration, UpstreamClient)>,
     recorder: RecorderHandle,
     max_capture_bytes: usize,
 }
 
 impl Proxy {
     pub fn new(config: &Config, recorder: RecorderHandle) -> Self {
-        let connect_timeout = config.providers.iter().map(|p| p.connect_timeout).max().unwrap_or_default();
-        Proxy {
-            router: Router::new(config),
-            client: build_client(connect_timeout),
-            recorder,
-            max_capture_bytes: config.storage.max_capture_bytes,
+        let tls = tls_config();
+        let mut clients: Vec<(std::time::Duration, UpstreamClient)> = Vec::new();
+        for provider in &config.providers {
+            if !clients.iter().any(|(timeout, _)| *timeout == provider.connect_timeout) {
+                clients.push((provider.connect_timeout, build_client(provider.connect_timeout, tls.clone())));
+            }
         }
+        Proxy { router: Router::new(config), clients, recorder, max_capture_bytes: config.storage.max_capture_bytes }
     }
 
     /// Handles one request; never fails (errors become provider-shaped responses).
@@ -93,8 +95,12 @@ impl Proxy {
             return Ok(own_response(ProxyError::absolute_form(), Api::Openai));
         }
 
-        // Phase 2: route.
         let path = req.uri().path();
+        if has_dot_segment_or_encoded_slash(path) {
+            return Ok(own_response(ProxyError::unsafe_path(), Api::Openai));
+        }
+
+        // Phase 2: route.
         let Some(route) = self.router.route(path) else {
             tracing::debug!(path, "no route");
             return Ok(own_response(ProxyError::no_route(path), Api::Openai));
@@ -128,11 +134,11 @@ impl Proxy {
             parts.headers.insert(B3, trace_context::b3_value(trace_id, span_id, sampled));
         }
         let size_hint = content_length(&parts.headers);
-        let request_capture = Arc::new(Mutex::new(Capture::new(self.max_capture_bytes, size_hint)));
+        let request_shared = RequestShared::new(Capture::new(self.max_capture_bytes, size_hint));
         let method = parts.method.clone();
         parts.uri = upstream_uri;
         parts.version = Version::HTTP_11;
-        let mut body = RequestTee::new(body, request_capture.clone(), started);
+        let mut body = RequestTee::new(body, request_shared.clone(), started);
 
         let pending = PendingCall::new(CallContext {
             trace_id,
@@ -145,22 +151,30 @@ impl Proxy {
             start_time_unix_nano,
             tracegate_headers,
             session,
-            request_capture,
+            request: request_shared,
             recorder: self.recorder.clone(),
         });
 
         match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_first_frame()).await {
             Ok(Ok(())) => {}
-            // The client went away or stalled before sending its body: nothing to forward.
-            Ok(Err(_)) | Err(_) => return Ok(own_response(ProxyError::request_body_incomplete(), provider.api)),
+            // The client broke off before sending its body: dropping `pending` records a cancel.
+            Ok(Err(_)) => return Ok(own_response(ProxyError::request_body_incomplete(), provider.api)),
+            // The client stalled: tell it, and record why.
+            Err(_) => return Ok(fail(pending.take(), ProxyError::request_body_incomplete(), provider.api)),
         }
         let upstream_req = Request::from_parts(parts, body);
-        let result = tokio::time::timeout(provider.response_timeout, self.client.request(upstream_req)).await;
+        let client = self.client_for(&provider);
+        let result = tokio::time::timeout(provider.response_timeout, client.request(upstream_req)).await;
 
         // Phase 5: response.
         let call = pending.take();
         let upstream_response = match result {
             Ok(Ok(response)) => response,
+            Ok(Err(_)) if call.request.client_aborted() => {
+                // The client broke off its upload; the upstream is not to blame.
+                call.finish(ResponseFacts::none(), Outcome::Cancelled);
+                return Ok(own_response(ProxyError::request_body_incomplete(), provider.api));
+            }
             Ok(Err(err)) => {
                 let error = classify_client_error(&provider, &err);
                 tracing::warn!(provider = %provider.name, error = %error, "upstream request failed");
@@ -188,6 +202,17 @@ impl Proxy {
         let status = parts.status.as_u16();
         let body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
         Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+impl Proxy {
+    fn client_for(&self, provider: &Provider) -> &UpstreamClient {
+        let (_, client) = self
+            .clients
+            .iter()
+            .find(|(timeout, _)| *timeout == provider.connect_timeout)
+            .expect("a client exists for every configured connect timeout");
+        client
     }
 }
 
@@ -264,11 +289,11 @@ fn strip_request_headers(headers: &mut HeaderMap) -> Vec<(HeaderName, HeaderValu
 
 /// Removes the hop-by-hop headers and any header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|line| line.to_str().unwrap_or("").split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
         for name in named {
@@ -278,6 +303,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// True for paths with `.`/`..` segments (also percent-encoded) or encoded slashes, which
+/// could climb out of an upstream's base path or route differently upstream than here.
+fn has_dot_segment_or_encoded_slash(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return true;
+    }
+    lower.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -309,10 +350,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unsafe_paths_are_recognised() {
+        for bad in ["/openai/../x", "/openai/./v1", "/openai/%2e%2E/x", "/openai/v1%2Fchat", "/a/..", "/a%5cb"] {
+            assert!(has_dot_segment_or_encoded_slash(bad), "{bad}");
+        }
+        for good in ["/openai/v1/chat/completions", "/openai/v1/models/gpt-4.1", "/a/.../b", "/a%20b"] {
+            assert!(!has_dot_segment_or_encoded_slash(good), "{good}");
+        }
+    }
+
+    #[test]
     fn request_header_hygiene() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.append("connection", HeaderValue::from_static("x-other-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("x-other-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("host", HeaderValue::from_static("evil.example"));
         h.insert("x-tracegate-team", HeaderValue::from_static("search"));

@@ -31,7 +31,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Server {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
+    /// `None` while running; the grace period once shutdown begins.
+    shutdown: watch::Sender<Option<Duration>>,
     listeners: Vec<JoinHandle<()>>,
     recorder: RecorderHandle,
     recorder_thread: Option<std::thread::JoinHandle<()>>,
@@ -80,7 +81,7 @@ impl Server {
         let proxy_addr = proxy_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
         let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(None);
         let proxy = Arc::new(Proxy::new(&config, recorder.clone()));
         let admin = Arc::new(Admin::new(store.clone(), metrics.clone(), config.admin.token.as_deref()));
 
@@ -130,8 +131,14 @@ impl Server {
 
     /// Stops accepting, drains in-flight connections (up to [`SHUTDOWN_GRACE`]), then writes and
     /// flushes every queued span.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+    pub async fn shutdown(self) {
+        self.shutdown_within(SHUTDOWN_GRACE).await
+    }
+
+    /// [`Server::shutdown`] with another grace period: connections still open after it are
+    /// closed, and their calls recorded as cancelled.
+    pub async fn shutdown_within(mut self, grace: Duration) {
+        let _ = self.shutdown.send(Some(grace));
         for task in self.listeners.drain(..) {
             let _ = task.await;
         }
@@ -144,12 +151,12 @@ impl Server {
     }
 }
 
-/// Accepts connections until shutdown, then waits (up to [`SHUTDOWN_GRACE`]) for the open
+/// Accepts connections until shutdown, then waits (up to the grace period) for the open
 /// ones, which were told to finish their in-flight requests and close.
 async fn accept_loop<M, S, B>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Option<Duration>>,
     make_service: M,
 ) where
     M: Fn() -> S + Send + Sync + 'static,
@@ -163,6 +170,8 @@ async fn accept_loop<M, S, B>(
     // One clone per open connection; the loop waits for the count to fall back to one.
     let open_connections = Arc::new(());
     let mut stop = shutdown.clone();
+    // Past the grace period, this closes the connections that are still open.
+    let (force_close, force_closed) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -178,6 +187,7 @@ async fn accept_loop<M, S, B>(
                 let _ = stream.set_nodelay(true);
                 let service = make_service();
                 let shutdown = shutdown.clone();
+                let force_closed = force_closed.clone();
                 let guard = open_connections.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -190,21 +200,24 @@ async fn accept_loop<M, S, B>(
                             Err(_) => return tracing::debug!("TLS handshake timed out"),
                         },
                     };
-                    serve_connection(io, service, shutdown).await;
+                    serve_connection(io, service, shutdown, force_closed).await;
                 });
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let grace = shutdown.borrow().unwrap_or(SHUTDOWN_GRACE);
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut forced = false;
     while Arc::strong_count(&open_connections) > 1 {
-        if tokio::time::Instant::now() >= deadline {
+        if !forced && tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 open = Arc::strong_count(&open_connections) - 1,
-                "shutdown grace period over; closing open connections"
+                "shutdown grace period over; closing open connections (their calls are recorded as cancelled)"
             );
-            break;
+            let _ = force_close.send(true);
+            forced = true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -217,8 +230,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one connection (HTTP/1.1 or HTTP/2 by preface); on shutdown, lets the current
 /// requests finish and then closes it.
-async fn serve_connection<S, B>(io: Connection, service: S, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve_connection<S, B>(
+    io: Connection,
+    service: S,
+    mut shutdown: watch::Receiver<Option<Duration>>,
+    mut force_closed: watch::Receiver<bool>,
+) where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -235,7 +252,11 @@ where
         result = conn.as_mut() => result,
         _ = shutdown.changed() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                result = conn.as_mut() => result,
+                // Dropping the connection drops its response bodies: their calls end as cancelled.
+                _ = force_closed.changed() => return,
+            }
         }
     };
     if let Err(e) = result {

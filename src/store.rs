@@ -192,7 +192,8 @@ fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
         return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));
     }
     for i in 0..=index {
-        let (&flags, after_flags) = rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+        let (&flags, after_flags) =
+            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
         let (request, after_request) = take_slice(after_flags)?;
         let (response, after_response) = take_slice(after_request)?;
         if i == index {

@@ -1,6 +1,6 @@
 //! The pooled client that talks to the configured upstreams.
 //!
-//! One hyper client serves every provider: connections are pooled per host, HTTPS goes through
+//! One hyper client per distinct connect timeout serves the providers: connections are pooled per host, HTTPS goes through
 //! rustls with the Mozilla (webpki) roots plus the system's native roots, and ALPN picks HTTP/2
 //! or HTTP/1.1. Plain `http://` upstreams (local model servers, `mock-llm`) use HTTP/1.1.
 
@@ -18,15 +18,19 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestTee>;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Builds the shared upstream client. `connect_timeout` is the longest of the providers'.
-pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
+/// The TLS settings every upstream client shares (the root store is loaded once).
+pub fn tls_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder().with_root_certificates(root_store()).with_no_client_auth()
+}
+
+/// Builds a pooled upstream client with the given connect timeout.
+pub fn build_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    let tls = rustls::ClientConfig::builder().with_root_certificates(root_store()).with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

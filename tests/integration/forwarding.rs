@@ -149,6 +149,13 @@ async fn unknown_prefix_absolute_form_and_connect_never_reach_an_upstream() {
     let (status, _, _) = post(&proxy.url("/openaiX/v1/chat/completions"), &[], CHAT).await;
     assert_eq!(status, 404);
 
+    // Dot segments and encoded slashes could climb out of the upstream's base path.
+    for path in ["/openai/../admin", "/openai/%2e%2e/admin", "/openai/v1%2fchat/completions"] {
+        let (status, _, body) = post(&proxy.url(path), &[], CHAT).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(String::from_utf8_lossy(&body).contains("unsafe_path"));
+    }
+
     // Absolute-form target naming the upstream itself, and CONNECT: refused, nothing forwarded.
     for raw in [
         format!("GET http://{0}/v1/models HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n", upstream.addr),
@@ -194,4 +201,54 @@ async fn upstream_down_gives_provider_shaped_502_and_an_error_span() {
     let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(error["type"], "error");
     assert_eq!(error["error"]["type"], "api_error");
+}
+
+#[tokio::test]
+async fn an_upstream_that_goes_quiet_mid_stream_fails_after_the_idle_timeout() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let upstream = Scripted::start(move |_req| {
+        let rx = rx.lock().unwrap().take().expect("one request");
+        Response::builder().header("content-type", "text/event-stream").body(ChannelBody(rx).boxed()).unwrap()
+    })
+    .await;
+    let config = format!("{}idle_timeout_secs = 0.3\n", provider("openai", "/openai", upstream.addr, "openai"));
+    let proxy = Proxy::start(&config).await;
+    tx.send(Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n")).await.unwrap();
+    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
+        .unwrap();
+    let response = send(request).await;
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let mut body = response.into_body();
+    assert!(next_chunk(&mut body).await.is_some());
+    // The upstream keeps the stream open and sends nothing more: the proxy gives up.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), body.collect())
+        .await
+        .expect("the proxy ends the stream");
+    assert!(rest.is_err(), "the client sees the stream break, not a clean end");
+    let spans = proxy.wait_spans(&trace_id, 1).await;
+    assert_eq!(spans[0]["status"], "error");
+    assert!(spans[0]["error"].as_str().unwrap().contains("idle timeout"), "{}", spans[0]);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_client_that_breaks_off_its_upload_is_recorded_as_cancelled() {
+    let upstream = Scripted::start(|_req| Response::new(full("{}"))).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", upstream.addr, "openai")).await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let mut stream = tokio::net::TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\ntraceparent: 00-{trace}-00f067aa0ba902b7-01\r\n\r\n{{\"model\":\"gpt-4o-mini\","
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(stream);
+    let spans = proxy.wait_spans(trace, 1).await;
+    assert_eq!(spans[0]["status"], "cancelled", "{}", spans[0]);
+    assert_eq!(spans[0]["request_model"], "gpt-4o-mini", "what arrived is still read");
+    assert!(upstream.requests().iter().all(|r| r.body.len() < 1000), "no complete request was forwarded");
 }

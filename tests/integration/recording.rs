@@ -279,3 +279,29 @@ async fn metrics_count_recorded_spans_and_no_drops() {
         assert!(text.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test]
+async fn shutdown_closes_streams_still_open_after_the_grace_period_and_records_them() {
+    let mock = Mock::start(Duration::from_millis(10)).await;
+    let providers = provider("openai", "/openai", mock.addr, "openai");
+    let mut proxy = Proxy::start(&providers).await;
+    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-chunks", "100000")
+        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
+        .unwrap();
+    let response = send(request).await;
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let mut body = response.into_body();
+    assert!(next_chunk(&mut body).await.is_some());
+
+    let server = proxy.server.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown_within(Duration::from_millis(300)))
+        .await
+        .expect("shutdown finishes even with a stream open");
+    let proxy = Proxy::start_in(proxy.store_dir.clone(), &providers).await;
+    let spans = proxy.spans(&trace_id).await;
+    assert_eq!(spans.len(), 1, "the open call was written before the store closed");
+    assert_eq!(spans[0]["status"], "cancelled");
+    drop(body);
+}
