@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tracegate::call::{CallRecord, Outcome};
 use tracegate::capture::Capture;
 use tracegate::config::Config;
