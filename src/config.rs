@@ -325,7 +325,10 @@ impl Config {
         expand_env(&mut value, &mut String::new(), env)?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::new(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+            // The inner message may end with its own "in `...`" context line: the path says it.
+            let message = e.into_inner().to_string();
+            let message = message.lines().next().unwrap_or_default().to_string();
+            ConfigError::new(if path == "." { String::new() } else { path }, message)
         })?;
         Config::load(raw)
     }
@@ -521,11 +524,11 @@ impl Config {
             let default = if self.server.default_provider == Some(i) { " (default for un-prefixed paths)" } else { "" };
             let _ = writeln!(
                 out,
-                "  {}/* -> {}/*  [{} api={:?}, provider key {}]{default}",
+                "  {}/* -> {}/*  [{} api={}, provider key {}]{default}",
                 p.prefix,
                 p.upstream,
                 p.name,
-                p.api,
+                p.api.as_str(),
                 if p.api_key.is_some() { "set" } else { "not set" }
             );
         }

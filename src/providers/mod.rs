@@ -25,6 +25,16 @@ pub enum Api {
     Anthropic,
 }
 
+impl Api {
+    /// The config name of the wire format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Openai => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// What kind of call a request is, as recorded in a span's `operation`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
