@@ -105,6 +105,7 @@ struct RawProvider {
     connect_timeout_secs: Option<f64>,
     response_timeout_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +204,8 @@ pub struct Provider {
     pub response_timeout: std::time::Duration,
     /// How long a response body may go without a byte before the call is failed.
     pub idle_timeout: std::time::Duration,
+    /// Extra trusted roots for this upstream (a private CA), from `ca_file`.
+    pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl fmt::Debug for Provider {
@@ -392,6 +395,10 @@ impl Config {
                     DEFAULT_RESPONSE_TIMEOUT_SECS,
                 )?,
                 idle_timeout: parse_secs(&field("idle_timeout_secs"), p.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS)?,
+                ca_certs: match &p.ca_file {
+                    Some(path) => load_certs(path).map_err(|m| ConfigError::new(field("ca_file"), m))?,
+                    None => Vec::new(),
+                },
             }));
         }
         let default_provider = match raw.server.default_provider {
@@ -652,6 +659,17 @@ fn parse_upstream(value: &str) -> Result<Upstream, String> {
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok(Upstream { scheme, authority, base_path })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(certs)
 }
 
 fn parse_endpoint(field: &str, value: Option<String>) -> Result<Option<http::Uri>, ConfigError> {

@@ -31,7 +31,7 @@ use crate::providers::Api;
 use crate::recorder::RecorderHandle;
 use crate::routing::Router;
 use crate::trace_context::{self, Propagation, SpanId, TraceId};
-use crate::upstream::{build_client, tls_config, UpstreamClient};
+use crate::upstream::{build_client, root_store, tls_config, UpstreamClient};
 
 /// What the proxy answers with: a relayed upstream body or a small body of its own.
 pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;
@@ -64,22 +64,39 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// The proxy service shared by every connection.
 pub struct Proxy {
     router: Router,
-    /// One pooled client per distinct provider connect timeout (usually just one).
-    clients: Vec<(std::time::Duration, UpstreamClient)>,
+    /// One pooled client per distinct (connect timeout, private CA) of the providers; usually one.
+    clients: Vec<UpstreamClient>,
+    /// Which client serves each provider.
+    client_of: Vec<(Arc<Provider>, usize)>,
     recorder: RecorderHandle,
     max_capture_bytes: usize,
 }
 
 impl Proxy {
     pub fn new(config: &Config, recorder: RecorderHandle) -> Self {
-        let tls = tls_config();
-        let mut clients: Vec<(std::time::Duration, UpstreamClient)> = Vec::new();
+        let roots = root_store();
+        let mut keys: Vec<(std::time::Duration, &[rustls::pki_types::CertificateDer<'static>])> = Vec::new();
+        let mut clients = Vec::new();
+        let mut client_of = Vec::new();
         for provider in &config.providers {
-            if !clients.iter().any(|(timeout, _)| *timeout == provider.connect_timeout) {
-                clients.push((provider.connect_timeout, build_client(provider.connect_timeout, tls.clone())));
-            }
+            let key = (provider.connect_timeout, provider.ca_certs.as_slice());
+            let index = match keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    keys.push(key);
+                    clients.push(build_client(provider.connect_timeout, tls_config(&roots, &provider.ca_certs)));
+                    clients.len() - 1
+                }
+            };
+            client_of.push((provider.clone(), index));
         }
-        Proxy { router: Router::new(config), clients, recorder, max_capture_bytes: config.storage.max_capture_bytes }
+        Proxy {
+            router: Router::new(config),
+            clients,
+            client_of,
+            recorder,
+            max_capture_bytes: config.storage.max_capture_bytes,
+        }
     }
 
     /// Handles one request; never fails (errors become provider-shaped responses).
@@ -206,13 +223,13 @@ impl Proxy {
 }
 
 impl Proxy {
-    fn client_for(&self, provider: &Provider) -> &UpstreamClient {
-        let (_, client) = self
-            .clients
+    fn client_for(&self, provider: &Arc<Provider>) -> &UpstreamClient {
+        let (_, index) = self
+            .client_of
             .iter()
-            .find(|(timeout, _)| *timeout == provider.connect_timeout)
-            .expect("a client exists for every configured connect timeout");
-        client
+            .find(|(p, _)| Arc::ptr_eq(p, provider))
+            .expect("a client exists for every configured provider");
+        &self.clients[*index]
     }
 }
 

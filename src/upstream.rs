@@ -10,6 +10,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
 
 use crate::body_tee::RequestTee;
 
@@ -18,9 +19,11 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestTee>;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The TLS settings every upstream client shares (the root store is loaded once).
-pub fn tls_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder().with_root_certificates(root_store()).with_no_client_auth()
+/// TLS settings for an upstream: the shared roots plus the provider's own CA certificates.
+pub fn tls_config(roots: &rustls::RootCertStore, extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = roots.clone();
+    roots.add_parsable_certificates(extra.iter().cloned());
+    rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
 }
 
 /// Builds a pooled upstream client with the given connect timeout.
@@ -46,7 +49,7 @@ pub fn build_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> Ups
 
 /// Mozilla's roots, plus whatever the system trusts (for corporate CAs); a system without a
 /// certificate store still gets the Mozilla set.
-fn root_store() -> rustls::RootCertStore {
+pub fn root_store() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();

@@ -252,3 +252,60 @@ async fn a_client_that_breaks_off_its_upload_is_recorded_as_cancelled() {
     assert_eq!(spans[0]["request_model"], "gpt-4o-mini", "what arrived is still read");
     assert!(upstream.requests().iter().all(|r| r.body.len() < 1000), "no complete request was forwarded");
 }
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca_is_reached_over_http2() {
+    let pki = TestPki::new();
+    let upstream = Scripted::start_tls(&pki, |_req| {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(r#"{"model":"m","choices":[]}"#))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let config = format!(
+        "[[providers]]\nname = \"tls\"\nprefix = \"/tls\"\nupstream = \"https://localhost:{}\"\napi = \"openai\"\nca_file = \"{}\"\n",
+        upstream.addr.port(),
+        ca_file.display()
+    );
+    let proxy = Proxy::start(&config).await;
+    let (status, _, body) = post(&proxy.url("/tls/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[..], br#"{"model":"m","choices":[]}"#);
+    let seen = upstream.requests();
+    assert_eq!(seen[0].version, http::Version::HTTP_2, "ALPN picked HTTP/2");
+    assert_eq!(&seen[0].body[..], CHAT.as_bytes());
+
+    // Without the private CA the certificate is not trusted: 502, nothing served.
+    let untrusted = Proxy::start(&provider_https("tls", "/tls", upstream.addr.port())).await;
+    let (status, _, body) = post(&untrusted.url("/tls/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+fn provider_https(name: &str, prefix: &str, port: u16) -> String {
+    format!("[[providers]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"https://localhost:{port}\"\napi = \"openai\"\n")
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let mock = Mock::start(std::time::Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT_STREAM_USAGE.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
+    let spans = proxy.wait_spans(&trace_id, 1).await;
+    assert_eq!(spans[0]["usage_source"], "reported");
+}

@@ -53,6 +53,7 @@ pub struct Received {
     pub uri: http::Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub version: http::Version,
 }
 
 pub type ScriptBody = BoxBody<Bytes, Infallible>;
@@ -84,7 +85,13 @@ impl Scripted {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            let rec = Received { method: parts.method, uri: parts.uri, headers: parts.headers, body };
+                            let rec = Received {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                                version: parts.version,
+                            };
                             log.lock().unwrap().push(rec.clone());
                             Ok::<_, Infallible>(script(&rec))
                         }
@@ -258,4 +265,76 @@ pub fn chunked(chunks: &[&'static str]) -> ScriptBody {
         tx.try_send(Bytes::from_static(c.as_bytes())).unwrap();
     }
     ChannelBody(rx).boxed()
+}
+
+/// A certificate authority and a server certificate for `localhost`/`127.0.0.1` it signed.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tracegate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
+        let mut server_config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![server_cert.der().clone()], key)
+            .unwrap();
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TestPki { ca_pem: ca_cert.pem(), server_config: Arc::new(server_config) }
+    }
+}
+
+impl Scripted {
+    /// Like [`Scripted::start`], over TLS (ALPN h2 and http/1.1) with `pki`'s server certificate.
+    pub async fn start_tls(
+        pki: &TestPki,
+        script: impl Fn(&Received) -> Response<ScriptBody> + Send + Sync + 'static,
+    ) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let log = received.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (script, log, acceptor) = (script.clone(), log.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (script, log) = (script.clone(), log.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let rec = Received {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                                version: parts.version,
+                            };
+                            log.lock().unwrap().push(rec.clone());
+                            Ok::<_, Infallible>(script(&rec))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Scripted { addr, received, task }
+    }
 }
