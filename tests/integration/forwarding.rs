@@ -1,8 +1,6 @@
 //! Forwarding: bodies pass unchanged in both directions, streams are not buffered, and only
 //! configured upstreams are ever contacted.
 
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -95,26 +93,15 @@ async fn anthropic_stream_passes_through_byte_for_byte() {
 
 #[tokio::test]
 async fn first_streamed_chunk_reaches_the_client_before_the_upstream_sends_the_last() {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let upstream = Scripted::start(move |_req| {
-        let rx = rx.lock().unwrap().take().expect("one request");
-        Response::builder().header("content-type", "text/event-stream").body(ChannelBody(rx).boxed()).unwrap()
-    })
-    .await;
+    let (upstream, tx) = streaming_upstream().await;
     let proxy = Proxy::start(&provider("openai", "/openai", upstream.addr, "openai")).await;
 
-    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
-        .unwrap();
     let first = "data: {\"choices\":[{\"delta\":{\"content\":\"first\"}}]}\n\n";
     tx.send(Bytes::from_static(first.as_bytes())).await.unwrap();
-    let response = send(request).await;
-    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
-    let mut body = response.into_body();
-    // The upstream has sent only the first chunk and is waiting: it must already be here.
-    assert_eq!(next_chunk(&mut body).await.unwrap(), first.as_bytes());
+    // The upstream has sent only the first chunk and is waiting: `open_stream` returns only
+    // once a first chunk reached the client (and fails after 10 s otherwise).
+    let (trace_id, first_chunk, mut body) = open_stream(&proxy.url("/openai/v1/chat/completions"), &[]).await;
+    assert_eq!(first_chunk, first.as_bytes());
 
     let last =
         "data: {\"choices\":[{\"delta\":{\"content\":\" last\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
@@ -205,24 +192,11 @@ async fn upstream_down_gives_provider_shaped_502_and_an_error_span() {
 
 #[tokio::test]
 async fn an_upstream_that_goes_quiet_mid_stream_fails_after_the_idle_timeout() {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let upstream = Scripted::start(move |_req| {
-        let rx = rx.lock().unwrap().take().expect("one request");
-        Response::builder().header("content-type", "text/event-stream").body(ChannelBody(rx).boxed()).unwrap()
-    })
-    .await;
+    let (upstream, tx) = streaming_upstream().await;
     let config = format!("{}idle_timeout_secs = 0.3\n", provider("openai", "/openai", upstream.addr, "openai"));
     let proxy = Proxy::start(&config).await;
     tx.send(Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n")).await.unwrap();
-    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
-        .unwrap();
-    let response = send(request).await;
-    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
-    let mut body = response.into_body();
-    assert!(next_chunk(&mut body).await.is_some());
+    let (trace_id, _, body) = open_stream(&proxy.url("/openai/v1/chat/completions"), &[]).await;
     // The upstream keeps the stream open and sends nothing more: the proxy gives up.
     let rest = tokio::time::timeout(std::time::Duration::from_secs(10), body.collect())
         .await

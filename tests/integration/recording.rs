@@ -207,15 +207,8 @@ async fn attribution_properties_and_bodies_are_recorded() {
 #[tokio::test]
 async fn client_disconnect_mid_stream_records_a_cancelled_span() {
     let (_mock, proxy) = setup(Duration::from_millis(10)).await;
-    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("x-mock-chunks", "1000")
-        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
-        .unwrap();
-    let response = send(request).await;
-    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
-    let mut body = response.into_body();
-    assert!(next_chunk(&mut body).await.is_some());
+    let (trace_id, _, body) =
+        open_stream(&proxy.url("/openai/v1/chat/completions"), &[("x-mock-chunks", "1000")]).await;
     drop(body); // the client hangs up after the first chunk of a 10 s stream
 
     let spans = proxy.wait_spans(&trace_id, 1).await;
@@ -285,15 +278,8 @@ async fn shutdown_closes_streams_still_open_after_the_grace_period_and_records_t
     let mock = Mock::start(Duration::from_millis(10)).await;
     let providers = provider("openai", "/openai", mock.addr, "openai");
     let mut proxy = Proxy::start(&providers).await;
-    let request = Request::post(proxy.url("/openai/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("x-mock-chunks", "100000")
-        .body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes())))
-        .unwrap();
-    let response = send(request).await;
-    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
-    let mut body = response.into_body();
-    assert!(next_chunk(&mut body).await.is_some());
+    let (trace_id, _, body) =
+        open_stream(&proxy.url("/openai/v1/chat/completions"), &[("x-mock-chunks", "100000")]).await;
 
     let server = proxy.server.take().unwrap();
     tokio::time::timeout(Duration::from_secs(20), server.shutdown_within(Duration::from_millis(300)))

@@ -76,30 +76,7 @@ impl Scripted {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let script = script.clone();
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let script = script.clone();
-                        let log = log.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            let rec = Received {
-                                method: parts.method,
-                                uri: parts.uri,
-                                headers: parts.headers,
-                                body,
-                                version: parts.version,
-                            };
-                            log.lock().unwrap().push(rec.clone());
-                            Ok::<_, Infallible>(script(&rec))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                tokio::spawn(serve_scripted(stream, script.clone(), log.clone()));
             }
         });
         Scripted { addr, received, task }
@@ -114,6 +91,52 @@ impl Drop for Scripted {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves one scripted-upstream connection: records each request, answers with the script.
+async fn serve_scripted<IO>(io: IO, script: Arc<Script>, log: Arc<Mutex<Vec<Received>>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (script, log) = (script.clone(), log.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let rec =
+                Received { method: parts.method, uri: parts.uri, headers: parts.headers, body, version: parts.version };
+            log.lock().unwrap().push(rec.clone());
+            Ok::<_, Infallible>(script(&rec))
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// A scripted upstream that answers its one request with an SSE body fed through the sender.
+pub async fn streaming_upstream() -> (Scripted, tokio::sync::mpsc::Sender<Bytes>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let upstream = Scripted::start(move |_req| {
+        let rx = rx.lock().unwrap().take().expect("one request");
+        Response::builder().header("content-type", "text/event-stream").body(ChannelBody(rx).boxed()).unwrap()
+    })
+    .await;
+    (upstream, tx)
+}
+
+/// POSTs a streaming chat request; returns the trace id, the first chunk, and the rest of the body.
+pub async fn open_stream(url: &str, headers: &[(&str, &str)]) -> (String, Bytes, Incoming) {
+    let mut request = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = send(request.body(Full::new(Bytes::from_static(CHAT_STREAM.as_bytes()))).unwrap()).await;
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let mut body = response.into_body();
+    let first = next_chunk(&mut body).await.expect("the stream sends a first chunk");
+    (trace_id, first, body)
 }
 
 pub fn full(body: impl Into<Bytes>) -> ScriptBody {
@@ -312,26 +335,9 @@ impl Scripted {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let (script, log, acceptor) = (script.clone(), log.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else { return };
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (script, log) = (script.clone(), log.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            let rec = Received {
-                                method: parts.method,
-                                uri: parts.uri,
-                                headers: parts.headers,
-                                body,
-                                version: parts.version,
-                            };
-                            log.lock().unwrap().push(rec.clone());
-                            Ok::<_, Infallible>(script(&rec))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_scripted(stream, script, log).await;
+                    }
                 });
             }
         });
