@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::providers::Api;
+use crate::tokens::Encoding;
 
 /// Where `serve` looks for a config when `--config` is not given and `$TRACEGATE_CONFIG` is unset.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tracegate.toml";
@@ -65,6 +66,15 @@ struct RawConfig {
     pricing: BTreeMap<String, RawPrice>,
     #[serde(default)]
     export: RawExport,
+    #[serde(default)]
+    tokens: RawTokens,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    /// Encoding used to estimate tokens of models outside OpenAI's known families.
+    default_encoding: Option<Encoding>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +160,8 @@ pub struct Config {
     /// USD per million tokens by model name (exact, then longest prefix).
     pub pricing: BTreeMap<String, Price>,
     pub export: ExportConfig,
+    /// Encoding for token estimates of models outside OpenAI's families (Anthropic, local models).
+    pub default_encoding: Encoding,
     /// The file this was loaded from; `None` for the built-in defaults.
     pub source: Option<PathBuf>,
 }
@@ -499,6 +511,7 @@ impl Config {
             teams,
             pricing,
             export,
+            default_encoding: raw.tokens.default_encoding.unwrap_or(Encoding::O200kBase),
             source: None,
         })
     }

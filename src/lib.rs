@@ -3,7 +3,7 @@
 //!
 //! ARCHITECTURE.md is the map; in short, a request flows
 //! `server` → `proxy` (phases: `routing`, `trace_context`, `upstream`) → `body_tee` → `call`
-//! → (queue) → `recorder` (`providers`, `sse`, `pricing`) → `store`, and is read back through
+//! → (queue) → `recorder` (`providers`, `sse`, `tokens`, `pricing`) → `store`, and is read back through
 //! `admin` and `cli`.
 
 pub mod admin;
@@ -25,5 +25,6 @@ pub mod server;
 pub mod span;
 pub mod sse;
 pub mod store;
+pub mod tokens;
 pub mod trace_context;
 pub mod upstream;

@@ -21,9 +21,10 @@ use crate::capture::Captured;
 use crate::config::{Config, Price};
 use crate::metrics::Metrics;
 use crate::pricing::{self, BilledTokens};
-use crate::providers;
+use crate::providers::{self, Operation};
 use crate::span::{Span, SpanBodies, SpanKind, SpanStatus, UsageSource};
 use crate::store::{SpanWrite, Store};
+use crate::tokens::{self, Encoding};
 
 /// Longest time a written span waits before it is flushed to disk.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -87,6 +88,8 @@ pub struct RecorderSettings {
     /// Stored bodies are cut to this size (a decompressed body can exceed its capture).
     pub max_capture_bytes: usize,
     pub pricing: BTreeMap<String, Price>,
+    /// Encoding for token estimates of models outside OpenAI's families.
+    pub default_encoding: Encoding,
 }
 
 impl RecorderSettings {
@@ -95,6 +98,7 @@ impl RecorderSettings {
             capture_bodies: config.storage.capture_bodies,
             max_capture_bytes: config.storage.max_capture_bytes,
             pricing: config.pricing.clone(),
+            default_encoding: config.default_encoding,
         }
     }
 }
@@ -273,7 +277,10 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
             u.cache_creation_input_tokens,
             u.reasoning_tokens,
         ),
-        None => (None, None, UsageSource::Missing, None, None, None),
+        None => match estimate_usage(record, &operation, &request_bytes, &response, model.as_deref(), settings) {
+            Some((input, output)) => (Some(input), Some(output), UsageSource::Estimated, None, None, None),
+            None => (None, None, UsageSource::Missing, None, None, None),
+        },
     };
     let cost_usd = match (&model, input_tokens, output_tokens) {
         (Some(m), Some(input), Some(output)) => pricing::price_for(&settings.pricing, m).map(|price| {
@@ -358,6 +365,30 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         }
     });
     SpanWrite { span, bodies }
+}
+
+/// Counts tokens for a call whose provider reported none: the request's input and the output
+/// text that reached the client. Only calls the provider answered with success (completed, cut
+/// or cancelled mid-stream) are estimated; a refused or failed call bills nothing we can know.
+fn estimate_usage(
+    record: &CallRecord,
+    operation: &Operation,
+    request_bytes: &[u8],
+    response: &providers::ResponseFacts,
+    model: Option<&str>,
+    settings: &RecorderSettings,
+) -> Option<(u64, u64)> {
+    let answered = record.status_code.is_some_and(|code| (200..300).contains(&code));
+    if !answered || record.request_body.truncated() {
+        return None;
+    }
+    let encoding = tokens::encoding_for_model(model.unwrap_or(""), settings.default_encoding);
+    let input = tokens::estimate_input(record.provider.api, operation, request_bytes, encoding)?;
+    let output = match operation {
+        Operation::Embeddings => 0,
+        _ => encoding.count(&response.output_text),
+    };
+    Some((input, output))
 }
 
 /// The response body as the client's SDK saw it after content decoding (gzip, deflate, br).

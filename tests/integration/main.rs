@@ -2,10 +2,11 @@
 //!
 //! Modules by area: `forwarding` (bytes in, bytes out, errors), `trace_headers` (how calls join
 //! traces), `recording` (what the spans say, and that they survive a restart), `sdk` (the
-//! official OpenAI Python SDK as a client).
+//! official OpenAI Python SDK as a client), `tokens` (counts against Python tiktoken).
 
 mod forwarding;
 mod recording;
 mod sdk;
 mod support;
+mod tokens;
 mod trace_headers;
