@@ -726,6 +726,16 @@ mod tests {
         let c = Config::from_toml(&text, &|_| None).unwrap();
         assert!(c.providers.iter().any(|p| p.name == "openai"));
         assert!(c.providers.iter().any(|p| p.name == "anthropic"));
+        // Dated snapshots find the entry of their family, not a shorter sibling's.
+        let price = |model: &str| crate::pricing::price_for(&c.pricing, model).map(|p| p.input_per_mtok);
+        assert_eq!(price("gpt-4o-mini-2024-07-18"), Some(0.15));
+        assert_eq!(price("gpt-4o-2024-08-06"), Some(2.50));
+        assert_eq!(price("o3-mini-2025-01-31"), Some(1.10));
+        assert_eq!(price("gpt-5-mini-2025-08-07"), Some(0.25));
+        assert_eq!(price("claude-opus-4-5-20251101"), Some(5.00));
+        assert_eq!(price("claude-opus-4-1-20250805"), Some(15.00));
+        assert_eq!(price("claude-3-5-haiku-20241022"), Some(0.80));
+        assert_eq!(price("llama3.1:8b"), None);
     }
 
     #[test]
