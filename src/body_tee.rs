@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 
 use crate::call::{CallContext, Outcome, ResponseFacts};
 use crate::capture::Capture;
+use crate::usage_injection::UsageStripper;
 
 /// What the request side of a call shares with the call: the capture, and whether the
 /// client broke off its upload (so a failed call is blamed on the client, not the upstream).
@@ -50,36 +51,64 @@ impl RequestShared {
 /// The client's request body, copied into a shared capture as it streams upstream.
 pub struct RequestTee {
     inner: Incoming,
-    /// A frame read ahead by [`RequestTee::read_first_frame`], returned before anything else.
-    first: Option<Frame<Bytes>>,
+    /// Body bytes read ahead by [`RequestTee::read_ahead`], returned before anything else.
+    ahead: Option<Bytes>,
+    /// A non-data frame (trailers) met while reading ahead, returned after `ahead`.
+    held: Option<Frame<Bytes>>,
     shared: Arc<RequestShared>,
     started: Instant,
 }
 
 impl RequestTee {
     pub fn new(inner: Incoming, shared: Arc<RequestShared>, started: Instant) -> Self {
-        RequestTee { inner, first: None, shared, started }
+        RequestTee { inner, ahead: None, held: None, shared, started }
     }
 
-    /// Reads the body's first frame before the upstream is contacted, so that even a call
-    /// whose upstream cannot be reached records what was asked (model, stream flag). A JSON
+    /// Reads body frames before the upstream is contacted, until the body ends or `limit`
+    /// bytes are in. With a small limit this is just the first frame, so that even a call
+    /// whose upstream cannot be reached records what was asked (model, stream flag); a JSON
     /// request of an SDK arrives with its headers, so this waits for nothing in practice.
-    pub async fn read_first_frame(&mut self) -> Result<(), hyper::Error> {
-        if self.inner.is_end_stream() {
-            return Ok(());
-        }
-        match http_body_util::BodyExt::frame(&mut self.inner).await.transpose() {
-            Ok(Some(frame)) => {
-                self.record(&frame);
-                self.first = Some(frame);
-                Ok(())
+    pub async fn read_ahead(&mut self, limit: usize) -> Result<(), hyper::Error> {
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut total = 0;
+        while total < limit.max(1) && !self.inner.is_end_stream() {
+            match http_body_util::BodyExt::frame(&mut self.inner).await.transpose() {
+                Ok(Some(frame)) => {
+                    self.record(&frame);
+                    match frame.into_data() {
+                        Ok(data) => {
+                            total += data.len();
+                            parts.push(data);
+                        }
+                        Err(other) => {
+                            self.held = Some(other);
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.shared.client_aborted.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                self.shared.client_aborted.store(true, Ordering::Relaxed);
-                Err(e)
-            }
         }
+        self.ahead = match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(parts.concat().into()),
+        };
+        Ok(())
+    }
+
+    /// The bytes read ahead, and whether they are the whole body.
+    pub fn read_ahead_bytes(&self) -> (&[u8], bool) {
+        (self.ahead.as_deref().unwrap_or_default(), self.inner.is_end_stream() && self.held.is_none())
+    }
+
+    /// Replaces the bytes read ahead (used to rewrite a whole, read-ahead body).
+    pub fn replace_read_ahead(&mut self, body: Bytes) {
+        self.ahead = Some(body);
     }
 
     fn record(&self, frame: &Frame<Bytes>) {
@@ -95,7 +124,10 @@ impl Body for RequestTee {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(frame) = self.first.take() {
+        if let Some(data) = self.ahead.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(frame) = self.held.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
@@ -108,12 +140,12 @@ impl Body for RequestTee {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.ahead.is_none() && self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
-        if let Some(len) = self.first.as_ref().and_then(|f| f.data_ref()).map(|d| d.len() as u64) {
+        if let Some(len) = self.ahead.as_ref().map(|d| d.len() as u64) {
             if let Some(upper) = hint.upper() {
                 hint.set_upper(upper + len);
             }
@@ -137,6 +169,8 @@ pub struct ResponseTee {
     idle_timeout: Duration,
     /// Armed the first time the upstream makes us wait; reset by every frame.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Undoes an injected `include_usage` in what the client receives.
+    stripper: Option<UsageStripper>,
 }
 
 /// The upstream went quiet for longer than the provider's idle timeout.
@@ -170,7 +204,14 @@ impl ResponseTee {
             encoding,
             idle_timeout,
             idle: None,
+            stripper: None,
         }
+    }
+
+    /// Strips what an injected `include_usage` adds to the stream before the client sees it.
+    pub fn strip_injected_usage(mut self) -> Self {
+        self.stripper = Some(UsageStripper::default());
+        self
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -192,46 +233,69 @@ impl Body for ResponseTee {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let Poll::Ready(frame) = polled else {
-            let timeout = this.idle_timeout;
-            let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-            if idle.as_mut().poll(cx).is_ready() {
-                let error = IdleTimeout(timeout);
-                this.finish(Outcome::Failed(error.to_string()));
-                return Poll::Ready(Some(Err(Box::new(error))));
-            }
-            return Poll::Pending;
-        };
-        if let Some(idle) = &mut this.idle {
-            idle.as_mut().reset(tokio::time::Instant::now() + this.idle_timeout);
-        }
-        match frame {
-            Some(Ok(frame)) => {
-                if let (Some(data), Some(call), Some(capture)) = (frame.data_ref(), &this.call, &mut this.capture) {
-                    capture.push(data, call.elapsed_us());
+        loop {
+            let polled = Pin::new(&mut this.inner).poll_frame(cx);
+            let Poll::Ready(frame) = polled else {
+                let timeout = this.idle_timeout;
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    let error = IdleTimeout(timeout);
+                    this.finish(Outcome::Failed(error.to_string()));
+                    return Poll::Ready(Some(Err(Box::new(error))));
                 }
-                if this.inner.is_end_stream() {
+                return Poll::Pending;
+            };
+            if let Some(idle) = &mut this.idle {
+                idle.as_mut().reset(tokio::time::Instant::now() + this.idle_timeout);
+            }
+            return match frame {
+                Some(Ok(frame)) => {
+                    if let (Some(data), Some(call), Some(capture)) = (frame.data_ref(), &this.call, &mut this.capture) {
+                        capture.push(data, call.elapsed_us());
+                    }
+                    let at_end = this.inner.is_end_stream();
+                    let frame = match (&mut this.stripper, frame.into_data()) {
+                        (Some(stripper), Ok(data)) => {
+                            let mut out = stripper.push(&data);
+                            if at_end {
+                                out = [out, stripper.finish()].concat().into();
+                            }
+                            if out.is_empty() && !at_end {
+                                continue; // the chunk held only what the injection added
+                            }
+                            Frame::data(out)
+                        }
+                        (_, Ok(data)) => Frame::data(data),
+                        (_, Err(other)) => other,
+                    };
+                    if at_end {
+                        this.finish(Outcome::Completed);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(err)) => {
+                    this.finish(Outcome::Failed(format!("upstream body error: {err}")));
+                    Poll::Ready(Some(Err(Box::new(err))))
+                }
+                None => {
                     this.finish(Outcome::Completed);
+                    match this.stripper.as_mut().map(UsageStripper::finish).filter(|rest| !rest.is_empty()) {
+                        Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+                        None => Poll::Ready(None),
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(err)) => {
-                this.finish(Outcome::Failed(format!("upstream body error: {err}")));
-                Poll::Ready(Some(Err(Box::new(err))))
-            }
-            None => {
-                this.finish(Outcome::Completed);
-                Poll::Ready(None)
-            }
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.is_end_stream() && self.stripper.as_ref().is_none_or(UsageStripper::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.stripper.is_some() {
+            return SizeHint::default(); // the stripped length is not known ahead
+        }
         self.inner.size_hint()
     }
 }

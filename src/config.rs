@@ -116,6 +116,8 @@ struct RawProvider {
     response_timeout_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    inject_stream_usage: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +220,8 @@ pub struct Provider {
     pub idle_timeout: std::time::Duration,
     /// Extra trusted roots for this upstream (a private CA), from `ca_file`.
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Ask OpenAI streams for usage on the app's behalf and hide the difference from it.
+    pub inject_stream_usage: bool,
 }
 
 impl fmt::Debug for Provider {
@@ -385,6 +389,12 @@ impl Config {
                 return Err(ConfigError::new(field("prefix"), format!("duplicate prefix {prefix:?}")));
             }
             let upstream = parse_upstream(&p.upstream).map_err(|m| ConfigError::new(field("upstream"), m))?;
+            if p.inject_stream_usage && p.api != Api::Openai {
+                return Err(ConfigError::new(
+                    field("inject_stream_usage"),
+                    "only OpenAI-format providers stream usage",
+                ));
+            }
             let api_key = p.api_key.filter(|k| !k.is_empty());
             if let Some(key) = &api_key {
                 http::HeaderValue::from_str(key)
@@ -407,6 +417,7 @@ impl Config {
                     DEFAULT_RESPONSE_TIMEOUT_SECS,
                 )?,
                 idle_timeout: parse_secs(&field("idle_timeout_secs"), p.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS)?,
+                inject_stream_usage: p.inject_stream_usage,
                 ca_certs: match &p.ca_file {
                     Some(path) => load_certs(path).map_err(|m| ConfigError::new(field("ca_file"), m))?,
                     None => Vec::new(),

@@ -28,3 +28,4 @@ pub mod store;
 pub mod tokens;
 pub mod trace_context;
 pub mod upstream;
+pub mod usage_injection;

@@ -32,6 +32,7 @@ use crate::recorder::RecorderHandle;
 use crate::routing::Router;
 use crate::trace_context::{self, Propagation, SpanId, TraceId};
 use crate::upstream::{build_client, root_store, tls_config, UpstreamClient};
+use crate::usage_injection;
 
 /// What the proxy answers with: a relayed upstream body or a small body of its own.
 pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;
@@ -172,12 +173,26 @@ impl Proxy {
             recorder: self.recorder.clone(),
         });
 
-        match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_first_frame()).await {
+        let may_inject = provider.inject_stream_usage
+            && parts.method == Method::POST
+            && (pending.get().path.ends_with("/chat/completions") || pending.get().path.ends_with("/completions"));
+        let read_ahead_limit = if may_inject { usage_injection::MAX_REWRITE_BYTES } else { 1 };
+        match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_ahead(read_ahead_limit)).await {
             Ok(Ok(())) => {}
             // The client broke off before sending its body: dropping `pending` records a cancel.
             Ok(Err(_)) => return Ok(own_response(ProxyError::request_body_incomplete(), provider.api)),
             // The client stalled: tell it, and record why.
             Err(_) => return Ok(fail(pending.take(), ProxyError::request_body_incomplete(), provider.api)),
+        }
+        let mut injected = false;
+        if may_inject {
+            if let (ahead, true) = body.read_ahead_bytes() {
+                if let Some(rewritten) = usage_injection::inject(ahead) {
+                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                    body.replace_read_ahead(rewritten);
+                    injected = true;
+                }
+            }
         }
         let upstream_req = Request::from_parts(parts, body);
         let client = self.client_for(&provider);
@@ -217,7 +232,12 @@ impl Proxy {
         insert_ids(&mut parts.headers, trace_id, span_id);
         parts.version = Version::HTTP_11;
         let status = parts.status.as_u16();
-        let body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
+        let mut body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
+        if injected && is_sse && parts.status.is_success() {
+            // The client must not see what asking for usage added (and its length changes).
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body = body.strip_injected_usage();
+        }
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 }

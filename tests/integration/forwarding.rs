@@ -19,7 +19,7 @@ async fn pass_through(
 ) {
     let expected: String = chunks.concat();
     let upstream = Scripted::start(move |_req| {
-        let body = chunked(&chunks);
+        let body = chunked(chunks.clone());
         Response::builder()
             .header("content-type", content_type)
             .header("x-upstream-custom", "kept")

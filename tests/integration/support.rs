@@ -282,10 +282,11 @@ pub async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
 }
 
 /// A body that yields `chunks` as separate frames.
-pub fn chunked(chunks: &[&'static str]) -> ScriptBody {
+pub fn chunked<T: Into<Bytes>>(chunks: impl IntoIterator<Item = T>) -> ScriptBody {
+    let chunks: Vec<Bytes> = chunks.into_iter().map(Into::into).collect();
     let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
     for c in chunks {
-        tx.try_send(Bytes::from_static(c.as_bytes())).unwrap();
+        tx.try_send(c).unwrap();
     }
     ChannelBody(rx).boxed()
 }

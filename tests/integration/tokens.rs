@@ -140,3 +140,65 @@ async fn cached_and_reasoning_tokens_are_recorded_and_priced() {
     let expected = 500.0 * 1.10e-6 + 1500.0 * 0.55e-6 + 500.0 * 4.40e-6;
     assert!((span["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12, "{}", span["cost_usd"]);
 }
+
+/// The SSE body an OpenAI-like upstream sends: with `"usage":null` on every chunk and a final
+/// usage chunk only when the request asked for usage.
+fn openai_like_stream(include_usage: bool) -> String {
+    let usage_field = if include_usage { ",\"usage\":null" } else { "" };
+    let mut body = String::new();
+    for (i, piece) in ["Hel", "lo", " there"].iter().enumerate() {
+        body.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}},\"finish_reason\":{}}}]{usage_field}}}\n\n",
+            if i == 2 { "\"stop\"" } else { "null" }
+        ));
+    }
+    if include_usage {
+        body.push_str("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":3,\"total_tokens\":14}}\n\n");
+    }
+    body.push_str("data: [DONE]\n\n");
+    body
+}
+
+#[tokio::test]
+async fn injected_include_usage_is_invisible_to_the_client_and_reported_in_the_span() {
+    let upstream = Scripted::start(|req| {
+        let asked: Value = serde_json::from_slice(&req.body).unwrap();
+        let include_usage = asked["stream_options"]["include_usage"] == true;
+        // Deliver in small pieces so events straddle chunk boundaries.
+        let body = openai_like_stream(include_usage);
+        let pieces = body.as_bytes().chunks(37).map(|c| bytes::Bytes::copy_from_slice(c));
+        http::Response::builder().header("content-type", "text/event-stream").body(chunked(pieces)).unwrap()
+    })
+    .await;
+    let config = format!("{}inject_stream_usage = true\n", provider("openai", "/openai", upstream.addr, "openai"));
+    let proxy = Proxy::start(&config).await;
+
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT_STREAM).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        openai_like_stream(false),
+        "the client sees what it would have without the proxy"
+    );
+    let sent: Value = serde_json::from_slice(&upstream.requests()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true, "the upstream was asked for usage");
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!(span["usage_source"], "reported");
+    assert_eq!((span["input_tokens"].as_u64(), span["output_tokens"].as_u64()), (Some(11), Some(3)));
+    let (_, detail) = proxy
+        .admin_get(&format!(
+            "/api/traces/{}/spans/{}",
+            header(&headers, "x-tracegate-trace-id"),
+            header(&headers, "x-tracegate-span-id")
+        ))
+        .await;
+    assert_eq!(
+        detail["request_body"],
+        serde_json::from_str::<Value>(CHAT_STREAM).unwrap(),
+        "the app's own request is stored"
+    );
+
+    // An app that asked for usage itself gets it, untouched.
+    let (_, _, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT_STREAM_USAGE).await;
+    assert_eq!(String::from_utf8_lossy(&body), openai_like_stream(true));
+}
