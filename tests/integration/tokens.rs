@@ -166,7 +166,7 @@ async fn injected_include_usage_is_invisible_to_the_client_and_reported_in_the_s
         let include_usage = asked["stream_options"]["include_usage"] == true;
         // Deliver in small pieces so events straddle chunk boundaries.
         let body = openai_like_stream(include_usage);
-        let pieces = body.as_bytes().chunks(37).map(|c| bytes::Bytes::copy_from_slice(c));
+        let pieces = body.as_bytes().chunks(37).map(bytes::Bytes::copy_from_slice);
         http::Response::builder().header("content-type", "text/event-stream").body(chunked(pieces)).unwrap()
     })
     .await;
