@@ -39,6 +39,8 @@ fn record(config: &Config) -> CallRecord {
         response_encoding: None,
         tracegate_headers: Vec::new(),
         session: None,
+        team_key: None,
+        reservation: None,
     }
 }
 

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::body_tee::RequestShared;
+use crate::budget::Reservation;
 use crate::capture::{Capture, Captured};
 use crate::config::Provider;
 use crate::recorder::RecorderHandle;
+use crate::teams::TeamKeyMatch;
 use crate::trace_context::{SpanId, TraceId};
 
 /// How a call ended.
@@ -50,6 +52,10 @@ pub struct CallRecord {
     /// The caller's `x-tracegate-*` headers (removed from the upstream request).
     pub tracegate_headers: Vec<(HeaderName, HeaderValue)>,
     pub session: Option<HeaderValue>,
+    /// The team key the caller presented, when it matched one.
+    pub team_key: Option<TeamKeyMatch>,
+    /// The call's claim on its team's budget, settled by the recorder.
+    pub reservation: Option<Reservation>,
 }
 
 impl CallRecord {
@@ -71,6 +77,8 @@ pub struct CallContext {
     pub start_time_unix_nano: u64,
     pub tracegate_headers: Vec<(HeaderName, HeaderValue)>,
     pub session: Option<HeaderValue>,
+    pub team_key: Option<TeamKeyMatch>,
+    pub reservation: Option<Reservation>,
     /// Filled by the request body tee while the body streams upstream.
     pub request: Arc<RequestShared>,
     pub recorder: RecorderHandle,
@@ -118,6 +126,8 @@ impl CallContext {
             response_encoding: response.encoding,
             tracegate_headers: self.tracegate_headers,
             session: self.session,
+            team_key: self.team_key,
+            reservation: self.reservation,
         };
         self.recorder.submit(record);
     }
@@ -134,6 +144,10 @@ impl PendingCall {
 
     pub fn get(&self) -> &CallContext {
         self.0.as_ref().expect("pending call already taken")
+    }
+
+    pub fn get_mut(&mut self) -> &mut CallContext {
+        self.0.as_mut().expect("pending call already taken")
     }
 
     /// Takes the context out; the caller now owns finishing it.

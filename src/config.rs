@@ -85,6 +85,7 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     default_provider: Option<String>,
+    require_team_key: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +176,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Index into `Config::providers` for un-prefixed paths.
     pub default_provider: Option<usize>,
+    /// Refuse calls that do not present a configured team key (401).
+    pub require_team_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -485,6 +488,10 @@ impl Config {
             });
         }
 
+        if raw.server.require_team_key == Some(true) && teams.iter().all(|t| t.keys.is_empty()) {
+            return Err(ConfigError::new("server.require_team_key", "needs at least one [[teams]] entry with keys"));
+        }
+
         let mut pricing = BTreeMap::new();
         for (model, p) in raw.pricing {
             let field = |name: &str| format!("pricing.{model:?}.{name}");
@@ -515,7 +522,13 @@ impl Config {
         };
 
         Ok(Config {
-            server: ServerConfig { listen, admin_listen, tls, default_provider },
+            server: ServerConfig {
+                listen,
+                admin_listen,
+                tls,
+                default_provider,
+                require_team_key: raw.server.require_team_key.unwrap_or(false),
+            },
             storage,
             admin,
             providers,

@@ -52,6 +52,29 @@ impl ProxyError {
         )
     }
 
+    pub fn team_key_required() -> Self {
+        ProxyError::new(
+            StatusCode::UNAUTHORIZED,
+            "team_key_required",
+            "tracegate: this proxy requires a team key (Authorization: Bearer <team key> or x-api-key)",
+        )
+    }
+
+    pub fn provider_key_missing(provider: &str) -> Self {
+        ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "provider_key_missing",
+            format!("tracegate: provider {provider:?} has no api_key configured for team-key callers"),
+        )
+    }
+
+    pub fn limited(message: String, retry_after_secs: u64) -> Self {
+        ProxyError {
+            retry_after: Some(retry_after_secs),
+            ..ProxyError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     pub fn unsafe_path() -> Self {
         ProxyError::new(
             StatusCode::BAD_REQUEST,

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod body_tee;
+pub mod budget;
 pub mod call;
 pub mod capture;
 pub mod cli;
@@ -25,7 +26,9 @@ pub mod server;
 pub mod span;
 pub mod sse;
 pub mod store;
+pub mod teams;
 pub mod tokens;
 pub mod trace_context;
 pub mod upstream;
+pub mod usage;
 pub mod usage_injection;

@@ -22,14 +22,18 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::body_tee::{RequestShared, RequestTee, ResponseTee};
+use crate::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
 use crate::call::{CallContext, Outcome, PendingCall, ResponseFacts};
 use crate::capture::Capture;
 use crate::clock::unix_nanos;
 use crate::config::{Config, Provider};
 use crate::errors::ProxyError;
+use crate::pricing::{self, BilledTokens};
 use crate::providers::Api;
+use crate::providers::{self, Operation};
 use crate::recorder::RecorderHandle;
 use crate::routing::Router;
+use crate::teams::{swap_in_provider_key, TeamDirectory};
 use crate::trace_context::{self, Propagation, SpanId, TraceId};
 use crate::upstream::{build_client, root_store, tls_config, UpstreamClient};
 use crate::usage_injection;
@@ -43,6 +47,7 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const B3: HeaderName = HeaderName::from_static("b3");
 const SESSION_HEADER: &str = "x-tracegate-session";
+const TEAM_HEADER: &str = "x-tracegate-team";
 const TRACEGATE_HEADER_PREFIX: &str = "x-tracegate-";
 
 /// How long a client may take to start sending its request body.
@@ -71,10 +76,15 @@ pub struct Proxy {
     client_of: Vec<(Arc<Provider>, usize)>,
     recorder: RecorderHandle,
     max_capture_bytes: usize,
+    teams: TeamDirectory,
+    team_names: Vec<String>,
+    require_team_key: bool,
+    budgets: Arc<Budgets>,
+    pricing: std::collections::BTreeMap<String, crate::config::Price>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, recorder: RecorderHandle) -> Self {
+    pub fn new(config: &Config, recorder: RecorderHandle, budgets: Arc<Budgets>) -> Self {
         let roots = root_store();
         let mut keys: Vec<(std::time::Duration, &[rustls::pki_types::CertificateDer<'static>])> = Vec::new();
         let mut clients = Vec::new();
@@ -97,6 +107,11 @@ impl Proxy {
             client_of,
             recorder,
             max_capture_bytes: config.storage.max_capture_bytes,
+            teams: TeamDirectory::new(&config.teams),
+            team_names: config.teams.iter().map(|t| t.name.clone()).collect(),
+            require_team_key: config.server.require_team_key,
+            budgets,
+            pricing: config.pricing.clone(),
         }
     }
 
@@ -140,8 +155,18 @@ impl Proxy {
             None => (TraceId::random(), None, true, None, None),
         };
 
-        // Phase 4: upstream request.
+        // Phase 4: identify the team, then build the upstream request.
+        let team_key = self.teams.authenticate(&parts.headers);
         let tracegate_headers = strip_request_headers(&mut parts.headers);
+        let team_index = match &team_key {
+            Some(m) => Some(m.team_index),
+            None => tracegate_headers
+                .iter()
+                .find(|(name, _)| name.as_str() == TEAM_HEADER)
+                .and_then(|(_, v)| v.to_str().ok())
+                .and_then(|team| self.team_names.iter().position(|n| n == team)),
+        };
+        let limited = team_index.is_some_and(|i| self.budgets.is_limited(i));
         let session =
             tracegate_headers.iter().find(|(name, _)| name.as_str() == SESSION_HEADER).map(|(_, value)| value.clone());
         parts.headers.insert(TRACEPARENT, trace_context::traceparent_value(trace_id, span_id, sampled));
@@ -158,7 +183,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let mut body = RequestTee::new(body, request_shared.clone(), started);
 
-        let pending = PendingCall::new(CallContext {
+        let mut pending = PendingCall::new(CallContext {
             trace_id,
             span_id,
             parent_span_id,
@@ -169,6 +194,8 @@ impl Proxy {
             start_time_unix_nano,
             tracegate_headers,
             session,
+            team_key,
+            reservation: None,
             request: request_shared,
             recorder: self.recorder.clone(),
         });
@@ -176,13 +203,38 @@ impl Proxy {
         let may_inject = provider.inject_stream_usage
             && parts.method == Method::POST
             && (pending.get().path.ends_with("/chat/completions") || pending.get().path.ends_with("/completions"));
-        let read_ahead_limit = if may_inject { usage_injection::MAX_REWRITE_BYTES } else { 1 };
+        let read_ahead_limit = if may_inject || limited { usage_injection::MAX_REWRITE_BYTES } else { 1 };
         match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_ahead(read_ahead_limit)).await {
             Ok(Ok(())) => {}
             // The client broke off before sending its body: dropping `pending` records a cancel.
             Ok(Err(_)) => return Ok(own_response(ProxyError::request_body_incomplete(), provider.api)),
             // The client stalled: tell it, and record why.
             Err(_) => return Ok(fail(pending.take(), ProxyError::request_body_incomplete(), provider.api)),
+        }
+        if self.require_team_key && pending.get().team_key.is_none() {
+            return Ok(fail(pending.take(), ProxyError::team_key_required(), provider.api));
+        }
+        if let Some(matched) = &pending.get().team_key {
+            if !swap_in_provider_key(&mut parts.headers, matched, &provider) {
+                return Ok(fail(pending.take(), ProxyError::provider_key_missing(&provider.name), provider.api));
+            }
+        }
+        let mut remaining = None;
+        if let (Some(team), true) = (team_index, limited) {
+            let estimate = self.estimate(&provider, &pending.get().path, &body, size_hint);
+            match self.budgets.admit(team, estimate, unix_nanos() / 1_000_000_000) {
+                Ok((reservation, left)) => {
+                    pending.get_mut().reservation = Some(reservation);
+                    remaining = Some(left);
+                }
+                Err(refused) => {
+                    let message = refused.reason.message(&self.team_names[team]);
+                    let mut response =
+                        fail(pending.take(), ProxyError::limited(message, refused.retry_after_secs), provider.api);
+                    limit_headers(response.headers_mut(), &refused.remaining, "x-ratelimit-");
+                    return Ok(response);
+                }
+            }
         }
         let mut injected = false;
         if may_inject {
@@ -232,6 +284,10 @@ impl Proxy {
         insert_ids(&mut parts.headers, trace_id, span_id);
         parts.version = Version::HTTP_11;
         let status = parts.status.as_u16();
+        if let Some(left) = &remaining {
+            // The provider's own x-ratelimit-* headers stay as they are; ours are prefixed.
+            limit_headers(&mut parts.headers, left, "x-tracegate-ratelimit-");
+        }
         let mut body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
         if injected && is_sse && parts.status.is_success() {
             // The client must not see what asking for usage added (and its length changes).
@@ -243,6 +299,32 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// A deliberately high estimate of what a call will use, reserved against its team's
+    /// budget: input ≈ body bytes / 3, output = `max_tokens` or a default, at the model's price.
+    fn estimate(&self, provider: &Provider, path: &str, body: &RequestTee, content_length: Option<u64>) -> Estimate {
+        let operation = providers::operation_for(provider.api, path);
+        let (ahead, whole) = body.read_ahead_bytes();
+        let facts = providers::parse_request(provider.api, &operation, ahead);
+        let body_len = if whole { ahead.len() as u64 } else { content_length.unwrap_or(ahead.len() as u64) };
+        let input = body_len / 3 + 1;
+        let output = match operation {
+            Operation::Embeddings => 0,
+            _ => facts.max_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+        };
+        let cost_usd = facts
+            .model
+            .as_deref()
+            .and_then(|m| pricing::price_for(&self.pricing, m))
+            .map(|price| {
+                pricing::cost_usd(
+                    price,
+                    BilledTokens { input_tokens: input, output_tokens: output, ..Default::default() },
+                )
+            })
+            .unwrap_or(0.0);
+        Estimate { cost_usd, tokens: input + output }
+    }
+
     fn client_for(&self, provider: &Arc<Provider>) -> &UpstreamClient {
         let (_, index) = self
             .client_of
@@ -250,6 +332,33 @@ impl Proxy {
             .find(|(p, _)| Arc::ptr_eq(p, provider))
             .expect("a client exists for every configured provider");
         &self.clients[*index]
+    }
+}
+
+/// `{prefix}limit-requests`, `remaining-requests`, `limit-tokens`, `remaining-tokens`,
+/// `reset-requests`, and (tracegate's own) `x-tracegate-budget-remaining-usd`.
+fn limit_headers(headers: &mut HeaderMap, left: &Remaining, prefix: &str) {
+    let mut set = |name: &str, value: String| {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(format!("{prefix}{name}").as_bytes()), HeaderValue::from_str(&value))
+        {
+            headers.insert(name, value);
+        }
+    };
+    if let Some((limit, remaining)) = left.requests {
+        set("limit-requests", limit.to_string());
+        set("remaining-requests", remaining.to_string());
+        set("reset-requests", format!("{}s", left.window_reset_secs));
+    }
+    if let Some((limit, remaining)) = left.tokens {
+        set("limit-tokens", limit.to_string());
+        set("remaining-tokens", remaining.to_string());
+        set("reset-tokens", format!("{}s", left.window_reset_secs));
+    }
+    if let Some(budget) = left.budget_usd {
+        if let Ok(value) = HeaderValue::from_str(&format!("{budget:.6}")) {
+            headers.insert(HeaderName::from_static("x-tracegate-budget-remaining-usd"), value);
+        }
     }
 }
 

@@ -189,9 +189,14 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
 
 fn accept(message: Message, recorder: &Recorder, batch: &mut Vec<SpanWrite>, waiters: &mut Vec<mpsc::Sender<()>>) {
     match message {
-        Message::Call(record) => {
+        Message::Call(mut record) => {
             recorder.queued_bytes.fetch_sub(record.captured_bytes(), Ordering::Relaxed);
             let write = build_span(&record, &recorder.settings);
+            if let Some(reservation) = record.reservation.take() {
+                let span = &write.span;
+                let tokens = span.input_tokens.unwrap_or(0) + span.output_tokens.unwrap_or(0);
+                reservation.settle(span.cost_usd.unwrap_or(0.0), tokens);
+            }
             recorder.metrics.observe_call(&write.span);
             batch.push(write);
         }
@@ -347,6 +352,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         cost_usd,
         team,
         user,
+        key_fingerprint: record.team_key.as_ref().map(|m| m.fingerprint.clone()),
         session,
         properties,
         error,

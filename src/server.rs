@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::budget::Budgets;
 use crate::config::{Config, TlsFiles};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -82,7 +83,8 @@ impl Server {
         let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
 
         let (shutdown, shutdown_rx) = watch::channel(None);
-        let proxy = Arc::new(Proxy::new(&config, recorder.clone()));
+        let budgets = seed_budgets(&config, &store)?;
+        let proxy = Arc::new(Proxy::new(&config, recorder.clone(), budgets));
         let admin = Arc::new(Admin::new(store.clone(), metrics.clone(), config.admin.token.as_deref()));
 
         let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls, shutdown_rx.clone(), move || {
@@ -149,6 +151,28 @@ impl Server {
         }
         tracing::info!("tracegate stopped");
     }
+}
+
+/// Team budgets, seeded with what each limited team already spent today and this month.
+fn seed_budgets(config: &Config, store: &Store) -> Result<Arc<Budgets>, StartError> {
+    let now = crate::clock::unix_nanos() / 1_000_000_000;
+    let today = (now / 86_400) as i64;
+    let (year, month, _) = crate::clock::civil_from_days(today);
+    let month_start = crate::clock::days_from_civil(year, month, 1);
+    let limited = config.teams.iter().any(|t| t.daily_budget_usd.is_some() || t.monthly_budget_usd.is_some());
+    let cells = if limited {
+        store
+            .ledger(month_start as u32, today as u32)
+            .map_err(|e| StartError(format!("cannot read the usage ledger: {e}")))?
+    } else {
+        Vec::new()
+    };
+    Ok(Budgets::new(&config.teams, now, |team, _, _| {
+        let spent = |from: i64| {
+            cells.iter().filter(|(k, _)| k.team == team && i64::from(k.day) >= from).map(|(_, r)| r.cost_usd).sum()
+        };
+        (spent(today), spent(month_start))
+    }))
 }
 
 /// Accepts connections until shutdown, then waits (up to the grace period) for the open

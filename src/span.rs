@@ -82,6 +82,9 @@ pub struct Span {
     pub cost_usd: Option<f64>,
     pub team: Option<String>,
     pub user: Option<String>,
+    /// Fingerprint (`sha256:` + 12 hex digits of its hash) of the team key used, never the key.
+    #[serde(default)]
+    pub key_fingerprint: Option<String>,
     pub session: Option<String>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

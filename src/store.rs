@@ -7,6 +7,7 @@
 //! - `S` ‖ seq(8)                       → span segment: the batch's spans (JSON)
 //! - `B` ‖ seq(8)                       → body segment: the same spans' bodies, in the same order
 //! - `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4) → () : span `i` of segment `seq` belongs to the trace
+//! - `L` ‖ day(4) ‖ team 0 user 0 provider 0 model → usage ledger counters (see `usage.rs`)
 //! - `M` format / indexed_through       → the layout version; the last seq whose index keys are written
 //!
 //! Integers are big-endian, so segments are in write order and a trace's index keys are one
@@ -15,8 +16,9 @@
 //! bodies. Only the recorder thread writes (sled 0.34 must not see concurrent flushes); the
 //! admin API reads concurrently.
 //!
-//! Segments are inserted before their index keys (plain inserts: a sled batch costs twice as
-//! much per key); `indexed_through` then moves forward. sled recovers a prefix of its log after
+//! A batch's segments and its ledger updates go in one atomic sled batch (so the ledger always
+//! equals the stored spans); the index keys follow as plain inserts (a sled batch costs twice as
+//! much per key), then `indexed_through` moves forward. sled recovers a prefix of its log after
 //! a crash, so at open — and after a failed write — any segment past `indexed_through` gets its
 //! index keys again.
 //!
@@ -30,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::span::{Span, SpanBodies, SpanStatus, TraceSummary};
 use crate::trace_context::{SpanId, TraceId};
+use crate::usage::{LedgerKey, LedgerRow};
 
 /// How many span segments a listing walks at most before it stops looking for more matches.
 const MAX_SEGMENTS_SCANNED: usize = 2_000;
@@ -39,6 +42,7 @@ const SEGMENT_TARGET_BYTES: usize = 128 * 1024;
 const SPAN_SEGMENT: u8 = b'S';
 const BODY_SEGMENT: u8 = b'B';
 const TRACE_INDEX: u8 = b'T';
+const LEDGER: u8 = b'L';
 const FORMAT_KEY: &[u8] = b"Mformat";
 const INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
 /// The layout this code reads and writes; another value refuses to open.
@@ -278,16 +282,15 @@ impl SegmentWriter {
         self.count += 1;
     }
 
-    /// Inserts the segment (and its bodies, if any were kept) under `seq`.
-    fn write(mut self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
+    /// Adds the segment (and its bodies, if any were kept) under `seq` to `batch`.
+    fn write(mut self, batch: &mut sled::Batch, seq: u64) {
         let count = self.count.to_be_bytes();
         if self.any_bodies {
             self.bodies[..4].copy_from_slice(&count);
-            tree.insert(segment_key(BODY_SEGMENT, seq), self.bodies)?;
+            batch.insert(&segment_key(BODY_SEGMENT, seq), self.bodies);
         }
         self.spans[..4].copy_from_slice(&count);
-        tree.insert(segment_key(SPAN_SEGMENT, seq), self.spans)?;
-        Ok(())
+        batch.insert(&segment_key(SPAN_SEGMENT, seq), self.spans);
     }
 }
 
@@ -378,23 +381,34 @@ impl Store {
     fn write_segments(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
         let first_seq = self.next_seq.load(Ordering::Relaxed);
         let mut seq = first_seq;
+        let mut batch = sled::Batch::default();
         let mut segment = SegmentWriter::new();
         let mut index: Vec<[u8; 29]> = Vec::with_capacity(writes.len());
+        let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
         for write in writes {
             index.push(trace_index_key(&write.span.trace_id, seq, segment.count));
             segment.push(write);
+            if let Some(key) = LedgerKey::of(&write.span) {
+                ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
+            }
             if segment.len() >= SEGMENT_TARGET_BYTES {
-                // Claim the seq before writing: a failed insert must not reuse it.
-                self.next_seq.store(seq + 1, Ordering::Relaxed);
-                std::mem::replace(&mut segment, SegmentWriter::new()).write(&self.tree, seq)?;
+                std::mem::replace(&mut segment, SegmentWriter::new()).write(&mut batch, seq);
                 seq += 1;
             }
         }
         if segment.count > 0 {
-            self.next_seq.store(seq + 1, Ordering::Relaxed);
-            segment.write(&self.tree, seq)?;
+            segment.write(&mut batch, seq);
             seq += 1;
         }
+        for (key, mut row) in ledger {
+            if let Some(existing) = self.tree.get(&key)? {
+                row.add(&decode::<LedgerRow>(&existing)?);
+            }
+            batch.insert(key, serde_json::to_vec(&row).expect("ledger rows serialize"));
+        }
+        // Claim the seqs before writing: a failed batch must not reuse them.
+        self.next_seq.store(seq, Ordering::Relaxed);
+        self.tree.apply_batch(batch)?;
         for key in &index {
             self.tree.insert(key, &[])?;
         }
@@ -402,6 +416,19 @@ impl Store {
             self.tree.insert(INDEXED_THROUGH_KEY, &(seq - 1).to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// Ledger cells of days `from..=to` (days since 1970-01-01, UTC).
+    pub fn ledger(&self, from_day: u32, to_day: u32) -> Result<Vec<(LedgerKey, LedgerRow)>, StoreError> {
+        let start = [&[LEDGER][..], &from_day.to_be_bytes()].concat();
+        let end = [&[LEDGER][..], &to_day.saturating_add(1).to_be_bytes()].concat();
+        let mut cells = Vec::new();
+        for entry in self.tree.range(start..end) {
+            let (key, value) = entry?;
+            let key = LedgerKey::decode(&key).ok_or_else(|| StoreError::Corrupt("ledger key".into()))?;
+            cells.push((key, decode(&value)?));
+        }
+        Ok(cells)
     }
 
     /// Makes everything written so far durable.
@@ -571,6 +598,7 @@ mod tests {
             cost_usd: None,
             team: None,
             user: None,
+            key_fingerprint: None,
             session: None,
             properties: Default::default(),
             error: None,
