@@ -1,4 +1,4 @@
-//! The admin listener: health, the trace API and Prometheus metrics.
+//! The admin listener: health, the trace and usage API, and Prometheus metrics.
 //!
 //! Endpoints and JSON fields follow SPEC.md. Store reads run on tokio's blocking pool so a
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::span::{SpanBodies, SpanStatus};
 use crate::store::{Store, TraceFilter};
 use crate::trace_context::{SpanId, TraceId};
+use crate::usage::{self, GroupBy};
 
 /// Default and maximum `limit` of `/api/traces`.
 const DEFAULT_TRACE_LIMIT: usize = 50;
@@ -62,6 +63,7 @@ impl Admin {
                 r
             }
             ["api", "traces"] => self.list_traces(&query).await,
+            ["api", "usage"] => self.usage(&query).await,
             ["api", "traces", id] => self.get_trace(id).await,
             ["api", "traces", id, "spans", span] => self.get_span(id, span).await,
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -110,6 +112,35 @@ impl Admin {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.list_traces(&filter, limit)).await {
             Ok(Ok(traces)) => json_response(StatusCode::OK, &json!({ "traces": traces })),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    /// `from`/`to` are inclusive UTC days (default: the last 30 days up to today).
+    async fn usage(&self, query: &str) -> Response<AdminBody> {
+        let today = (crate::clock::unix_nanos() / 86_400_000_000_000) as i64;
+        let (mut from, mut to, mut group_by) = (today - 29, today, vec![GroupBy::Team]);
+        for (key, value) in parse_query(query) {
+            match key.as_str() {
+                "from" | "to" => match crate::clock::parse_day(&value) {
+                    Some(day) if key == "from" => from = day,
+                    Some(day) => to = day,
+                    None => return error(StatusCode::BAD_REQUEST, &format!("{key} must be a day like 2026-11-24")),
+                },
+                "group_by" => match GroupBy::parse_list(&value) {
+                    Ok(g) => group_by = g,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+                },
+                _ => {}
+            }
+        }
+        if from > to || from < 0 {
+            return error(StatusCode::BAD_REQUEST, "from must not be after to");
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.ledger(from as u32, to.min(u32::MAX as i64) as u32)).await {
+            Ok(Ok(cells)) => json_response(StatusCode::OK, &usage::report(&cells, &group_by)),
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }

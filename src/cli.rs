@@ -1,4 +1,4 @@
-//! The command line: argument parsing and the client commands (`traces`, `trace`) that read
+//! The command line: argument parsing and the client commands (`traces`, `trace`, `usage`) that read
 //! the admin API and print for people. `serve`, `check-config` and `mock-llm` are dispatched
 //! from `main.rs`; their behaviour lives in `server`, `config` and `mock_llm`.
 
@@ -24,6 +24,7 @@ USAGE:
     tracegate mock-llm [--listen ADDR] [--chunk-delay-ms N]
     tracegate traces [--limit N] [--admin URL] [--config PATH]
     tracegate trace TRACE_ID [--admin URL] [--config PATH]
+    tracegate usage [--from DAY] [--to DAY] [--by team,model,...] [--csv] [--admin URL] [--config PATH]
 
 Without --config: $TRACEGATE_CONFIG, else config/tracegate.toml, else built-in defaults.
 The admin URL defaults to the config's server.admin_listen; the admin token to
@@ -38,6 +39,7 @@ pub enum Command {
     MockLlm { listen: String, chunk_delay_ms: u64 },
     Traces { limit: usize, admin: AdminTarget },
     Trace { trace_id: String, admin: AdminTarget },
+    Usage { query: String, csv: bool, admin: AdminTarget },
     Help,
 }
 
@@ -53,14 +55,17 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let Some((command, rest)) = args.split_first() else { return Ok(Command::Help) };
     let mut flags: HashMap<&str, String> = HashMap::new();
     let mut positional = Vec::new();
+    let mut csv = false;
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
-        if let Some(flag) = arg.strip_prefix("--") {
+        if arg == "--csv" {
+            csv = true;
+        } else if let Some(flag) = arg.strip_prefix("--") {
             let (name, value) = match flag.split_once('=') {
                 Some((n, v)) => (n, v.to_string()),
                 None => (flag, iter.next().ok_or_else(|| format!("--{flag} needs a value"))?.clone()),
             };
-            let known = ["config", "listen", "chunk-delay-ms", "limit", "admin"];
+            let known = ["config", "listen", "chunk-delay-ms", "limit", "admin", "from", "to", "by"];
             let Some(name) = known.iter().find(|k| **k == name) else {
                 return Err(format!("unknown option --{name}"));
             };
@@ -122,6 +127,17 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             let [trace_id] = positional.as_slice() else { return Err("usage: tracegate trace TRACE_ID".into()) };
             Ok(Command::Trace { trace_id: trace_id.clone(), admin: admin() })
         }
+        "usage" => {
+            allow(&["from", "to", "by", "admin", "config"])?;
+            no_positional(&positional)?;
+            let mut query = Vec::new();
+            for (flag, param) in [("from", "from"), ("to", "to"), ("by", "group_by")] {
+                if let Some(value) = flags.get(flag) {
+                    query.push(format!("{param}={value}"));
+                }
+            }
+            Ok(Command::Usage { query: query.join("&"), csv, admin: admin() })
+        }
         "help" | "--help" => Ok(Command::Help),
         other => Err(format!("unknown command {other:?}")),
     }
@@ -182,6 +198,11 @@ pub async fn traces(limit: usize, admin: &AdminTarget) -> Result<String, String>
 pub async fn trace(trace_id: &str, admin: &AdminTarget) -> Result<String, String> {
     let value = get_json(admin, &format!("/api/traces/{trace_id}")).await?;
     Ok(format_trace(&value))
+}
+
+pub async fn usage(query: &str, csv: bool, admin: &AdminTarget) -> Result<String, String> {
+    let value = get_json(admin, &format!("/api/usage?{query}")).await?;
+    Ok(crate::usage::format_report(&value, csv))
 }
 
 /// One line per trace, newest first.
@@ -334,6 +355,13 @@ mod tests {
         assert!(parse(&args("trace")).is_err());
         assert!(parse(&args("serve --limit 3")).is_err());
         assert!(parse(&args("frobnicate")).is_err());
+        match parse(&args("usage --from 2026-11-01 --by team,model --csv")).unwrap() {
+            Command::Usage { query, csv, .. } => {
+                assert_eq!(query, "from=2026-11-01&group_by=team,model");
+                assert!(csv);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(parse(&[]).unwrap(), Command::Help);
     }
 

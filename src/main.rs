@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         }
         Command::Traces { limit, admin } => print_result(runtime().block_on(cli::traces(limit, &admin))),
         Command::Trace { trace_id, admin } => print_result(runtime().block_on(cli::trace(&trace_id, &admin))),
+        Command::Usage { query, csv, admin } => print_result(runtime().block_on(cli::usage(&query, csv, &admin))),
     }
 }
 

@@ -79,7 +79,7 @@ impl Metrics {
         let mut with_status = base.clone();
         with_status.push(("status", span.status.as_str().to_string()));
         *l.requests.entry(with_status).or_default() += 1;
-        let pm: Labels = vec![("provider", provider), ("model", model)];
+        let pm: Labels = vec![("provider", provider), ("model", model), ("team", team)];
         l.durations.entry(pm.clone()).or_default().observe(span.duration_ms / 1000.0);
         if let Some(ttft) = span.ttft_ms {
             l.ttft.entry(pm).or_default().observe(ttft / 1000.0);

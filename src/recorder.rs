@@ -321,6 +321,9 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
             }
         }
     }
+    if let Some(matched) = &record.team_key {
+        team = Some(matched.team.clone());
+    }
     let session =
         record.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
 

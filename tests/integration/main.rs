@@ -8,5 +8,6 @@ mod forwarding;
 mod recording;
 mod sdk;
 mod support;
+mod teams;
 mod tokens;
 mod trace_headers;

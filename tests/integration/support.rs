@@ -164,8 +164,13 @@ impl Proxy {
 
     /// Starts tracegate on an existing store directory (restart tests).
     pub async fn start_in(store_dir: Arc<TempDir>, providers: &str) -> Proxy {
+        Proxy::start_with_server(store_dir, "", providers).await
+    }
+
+    /// Like [`Proxy::start_in`], with extra `[server]` keys.
+    pub async fn start_with_server(store_dir: Arc<TempDir>, server: &str, providers: &str) -> Proxy {
         let config_text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{providers}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}[storage]\npath = \"{}\"\n{providers}",
             store_dir.path().join("store").display()
         );
         let config = Config::from_toml(&config_text, &|_| None).expect("test config is valid");
