@@ -1,4 +1,4 @@
-//! The admin listener: health, the trace and usage API, and Prometheus metrics.
+//! The admin listener: health, the trace and usage API, Prometheus metrics, and OTLP ingest.
 //!
 //! Endpoints and JSON fields follow SPEC.md. Store reads run on tokio's blocking pool so a
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
@@ -14,11 +14,24 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message as _;
+
 use crate::metrics::Metrics;
+use crate::otlp;
+use crate::recorder::RecorderHandle;
 use crate::span::{SpanBodies, SpanStatus};
+use crate::store::SpanWrite;
 use crate::store::{Store, TraceFilter};
 use crate::trace_context::{SpanId, TraceId};
 use crate::usage::{self, GroupBy};
+
+/// Largest OTLP request accepted (after decompression too).
+const MAX_INGEST_BYTES: usize = 16 << 20;
 
 /// Default and maximum `limit` of `/api/traces`.
 const DEFAULT_TRACE_LIMIT: usize = 50;
@@ -30,20 +43,26 @@ pub type AdminBody = Full<Bytes>;
 pub struct Admin {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    /// Ingested spans go through the recorder, the store's one writer.
+    recorder: RecorderHandle,
     /// SHA-256 of the admin token, when one is required.
     token_digest: Option<[u8; 32]>,
 }
 
 impl Admin {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, token: Option<&str>) -> Self {
-        Admin { store, metrics, token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()) }
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, recorder: RecorderHandle, token: Option<&str>) -> Self {
+        Admin { store, metrics, recorder, token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()) }
     }
 
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<AdminBody>, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         if path == "/healthz" {
             return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+        }
+        // OTLP ingest is a collector endpoint: apps send spans without the admin token (SPEC).
+        if path == "/v1/traces" {
+            return Ok(self.ingest(req).await);
         }
         if !self.authorized(req.headers()) {
             let mut response =
@@ -69,6 +88,71 @@ impl Admin {
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
         Ok(response)
+    }
+
+    /// `POST /v1/traces`: OTLP/HTTP ingest, protobuf or JSON, optionally gzip-compressed.
+    async fn ingest(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        if req.method() != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "OTLP ingest takes POST");
+        }
+        let content_type =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let json = content_type.starts_with("application/json");
+        if !json
+            && !content_type.starts_with("application/x-protobuf")
+            && !content_type.starts_with("application/protobuf")
+        {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "use application/x-protobuf or application/json");
+        }
+        let gzip =
+            req.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let body = match Limited::new(req.into_body(), MAX_INGEST_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "OTLP request too large or cut short"),
+        };
+        let body = if gzip {
+            let mut out = Vec::new();
+            let reader = flate2::read::MultiGzDecoder::new(&body[..]);
+            if std::io::Read::read_to_end(&mut std::io::Read::take(reader, MAX_INGEST_BYTES as u64), &mut out).is_err()
+            {
+                return error(StatusCode::BAD_REQUEST, "invalid gzip body");
+            }
+            Bytes::from(out)
+        } else {
+            body
+        };
+        let request: Result<ExportTraceServiceRequest, String> = if json {
+            serde_json::from_slice(&body).map_err(|e| e.to_string())
+        } else {
+            ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("not an OTLP ExportTraceServiceRequest: {e}")),
+        };
+        let (spans, rejected) = otlp::from_otlp(request);
+        let accepted = spans.len() as u64;
+        let writes = spans.into_iter().map(|span| SpanWrite { span, bodies: None }).collect();
+        if accepted > 0 && !self.recorder.submit_ingested(writes) {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "span queue full; retry later");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        self.metrics.spans_ingested.fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
+        let response = ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message: "spans with invalid trace or span ids were rejected".into(),
+            }),
+        };
+        let (bytes, content_type) = if json {
+            (serde_json::to_vec(&response).unwrap_or_default(), "application/json")
+        } else {
+            (response.encode_to_vec(), "application/x-protobuf")
+        };
+        let mut r = Response::new(Full::new(Bytes::from(bytes)));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
     }
 
     fn authorized(&self, headers: &http::HeaderMap) -> bool {

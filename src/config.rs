@@ -147,6 +147,15 @@ struct RawPrice {
 struct RawExport {
     otlp_endpoint: Option<String>,
     zipkin_endpoint: Option<String>,
+    /// "protobuf" (default) or "json".
+    otlp_protocol: Option<String>,
+    /// Extra request headers for the exporters (e.g. authentication).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// "gzip" (default) or "none".
+    compression: Option<String>,
+    /// The resource's `service.name` (default "tracegate").
+    service_name: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,10 +287,27 @@ pub struct Price {
     pub cache_write_per_mtok: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ExportConfig {
     pub otlp_endpoint: Option<http::Uri>,
     pub zipkin_endpoint: Option<http::Uri>,
+    /// OTLP/HTTP with JSON bodies instead of protobuf.
+    pub otlp_json: bool,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub gzip: bool,
+    pub service_name: String,
+}
+
+impl fmt::Debug for ExportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportConfig")
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("zipkin_endpoint", &self.zipkin_endpoint)
+            .field("otlp_json", &self.otlp_json)
+            .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("gzip", &self.gzip)
+            .finish()
+    }
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -516,9 +542,40 @@ impl Config {
             );
         }
 
+        let otlp_json = match raw.export.otlp_protocol.as_deref() {
+            None | Some("protobuf") | Some("http/protobuf") => false,
+            Some("json") | Some("http/json") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "export.otlp_protocol",
+                    format!("{other:?}: use \"protobuf\" or \"json\""),
+                ))
+            }
+        };
+        let gzip = match raw.export.compression.as_deref() {
+            None | Some("gzip") => true,
+            Some("none") => false,
+            Some(other) => {
+                return Err(ConfigError::new("export.compression", format!("{other:?}: use \"gzip\" or \"none\"")))
+            }
+        };
+        let mut export_headers = Vec::new();
+        for (name, value) in raw.export.headers {
+            let field = format!("export.headers.{name}");
+            let header_name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::new(field.clone(), "not a valid header name"))?;
+            let mut header_value =
+                http::HeaderValue::from_str(&value).map_err(|_| ConfigError::new(field, "not a valid header value"))?;
+            header_value.set_sensitive(true);
+            export_headers.push((header_name, header_value));
+        }
         let export = ExportConfig {
             otlp_endpoint: parse_endpoint("export.otlp_endpoint", raw.export.otlp_endpoint)?,
             zipkin_endpoint: parse_endpoint("export.zipkin_endpoint", raw.export.zipkin_endpoint)?,
+            otlp_json,
+            headers: export_headers,
+            gzip,
+            service_name: raw.export.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| "tracegate".into()),
         };
 
         Ok(Config {

@@ -20,7 +20,18 @@ pub struct Metrics {
     pub spans_recorded: AtomicU64,
     pub spans_dropped: AtomicU64,
     pub store_errors: AtomicU64,
+    pub spans_ingested: AtomicU64,
     labelled: Mutex<Labelled>,
+    exporters: Mutex<BTreeMap<&'static str, std::sync::Arc<ExportCounters>>>,
+}
+
+/// Delivery counters of one exporter (`otlp`, `zipkin`).
+#[derive(Default)]
+pub struct ExportCounters {
+    pub sent_spans: AtomicU64,
+    pub failed_spans: AtomicU64,
+    pub retries: AtomicU64,
+    pub backlog_spans: AtomicU64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -59,6 +70,11 @@ impl Histogram {
 }
 
 impl Metrics {
+    /// The counters of an exporter (created on first use).
+    pub fn exporter(&self, name: &'static str) -> std::sync::Arc<ExportCounters> {
+        self.exporters.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().clone()
+    }
+
     /// Counts one recorded proxied call in the labelled series.
     pub fn observe_call(&self, span: &Span) {
         let provider = span.provider.clone().unwrap_or_default();
@@ -119,6 +135,38 @@ impl Metrics {
             self.store_errors.load(Ordering::Relaxed),
         );
 
+        counter(
+            &mut out,
+            "tracegate_spans_ingested_total",
+            "Application spans received on POST /v1/traces.",
+            self.spans_ingested.load(Ordering::Relaxed),
+        );
+        {
+            let exporters = self.exporters.lock().unwrap_or_else(|p| p.into_inner());
+            for (metric, kind, help, get) in [
+                ("tracegate_export_sent_spans_total", "counter", "Spans delivered by an exporter.", 0),
+                (
+                    "tracegate_export_failed_spans_total",
+                    "counter",
+                    "Spans an exporter gave up on (non-retryable answer).",
+                    1,
+                ),
+                (
+                    "tracegate_export_retries_total",
+                    "counter",
+                    "Export attempts retried after 429/502/503/504 or a connection error.",
+                    2,
+                ),
+                ("tracegate_export_backlog_spans", "gauge", "Stored spans an exporter has not delivered yet.", 3),
+            ] {
+                header(&mut out, metric, kind, help);
+                for (name, c) in exporters.iter() {
+                    let value =
+                        [&c.sent_spans, &c.failed_spans, &c.retries, &c.backlog_spans][get].load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{metric}{{exporter=\"{name}\"}} {value}");
+                }
+            }
+        }
         let l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
         header(&mut out, "tracegate_requests_total", "counter", "Proxied calls by provider, model, team and status.");
         for (labels, v) in &l.requests {

@@ -43,6 +43,10 @@ enum Message {
     Call(Box<CallRecord>),
     /// Write everything queued before this message, flush, then answer.
     Flush(mpsc::Sender<()>),
+    /// Spans an application sent us over OTLP: already built, only to be written.
+    Ingested(Vec<SpanWrite>),
+    /// An exporter delivered everything up to this segment.
+    ExportCursor(&'static str, u64),
 }
 
 /// The proxy's side of the queue. Cheap to clone.
@@ -70,6 +74,23 @@ impl RecorderHandle {
                 self.metrics.spans_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Queues ingested application spans; false when the queue is full (they are dropped and counted).
+    pub fn submit_ingested(&self, spans: Vec<SpanWrite>) -> bool {
+        let n = spans.len() as u64;
+        match self.tx.try_send(Message::Ingested(spans)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.spans_dropped.fetch_add(n, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Records an exporter's progress durably (through the one writer). Blocks if the queue is full.
+    pub fn set_export_cursor(&self, exporter: &'static str, seq: u64) {
+        let _ = self.tx.send(Message::ExportCursor(exporter, seq));
     }
 
     /// Waits until everything queued so far is written and flushed (shutdown, tests).
@@ -131,6 +152,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
     let metrics = &recorder.metrics;
     let mut batch: Vec<SpanWrite> = Vec::with_capacity(MAX_BATCH);
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
+    let mut cursors: Vec<(&'static str, u64)> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
     let mut busy = false;
     loop {
@@ -145,7 +167,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
                 None => Duration::from_secs(3600),
             };
             match rx.recv_timeout(timeout) {
-                Ok(message) => accept(message, &recorder, &mut batch, &mut waiters),
+                Ok(message) => accept(message, &recorder, &mut batch, &mut waiters, &mut cursors),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
@@ -155,7 +177,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
         loop {
             while batch.len() < MAX_BATCH && batch_bytes(&batch) < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(message) => accept(message, &recorder, &mut batch, &mut waiters),
+                    Ok(message) => accept(message, &recorder, &mut batch, &mut waiters, &mut cursors),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         disconnected = true;
@@ -168,6 +190,13 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
             }
             busy = true;
             write(&store, metrics, &mut batch);
+            dirty_since.get_or_insert_with(Instant::now);
+        }
+        for (exporter, seq) in cursors.drain(..) {
+            if let Err(e) = store.set_export_cursor(exporter, seq) {
+                metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, exporter, "cannot save the export cursor");
+            }
             dirty_since.get_or_insert_with(Instant::now);
         }
         let flush_due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
@@ -187,7 +216,13 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
     }
 }
 
-fn accept(message: Message, recorder: &Recorder, batch: &mut Vec<SpanWrite>, waiters: &mut Vec<mpsc::Sender<()>>) {
+fn accept(
+    message: Message,
+    recorder: &Recorder,
+    batch: &mut Vec<SpanWrite>,
+    waiters: &mut Vec<mpsc::Sender<()>>,
+    cursors: &mut Vec<(&'static str, u64)>,
+) {
     match message {
         Message::Call(mut record) => {
             recorder.queued_bytes.fetch_sub(record.captured_bytes(), Ordering::Relaxed);
@@ -201,6 +236,8 @@ fn accept(message: Message, recorder: &Recorder, batch: &mut Vec<SpanWrite>, wai
             batch.push(write);
         }
         Message::Flush(waiter) => waiters.push(waiter),
+        Message::Ingested(spans) => batch.extend(spans),
+        Message::ExportCursor(exporter, seq) => cursors.push((exporter, seq)),
     }
 }
 

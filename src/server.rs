@@ -35,6 +35,8 @@ pub struct Server {
     /// `None` while running; the grace period once shutdown begins.
     shutdown: watch::Sender<Option<Duration>>,
     listeners: Vec<JoinHandle<()>>,
+    /// Exporter tasks; stopped at shutdown (their cursors only ever mark delivered spans).
+    exporters: Vec<JoinHandle<()>>,
     recorder: RecorderHandle,
     recorder_thread: Option<std::thread::JoinHandle<()>>,
     store: Arc<Store>,
@@ -82,10 +84,12 @@ impl Server {
         let proxy_addr = proxy_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
         let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
 
+        let exporters = crate::export::start(&config, store.clone(), recorder.clone(), &metrics);
         let (shutdown, shutdown_rx) = watch::channel(None);
         let budgets = seed_budgets(&config, &store)?;
         let proxy = Arc::new(Proxy::new(&config, recorder.clone(), budgets));
-        let admin = Arc::new(Admin::new(store.clone(), metrics.clone(), config.admin.token.as_deref()));
+        let admin =
+            Arc::new(Admin::new(store.clone(), metrics.clone(), recorder.clone(), config.admin.token.as_deref()));
 
         let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls, shutdown_rx.clone(), move || {
             let proxy = proxy.clone();
@@ -102,6 +106,7 @@ impl Server {
             admin_addr,
             shutdown,
             listeners: vec![proxy_task, admin_task],
+            exporters,
             recorder,
             recorder_thread: Some(recorder_thread),
             store,
@@ -142,6 +147,10 @@ impl Server {
     pub async fn shutdown_within(mut self, grace: Duration) {
         let _ = self.shutdown.send(Some(grace));
         for task in self.listeners.drain(..) {
+            let _ = task.await;
+        }
+        for task in self.exporters.drain(..) {
+            task.abort();
             let _ = task.await;
         }
         self.flush().await;

@@ -9,6 +9,7 @@
 //! - `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4) → () : span `i` of segment `seq` belongs to the trace
 //! - `L` ‖ day(4) ‖ team 0 user 0 provider 0 model → usage ledger counters (see `usage.rs`)
 //! - `M` format / indexed_through       → the layout version; the last seq whose index keys are written
+//! - `M` export_cursor:{name}           → the last span segment an exporter delivered
 //!
 //! Integers are big-endian, so segments are in write order and a trace's index keys are one
 //! contiguous range. Trace summaries are folded from the trace's spans when read; the listing
@@ -121,6 +122,10 @@ fn segment_key(kind: u8, seq: u64) -> [u8; 9] {
 
 fn seq_of(key: &[u8]) -> u64 {
     key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn export_cursor_key(exporter: &str) -> Vec<u8> {
+    [b"Mexport_cursor:".as_slice(), exporter.as_bytes()].concat()
 }
 
 fn trace_prefix(trace_id: &TraceId) -> [u8; 17] {
@@ -415,6 +420,52 @@ impl Store {
         if seq > first_seq {
             self.tree.insert(INDEXED_THROUGH_KEY, &(seq - 1).to_be_bytes())?;
         }
+        Ok(())
+    }
+
+    /// Span segments after `cursor` (in write order), whole segments, until at least
+    /// `max_spans` spans are gathered (or none are left).
+    pub fn span_segments_after(&self, cursor: u64, max_spans: usize) -> Result<Vec<(u64, Vec<Span>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
+        for entry in self.tree.range(range) {
+            let (key, segment) = entry?;
+            let mut spans = Vec::new();
+            for span in SpanSegment::new(&segment)? {
+                spans.push(decode::<Span>(span?.json)?);
+            }
+            total += spans.len();
+            out.push((seq_of(&key), spans));
+            if total >= max_spans {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Spans in the segments after `cursor` (counted up to `limit` segments).
+    pub fn spans_after(&self, cursor: u64, limit: usize) -> Result<u64, StoreError> {
+        let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
+        let mut total = 0u64;
+        for entry in self.tree.range(range).take(limit) {
+            let (_, segment) = entry?;
+            total += u64::from(take_u32(&segment)?.0);
+        }
+        Ok(total)
+    }
+
+    /// An exporter's durable cursor: the last segment it delivered (0 = none).
+    pub fn export_cursor(&self, exporter: &str) -> Result<u64, StoreError> {
+        Ok(match self.tree.get(export_cursor_key(exporter))? {
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Moves an exporter's cursor (called by the recorder thread, the one writer).
+    pub fn set_export_cursor(&self, exporter: &str, seq: u64) -> Result<(), StoreError> {
+        self.tree.insert(export_cursor_key(exporter), &seq.to_be_bytes())?;
         Ok(())
     }
 

@@ -26,8 +26,13 @@ pub fn tls_config(roots: &rustls::RootCertStore, extra: &[CertificateDer<'static
     rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
 }
 
-/// Builds a pooled upstream client with the given connect timeout.
-pub fn build_client(connect_timeout: Duration, tls: rustls::ClientConfig) -> UpstreamClient {
+/// Builds a pooled HTTP(S) client with the given connect timeout (for upstreams, and for the
+/// exporters with another body type).
+pub fn build_client<B>(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -3,7 +3,7 @@
 # real clients; they are installed from tests/requirements.txt when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
+if ! python3 -c 'import openai, anthropic, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
   echo "tests/run.sh: installing the Python SDKs the tests use (tests/requirements.txt)"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
