@@ -1,4 +1,5 @@
-//! The admin listener: health, the trace and usage API, Prometheus metrics, and OTLP ingest.
+//! The admin listener: health, the trace and usage API, Prometheus metrics, OTLP ingest and
+//! the web UI.
 //!
 //! Endpoints and JSON fields follow SPEC.md. Store reads run on tokio's blocking pool so a
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
@@ -28,6 +29,7 @@ use crate::span::{SpanBodies, SpanStatus};
 use crate::store::SpanWrite;
 use crate::store::{Store, TraceFilter};
 use crate::trace_context::{SpanId, TraceId};
+use crate::ui;
 use crate::usage::{self, GroupBy};
 
 /// Largest OTLP request accepted (after decompression too).
@@ -63,6 +65,13 @@ impl Admin {
         // OTLP ingest is a collector endpoint: apps send spans without the admin token (SPEC).
         if path == "/v1/traces" {
             return Ok(self.ingest(req).await);
+        }
+        // The UI's static files hold no data; every API call behind them checks the token.
+        if let Some(asset) = ui::asset(&path) {
+            return Ok(asset);
+        }
+        if path == "/ui/login" && req.method() == Method::POST {
+            return Ok(self.login(req).await);
         }
         if !self.authorized(req.headers()) {
             let mut response =
@@ -155,15 +164,38 @@ impl Admin {
         r
     }
 
+    /// The admin token from `Authorization: Bearer` or the web UI's cookie, compared in
+    /// constant time (as hashes, so the length does not leak either).
     fn authorized(&self, headers: &http::HeaderMap) -> bool {
-        let Some(expected) = &self.token_digest else { return true };
-        let presented = headers
+        if self.token_digest.is_none() {
+            return true;
+        }
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .unwrap_or("");
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let presented = bearer.map(str::to_string).or_else(|| ui::session_cookie(headers)).unwrap_or_default();
+        self.token_matches(&presented)
+    }
+
+    fn token_matches(&self, presented: &str) -> bool {
+        let Some(expected) = &self.token_digest else { return true };
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         bool::from(digest.ct_eq(expected))
+    }
+
+    /// `POST /ui/login` with a form `token=...`: sets the UI's session cookie.
+    async fn login(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let body = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "login form too large"),
+        };
+        let form = parse_query(&String::from_utf8_lossy(&body));
+        let token = form.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()).unwrap_or("");
+        if self.token_digest.is_none() || !self.token_matches(token) {
+            return error(StatusCode::UNAUTHORIZED, "wrong admin token");
+        }
+        ui::login_redirect(token)
     }
 
     async fn list_traces(&self, query: &str) -> Response<AdminBody> {

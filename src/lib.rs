@@ -31,6 +31,7 @@ pub mod store;
 pub mod teams;
 pub mod tokens;
 pub mod trace_context;
+pub mod ui;
 pub mod upstream;
 pub mod usage;
 pub mod usage_injection;

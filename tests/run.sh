@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. The tests drive the official OpenAI and Anthropic Python SDKs as
-# real clients; they are installed from tests/requirements.txt when missing.
+# Runs the whole test suite. Some tests drive real clients: the official OpenAI and Anthropic
+# Python SDKs and the OpenTelemetry Python SDK (tests/requirements.txt), and Debian's headless
+# Chromium through playwright-core (tests/e2e). Whatever of those is missing is installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -c 'import openai, anthropic, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
-  echo "tests/run.sh: installing the Python SDKs the tests use (tests/requirements.txt)"
+  echo "tests/run.sh: installing the Python packages the tests use (tests/requirements.txt)"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+fi
+if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then
+  echo "tests/run.sh: installing chromium and node (the UI tests run in a real browser)"
+  if [ "$(id -u)" -ne 0 ]; then echo "tests/run.sh: run as root or install chromium and nodejs yourself" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm >/dev/null
+fi
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  echo "tests/run.sh: installing playwright-core (tests/e2e/package-lock.json)"
+  npm ci --prefix tests/e2e --no-audit --no-fund --silent
 fi
 cargo test --locked "$@"

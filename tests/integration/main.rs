@@ -12,3 +12,4 @@ mod support;
 mod teams;
 mod tokens;
 mod trace_headers;
+mod ui;

@@ -1,0 +1,1279 @@
+// tracegate web UI: a hash-routed single-page app over the admin JSON API.
+// Pages: #/traces (live trace list), #/traces/<id> (waterfall + span panel), #/usage (dashboard).
+// Plain ES module, no dependencies, works offline. Every piece of API data reaches the DOM
+// through textContent / setAttribute only (never innerHTML): spans and bodies are untrusted.
+//
+// Development aid: `?api=http://127.0.0.1:9388` in the page URL (or window.TRACEGATE_API_BASE)
+// points the UI at an admin API on another origin; the browser must then allow cross-origin
+// requests (e.g. Chromium with --disable-web-security). In production the API is same-origin.
+
+const API_BASE = (
+  new URLSearchParams(location.search).get("api") ?? window.TRACEGATE_API_BASE ?? ""
+).replace(/\/+$/, "");
+const POLL_MS = 2000;
+const TRACE_LIMIT = 100;
+const MAX_RICH_JSON_CHARS = 300_000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/* ------------------------------------------------------------------ DOM helpers */
+
+/** Appendable children: strings become text nodes, null/false are skipped. */
+function childNodes(children) {
+  return children
+    .flat(Infinity)
+    .filter((c) => c != null && c !== false)
+    .map((c) => (c instanceof Node ? c : String(c)));
+}
+
+function setAttrs(node, attrs) {
+  for (const [key, value] of Object.entries(attrs ?? {})) {
+    if (value == null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") {
+      node.addEventListener(key.slice(2), value);
+    } else if (key === "style") {
+      Object.assign(node.style, value);
+    } else {
+      node.setAttribute(key, value === true ? "" : String(value));
+    }
+  }
+}
+
+/** Creates an HTML element: el("td", {class: "num"}, "text", otherNode). */
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  node.append(...childNodes(children));
+  return node;
+}
+
+/** Creates an SVG element, same calling convention as el(). */
+function svgEl(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  setAttrs(node, attrs);
+  node.append(...childNodes(children));
+  return node;
+}
+
+/** Replaces a node's children; accepts the same child forms as el(). */
+function fill(node, ...children) {
+  node.replaceChildren(...childNodes(children));
+  return node;
+}
+
+function debounce(fn, ms) {
+  let timer = 0;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+/* ------------------------------------------------------------------ formatting */
+
+const intFormat = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+const compactFormat = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+const DASH = "—";
+
+function fmtInt(n) {
+  return n == null ? DASH : intFormat.format(n);
+}
+
+function fmtCost(usd) {
+  return usd == null ? DASH : `$${Number(usd).toFixed(6)}`;
+}
+
+function fmtDuration(ms) {
+  if (ms == null || !Number.isFinite(ms)) return DASH;
+  if (ms === 0) return "0";
+  if (ms < 1) return `${Math.round(ms * 1000)} µs`;
+  if (ms < 10) return `${ms.toFixed(2)} ms`;
+  if (ms < 100) return `${ms.toFixed(1)} ms`;
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(2)} s`;
+  const minutes = Math.floor(ms / 60_000);
+  return `${minutes}m ${Math.round((ms % 60_000) / 1000)}s`;
+}
+
+function nsToDate(ns) {
+  return new Date(Number(ns) / 1e6);
+}
+
+/** Local time: "14:03:21" today, "Nov 23, 14:03:21" otherwise. */
+function fmtTime(ns) {
+  const date = nsToDate(ns);
+  const time = date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${date.toLocaleDateString(undefined, { month: "short", day: "numeric" })}, ${time}`;
+}
+
+/** Local "2026-11-24 14:03:21.883" for the span panel. */
+function fmtDateTimeMs(ns) {
+  const d = nsToDate(ns);
+  const two = (n) => String(n).padStart(2, "0");
+  const date = `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`;
+  return `${date} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, "0")}`;
+}
+
+/** Axis label: a duration without trailing zeros ("50 ms", "2.5 s"). */
+function fmtTick(ms) {
+  return fmtDuration(ms).replace(/\.0+(?=\s)/, "").replace(/(\.\d*?[1-9])0+(?=\s)/, "$1");
+}
+
+function fmtTokens(input, output) {
+  if (input == null && output == null) return DASH;
+  return `${fmtInt(input ?? 0)} / ${fmtInt(output ?? 0)}`;
+}
+
+function shortId(id) {
+  return String(id ?? "").slice(0, 8);
+}
+
+/** Step of about `target` ticks over `range`, snapped to 1/2/2.5/5 × 10^n. */
+function niceStep(range, target) {
+  const raw = range / Math.max(1, target);
+  if (!(raw > 0)) return 1;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const norm = raw / magnitude;
+  const snapped = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10;
+  return snapped * magnitude;
+}
+
+/* ------------------------------------------------------------------ API access */
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path) {
+  let response;
+  try {
+    response = await fetch(API_BASE + path, { credentials: "same-origin", headers: { accept: "application/json" } });
+  } catch {
+    throw new ApiError(0, "Cannot reach the tracegate admin API.");
+  }
+  if (response.status === 401) {
+    showLogin();
+    throw new ApiError(401, "Login required.");
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Non-JSON answer: reported below by status.
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, body?.error?.message ?? `HTTP ${response.status}`);
+  }
+  return body;
+}
+
+/**
+ * Runs `task` now and every `intervalMs` after it settles (never overlapping).
+ * Skips work while the tab is hidden. refresh() runs it again as soon as possible.
+ */
+function createPoller(task, intervalMs) {
+  let stopped = false;
+  let timer = 0;
+  let running = false;
+  let again = false;
+
+  async function run() {
+    clearTimeout(timer);
+    if (stopped) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    if (!document.hidden) await task().catch(() => {});
+    running = false;
+    if (stopped) return;
+    if (again) {
+      again = false;
+      run();
+    } else {
+      timer = setTimeout(run, intervalMs);
+    }
+  }
+
+  run();
+  return {
+    refresh: run,
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/* ------------------------------------------------------------------ shared widgets */
+
+function statusBadge(status) {
+  const known = ["ok", "error", "cancelled"].includes(status) ? status : "unknown";
+  return el("span", { class: `badge badge-${known}` }, status ?? "unknown");
+}
+
+function chip(text, extraClass = "") {
+  return el("span", { class: `chip ${extraClass}`.trim() }, text);
+}
+
+function banner(kind, text) {
+  return el("div", { class: `banner banner-${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+}
+
+/** A status line that pages update in place ("could not load…"); hidden when empty. */
+function createNotice() {
+  const node = el("div", { class: "notice", hidden: true });
+  return {
+    node,
+    show(kind, text) {
+      node.replaceChildren(banner(kind, text));
+      node.hidden = false;
+    },
+    clear() {
+      node.replaceChildren();
+      node.hidden = true;
+    },
+  };
+}
+
+function liveIndicator() {
+  const node = el("span", { class: "live", title: `Refreshes every ${POLL_MS / 1000} s` }, el("span", { class: "live-dot" }), "Live");
+  return {
+    node,
+    set(ok) {
+      node.classList.toggle("live-stale", !ok);
+      node.lastChild.textContent = ok ? "Live" : "Offline";
+    },
+  };
+}
+
+function field(label, control) {
+  return el("label", { class: "field" }, el("span", { class: "field-label" }, label), control);
+}
+
+function copyButton(getText, label = "Copy") {
+  if (!navigator.clipboard) return null;
+  const button = el("button", { type: "button", class: "btn btn-ghost btn-xs" }, label);
+  button.addEventListener("click", async (event) => {
+    event.stopPropagation();
+    try {
+      await navigator.clipboard.writeText(getText());
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => (button.textContent = label), 1200);
+  });
+  return button;
+}
+
+/* ------------------------------------------------------------------ router */
+
+let currentCleanup = null;
+let loginShown = false;
+
+function mainNode() {
+  return document.getElementById("main");
+}
+
+function setActiveTab(name) {
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.classList.toggle("active", tab.dataset.tab === name);
+    if (tab.dataset.tab === name) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+}
+
+function stopCurrentPage() {
+  if (currentCleanup) currentCleanup();
+  currentCleanup = null;
+}
+
+function route() {
+  if (loginShown) return;
+  stopCurrentPage();
+  const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
+  const main = mainNode();
+  main.replaceChildren();
+  window.scrollTo(0, 0);
+  if (parts[0] === "usage") {
+    setActiveTab("usage");
+    currentCleanup = usagePage(main);
+  } else if (parts[0] === "traces" && parts[1]) {
+    setActiveTab("traces");
+    currentCleanup = tracePage(main, decodeURIComponent(parts[1]));
+  } else if (parts[0] === "traces") {
+    setActiveTab("traces");
+    currentCleanup = tracesPage(main);
+  } else {
+    location.replace("#/traces");
+  }
+}
+
+/* ------------------------------------------------------------------ login */
+
+/** Replaces the page with a token form; the server sets an HttpOnly cookie on success. */
+function showLogin() {
+  if (loginShown) return;
+  loginShown = true;
+  stopCurrentPage();
+  setActiveTab(null);
+  const input = el("input", { type: "password", name: "token", autocomplete: "current-password", required: true, placeholder: "Admin token" });
+  const error = el("p", { class: "login-error", hidden: true });
+  const button = el("button", { type: "submit", class: "btn btn-primary" }, "Sign in");
+  const form = el(
+    "form",
+    { class: "login card", method: "post", action: `${API_BASE}/ui/login` },
+    el("h1", {}, "Sign in to tracegate"),
+    el("p", { class: "muted" }, "This instance requires the admin token."),
+    input,
+    error,
+    button,
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitLogin(input.value, button, error);
+  });
+  mainNode().replaceChildren(el("div", { class: "login-wrap" }, form));
+  input.focus();
+}
+
+async function submitLogin(token, button, error) {
+  button.disabled = true;
+  error.hidden = true;
+  try {
+    await fetch(`${API_BASE}/ui/login`, {
+      method: "POST",
+      credentials: "same-origin",
+      body: new URLSearchParams({ token }),
+    });
+    const probe = await fetch(`${API_BASE}/api/traces?limit=1`, { credentials: "same-origin" });
+    if (probe.status === 401) throw new Error("That token was not accepted.");
+    location.reload();
+  } catch (e) {
+    error.textContent = e instanceof TypeError ? "Cannot reach the server." : e.message;
+    error.hidden = false;
+    button.disabled = false;
+  }
+}
+
+/* ------------------------------------------------------------------ traces list page */
+
+const TIME_RANGES = [
+  ["", "All time"],
+  ["900000", "Last 15 min"],
+  ["3600000", "Last 1 h"],
+  ["86400000", "Last 24 h"],
+  ["604800000", "Last 7 d"],
+];
+
+/** Filters survive navigation between the list and a trace. */
+const traceFilters = { team: "", model: "", status: "", range: "" };
+
+function tracesQuery() {
+  const params = new URLSearchParams({ limit: String(TRACE_LIMIT) });
+  for (const key of ["team", "model", "status"]) {
+    if (traceFilters[key].trim()) params.set(key, traceFilters[key].trim());
+  }
+  if (traceFilters.range) {
+    const sinceMs = Date.now() - Number(traceFilters.range);
+    params.set("since", (BigInt(Math.floor(sinceMs)) * 1_000_000n).toString());
+  }
+  return `/api/traces?${params}`;
+}
+
+function hasFilters() {
+  return Object.values(traceFilters).some((v) => v.trim() !== "");
+}
+
+function openTrace(traceId) {
+  location.hash = `#/traces/${encodeURIComponent(traceId)}`;
+}
+
+function tracesPage(main) {
+  const notice = createNotice();
+  const live = liveIndicator();
+  const count = el("span", { class: "muted small" });
+  const tbody = el("tbody");
+  const empty = el("div", { class: "empty", hidden: true });
+  const rowCache = new Map();
+  let firstLoad = true;
+
+  const poller = createPoller(load, POLL_MS);
+  const refilter = () => {
+    rowCache.clear();
+    poller.refresh();
+  };
+
+  main.append(
+    el(
+      "section",
+      { class: "page" },
+      el(
+        "div",
+        { class: "toolbar" },
+        traceSearchBox(),
+        el("div", { class: "toolbar-sep" }),
+        filterControls(refilter),
+        el("div", { class: "toolbar-spacer" }),
+        count,
+        live.node,
+      ),
+      notice.node,
+      el("div", { class: "card table-card" }, traceTable(tbody), empty),
+    ),
+  );
+
+  async function load() {
+    const filters = JSON.stringify(traceFilters);
+    try {
+      const data = await api(tracesQuery());
+      if (filters !== JSON.stringify(traceFilters)) return; // changed meanwhile; the next run renders
+      const traces = data?.traces ?? [];
+      updateTraceRows(tbody, traces, rowCache, !firstLoad);
+      firstLoad = false;
+      renderTracesEmpty(empty, traces.length === 0);
+      count.textContent = traces.length === TRACE_LIMIT ? `latest ${TRACE_LIMIT} traces` : `${traces.length} trace${traces.length === 1 ? "" : "s"}`;
+      notice.clear();
+      live.set(true);
+    } catch (e) {
+      live.set(false);
+      if (e.status !== 401) notice.show("error", `Could not load traces: ${e.message}`);
+    }
+  }
+
+  return () => poller.stop();
+}
+
+function traceSearchBox() {
+  const input = el("input", { type: "search", class: "mono", placeholder: "Jump to trace id…", spellcheck: "false", "aria-label": "Trace id" });
+  const form = el("form", { class: "trace-search" }, input);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = input.value.trim().toLowerCase();
+    if (/^[0-9a-f]{32}$/.test(id)) {
+      openTrace(id);
+    } else {
+      input.setCustomValidity("A trace id is 32 hex digits.");
+      input.reportValidity();
+    }
+  });
+  input.addEventListener("input", () => input.setCustomValidity(""));
+  return form;
+}
+
+function filterControls(onChange) {
+  const changed = debounce(onChange, 300);
+  const text = (key, placeholder) => {
+    const input = el("input", { type: "text", value: traceFilters[key], placeholder, spellcheck: "false" });
+    input.addEventListener("input", () => {
+      traceFilters[key] = input.value;
+      changed();
+    });
+    return input;
+  };
+  const select = (key, options) => {
+    const node = el("select", {}, options.map(([value, label]) => el("option", { value }, label)));
+    node.value = traceFilters[key];
+    node.addEventListener("change", () => {
+      traceFilters[key] = node.value;
+      onChange();
+    });
+    return node;
+  };
+  return el(
+    "div",
+    { class: "filters" },
+    field("Team", text("team", "any")),
+    field("Model", text("model", "any")),
+    field("Status", select("status", [["", "Any"], ["ok", "OK"], ["error", "Error"], ["cancelled", "Cancelled"]])),
+    field("Time", select("range", TIME_RANGES)),
+  );
+}
+
+function traceTable(tbody) {
+  const head = ["Root", "Start", "Duration", "Spans", "Tokens in / out", "Cost", "Status", "Teams"];
+  const numeric = new Set(["Duration", "Spans", "Tokens in / out", "Cost"]);
+  return el(
+    "table",
+    { id: "trace-table", class: "table table-hover" },
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", { class: numeric.has(h) ? "num" : null }, h)))),
+    tbody,
+  );
+}
+
+function traceRow(trace) {
+  const open = () => openTrace(trace.trace_id);
+  const models = trace.models ?? [];
+  const teams = trace.teams ?? [];
+  return el(
+    "tr",
+    {
+      "data-trace-id": trace.trace_id,
+      tabindex: "0",
+      onclick: open,
+      onkeydown: (event) => event.key === "Enter" && open(),
+    },
+    el(
+      "td",
+      { class: "cell-root" },
+      el("div", { class: "root-name" }, trace.root_name || "(unnamed)"),
+      el("div", { class: "root-sub" }, el("span", { class: "mono" }, shortId(trace.trace_id)), models.length ? ` · ${models.join(", ")}` : null),
+    ),
+    el("td", { class: "nowrap", title: nsToDate(trace.start_time_unix_nano).toISOString() }, fmtTime(trace.start_time_unix_nano)),
+    el("td", { class: "num" }, fmtDuration(trace.duration_ms)),
+    el("td", { class: "num" }, fmtInt(trace.span_count)),
+    el("td", { class: "num" }, fmtTokens(trace.input_tokens, trace.output_tokens)),
+    el("td", { class: "num" }, fmtCost(trace.cost_usd)),
+    el("td", {}, statusBadge(trace.status)),
+    el("td", { class: "cell-teams" }, teams.length ? teams.map((t) => chip(t)) : el("span", { class: "muted" }, DASH)),
+  );
+}
+
+/** Keyed update: unchanged rows keep their elements, so polling never flickers. */
+function updateTraceRows(tbody, traces, cache, markNew) {
+  const seen = new Set();
+  const rows = traces.map((trace) => {
+    seen.add(trace.trace_id);
+    const signature = JSON.stringify(trace);
+    const cached = cache.get(trace.trace_id);
+    if (cached && cached.signature === signature) return cached.row;
+    const row = traceRow(trace);
+    if (markNew && !cached) row.classList.add("row-new");
+    cache.set(trace.trace_id, { signature, row });
+    return row;
+  });
+  for (const id of [...cache.keys()]) if (!seen.has(id)) cache.delete(id);
+  const unchanged = rows.length === tbody.children.length && rows.every((row, i) => tbody.children[i] === row);
+  if (!unchanged) tbody.replaceChildren(...rows);
+}
+
+function renderTracesEmpty(node, isEmpty) {
+  node.hidden = !isEmpty;
+  node.parentElement.querySelector("table").hidden = isEmpty;
+  if (!isEmpty) return;
+  node.replaceChildren(
+    hasFilters()
+      ? el("div", {}, el("strong", {}, "No traces match these filters."), el("p", { class: "muted" }, "Widen the time range or clear a filter."))
+      : el(
+          "div",
+          {},
+          el("strong", {}, "No traces yet — point your SDK at the proxy"),
+          el("p", { class: "muted" }, "e.g. set your OpenAI client's base URL to ", el("code", {}, "http://<proxy>/openai/v1"), ". Calls appear here within a couple of seconds."),
+        ),
+  );
+}
+
+/* ------------------------------------------------------------------ trace page */
+
+function tracePage(main, traceId) {
+  const notice = createNotice();
+  const header = el("div", { class: "trace-header" });
+  const waterfall = el("div", { class: "card waterfall-card" });
+  const panel = el("aside", { id: "span-panel", class: "span-panel card", hidden: true });
+  const state = { traceId, spans: [], signature: "", selectedId: null, panelToken: 0 };
+
+  main.append(
+    el(
+      "section",
+      { class: "page" },
+      el("div", { class: "crumbs" }, el("a", { href: "#/traces" }, "← Traces")),
+      header,
+      notice.node,
+      el("div", { class: "trace-layout" }, waterfall, panel),
+    ),
+  );
+  header.append(el("h1", { class: "trace-title mono" }, traceId));
+
+  const select = (span) => {
+    state.selectedId = span.span_id;
+    markSelected(waterfall, span.span_id);
+    showSpanPanel(panel, state, span);
+  };
+
+  async function load() {
+    try {
+      const data = await api(`/api/traces/${encodeURIComponent(traceId)}`);
+      notice.clear();
+      const spans = data?.spans ?? [];
+      const signature = JSON.stringify(spans);
+      if (signature === state.signature) return;
+      state.signature = signature;
+      state.spans = spans;
+      header.replaceChildren(...traceHeader(traceId, spans));
+      waterfall.replaceChildren(renderWaterfall(spans, select));
+      if (state.selectedId) markSelected(waterfall, state.selectedId);
+    } catch (e) {
+      if (e.status === 401) return;
+      if (e.status === 404) notice.show("info", "Trace not found (yet). Waiting for spans with this id…");
+      else notice.show("error", `Could not load the trace: ${e.message}`);
+      if (e.status === 400) poller.stop();
+    }
+  }
+
+  const poller = createPoller(load, POLL_MS);
+  return () => poller.stop();
+}
+
+/** Aggregates shown in the trace header. */
+function traceSummary(spans) {
+  const starts = spans.map((s) => Number(s.start_time_unix_nano));
+  const t0 = Math.min(...starts);
+  const end = Math.max(...spans.map((s, i) => starts[i] + (s.duration_ms ?? 0) * 1e6));
+  const sum = (key) => spans.reduce((acc, s) => (s[key] == null ? acc : (acc ?? 0) + s[key]), null);
+  const statuses = new Set(spans.map((s) => s.status));
+  return {
+    start: t0,
+    durationMs: (end - t0) / 1e6,
+    inputTokens: sum("input_tokens"),
+    outputTokens: sum("output_tokens"),
+    cost: sum("cost_usd"),
+    status: statuses.has("error") ? "error" : statuses.has("cancelled") ? "cancelled" : "ok",
+    teams: [...new Set(spans.map((s) => s.team).filter(Boolean))],
+  };
+}
+
+function traceHeader(traceId, spans) {
+  const summary = traceSummary(spans);
+  const roots = buildTree(spans).filter((row) => row.depth === 0);
+  const stat = (label, value, cls = "") => el("div", { class: "stat" }, el("div", { class: "stat-label" }, label), el("div", { class: `stat-value ${cls}` }, value));
+  return [
+    el(
+      "div",
+      { class: "trace-title-row" },
+      el("h1", { class: "trace-title" }, roots[0]?.span.name ?? "Trace"),
+      statusBadge(summary.status),
+    ),
+    el("div", { class: "trace-id-row" }, el("span", { class: "mono trace-id" }, traceId), copyButton(() => traceId, "Copy id")),
+    el(
+      "div",
+      { class: "stats" },
+      stat("Started", fmtTime(summary.start)),
+      stat("Duration", fmtDuration(summary.durationMs)),
+      stat("Spans", fmtInt(spans.length)),
+      stat("Tokens in / out", fmtTokens(summary.inputTokens, summary.outputTokens)),
+      stat("Cost", fmtCost(summary.cost)),
+      stat("Teams", summary.teams.length ? summary.teams.join(", ") : DASH),
+    ),
+  ];
+}
+
+/** Depth-first span order; a span whose parent is absent from the trace is a root. */
+function buildTree(spans) {
+  const byId = new Map(spans.map((s) => [s.span_id, s]));
+  const children = new Map();
+  const roots = [];
+  for (const span of spans) {
+    const parent = span.parent_span_id;
+    if (parent && parent !== span.span_id && byId.has(parent)) {
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(span);
+    } else {
+      roots.push(span);
+    }
+  }
+  const rows = [];
+  const visited = new Set();
+  const visit = (span, depth) => {
+    if (visited.has(span)) return;
+    visited.add(span);
+    rows.push({ span, depth });
+    for (const child of children.get(span.span_id) ?? []) visit(child, depth + 1);
+  };
+  roots.forEach((span) => visit(span, 0));
+  spans.forEach((span) => visit(span, 0)); // spans caught in a parent cycle
+  return rows;
+}
+
+function renderWaterfall(spans, onSelect) {
+  const t0 = Math.min(...spans.map((s) => Number(s.start_time_unix_nano)));
+  const offsetMs = (s) => (Number(s.start_time_unix_nano) - t0) / 1e6;
+  const totalMs = Math.max(...spans.map((s) => offsetMs(s) + (s.duration_ms ?? 0)), 0.001);
+  const step = niceStep(totalMs, 6);
+  const ticks = [];
+  for (let t = 0; t <= totalMs + 1e-9; t += step) ticks.push(t);
+  const pct = (ms) => `${Math.min(100, (ms / totalMs) * 100)}%`;
+
+  const axis = el(
+    "div",
+    { class: "wf-row wf-axis" },
+    el("div", { class: "wf-label wf-axis-label" }, "Span"),
+    el("div", { class: "wf-track" }, el("div", { class: "wf-lane" }, ticks.map((t) => el("span", { class: "wf-tick", style: { left: pct(t) } }, fmtTick(t))))),
+  );
+  const grid = el("div", { class: "wf-grid", "aria-hidden": "true" }, el("div", { class: "wf-lane" }, ticks.map((t) => el("span", { class: "wf-gridline", style: { left: pct(t) } }))));
+  const rows = buildTree(spans).map(({ span, depth }) => waterfallRow(span, depth, offsetMs(span), totalMs, onSelect));
+  return el("div", { class: "waterfall" }, axis, el("div", { class: "wf-body" }, grid, rows));
+}
+
+/** Muted text after a span's name: provider (and model unless the name has it) or service. */
+function spanSubtitle(span) {
+  if (span.kind !== "llm") return span.properties?.["service.name"] ?? "";
+  const model = span.response_model ?? span.request_model;
+  const showModel = model && !String(span.name ?? "").includes(model);
+  return [span.provider, showModel ? model : null].filter(Boolean).join(" · ");
+}
+
+function waterfallRow(span, depth, startMs, totalMs, onSelect) {
+  const select = () => onSelect(span);
+  const label = el(
+    "div",
+    { class: "wf-label", style: { paddingLeft: `${10 + depth * 16}px` }, title: span.name },
+    el("span", { class: `kind-dot kind-${span.kind === "llm" ? "llm" : "app"}` }),
+    el("span", { class: "wf-name" }, span.name || "(unnamed)"),
+    el("span", { class: "wf-sub" }, spanSubtitle(span)),
+  );
+  const track = el("div", { class: "wf-track" }, el("div", { class: "wf-lane" }, spanBar(span, startMs, totalMs)));
+  return el(
+    "div",
+    {
+      class: "wf-row wf-span",
+      "data-row-span-id": span.span_id,
+      tabindex: "0",
+      role: "button",
+      onclick: select,
+      onkeydown: (event) => (event.key === "Enter" || event.key === " ") && (event.preventDefault(), select()),
+    },
+    label,
+    track,
+  );
+}
+
+function spanBar(span, startMs, totalMs) {
+  const durationMs = span.duration_ms ?? 0;
+  const leftPct = (startMs / totalMs) * 100;
+  const widthPct = Math.max((durationMs / totalMs) * 100, 0);
+  const kind = span.kind === "llm" ? "llm" : "app";
+  const status = ["error", "cancelled"].includes(span.status) ? span.status : "ok";
+  // Duration text inside wide bars, else beside the bar on whichever side has room.
+  const textPlace = widthPct > 14 ? "inside" : leftPct + widthPct < 82 ? "right" : "left";
+  const ttft = span.stream && span.ttft_ms != null && durationMs > 0
+    ? el("span", { class: "ttft-mark", style: { left: `${Math.min(100, (span.ttft_ms / durationMs) * 100)}%` }, title: `TTFT ${fmtDuration(span.ttft_ms)}` })
+    : null;
+  return el(
+    "div",
+    {
+      class: `span-bar bar-${kind} bar-${status} text-${textPlace}`,
+      "data-span-id": span.span_id,
+      style: { left: `${leftPct}%`, width: `${widthPct}%` },
+      title: `${span.name}: ${fmtDuration(durationMs)}${span.ttft_ms != null ? ` (TTFT ${fmtDuration(span.ttft_ms)})` : ""}`,
+    },
+    ttft,
+    el("span", { class: "bar-text" }, fmtDuration(durationMs)),
+  );
+}
+
+function markSelected(waterfall, spanId) {
+  for (const row of waterfall.querySelectorAll(".wf-span")) {
+    row.classList.toggle("selected", row.getAttribute("data-row-span-id") === spanId);
+  }
+}
+
+/* ------------------------------------------------------------------ span panel */
+
+const SPAN_FIELDS = [
+  ["span_id", "Span id", "mono"],
+  ["parent_span_id", "Parent", "mono"],
+  ["kind", "Kind"],
+  ["status", "Status", "status"],
+  ["status_code", "HTTP status"],
+  ["provider", "Provider"],
+  ["operation", "Operation"],
+  ["request", "Request"],
+  ["request_model", "Request model"],
+  ["response_model", "Response model"],
+  ["stream", "Stream", "bool"],
+  ["start_time_unix_nano", "Start", "time"],
+  ["duration_ms", "Duration", "duration"],
+  ["ttft_ms", "TTFT", "duration"],
+  ["input_tokens", "Input tokens", "int"],
+  ["output_tokens", "Output tokens", "int"],
+  ["usage_source", "Usage source"],
+  ["cache_read_input_tokens", "Cache read", "int"],
+  ["cache_creation_input_tokens", "Cache write", "int"],
+  ["reasoning_tokens", "Reasoning tokens", "int"],
+  ["finish_reason", "Finish reason"],
+  ["cost_usd", "Cost", "cost"],
+  ["team", "Team"],
+  ["user", "User"],
+  ["key_fingerprint", "Key", "mono"],
+  ["session", "Session", "mono"],
+];
+
+function fieldValue(span, key, type) {
+  const value = key === "request" ? [span.method, span.path].filter(Boolean).join(" ") || null : span[key];
+  if (value == null || value === "") return null;
+  switch (type) {
+    case "status": return statusBadge(value);
+    case "bool": return value ? "yes" : "no";
+    case "time": return fmtDateTimeMs(value);
+    case "duration": return fmtDuration(value);
+    case "int": return fmtInt(value);
+    case "cost": return fmtCost(value);
+    default: return String(value);
+  }
+}
+
+function kvGrid(entries) {
+  return el(
+    "dl",
+    { class: "kv" },
+    entries.map(([label, value, cls]) => [el("dt", {}, label), el("dd", { class: cls || null }, value)]),
+  );
+}
+
+/** Fields that only mean something for proxied LLM calls. */
+const LLM_ONLY_FIELDS = new Set(["stream", "usage_source"]);
+
+function spanFieldEntries(span) {
+  const entries = [];
+  for (const [key, label, type] of SPAN_FIELDS) {
+    if (span.kind !== "llm" && LLM_ONLY_FIELDS.has(key)) continue;
+    const value = fieldValue(span, key, type);
+    if (value == null) continue;
+    const cls = type === "mono" ? "mono" : "";
+    entries.push([label, value, cls]);
+  }
+  return entries;
+}
+
+function propertyEntries(properties) {
+  return Object.entries(properties ?? {}).map(([key, value]) => [key, typeof value === "string" ? value : JSON.stringify(value), "mono"]);
+}
+
+function showSpanPanel(panel, state, span) {
+  const token = ++state.panelToken;
+  const close = el("button", { type: "button", class: "btn btn-ghost btn-icon", "aria-label": "Close span details", title: "Close" }, "×");
+  close.addEventListener("click", () => {
+    panel.hidden = true;
+    state.selectedId = null;
+    state.panelToken++;
+    markSelected(panel.parentElement, null);
+  });
+  const bodies = el("div", { class: "bodies" }, el("p", { class: "muted small" }, "Loading bodies…"));
+  const properties = propertyEntries(span.properties);
+  fill(
+    panel,
+    el(
+      "div",
+      { class: "panel-head" },
+      el("span", { class: `kind-dot kind-${span.kind === "llm" ? "llm" : "app"}` }),
+      el("h2", { class: "panel-title", title: span.name }, span.name || "(unnamed)"),
+      close,
+    ),
+    span.error ? el("div", { class: "span-error" }, span.error) : null,
+    kvGrid(spanFieldEntries(span)),
+    properties.length ? [el("h3", { class: "section-title" }, "Properties"), kvGrid(properties)] : null,
+    bodies,
+  );
+  panel.hidden = false;
+  loadBodies(state, span, token, bodies);
+}
+
+async function loadBodies(state, span, token, container) {
+  try {
+    const detail = await api(`/api/traces/${encodeURIComponent(state.traceId)}/spans/${encodeURIComponent(span.span_id)}`);
+    if (token !== state.panelToken) return;
+    fill(
+      container,
+      detail.bodies_truncated ? banner("warn", "Bodies truncated: the capture limit was reached.") : null,
+      bodySection("Request body", detail.request_body, false),
+      bodySection("Response body", detail.response_body, true),
+    );
+  } catch (e) {
+    if (token !== state.panelToken) return;
+    container.replaceChildren(banner("error", `Could not load bodies: ${e.message}`));
+  }
+}
+
+function bodySection(title, body, isResponse) {
+  const head = el("div", { class: "body-head" }, el("h3", { class: "section-title" }, title));
+  if (body == null) {
+    return el("section", { class: "body" }, head, el("p", { class: "muted small" }, "Not captured."));
+  }
+  const rawText = typeof body === "string" ? body : JSON.stringify(body, null, 2);
+  const sse = isResponse && typeof body === "string" ? assembleSse(body) : null;
+  let content;
+  if (sse) {
+    content = sseView(sse, body, head);
+  } else if (typeof body === "string") {
+    content = el("pre", { class: "code" }, body);
+  } else {
+    content = el("pre", { class: "code json" }, rawText.length > MAX_RICH_JSON_CHARS ? rawText : renderJson(body, 0));
+  }
+  head.append(copyButton(() => rawText));
+  return el("section", { class: "body" }, head, content);
+}
+
+/** Assembled text with a "raw SSE" toggle button added to the section head. */
+function sseView(sse, raw, head) {
+  const assembled = el("pre", { class: "code assembled" }, sse.text || "(no text content in the stream)");
+  const rawPre = el("pre", { class: "code raw-sse", hidden: true }, raw);
+  const toggle = el("button", { type: "button", class: "btn btn-xs raw-toggle", "aria-pressed": "false" }, "raw SSE");
+  toggle.addEventListener("click", () => {
+    const showRaw = rawPre.hidden;
+    rawPre.hidden = !showRaw;
+    assembled.hidden = showRaw;
+    toggle.setAttribute("aria-pressed", String(showRaw));
+    toggle.classList.toggle("active", showRaw);
+  });
+  head.append(el("span", { class: "body-note" }, `stream · ${sse.events} events`), toggle);
+  return el("div", {}, assembled, rawPre);
+}
+
+/** Text carried by one SSE data payload (OpenAI chat, OpenAI Responses, Anthropic). */
+function deltaText(event) {
+  if (!event || typeof event !== "object") return "";
+  const chat = event.choices?.[0]?.delta?.content;
+  if (typeof chat === "string") return chat;
+  if (event.type === "response.output_text.delta" && typeof event.delta === "string") return event.delta;
+  if (event.type === "content_block_delta" && typeof event.delta?.text === "string") return event.delta.text;
+  return "";
+}
+
+/** Parses raw SSE text; null when it does not look like a stream of JSON data lines. */
+function assembleSse(raw) {
+  let events = 0;
+  let text = "";
+  for (const line of raw.split(/\r?\n/)) {
+    if (!line.startsWith("data:")) continue;
+    const payload = line.slice(5).trim();
+    if (!payload || payload === "[DONE]") continue;
+    try {
+      text += deltaText(JSON.parse(payload));
+      events++;
+    } catch {
+      // A non-JSON data line: keep going, the raw view still shows it.
+    }
+  }
+  return events > 0 ? { text, events } : null;
+}
+
+/** Pretty-printed JSON as DOM nodes with token classes for colouring. */
+function renderJson(value, indent) {
+  const pad = "  ".repeat(indent);
+  const padInner = "  ".repeat(indent + 1);
+  if (value === null) return el("span", { class: "j-null" }, "null");
+  if (typeof value === "string") return el("span", { class: "j-str" }, JSON.stringify(value));
+  if (typeof value === "number") return el("span", { class: "j-num" }, String(value));
+  if (typeof value === "boolean") return el("span", { class: "j-bool" }, String(value));
+  const isArray = Array.isArray(value);
+  const entries = isArray ? value.map((v, i) => [i, v]) : Object.entries(value);
+  const [open, close] = isArray ? ["[", "]"] : ["{", "}"];
+  if (entries.length === 0) return document.createTextNode(open + close);
+  const frag = document.createDocumentFragment();
+  frag.append(`${open}\n`);
+  entries.forEach(([key, item], i) => {
+    frag.append(padInner);
+    if (!isArray) frag.append(el("span", { class: "j-key" }, JSON.stringify(key)), ": ");
+    frag.append(renderJson(item, indent + 1), i < entries.length - 1 ? ",\n" : "\n");
+  });
+  frag.append(`${pad}${close}`);
+  return frag;
+}
+
+/* ------------------------------------------------------------------ usage page */
+
+const PALETTE = ["#4f5bd5", "#14a38b", "#f29d38", "#d9487f", "#3a9be0", "#8a5cf0", "#7aa83a", "#e0673a", "#2bb3c0"];
+const NONE_COLOR = "#b3bac5";
+const OTHER_COLOR = "#8b95a5";
+const MAX_SERIES = 8;
+const NONE_KEY = "\u0000none";
+const OTHER_KEY = "\u0000other";
+
+function isoDay(offsetDays = 0) {
+  return new Date(Date.now() + offsetDays * 86_400_000).toISOString().slice(0, 10);
+}
+
+/** Usage days are UTC; the defaults cover the last 14 days including today. */
+const usageState = { from: isoDay(-13), to: isoDay(0), group: "team" };
+
+function groupKey(value) {
+  return value == null || value === "" ? NONE_KEY : String(value);
+}
+
+function groupLabel(key) {
+  return key === NONE_KEY ? "(none)" : key === OTHER_KEY ? "other" : key;
+}
+
+function dayRange(from, to) {
+  const days = [];
+  const end = Date.parse(`${to}T00:00:00Z`);
+  for (let t = Date.parse(`${from}T00:00:00Z`); t <= end && days.length < 1000; t += 86_400_000) {
+    days.push(new Date(t).toISOString().slice(0, 10));
+  }
+  return days;
+}
+
+function usagePage(main) {
+  const notice = createNotice();
+  const cards = el("div", { class: "cards" });
+  const costChart = el("div", { class: "chart" });
+  const tokenChart = el("div", { class: "chart" });
+  const costLegend = el("div", { class: "legend" });
+  const tokenLegend = el("div", { class: "legend" });
+  const table = el("div", { class: "card table-card" });
+  let last = null;
+  let requestId = 0;
+
+  main.append(
+    el(
+      "section",
+      { class: "page" },
+      usageToolbar(() => load()),
+      notice.node,
+      cards,
+      el(
+        "div",
+        { class: "charts" },
+        chartCard("Cost per day", costLegend, costChart),
+        chartCard("Tokens per day (input + output)", tokenLegend, tokenChart),
+      ),
+      table,
+    ),
+  );
+
+  function renderCharts() {
+    if (!last) return;
+    const { byDay, colors, days } = last;
+    drawStackedChart(costChart, costLegend, days, byDay, colors, (r) => r.cost_usd ?? 0, "cost");
+    drawStackedChart(tokenChart, tokenLegend, days, byDay, colors, (r) => (r.input_tokens ?? 0) + (r.output_tokens ?? 0), "tokens");
+  }
+
+  async function load() {
+    const { from, to, group } = usageState;
+    if (!from || !to || from > to) {
+      notice.show("error", "Choose a valid date range: “from” must not be after “to”.");
+      return;
+    }
+    const id = ++requestId;
+    const range = `from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`;
+    try {
+      const [byDay, byGroup] = await Promise.all([
+        api(`/api/usage?${range}&group_by=day,${group}`),
+        api(`/api/usage?${range}&group_by=${group}`),
+      ]);
+      if (id !== requestId) return;
+      notice.clear();
+      const groupRows = sortGroupRows(byGroup.rows ?? [], group);
+      const colors = seriesColors(groupRows.map((r) => groupKey(r[group])));
+      last = { byDay: byDay.rows ?? [], colors, days: dayRange(from, to), group };
+      cards.replaceChildren(...totalCards(byGroup.totals ?? {}));
+      table.replaceChildren(usageTable(groupRows, byGroup.totals ?? {}, group, colors));
+      renderCharts();
+    } catch (e) {
+      if (id === requestId && e.status !== 401) notice.show("error", `Could not load usage: ${e.message}`);
+    }
+  }
+
+  const onResize = debounce(renderCharts, 150);
+  window.addEventListener("resize", onResize);
+  load();
+  return () => {
+    requestId++;
+    window.removeEventListener("resize", onResize);
+  };
+}
+
+function usageToolbar(onChange) {
+  const date = (key) => {
+    const input = el("input", { type: "date", value: usageState[key], required: true });
+    input.addEventListener("change", () => {
+      usageState[key] = input.value;
+      onChange();
+    });
+    return input;
+  };
+  const segment = el(
+    "div",
+    { class: "segmented", role: "group", "aria-label": "Group by" },
+    ["team", "model"].map((g) => {
+      const button = el("button", { type: "button", "data-group": g, class: usageState.group === g ? "active" : null }, g === "team" ? "Team" : "Model");
+      button.addEventListener("click", () => {
+        usageState.group = g;
+        for (const b of segment.children) b.classList.toggle("active", b === button);
+        onChange();
+      });
+      return button;
+    }),
+  );
+  const refresh = el("button", { type: "button", class: "btn" }, "Refresh");
+  refresh.addEventListener("click", onChange);
+  return el(
+    "div",
+    { class: "toolbar" },
+    el("div", { class: "filters" }, field("From (UTC)", date("from")), field("To (UTC)", date("to")), field("Group by", segment)),
+    el("div", { class: "toolbar-spacer" }),
+    refresh,
+  );
+}
+
+function totalCards(totals) {
+  const card = (key, label, text, sub) =>
+    el(
+      "div",
+      { class: "card stat-card", "data-total": key, "data-value": String(totals[key] ?? 0) },
+      el("div", { class: "stat-label" }, label),
+      el("div", { class: "stat-card-value" }, text),
+      sub ? el("div", { class: "stat-sub" }, sub) : null,
+    );
+  const requests = totals.requests ?? 0;
+  const errorRate = requests ? `${((100 * (totals.errors ?? 0)) / requests).toFixed(1)}% of requests` : null;
+  return [
+    card("cost_usd", "Cost", fmtCost(totals.cost_usd ?? 0)),
+    card("requests", "Requests", fmtInt(requests)),
+    card("input_tokens", "Input tokens", fmtInt(totals.input_tokens ?? 0)),
+    card("output_tokens", "Output tokens", fmtInt(totals.output_tokens ?? 0)),
+    card("errors", "Errors", fmtInt(totals.errors ?? 0), errorRate),
+  ];
+}
+
+function sortGroupRows(rows, group) {
+  return [...rows].sort(
+    (a, b) => (b.cost_usd ?? 0) - (a.cost_usd ?? 0) || (b.requests ?? 0) - (a.requests ?? 0) || groupLabel(groupKey(a[group])).localeCompare(groupLabel(groupKey(b[group]))),
+  );
+}
+
+/**
+ * Colour per series key, in stacking order: the first MAX_SERIES named groups keep their own
+ * colour, the rest share "other", and unattributed usage comes last.
+ */
+function seriesColors(keys) {
+  const colors = new Map();
+  const named = keys.filter((key) => key !== NONE_KEY).slice(0, MAX_SERIES);
+  named.forEach((key, i) => colors.set(key, PALETTE[i % PALETTE.length]));
+  colors.set(OTHER_KEY, OTHER_COLOR);
+  colors.set(NONE_KEY, NONE_COLOR);
+  return colors;
+}
+
+function seriesOf(key, colors) {
+  return colors.has(key) ? key : OTHER_KEY;
+}
+
+function chartCard(title, legend, chart) {
+  return el("div", { class: "card chart-card" }, el("div", { class: "chart-head" }, el("h2", { class: "card-title" }, title), legend), chart);
+}
+
+/** day → (series → value), and the series present, in colour order. */
+function pivotByDay(rows, group, colors, metric) {
+  const matrix = new Map();
+  const present = new Set();
+  for (const row of rows) {
+    const series = seriesOf(groupKey(row[group]), colors);
+    const value = metric(row);
+    if (!matrix.has(row.day)) matrix.set(row.day, new Map());
+    const cell = matrix.get(row.day);
+    cell.set(series, (cell.get(series) ?? 0) + value);
+    if (value > 0) present.add(series);
+  }
+  const order = [...colors.keys()].filter((k) => present.has(k));
+  return { matrix, order };
+}
+
+function axisFormatter(kind, step) {
+  if (kind === "tokens") return (v) => (v === 0 ? "0" : compactFormat.format(v));
+  let decimals = 0;
+  while (decimals < 8 && Math.abs(Math.round(step * 10 ** decimals) - step * 10 ** decimals) > 1e-6) decimals++;
+  return (v) => `$${v.toFixed(decimals)}`;
+}
+
+function valueFormatter(kind) {
+  return kind === "tokens" ? fmtInt : fmtCost;
+}
+
+function drawStackedChart(container, legend, days, rows, colors, metric, kind) {
+  const group = usageState.group;
+  const { matrix, order } = pivotByDay(rows, group, colors, metric);
+  legend.replaceChildren(
+    ...order.map((key) => el("span", { class: "legend-item" }, el("span", { class: "swatch", style: { background: colors.get(key) } }), groupLabel(key))),
+  );
+  const width = Math.max(320, container.clientWidth || 600);
+  const height = 240;
+  const m = { top: 12, right: 12, bottom: 28, left: kind === "cost" ? 72 : 48 };
+  const plotW = width - m.left - m.right;
+  const plotH = height - m.top - m.bottom;
+  const totals = days.map((d) => [...(matrix.get(d)?.values() ?? [])].reduce((a, b) => a + b, 0));
+  const max = Math.max(...totals, 0);
+
+  const svg = svgEl("svg", { class: "chart-svg", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": kind === "cost" ? "Cost per day" : "Tokens per day" });
+  const step = niceStep(max || 1, 4);
+  const top = Math.max(step, Math.ceil(max / step) * step);
+  const y = (v) => m.top + plotH - (v / top) * plotH;
+  const format = axisFormatter(kind, step);
+
+  for (let v = 0; v <= top + step / 1e6; v += step) {
+    svg.append(
+      svgEl("line", { class: v === 0 ? "axis-line" : "grid-line", x1: m.left, x2: width - m.right, y1: y(v), y2: y(v) }),
+      svgEl("text", { class: "axis-text", x: m.left - 8, y: y(v) + 4, "text-anchor": "end" }, format(v)),
+    );
+  }
+
+  const band = plotW / Math.max(1, days.length);
+  const barW = Math.max(2, Math.min(40, band * 0.68));
+  const labelEvery = Math.max(1, Math.ceil(days.length / Math.max(1, Math.floor(plotW / 64))));
+  const valueText = valueFormatter(kind);
+  days.forEach((day, i) => {
+    const x = m.left + i * band + (band - barW) / 2;
+    let base = 0;
+    for (const key of order) {
+      const value = matrix.get(day)?.get(key) ?? 0;
+      if (value <= 0) continue;
+      const y0 = y(base);
+      const y1 = y(base + value);
+      svg.append(
+        svgEl("rect", { class: "bar", x, y: y1, width: barW, height: Math.max(0.5, y0 - y1), fill: colors.get(key) }, svgEl("title", {}, `${day} · ${groupLabel(key)}: ${valueText(value)}`)),
+      );
+      base += value;
+    }
+    if ((days.length - 1 - i) % labelEvery === 0) {
+      svg.append(svgEl("text", { class: "axis-text", x: m.left + i * band + band / 2, y: height - 8, "text-anchor": "middle" }, shortDay(day)));
+    }
+  });
+  if (max === 0) {
+    svg.append(svgEl("text", { class: "chart-empty", x: m.left + plotW / 2, y: m.top + plotH / 2, "text-anchor": "middle" }, "No usage in this range"));
+  }
+  container.replaceChildren(svg);
+}
+
+function shortDay(day) {
+  const [, month, date] = day.split("-").map(Number);
+  const names = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  return `${names[month - 1]} ${date}`;
+}
+
+function usageTable(rows, totals, group, colors) {
+  const numCell = (value, text) => el("td", { class: "num", "data-value": String(value ?? 0) }, text);
+  const counters = (r) => [
+    numCell(r.requests, fmtInt(r.requests ?? 0)),
+    numCell(r.input_tokens, fmtInt(r.input_tokens ?? 0)),
+    numCell(r.output_tokens, fmtInt(r.output_tokens ?? 0)),
+    el("td", { class: "num", "data-value": String(r.cost_usd ?? 0) }, fmtCost(r.cost_usd ?? 0)),
+    numCell(r.errors, r.errors ? el("span", { class: "err-count" }, fmtInt(r.errors)) : "0"),
+  ];
+  const body = rows.map((r) => {
+    const key = groupKey(r[group]);
+    return el(
+      "tr",
+      { "data-group": r[group] ?? "" },
+      el("td", {}, el("span", { class: "swatch", style: { background: colors.get(seriesOf(key, colors)) } }), el("span", { class: key === NONE_KEY ? "muted" : null }, groupLabel(key))),
+      counters(r),
+    );
+  });
+  const heading = group === "team" ? "Team" : "Model";
+  return el(
+    "table",
+    { id: "usage-table", class: "table" },
+    el("thead", {}, el("tr", {}, el("th", {}, heading), ["Requests", "Input tokens", "Output tokens", "Cost", "Errors"].map((h) => el("th", { class: "num" }, h)))),
+    el("tbody", {}, body.length ? body : el("tr", {}, el("td", { colspan: "6", class: "empty-cell" }, "No usage recorded in this range."))),
+    el("tfoot", {}, el("tr", { id: "usage-totals" }, el("td", {}, "Total"), counters(totals))),
+  );
+}
+
+/* ------------------------------------------------------------------ boot */
+
+window.addEventListener("hashchange", route);
+route();

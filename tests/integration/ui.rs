@@ -1,0 +1,99 @@
+//! The web UI in a real headless Chromium (Debian's `chromium`, driven by playwright-core from
+//! tests/e2e/ui.mjs) against a real tracegate with real traffic from `mock-llm`: the list shows
+//! the traces, a click opens the waterfall with one bar per span, the usage page shows the API's
+//! totals, new calls appear live, and an admin token is asked for. Screenshots are written to
+//! $TRACEGATE_SCREENSHOTS (docs/ holds the committed ones) or a temp dir.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Real traffic: an app span with LLM children (one streamed), other teams and models, an error.
+async fn traffic(proxy: &Proxy) -> String {
+    let trace = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let step = "3333333333333333";
+    let now = tracegate::clock::unix_nanos();
+    let ingest = serde_json::json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "support-agent"}}]},
+        "scopeSpans": [{"spans": [{"traceId": trace, "spanId": step, "name": "answer ticket", "kind": 1,
+            "startTimeUnixNano": (now - 5_000_000).to_string(), "endTimeUnixNano": (now + 900_000_000).to_string()}]}]}]});
+    let (status, _, _) = post(&proxy.admin_url("/v1/traces"), &[], &ingest.to_string()).await;
+    assert_eq!(status, 200);
+    let traceparent = format!("00-{trace}-{step}-01");
+    let child = [("traceparent", traceparent.as_str()), ("x-tracegate-team", "support"), ("x-tracegate-user", "ada")];
+    post(&proxy.url("/openai/v1/chat/completions"), &child, CHAT).await;
+    post(&proxy.url("/openai/v1/chat/completions"), &child, CHAT_STREAM_USAGE).await;
+    post(&proxy.url("/anthropic/v1/messages"), &child, MESSAGES_STREAM).await;
+    for team in ["search", "search", "ads"] {
+        post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-team", team)], CHAT).await;
+    }
+    post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-team", "ads"), ("x-mock-status", "500")], CHAT)
+        .await;
+    trace.to_string()
+}
+
+fn screenshot_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    match std::env::var_os("TRACEGATE_SCREENSHOTS") {
+        Some(dir) => (PathBuf::from(dir), None),
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            (dir.path().to_path_buf(), Some(dir))
+        }
+    }
+}
+
+async fn run_browser(proxy: &Proxy, trace: &str, token: Option<&str>) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/ui.mjs");
+    let (shots, _keep) = screenshot_dir();
+    let mut command = Command::new("node");
+    command.arg(script).arg(proxy.admin_url("")).arg(proxy.url("")).arg(trace).arg(&shots);
+    if let Some(token) = token {
+        command.arg(token);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("node runs");
+    assert!(
+        output.status.success(),
+        "the browser check failed (tests/run.sh installs chromium and tests/e2e's node modules):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("ui.mjs prints a JSON summary")
+}
+
+fn providers(mock: &Mock) -> String {
+    format!(
+        "{}{}[pricing.\"gpt-4o-mini\"]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.60\n",
+        provider("openai", "/openai", mock.addr, "openai"),
+        provider("anthropic", "/anthropic", mock.addr, "anthropic")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_shows_traces_waterfalls_and_usage_in_chromium() {
+    let mock = Mock::start(Duration::from_millis(5)).await;
+    let proxy = Proxy::start(&providers(&mock)).await;
+    let trace = traffic(&proxy).await;
+    let summary = run_browser(&proxy, &trace, None).await;
+    assert_eq!(summary["traces"], 5, "one agent trace and four single calls: {summary}");
+    assert_eq!(summary["bars"], 4, "the app span and its three LLM calls: {summary}");
+    let (_, usage) = proxy.admin_get("/api/usage").await;
+    assert_eq!(summary["requests"], usage["totals"]["requests"], "{summary}");
+    assert_eq!(summary["live"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_asks_for_the_admin_token() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let config = format!("{}[admin]\ntoken = \"ui-secret-token\"\n", providers(&mock));
+    let proxy = Proxy::start_in(dir, &config).await;
+    let trace = traffic(&proxy).await;
+    // Without the token the API refuses; the page itself holds no data.
+    let (status, _) = proxy.admin_get("/api/traces").await;
+    assert_eq!(status, 401);
+    let summary = run_browser(&proxy, &trace, Some("ui-secret-token")).await;
+    assert_eq!(summary["bars"], 4, "{summary}");
+}
