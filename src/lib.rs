@@ -2,9 +2,10 @@
 //! traces through standard trace headers, and stores them in an embedded sled database.
 //!
 //! ARCHITECTURE.md is the map; in short, a request flows
-//! `server` → `proxy` (phases: `routing`, `trace_context`, `upstream`) → `body_tee` → `call`
-//! → (queue) → `recorder` (`providers`, `sse`, `tokens`, `pricing`) → `store`, and is read back through
-//! `admin` and `cli`.
+//! `server` → `proxy` (phases: `routing`, `trace_context`, `teams`/`budget`, `upstream`) →
+//! `body_tee` → `call` → (queue) → `recorder` (`providers`, `sse`, `tokens`, `pricing`,
+//! `usage`) → `store`, and is read back through `admin` (API, `ui`, OTLP ingest), `cli` and
+//! `export` (`otlp`, `zipkin`).
 
 pub mod admin;
 pub mod body_tee;
