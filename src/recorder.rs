@@ -28,6 +28,8 @@ use crate::tokens::{self, Encoding};
 
 /// Longest time a written span waits before it is flushed to disk.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// How often old spans are deleted (also once at start).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// How long the recorder naps between batches while spans keep arriving.
 const BUSY_NAP: Duration = Duration::from_millis(2);
 /// Most spans written in one sled batch.
@@ -111,6 +113,8 @@ pub struct RecorderSettings {
     pub pricing: BTreeMap<String, Price>,
     /// Encoding for token estimates of models outside OpenAI's families.
     pub default_encoding: Encoding,
+    /// Spans older than this many days are deleted (0 keeps everything).
+    pub retention_days: u32,
 }
 
 impl RecorderSettings {
@@ -120,6 +124,7 @@ impl RecorderSettings {
             max_capture_bytes: config.storage.max_capture_bytes,
             pricing: config.pricing.clone(),
             default_encoding: config.default_encoding,
+            retention_days: config.storage.retention_days,
         }
     }
 }
@@ -155,7 +160,12 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
     let mut cursors: Vec<(&'static str, u64)> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
     let mut busy = false;
+    let mut next_retention = Instant::now();
     loop {
+        if recorder.settings.retention_days > 0 && Instant::now() >= next_retention {
+            apply_retention(&store, &recorder);
+            next_retention = Instant::now() + RETENTION_INTERVAL;
+        }
         let mut disconnected = false;
         if busy {
             // Under load, nap instead of parking on the queue: senders then never pay for a
@@ -164,7 +174,10 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
         } else {
             let timeout = match dirty_since {
                 Some(t) => FLUSH_INTERVAL.saturating_sub(t.elapsed()),
-                None => Duration::from_secs(3600),
+                None if recorder.settings.retention_days > 0 => {
+                    next_retention.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+                }
+                None => RETENTION_INTERVAL,
             };
             match rx.recv_timeout(timeout) {
                 Ok(message) => accept(message, &recorder, &mut batch, &mut waiters, &mut cursors),
@@ -248,6 +261,20 @@ fn batch_bytes(batch: &[SpanWrite]) -> usize {
         .filter_map(|w| w.bodies.as_ref())
         .map(|b| b.request_body.as_ref().map_or(0, String::len) + b.response_body.as_ref().map_or(0, String::len))
         .sum()
+}
+
+/// Deletes spans (and bodies) older than the retention period; the ledger keeps its totals.
+fn apply_retention(store: &Store, recorder: &Recorder) {
+    let keep = u64::from(recorder.settings.retention_days) * 86_400 * 1_000_000_000;
+    let cutoff = crate::clock::unix_nanos().saturating_sub(keep);
+    match store.delete_older_than(cutoff) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(spans = n, days = recorder.settings.retention_days, "retention deleted old spans"),
+        Err(e) => {
+            recorder.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "retention failed");
+        }
+    }
 }
 
 fn write(store: &Store, metrics: &Metrics, batch: &mut Vec<SpanWrite>) {

@@ -147,6 +147,7 @@ fn trace_index_key(trace_id: &TraceId, seq: u64, index: u32) -> [u8; 29] {
 struct SpanRef<'a> {
     trace_id: TraceId,
     span_id: SpanId,
+    start_time_unix_nano: u64,
     json: &'a [u8],
 }
 
@@ -168,8 +169,9 @@ impl<'a> SpanSegment<'a> {
         }
         let trace_id = TraceId(bytes[..16].try_into().expect("16 bytes"));
         let span_id = SpanId(bytes[16..24].try_into().expect("8 bytes"));
+        let start_time_unix_nano = u64::from_be_bytes(bytes[24..32].try_into().expect("8 bytes"));
         let (json, rest) = take_slice(&bytes[32..])?;
-        Ok((SpanRef { trace_id, span_id, json }, rest))
+        Ok((SpanRef { trace_id, span_id, start_time_unix_nano, json }, rest))
     }
 }
 
@@ -421,6 +423,40 @@ impl Store {
             self.tree.insert(INDEXED_THROUGH_KEY, &(seq - 1).to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// Deletes the oldest span segments (their spans, bodies and index keys) whose spans all
+    /// started before `cutoff_unix_nano`; stops at the first segment holding a newer span.
+    /// Returns how many spans were deleted. The usage ledger keeps its daily totals.
+    pub fn delete_older_than(&self, cutoff_unix_nano: u64) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        let segments = self.tree.scan_prefix([SPAN_SEGMENT]);
+        for entry in segments {
+            let (key, segment) = entry?;
+            let seq = seq_of(&key);
+            let mut index_keys = Vec::new();
+            let mut all_old = true;
+            for (i, span) in SpanSegment::new(&segment)?.enumerate() {
+                let span = span?;
+                if span.start_time_unix_nano >= cutoff_unix_nano {
+                    all_old = false;
+                    break;
+                }
+                index_keys.push(trace_index_key(&span.trace_id, seq, i as u32));
+            }
+            if !all_old {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for k in &index_keys {
+                batch.remove(&k[..]);
+            }
+            batch.remove(&segment_key(BODY_SEGMENT, seq)[..]);
+            batch.remove(&segment_key(SPAN_SEGMENT, seq)[..]);
+            self.tree.apply_batch(batch)?;
+            deleted += index_keys.len();
+        }
+        Ok(deleted)
     }
 
     /// Span segments after `cursor` (in write order), whole segments, until at least
@@ -683,6 +719,24 @@ mod tests {
         assert_eq!(listed[1].trace_id, trace);
         assert_eq!(listed[1].span_count, 2);
         assert_eq!(listed[1].input_tokens, 6);
+    }
+
+    #[test]
+    fn retention_deletes_old_segments_with_their_bodies_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let (old, new) = (TraceId::random(), TraceId::random());
+        let bodies = SpanBodies { request_body: Some("x".into()), response_body: None, truncated: false };
+        store.write_batch(&[SpanWrite { span: span(old, 100), bodies: Some(bodies.clone()) }]).unwrap();
+        store.write_batch(&[SpanWrite { span: span(old, 200), bodies: None }]).unwrap();
+        store.write_batch(&[SpanWrite { span: span(new, 5_000), bodies: Some(bodies) }]).unwrap();
+        assert_eq!(store.delete_older_than(1_000).unwrap(), 2);
+        assert!(store.trace_spans(&old).unwrap().is_empty());
+        assert_eq!(store.trace_spans(&new).unwrap().len(), 1);
+        assert_eq!(store.span_count(), 1);
+        assert!(store.tree.get(segment_key(BODY_SEGMENT, 1)).unwrap().is_none());
+        assert_eq!(store.list_traces(&TraceFilter::default(), 10).unwrap().len(), 1);
+        assert_eq!(store.delete_older_than(1_000).unwrap(), 0, "nothing more to delete");
     }
 
     #[test]

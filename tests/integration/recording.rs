@@ -290,3 +290,28 @@ async fn shutdown_closes_streams_still_open_after_the_grace_period_and_records_t
     assert_eq!(spans[0]["status"], "cancelled");
     drop(body);
 }
+
+#[tokio::test]
+async fn retention_deletes_spans_older_than_retention_days_at_start() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let config = provider("openai", "/openai", mock.addr, "openai");
+    let proxy = Proxy::start(&config).await;
+    // An app span from 40 days ago (OTLP ingest keeps its timestamps) and a call from now.
+    let old_trace = "9bf92f3577b34da6a3ce929d0e0e4736";
+    let forty_days_ago = tracegate::clock::unix_nanos() - 40 * 86_400 * 1_000_000_000;
+    let ingest = serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": old_trace,
+        "spanId": "4444444444444444", "name": "old step", "kind": 1,
+        "startTimeUnixNano": forty_days_ago.to_string(), "endTimeUnixNano": (forty_days_ago + 1_000_000).to_string()}]}]}]});
+    post(&proxy.admin_url("/v1/traces"), &[], &ingest.to_string()).await;
+    // (Written before the next call: retention works on whole written batches.)
+    assert_eq!(proxy.spans(old_trace).await.len(), 1);
+    let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    let new_trace = header(&headers, "x-tracegate-trace-id").to_string();
+    let dir = proxy.shutdown().await;
+
+    // storage.retention_days defaults to 30: the restart applies it.
+    let proxy = Proxy::start_in(dir, &config).await;
+    proxy.server().flush().await;
+    assert!(proxy.spans(old_trace).await.is_empty(), "the 40-day-old span is gone");
+    assert_eq!(proxy.spans(&new_trace).await.len(), 1, "today's span is kept");
+}
