@@ -283,3 +283,47 @@ async fn http2_clients_are_served() {
     let spans = proxy.wait_spans(&trace_id, 1).await;
     assert_eq!(spans[0]["usage_source"], "reported");
 }
+
+#[tokio::test]
+async fn the_proxy_listener_speaks_https_with_rustls() {
+    let pki = TestPki::new();
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
+    let mock = Mock::start(std::time::Duration::ZERO).await;
+    let server = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    let proxy =
+        Proxy::start_with_server(dir.clone(), &server, &provider("openai", "/openai", mock.addr, "openai")).await;
+
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    let tls = tracegate::upstream::tls_config(&rustls::RootCertStore::empty(), &[ca]);
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        tracegate::upstream::build_client(std::time::Duration::from_secs(5), tls);
+    let url = format!("https://localhost:{}/openai/v1/chat/completions", proxy.server().proxy_addr().port());
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.expect("TLS handshake and request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2, "ALPN offers h2");
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("mock reply"));
+    assert_eq!(proxy.spans(&trace_id).await.len(), 1);
+
+    // Plain HTTP on the TLS port gets no answer a client could mistake for the proxy's.
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(proxy.server().proxy_addr()),
+    )
+    .await
+    .unwrap();
+    let mut plain = plain.unwrap();
+    plain.write_all(b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}

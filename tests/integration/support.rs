@@ -299,6 +299,8 @@ pub fn chunked<T: Into<Bytes>>(chunks: impl IntoIterator<Item = T>) -> ScriptBod
 /// A certificate authority and a server certificate for `localhost`/`127.0.0.1` it signed.
 pub struct TestPki {
     pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
@@ -320,7 +322,12 @@ impl TestPki {
             .with_single_cert(vec![server_cert.der().clone()], key)
             .unwrap();
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        TestPki { ca_pem: ca_cert.pem(), server_config: Arc::new(server_config) }
+        TestPki {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+            server_config: Arc::new(server_config),
+        }
     }
 }
 
