@@ -426,6 +426,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     };
 
     let bodies = (settings.capture_bodies && !omit_bodies).then(|| {
+        let request_bytes = redact_credentials(&request_bytes);
         let (request_body, request_cut) = stored_text(&request_bytes, settings.max_capture_bytes);
         let (response_body, response_cut) = stored_text(&response_bytes, settings.max_capture_bytes);
         SpanBodies {
@@ -488,6 +489,56 @@ fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_ss
     Bytes::from(out)
 }
 
+/// JSON member names whose values are credentials, never stored.
+const CREDENTIAL_FIELDS: [&str; 10] = [
+    "api_key",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "authorization",
+    "password",
+    "secret",
+    "client_secret",
+    "access_token",
+    "refresh_token",
+];
+
+/// A request body with the values of credential-named JSON members (at any depth) replaced by
+/// `"[redacted]"`. Bodies without such a name are returned as they are, unparsed.
+fn redact_credentials(body: &Bytes) -> Bytes {
+    let lower = body.to_ascii_lowercase();
+    let mentions = CREDENTIAL_FIELDS.iter().any(|name| {
+        let quoted = format!("\"{name}\"");
+        lower.windows(quoted.len()).any(|w| w == quoted.as_bytes())
+    });
+    if !mentions {
+        return body.clone();
+    }
+    fn scrub(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if CREDENTIAL_FIELDS.contains(&key.to_ascii_lowercase().as_str()) {
+                        *v = serde_json::Value::String("[redacted]".into());
+                    } else {
+                        scrub(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            scrub(&mut value);
+            Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+        }
+        // Not JSON (or cut short) yet it names a credential: keep nothing rather than leak it.
+        Err(_) => Bytes::from_static(b"[body withheld: it names a credential and could not be redacted]"),
+    }
+}
+
 /// Text to store for a body (`None` when empty), cut to `limit` bytes — its head and its last
 /// quarter — and whether it was cut.
 fn stored_text(bytes: &[u8], limit: usize) -> (Option<String>, bool) {
@@ -506,3 +557,20 @@ fn stored_text(bytes: &[u8], limit: usize) -> (Option<String>, bool) {
 
 /// Placed where a stored body was cut.
 const TRUNCATION_MARK: &str = "\n…[truncated by tracegate]…\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_bodies_are_redacted() {
+        let body = Bytes::from_static(br#"{"model":"m","api_key":"sk-123","extra":{"Authorization":"Bearer x","list":[{"password":"p"}]},"max_tokens":5}"#);
+        let out = String::from_utf8(redact_credentials(&body).to_vec()).unwrap();
+        assert!(!out.contains("sk-123") && !out.contains("Bearer x") && !out.contains("\"p\""), "{out}");
+        assert!(out.contains("\"max_tokens\":5"));
+        let plain = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        assert_eq!(redact_credentials(&plain), plain, "untouched when no credential is named");
+        let cut = Bytes::from_static(br#"{"api_key":"sk-1"#);
+        assert!(!String::from_utf8_lossy(&redact_credentials(&cut)).contains("sk-1"));
+    }
+}

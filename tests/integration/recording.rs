@@ -188,6 +188,20 @@ async fn attribution_properties_and_bodies_are_recorded() {
     assert_eq!(detail["response_body"], serde_json::from_slice::<Value>(&body).unwrap());
     assert!(!detail.to_string().contains("sk-secret-123"), "credentials are never stored");
 
+    // A credential inside the body itself is redacted before it is stored.
+    let with_key = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"user_api_key":"ok","api_key":"sk-in-body-777"}"#;
+    let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[], with_key).await;
+    let (trace_id, span_id) = (header(&headers, "x-tracegate-trace-id"), header(&headers, "x-tracegate-span-id"));
+    let (_, detail) = proxy.admin_get(&format!("/api/traces/{trace_id}/spans/{span_id}")).await;
+    assert_eq!(detail["request_body"]["api_key"], "[redacted]");
+    assert_eq!(detail["request_body"]["model"], "gpt-4o-mini");
+    proxy.server().flush().await;
+    for file in walk(proxy.store_dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(14).any(|w| w == b"sk-in-body-777"), "{}", file.display());
+        assert!(!bytes.windows(13).any(|w| w == b"sk-secret-123"), "{}", file.display());
+    }
+
     // Omitted bodies: the span is kept, its bodies are not.
     let (_, headers, _) =
         post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-omit-bodies", "true")], CHAT).await;

@@ -357,3 +357,17 @@ impl Scripted {
         Scripted { addr, received, task }
     }
 }
+
+/// Every file below `dir` (to grep a store for secrets).
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
