@@ -242,6 +242,15 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, Head
     (status, headers, body)
 }
 
+/// GETs a URL; returns status, headers and body.
+pub async fn get(url: &str) -> (u16, HeaderMap, Bytes) {
+    let resp = send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
