@@ -21,17 +21,20 @@ fn free_port() -> u16 {
 }
 
 async fn start_binary(config: &std::path::Path, admin_port: u16) -> Binary {
-    let child = Command::new(env!("CARGO_BIN_EXE_tracegate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the tracegate binary starts");
+    // Owned by `Binary` at once, so it is killed and reaped on every path.
+    let binary = Binary(
+        Command::new(env!("CARGO_BIN_EXE_tracegate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the tracegate binary starts"),
+    );
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await.is_ok() {
-            return Binary(child);
+            return binary;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
