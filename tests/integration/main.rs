@@ -7,6 +7,7 @@
 mod crash;
 mod export;
 mod forwarding;
+mod properties;
 mod recording;
 mod sdk;
 mod support;
