@@ -6,6 +6,7 @@
 
 mod crash;
 mod export;
+mod faults;
 mod forwarding;
 mod properties;
 mod recording;

@@ -1,0 +1,103 @@
+//! Upstream faults: a reset connection, a hung upstream, and garbage bodies all give the client
+//! a clear answer, a recorded span, and leave the proxy serving.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// An upstream that runs `behaviour` on every accepted connection.
+async fn raw_upstream<F, Fut>(behaviour: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let behaviour = std::sync::Arc::new(behaviour);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(behaviour(stream));
+        }
+    });
+    addr
+}
+
+async fn still_serving(proxy: &Proxy) {
+    let (status, _) = proxy.admin_get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn an_upstream_that_resets_the_connection_gives_502_and_an_error_span() {
+    let addr = raw_upstream(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        drop(stream); // close without answering
+    })
+    .await;
+    let proxy = Proxy::start(&provider("openai", "/openai", addr, "openai")).await;
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_unreachable");
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!(span["status"], "error");
+    still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_hung_upstream_gives_504_after_the_response_timeout() {
+    let addr = raw_upstream(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        tokio::time::sleep(Duration::from_secs(30)).await; // never answers
+    })
+    .await;
+    let config = format!("{}response_timeout_secs = 0.3\n", provider("anthropic", "/anthropic", addr, "anthropic"));
+    let proxy = Proxy::start(&config).await;
+    let started = std::time::Instant::now();
+    let (status, headers, body) = post(&proxy.url("/anthropic/v1/messages"), &[], MESSAGES).await;
+    assert_eq!(status, 504);
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout applied");
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "timeout_error");
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!((span["status"].as_str(), span["status_code"].as_u64()), (Some("error"), Some(504)));
+    assert_eq!(span["request_model"], "claude-3-5-haiku-latest");
+    still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn garbage_from_the_upstream_is_relayed_unchanged_and_recorded_without_crashing() {
+    let bodies: [(&str, &[u8]); 4] = [
+        ("application/json", b"{\"model\": \"gpt-4o-mini\", \"choices\": [ {\"message\": "),
+        (
+            "text/event-stream",
+            b"data: {not json}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\nevent\xff: \x00\n\n",
+        ),
+        ("application/json", b"\xff\xfe\x00\x01 binary"),
+        ("text/event-stream", b"data: [DONE]\n\n"),
+    ];
+    for (content_type, body) in bodies {
+        let addr = raw_upstream(move |mut stream| async move {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body).await;
+        })
+        .await;
+        let proxy = Proxy::start(&provider("openai", "/openai", addr, "openai")).await;
+        let (status, headers, received) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT_STREAM).await;
+        assert_eq!(status, 200);
+        assert_eq!(&received[..], body, "relayed byte for byte");
+        let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+        assert_eq!(span["status"], "ok");
+        assert_ne!(span["usage_source"], "reported");
+        still_serving(&proxy).await;
+    }
+}
