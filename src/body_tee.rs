@@ -24,21 +24,34 @@ use crate::call::{CallContext, Outcome, ResponseFacts};
 use crate::capture::Capture;
 use crate::usage_injection::UsageStripper;
 
+/// Errors a relayed body can end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the request side of a call shares with the call: the capture, and whether the
 /// client broke off its upload (so a failed call is blamed on the client, not the upstream).
 #[derive(Debug)]
 pub struct RequestShared {
     pub capture: Mutex<Capture>,
     pub client_aborted: AtomicBool,
+    /// The body went past `server.max_request_bytes` and was cut off.
+    pub too_large: AtomicBool,
 }
 
 impl RequestShared {
     pub fn new(capture: Capture) -> Arc<Self> {
-        Arc::new(RequestShared { capture: Mutex::new(capture), client_aborted: AtomicBool::new(false) })
+        Arc::new(RequestShared {
+            capture: Mutex::new(capture),
+            client_aborted: AtomicBool::new(false),
+            too_large: AtomicBool::new(false),
+        })
     }
 
     pub fn client_aborted(&self) -> bool {
         self.client_aborted.load(Ordering::Relaxed)
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
     }
 
     /// Takes the capture out (leaving an empty one).
@@ -57,23 +70,49 @@ pub struct RequestTee {
     held: Option<Frame<Bytes>>,
     shared: Arc<RequestShared>,
     started: Instant,
+    /// Bytes received so far, and the most allowed.
+    received: u64,
+    limit: u64,
 }
 
+/// The request body went past `server.max_request_bytes`.
+#[derive(Debug)]
+pub struct BodyTooLarge(pub u64);
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body larger than {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
 impl RequestTee {
-    pub fn new(inner: Incoming, shared: Arc<RequestShared>, started: Instant) -> Self {
-        RequestTee { inner, ahead: None, held: None, shared, started }
+    pub fn new(inner: Incoming, shared: Arc<RequestShared>, started: Instant, limit: u64) -> Self {
+        RequestTee { inner, ahead: None, held: None, shared, started, received: 0, limit }
+    }
+
+    /// Counts a data frame against the limit; an error once the body is too large.
+    fn admit(&mut self, frame: &Frame<Bytes>) -> Result<(), BodyError> {
+        self.received += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if self.received > self.limit {
+            self.shared.too_large.store(true, Ordering::Relaxed);
+            return Err(Box::new(BodyTooLarge(self.limit)));
+        }
+        Ok(())
     }
 
     /// Reads body frames before the upstream is contacted, until the body ends or `limit`
     /// bytes are in. With a small limit this is just the first frame, so that even a call
     /// whose upstream cannot be reached records what was asked (model, stream flag); a JSON
     /// request of an SDK arrives with its headers, so this waits for nothing in practice.
-    pub async fn read_ahead(&mut self, limit: usize) -> Result<(), hyper::Error> {
+    pub async fn read_ahead(&mut self, limit: usize) -> Result<(), BodyError> {
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0;
         while total < limit.max(1) && !self.inner.is_end_stream() {
             match http_body_util::BodyExt::frame(&mut self.inner).await.transpose() {
                 Ok(Some(frame)) => {
+                    self.admit(&frame)?;
                     self.record(&frame);
                     match frame.into_data() {
                         Ok(data) => {
@@ -89,7 +128,7 @@ impl RequestTee {
                 Ok(None) => break,
                 Err(e) => {
                     self.shared.client_aborted.store(true, Ordering::Relaxed);
-                    return Err(e);
+                    return Err(Box::new(e));
                 }
             }
         }
@@ -121,9 +160,9 @@ impl RequestTee {
 
 impl Body for RequestTee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(data) = self.ahead.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -131,12 +170,20 @@ impl Body for RequestTee {
             return Poll::Ready(Some(Ok(frame)));
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => self.record(frame),
-            Some(Err(_)) => self.shared.client_aborted.store(true, Ordering::Relaxed),
-            None => {}
+        match frame {
+            Some(Ok(frame)) => {
+                if let Err(too_large) = self.admit(&frame) {
+                    return Poll::Ready(Some(Err(too_large)));
+                }
+                self.record(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                self.shared.client_aborted.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => Poll::Ready(None),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -154,9 +201,6 @@ impl Body for RequestTee {
         hint
     }
 }
-
-/// Errors a relayed response body can end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The upstream's response body on its way to the client; owns the call until it ends.
 pub struct ResponseTee {

@@ -86,6 +86,8 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     default_provider: Option<String>,
     require_team_key: Option<bool>,
+    /// Largest request body forwarded (413 beyond).
+    max_request_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +189,8 @@ pub struct ServerConfig {
     pub default_provider: Option<usize>,
     /// Refuse calls that do not present a configured team key (401).
     pub require_team_key: bool,
+    /// Largest request body forwarded; larger ones get 413.
+    pub max_request_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +323,7 @@ const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 const DEFAULT_RESPONSE_TIMEOUT_SECS: f64 = 600.0;
 const DEFAULT_IDLE_TIMEOUT_SECS: f64 = 300.0;
+const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
 
 /// The config used when no file is found: OpenAI and Anthropic routes, store under `data/`.
 const BUILTIN_DEFAULTS: &str = r#"
@@ -585,6 +590,7 @@ impl Config {
                 tls,
                 default_provider,
                 require_team_key: raw.server.require_team_key.unwrap_or(false),
+                max_request_bytes: raw.server.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
             },
             storage,
             admin,

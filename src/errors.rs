@@ -75,6 +75,14 @@ impl ProxyError {
         }
     }
 
+    pub fn body_too_large(limit: u64) -> Self {
+        ProxyError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("tracegate: request body larger than {limit} bytes (server.max_request_bytes)"),
+        )
+    }
+
     pub fn unsafe_path() -> Self {
         ProxyError::new(
             StatusCode::BAD_REQUEST,
@@ -114,7 +122,8 @@ impl ProxyError {
             (Api::Openai, 401) => "authentication_error",
             (Api::Openai, 429) => "rate_limit_error",
             (Api::Openai, _) => "api_error",
-            (Api::Anthropic, 400 | 405 | 408 | 413 | 431) => "invalid_request_error",
+            (Api::Anthropic, 413) => "request_too_large",
+            (Api::Anthropic, 400 | 405 | 408 | 431) => "invalid_request_error",
             (Api::Anthropic, 401) => "authentication_error",
             (Api::Anthropic, 404) => "not_found_error",
             (Api::Anthropic, 429) => "rate_limit_error",

@@ -76,6 +76,7 @@ pub struct Proxy {
     client_of: Vec<(Arc<Provider>, usize)>,
     recorder: RecorderHandle,
     max_capture_bytes: usize,
+    max_request_bytes: u64,
     teams: TeamDirectory,
     team_names: Vec<String>,
     require_team_key: bool,
@@ -107,6 +108,7 @@ impl Proxy {
             client_of,
             recorder,
             max_capture_bytes: config.storage.max_capture_bytes,
+            max_request_bytes: config.server.max_request_bytes,
             teams: TeamDirectory::new(&config.teams),
             team_names: config.teams.iter().map(|t| t.name.clone()).collect(),
             require_team_key: config.server.require_team_key,
@@ -181,7 +183,7 @@ impl Proxy {
         let method = parts.method.clone();
         parts.uri = upstream_uri;
         parts.version = Version::HTTP_11;
-        let mut body = RequestTee::new(body, request_shared.clone(), started);
+        let mut body = RequestTee::new(body, request_shared.clone(), started, self.max_request_bytes);
 
         let mut pending = PendingCall::new(CallContext {
             trace_id,
@@ -204,8 +206,14 @@ impl Proxy {
             && parts.method == Method::POST
             && (pending.get().path.ends_with("/chat/completions") || pending.get().path.ends_with("/completions"));
         let read_ahead_limit = if may_inject || limited { usage_injection::MAX_REWRITE_BYTES } else { 1 };
+        if size_hint.is_some_and(|len| len > self.max_request_bytes) {
+            return Ok(fail(pending.take(), ProxyError::body_too_large(self.max_request_bytes), provider.api));
+        }
         match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_ahead(read_ahead_limit)).await {
             Ok(Ok(())) => {}
+            Ok(Err(_)) if pending.get().request.too_large() => {
+                return Ok(fail(pending.take(), ProxyError::body_too_large(self.max_request_bytes), provider.api));
+            }
             // The client broke off before sending its body: dropping `pending` records a cancel.
             Ok(Err(_)) => return Ok(own_response(ProxyError::request_body_incomplete(), provider.api)),
             // The client stalled: tell it, and record why.
@@ -254,6 +262,9 @@ impl Proxy {
         let call = pending.take();
         let upstream_response = match result {
             Ok(Ok(response)) => response,
+            Ok(Err(_)) if call.request.too_large() => {
+                return Ok(fail(call, ProxyError::body_too_large(self.max_request_bytes), provider.api));
+            }
             Ok(Err(_)) if call.request.client_aborted() => {
                 // The client broke off its upload; the upstream is not to blame.
                 call.finish(ResponseFacts::none(), Outcome::Cancelled);

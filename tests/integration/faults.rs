@@ -101,3 +101,45 @@ async fn garbage_from_the_upstream_is_relayed_unchanged_and_recorded_without_cra
         still_serving(&proxy).await;
     }
 }
+
+#[tokio::test]
+async fn bodies_over_max_request_bytes_get_413_and_never_reach_the_upstream_whole() {
+    let upstream = Scripted::start(|_req| http::Response::new(full("{}"))).await;
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let proxy = Proxy::start_with_server(
+        dir,
+        "max_request_bytes = 1000\n",
+        &format!(
+            "{}{}",
+            provider("openai", "/openai", upstream.addr, "openai"),
+            provider("anthropic", "/anthropic", upstream.addr, "anthropic")
+        ),
+    )
+    .await;
+    let big = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(5000));
+
+    // Declared too large by Content-Length: refused before any upstream contact.
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], &big).await;
+    assert_eq!(status, 413);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "request_too_large");
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!(span["status_code"], 413);
+    let (status, _, body) = post(&proxy.url("/anthropic/v1/messages"), &[], &big).await;
+    assert_eq!(status, 413);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"]["type"], "request_too_large");
+
+    // Chunked (no Content-Length): cut off when it passes the limit.
+    let mut stream = tokio::net::TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
+    let mut request = String::from("POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    for piece in big.as_bytes().chunks(700) {
+        request.push_str(&format!("{:x}\r\n{}\r\n", piece.len(), String::from_utf8_lossy(piece)));
+    }
+    request.push_str("0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
+    assert!(upstream.requests().iter().all(|r| r.body.len() <= 1000), "no oversized body was forwarded whole");
+    still_serving(&proxy).await;
+}
