@@ -204,7 +204,8 @@ impl Proxy {
 
         let may_inject = provider.inject_stream_usage
             && parts.method == Method::POST
-            && (pending.get().path.ends_with("/chat/completions") || pending.get().path.ends_with("/completions"));
+            // `/chat/completions` and legacy `/completions` both end so.
+            && pending.get().path.ends_with("/completions");
         let read_ahead_limit = if may_inject || limited { usage_injection::MAX_REWRITE_BYTES } else { 1 };
         if size_hint.is_some_and(|len| len > self.max_request_bytes) {
             return Ok(fail(pending.take(), ProxyError::body_too_large(self.max_request_bytes), provider.api));
@@ -285,11 +286,10 @@ impl Proxy {
 
         let (mut parts, body) = upstream_response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let is_sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let is_sse = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            let ct = ct.trim_start().as_bytes();
+            ct.get(..17).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"text/event-stream"))
+        });
         let encoding = parts.headers.get(header::CONTENT_ENCODING).cloned();
         let capture = Capture::new(self.max_capture_bytes, content_length(&parts.headers));
         insert_ids(&mut parts.headers, trace_id, span_id);

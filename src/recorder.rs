@@ -506,10 +506,10 @@ const CREDENTIAL_FIELDS: [&str; 10] = [
 /// A request body with the values of credential-named JSON members (at any depth) replaced by
 /// `"[redacted]"`. Bodies without such a name are returned as they are, unparsed.
 fn redact_credentials(body: &Bytes) -> Bytes {
-    let lower = body.to_ascii_lowercase();
+    // A quoted, case-insensitive name anywhere in the body; no copy, no allocation.
     let mentions = CREDENTIAL_FIELDS.iter().any(|name| {
-        let quoted = format!("\"{name}\"");
-        lower.windows(quoted.len()).any(|w| w == quoted.as_bytes())
+        body.windows(name.len() + 2)
+            .any(|w| w[0] == b'"' && w[w.len() - 1] == b'"' && w[1..w.len() - 1].eq_ignore_ascii_case(name.as_bytes()))
     });
     if !mentions {
         return body.clone();

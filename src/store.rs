@@ -553,10 +553,6 @@ impl Store {
         Ok(out)
     }
 
-    pub fn trace_summary(&self, trace_id: &TraceId) -> Result<Option<TraceSummary>, StoreError> {
-        Ok(summarize(&self.trace_spans(trace_id)?))
-    }
-
     /// Every span of a trace, ordered by start time.
     pub fn trace_spans(&self, trace_id: &TraceId) -> Result<Vec<Span>, StoreError> {
         self.spans_of(trace_id, &mut SegmentCache::default())

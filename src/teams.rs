@@ -45,10 +45,6 @@ impl TeamDirectory {
         TeamDirectory { keys, names: teams.iter().map(|t| t.name.clone()).collect() }
     }
 
-    pub fn has_keys(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
     /// The team whose key the request presents, if any.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<TeamKeyMatch> {
         if self.keys.is_empty() {
