@@ -40,6 +40,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most often the backlog gauge is recounted from the store while delivering.
+const BACKLOG_RECOUNT: Duration = Duration::from_secs(2);
 
 type ExportClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -124,10 +126,12 @@ impl Exporter {
             None => return,
         };
         tracing::info!(exporter = self.name, endpoint = %self.endpoint, cursor, "exporter started");
+        let mut last_backlog_count = tokio::time::Instant::now() - BACKLOG_RECOUNT;
         loop {
             let batch = self.blocking(move |store, _| store.span_segments_after(cursor, MAX_BATCH_SPANS)).await;
             let Some(batch) = batch.filter(|b| !b.is_empty()) else {
-                self.update_backlog(cursor).await;
+                // Nothing after the cursor: the backlog is empty, no need to count it.
+                self.counters.backlog_spans.store(0, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(POLL_INTERVAL).await;
                 continue;
             };
@@ -165,7 +169,19 @@ impl Exporter {
             let recorder = self.recorder.clone();
             let name = self.name;
             let _ = tokio::task::spawn_blocking(move || recorder.set_export_cursor(name, last_seq)).await;
-            self.update_backlog(cursor).await;
+            // Counting the backlog reads every pending segment; while catching up after an
+            // outage, do it at most every BACKLOG_RECOUNT and subtract what was sent in between.
+            if last_backlog_count.elapsed() >= BACKLOG_RECOUNT {
+                self.update_backlog(cursor).await;
+                last_backlog_count = tokio::time::Instant::now();
+            } else {
+                let backlog = &self.counters.backlog_spans;
+                let _ = backlog.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |b| Some(b.saturating_sub(n)),
+                );
+            }
         }
     }
 
