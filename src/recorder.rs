@@ -187,10 +187,16 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
         }
         // Drain whatever else is already queued, a batch at a time.
         busy = false;
+        // Body bytes in the batch, kept as it grows (not re-summed for every message).
+        let mut body_bytes = batch_bytes(&batch);
         loop {
-            while batch.len() < MAX_BATCH && batch_bytes(&batch) < MAX_BATCH_BYTES {
+            while batch.len() < MAX_BATCH && body_bytes < MAX_BATCH_BYTES {
+                let before = batch.len();
                 match rx.try_recv() {
-                    Ok(message) => accept(message, &recorder, &mut batch, &mut waiters, &mut cursors),
+                    Ok(message) => {
+                        accept(message, &recorder, &mut batch, &mut waiters, &mut cursors);
+                        body_bytes += batch_bytes(&batch[before..]);
+                    }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         disconnected = true;
@@ -203,6 +209,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
             }
             busy = true;
             write(&store, metrics, &mut batch);
+            body_bytes = 0;
             dirty_since.get_or_insert_with(Instant::now);
         }
         for (exporter, seq) in cursors.drain(..) {
