@@ -40,14 +40,43 @@ type Labels = Vec<(&'static str, String)>;
 const MAX_LABEL_COMBINATIONS: usize = 1000;
 const OVERFLOW_LABEL: &str = "other";
 
+/// Every labelled series, one entry per (provider, model, team), keyed by those three joined
+/// with NUL so that a call's entry is found without building owned label vectors.
 #[derive(Default)]
 struct Labelled {
-    combos: std::collections::HashSet<(String, String, String)>,
-    requests: BTreeMap<Labels, u64>,
-    durations: BTreeMap<Labels, Histogram>,
-    ttft: BTreeMap<Labels, Histogram>,
-    tokens: BTreeMap<Labels, u64>,
-    cost: BTreeMap<Labels, f64>,
+    series: BTreeMap<String, Series>,
+}
+
+/// The counters and histograms of one (provider, model, team).
+#[derive(Default)]
+struct Series {
+    provider: String,
+    model: String,
+    team: String,
+    /// Calls by span status (`ok`, `error`, `cancelled`).
+    requests: BTreeMap<&'static str, u64>,
+    duration: Histogram,
+    ttft: Option<Histogram>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cost_usd: Option<f64>,
+}
+
+impl Series {
+    fn labels(&self) -> Labels {
+        vec![("provider", self.provider.clone()), ("model", self.model.clone()), ("team", self.team.clone())]
+    }
+}
+
+fn series_key(provider: &str, model: &str, team: &str) -> String {
+    let mut key = String::with_capacity(provider.len() + model.len() + team.len() + 2);
+    for (i, part) in [provider, model, team].into_iter().enumerate() {
+        if i > 0 {
+            key.push('\0');
+        }
+        key.push_str(part);
+    }
+    key
 }
 
 #[derive(Clone, Default)]
@@ -77,39 +106,42 @@ impl Metrics {
 
     /// Counts one recorded proxied call in the labelled series.
     pub fn observe_call(&self, span: &Span) {
-        let provider = span.provider.clone().unwrap_or_default();
-        let mut model = span.response_model.clone().or_else(|| span.request_model.clone()).unwrap_or_default();
-        let mut team = span.team.clone().unwrap_or_default();
+        let provider = span.provider.as_deref().unwrap_or_default();
+        let model = span.response_model.as_deref().or(span.request_model.as_deref()).unwrap_or_default();
+        let team = span.team.as_deref().unwrap_or_default();
+        let mut key = series_key(provider, model, team);
         let mut l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
         // Model and team names come from clients: past a bound, new ones share one series.
-        let combo = (provider.clone(), model.clone(), team.clone());
-        if !l.combos.contains(&combo) {
-            if l.combos.len() >= MAX_LABEL_COMBINATIONS {
-                model = OVERFLOW_LABEL.into();
-                team = OVERFLOW_LABEL.into();
-            } else {
-                l.combos.insert(combo);
-            }
-        }
-        let base: Labels = vec![("provider", provider.clone()), ("model", model.clone()), ("team", team.clone())];
-        let mut with_status = base.clone();
-        with_status.push(("status", span.status.as_str().to_string()));
-        *l.requests.entry(with_status).or_default() += 1;
-        let pm: Labels = vec![("provider", provider), ("model", model), ("team", team)];
-        l.durations.entry(pm.clone()).or_default().observe(span.duration_ms / 1000.0);
+        let (model, team) = if l.series.contains_key(&key) || l.series.len() < MAX_LABEL_COMBINATIONS {
+            (model, team)
+        } else {
+            key = series_key(provider, OVERFLOW_LABEL, OVERFLOW_LABEL);
+            (OVERFLOW_LABEL, OVERFLOW_LABEL)
+        };
+        let series = match l.series.get_mut(&key) {
+            Some(series) => series,
+            None => l.series.entry(key).or_insert_with(|| Series {
+                provider: provider.to_string(),
+                model: model.to_string(),
+                team: team.to_string(),
+                ..Series::default()
+            }),
+        };
+        *series.requests.entry(span.status.as_str()).or_default() += 1;
+        series.duration.observe(span.duration_ms / 1000.0);
         if let Some(ttft) = span.ttft_ms {
-            l.ttft.entry(pm).or_default().observe(ttft / 1000.0);
+            series.ttft.get_or_insert_with(Histogram::default).observe(ttft / 1000.0);
         }
-        for (kind, value) in [("input", span.input_tokens), ("output", span.output_tokens)] {
+        for (total, value) in
+            [(&mut series.input_tokens, span.input_tokens), (&mut series.output_tokens, span.output_tokens)]
+        {
             if let Some(n) = value {
-                let mut labels = base.clone();
-                labels.push(("type", kind.to_string()));
-                let total = l.tokens.entry(labels).or_default();
+                let total = total.get_or_insert(0);
                 *total = total.saturating_add(n);
             }
         }
         if let Some(cost) = span.cost_usd {
-            *l.cost.entry(base).or_default() += cost;
+            *series.cost_usd.get_or_insert(0.0) += cost;
         }
     }
 
@@ -168,24 +200,40 @@ impl Metrics {
             }
         }
         let l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        let labelled: Vec<(Labels, &Series)> = l.series.values().map(|s| (s.labels(), s)).collect();
         header(&mut out, "tracegate_requests_total", "counter", "Proxied calls by provider, model, team and status.");
-        for (labels, v) in &l.requests {
-            let _ = writeln!(out, "tracegate_requests_total{} {v}", render_labels(labels, None));
+        for (labels, series) in &labelled {
+            for (status, v) in &series.requests {
+                let mut with_status = labels.clone();
+                with_status.push(("status", status.to_string()));
+                let _ = writeln!(out, "tracegate_requests_total{} {v}", render_labels(&with_status, None));
+            }
         }
-        histogram(&mut out, "tracegate_request_duration_seconds", "Duration of proxied calls.", &l.durations);
-        histogram(&mut out, "tracegate_ttft_seconds", "Time to first token of streamed calls.", &l.ttft);
+        let durations: Vec<(&Labels, &Histogram)> = labelled.iter().map(|(l, s)| (l, &s.duration)).collect();
+        histogram(&mut out, "tracegate_request_duration_seconds", "Duration of proxied calls.", &durations);
+        let ttft: Vec<(&Labels, &Histogram)> =
+            labelled.iter().filter_map(|(l, s)| s.ttft.as_ref().map(|h| (l, h))).collect();
+        histogram(&mut out, "tracegate_ttft_seconds", "Time to first token of streamed calls.", &ttft);
         header(
             &mut out,
             "tracegate_tokens_total",
             "counter",
             "Tokens by provider, model, team and type (input/output).",
         );
-        for (labels, v) in &l.tokens {
-            let _ = writeln!(out, "tracegate_tokens_total{} {v}", render_labels(labels, None));
+        for (labels, series) in &labelled {
+            for (kind, total) in [("input", series.input_tokens), ("output", series.output_tokens)] {
+                if let Some(v) = total {
+                    let mut with_type = labels.clone();
+                    with_type.push(("type", kind.to_string()));
+                    let _ = writeln!(out, "tracegate_tokens_total{} {v}", render_labels(&with_type, None));
+                }
+            }
         }
         header(&mut out, "tracegate_cost_usd_total", "counter", "Cost in USD by provider, model and team.");
-        for (labels, v) in &l.cost {
-            let _ = writeln!(out, "tracegate_cost_usd_total{} {v}", render_labels(labels, None));
+        for (labels, series) in &labelled {
+            if let Some(v) = series.cost_usd {
+                let _ = writeln!(out, "tracegate_cost_usd_total{} {v}", render_labels(labels, None));
+            }
         }
         out
     }
@@ -200,7 +248,7 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "{name} {value}");
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, series: &BTreeMap<Labels, Histogram>) {
+fn histogram(out: &mut String, name: &str, help: &str, series: &[(&Labels, &Histogram)]) {
     header(out, name, "histogram", help);
     for (labels, h) in series {
         for (bound, count) in SECONDS_BUCKETS.iter().zip(h.counts) {

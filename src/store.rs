@@ -38,7 +38,7 @@ use crate::usage::{LedgerKey, LedgerRow};
 /// How many span segments a listing walks at most before it stops looking for more matches.
 const MAX_SEGMENTS_SCANNED: usize = 2_000;
 /// A segment is closed once its encoding passes this size (a batch may then span several).
-const SEGMENT_TARGET_BYTES: usize = 128 * 1024;
+const SEGMENT_TARGET_BYTES: usize = 6 * 1024;
 
 const SPAN_SEGMENT: u8 = b'S';
 const BODY_SEGMENT: u8 = b'B';
@@ -310,7 +310,7 @@ impl Store {
             }
         }
         // The recorder flushes explicitly; sled's own periodic flusher stays off (one flusher only).
-        let db = sled::Config::new().path(path).flush_every_ms(None).cache_capacity(64 << 20).open()?;
+        let db = sled::Config::new().path(path).flush_every_ms(None).cache_capacity(16 << 20).open()?;
         let tree = db.open_tree("spans")?;
         match tree.get(FORMAT_KEY)? {
             None => {
