@@ -31,7 +31,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// How often old spans are deleted (also once at start).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// How long the recorder naps between batches while spans keep arriving.
-const BUSY_NAP: Duration = Duration::from_millis(10);
+const BUSY_NAP: Duration = Duration::from_millis(2);
 /// Most spans written in one sled batch.
 const MAX_BATCH: usize = 512;
 /// Most body bytes gathered into one batch.
