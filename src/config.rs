@@ -88,6 +88,10 @@ struct RawServer {
     require_team_key: Option<bool>,
     /// Largest request body forwarded (413 beyond).
     max_request_bytes: Option<u64>,
+    /// Largest request header section accepted (431 beyond).
+    max_header_bytes: Option<usize>,
+    /// How long a client may take to send a request's headers.
+    header_read_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +195,10 @@ pub struct ServerConfig {
     pub require_team_key: bool,
     /// Largest request body forwarded; larger ones get 413.
     pub max_request_bytes: u64,
+    /// Largest request header section (names + values) accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// A connection that takes longer to send a request's headers is closed.
+    pub header_read_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +332,10 @@ const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 const DEFAULT_RESPONSE_TIMEOUT_SECS: f64 = 600.0;
 const DEFAULT_IDLE_TIMEOUT_SECS: f64 = 300.0;
 const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Above this the HTTP/1 parser's own buffer would refuse a request before we can answer it.
+const MAX_MAX_HEADER_BYTES: usize = 256 << 10;
 
 /// The config used when no file is found: OpenAI and Anthropic routes, store under `data/`.
 const BUILTIN_DEFAULTS: &str = r#"
@@ -583,6 +595,20 @@ impl Config {
             service_name: raw.export.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| "tracegate".into()),
         };
 
+        let max_header_bytes = raw.server.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+        if !(1024..=MAX_MAX_HEADER_BYTES).contains(&max_header_bytes) {
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                format!("{max_header_bytes} is outside 1024..={MAX_MAX_HEADER_BYTES}"),
+            ));
+        }
+        let header_read_timeout = match raw.server.header_read_timeout_secs {
+            None => DEFAULT_HEADER_READ_TIMEOUT,
+            Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 3600.0 => std::time::Duration::from_secs_f64(secs),
+            Some(secs) => {
+                return Err(ConfigError::new("server.header_read_timeout_secs", format!("{secs} is outside (0, 3600]")))
+            }
+        };
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -591,6 +617,8 @@ impl Config {
                 default_provider,
                 require_team_key: raw.server.require_team_key.unwrap_or(false),
                 max_request_bytes: raw.server.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+                max_header_bytes,
+                header_read_timeout,
             },
             storage,
             admin,

@@ -83,6 +83,14 @@ impl ProxyError {
         )
     }
 
+    pub fn headers_too_large(limit: usize) -> Self {
+        ProxyError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_too_large",
+            format!("tracegate: request headers larger than {limit} bytes (server.max_header_bytes)"),
+        )
+    }
+
     pub fn unsafe_path() -> Self {
         ProxyError::new(
             StatusCode::BAD_REQUEST,

@@ -77,6 +77,7 @@ pub struct Proxy {
     recorder: RecorderHandle,
     max_capture_bytes: usize,
     max_request_bytes: u64,
+    max_header_bytes: usize,
     teams: TeamDirectory,
     team_names: Vec<String>,
     require_team_key: bool,
@@ -109,6 +110,7 @@ impl Proxy {
             recorder,
             max_capture_bytes: config.storage.max_capture_bytes,
             max_request_bytes: config.server.max_request_bytes,
+            max_header_bytes: config.server.max_header_bytes,
             teams: TeamDirectory::new(&config.teams),
             team_names: config.teams.iter().map(|t| t.name.clone()).collect(),
             require_team_key: config.server.require_team_key,
@@ -130,6 +132,10 @@ impl Proxy {
             return Ok(own_response(ProxyError::absolute_form(), Api::Openai));
         }
 
+        if header_bytes(req.headers()) > self.max_header_bytes {
+            let api = self.router.route(req.uri().path()).map_or(Api::Openai, |r| r.provider.api);
+            return Ok(own_response(ProxyError::headers_too_large(self.max_header_bytes), api));
+        }
         let path = req.uri().path();
         if has_dot_segment_or_encoded_slash(path) {
             return Ok(own_response(ProxyError::unsafe_path(), Api::Openai));
@@ -476,6 +482,11 @@ fn has_dot_segment_or_encoded_slash(path: &str) -> bool {
         let decoded = segment.replace("%2e", ".");
         decoded == "." || decoded == ".."
     })
+}
+
+/// Size of a header section as the limit counts it: names and values, plus ": " and CRLF each.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -91,11 +91,12 @@ impl Server {
         let admin =
             Arc::new(Admin::new(store.clone(), metrics.clone(), recorder.clone(), config.admin.token.as_deref()));
 
-        let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls, shutdown_rx.clone(), move || {
+        let header_timeout = config.server.header_read_timeout;
+        let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls, header_timeout, shutdown_rx.clone(), move || {
             let proxy = proxy.clone();
             service_fn(move |req| proxy.clone().handle(req))
         }));
-        let admin_task = tokio::spawn(accept_loop(admin_listener, None, shutdown_rx, move || {
+        let admin_task = tokio::spawn(accept_loop(admin_listener, None, header_timeout, shutdown_rx, move || {
             let admin = admin.clone();
             service_fn(move |req| admin.clone().handle(req))
         }));
@@ -189,6 +190,7 @@ fn seed_budgets(config: &Config, store: &Store) -> Result<Arc<Budgets>, StartErr
 async fn accept_loop<M, S, B>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    header_read_timeout: Duration,
     shutdown: watch::Receiver<Option<Duration>>,
     make_service: M,
 ) where
@@ -233,7 +235,7 @@ async fn accept_loop<M, S, B>(
                             Err(_) => return tracing::debug!("TLS handshake timed out"),
                         },
                     };
-                    serve_connection(io, service, shutdown, force_closed).await;
+                    serve_connection(io, service, header_read_timeout, shutdown, force_closed).await;
                 });
             }
             _ = stop.changed() => break,
@@ -258,14 +260,17 @@ async fn accept_loop<M, S, B>(
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most header fields per HTTP/1 request (hyper's default is 100).
+const MAX_HEADER_COUNT: usize = 1000;
+/// Read buffer of the HTTP/1 parser, and the HTTP/2 header list limit.
+const PARSER_BUFFER_BYTES: usize = 512 << 10;
 
 /// Serves one connection (HTTP/1.1 or HTTP/2 by preface); on shutdown, lets the current
 /// requests finish and then closes it.
 async fn serve_connection<S, B>(
     io: Connection,
     service: S,
+    header_read_timeout: Duration,
     mut shutdown: watch::Receiver<Option<Duration>>,
     mut force_closed: watch::Receiver<bool>,
 ) where
@@ -277,8 +282,15 @@ async fn serve_connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // The parser's own limits sit above `server.max_header_bytes` (at most 256 KiB), so that
+    // oversized headers get the proxy's provider-shaped 431 rather than a bare one.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_headers(MAX_HEADER_COUNT)
+        .max_buf_size(PARSER_BUFFER_BYTES);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(PARSER_BUFFER_BYTES as u32);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {

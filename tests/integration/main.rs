@@ -4,6 +4,7 @@
 //! traces), `recording` (what the spans say, and that they survive a restart), `sdk` (the
 //! official OpenAI Python SDK as a client), `tokens` (counts against Python tiktoken).
 
+mod bad_input;
 mod crash;
 mod export;
 mod faults;
