@@ -92,10 +92,11 @@ impl Server {
             Arc::new(Admin::new(store.clone(), metrics.clone(), recorder.clone(), config.admin.token.as_deref()));
 
         let header_timeout = config.server.header_read_timeout;
-        let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls, header_timeout, shutdown_rx.clone(), move || {
-            let proxy = proxy.clone();
-            service_fn(move |req| proxy.clone().handle(req))
-        }));
+        let proxy_task =
+            tokio::spawn(accept_loop(proxy_listener, tls, header_timeout, shutdown_rx.clone(), move || {
+                let proxy = proxy.clone();
+                service_fn(move |req| proxy.clone().handle(req))
+            }));
         let admin_task = tokio::spawn(accept_loop(admin_listener, None, header_timeout, shutdown_rx, move || {
             let admin = admin.clone();
             service_fn(move |req| admin.clone().handle(req))

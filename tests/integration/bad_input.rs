@@ -152,8 +152,11 @@ async fn pipelined_requests_are_answered_in_order() {
     let raw = [one("first-model", false), one("second-model", false), one("third-model", true)].concat();
     let answer = exchange(&proxy, raw.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
-    let (first, second, third) =
-        (answer.find("first-model").unwrap(), answer.find("second-model").unwrap(), answer.find("third-model").unwrap());
+    let (first, second, third) = (
+        answer.find("first-model").unwrap(),
+        answer.find("second-model").unwrap(),
+        answer.find("third-model").unwrap(),
+    );
     assert!(first < second && second < third, "answers out of order");
 }
 
@@ -188,7 +191,9 @@ async fn malformed_trace_headers_and_non_utf8_values_start_a_new_trace_and_pass_
         b"x-app-note: caf\xe9 \xff\xfe\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-\xff\xff-01\r\n",
     ];
     for extra in cases {
-        let mut raw = b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n".to_vec();
+        let mut raw =
+            b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n"
+                .to_vec();
         raw.extend_from_slice(extra);
         raw.extend_from_slice(b"\r\n{}");
         let answer = exchange(&proxy, &raw, Duration::from_secs(5)).await;
@@ -232,7 +237,8 @@ async fn a_client_leaving_mid_request_or_mid_stream_cancels_the_upstream_request
                 }
                 let streaming = String::from_utf8_lossy(&head).contains("x-case: stream");
                 if streaming {
-                    let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let start =
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
                     let _ = stream.write_all(start.as_bytes()).await;
                     let event = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
                     let chunk = format!("{:x}\r\n{event}\r\n", event.len());
@@ -272,8 +278,7 @@ async fn a_client_leaving_mid_request_or_mid_stream_cancels_the_upstream_request
     assert_eq!(which.expect("the upstream request was not cancelled within 5 s"), Some("upload"));
 
     // Mid-stream: the client reads the first event, then leaves.
-    let (trace_id, first, body) =
-        open_stream(&proxy.url("/openai/v1/chat/completions"), &[("x-case", "stream")]).await;
+    let (trace_id, first, body) = open_stream(&proxy.url("/openai/v1/chat/completions"), &[("x-case", "stream")]).await;
     assert!(String::from_utf8_lossy(&first).contains("data:"));
     drop(body);
     let which = tokio::time::timeout(Duration::from_secs(5), closed_rx.recv()).await;

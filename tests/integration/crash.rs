@@ -2,44 +2,9 @@
 //! recorder's flush interval (200 ms) before the kill is found after a restart, and the store
 //! opens cleanly.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-
-struct Binary(Child);
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start_binary(config: &std::path::Path, admin_port: u16) -> Binary {
-    // Owned by `Binary` at once, so it is killed and reaped on every path.
-    let binary = Binary(
-        Command::new(env!("CARGO_BIN_EXE_tracegate"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the tracegate binary starts"),
-    );
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await.is_ok() {
-            return binary;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("tracegate did not start listening");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_every_span_older_than_the_flush_interval_survives() {
@@ -58,7 +23,7 @@ async fn after_kill_9_every_span_older_than_the_flush_interval_survives() {
     .unwrap();
     let url = format!("http://127.0.0.1:{proxy_port}/openai/v1/chat/completions");
 
-    let mut binary = start_binary(&config, admin_port).await;
+    let mut binary = Binary::start(&config, admin_port, &[], None).await;
     let mut traces = Vec::new();
     for _ in 0..200 {
         let (status, headers, _) = post(&url, &[], CHAT).await;
@@ -70,7 +35,7 @@ async fn after_kill_9_every_span_older_than_the_flush_interval_survives() {
     binary.0.kill().unwrap(); // SIGKILL
     binary.0.wait().unwrap();
 
-    let _binary = start_binary(&config, admin_port).await;
+    let _binary = Binary::start(&config, admin_port, &[], None).await;
     let admin = format!("http://127.0.0.1:{admin_port}");
     let mut missing = 0;
     for trace in &traces {

@@ -12,6 +12,7 @@ mod forwarding;
 mod properties;
 mod recording;
 mod sdk;
+mod storage_faults;
 mod support;
 mod teams;
 mod tokens;

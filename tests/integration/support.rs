@@ -380,3 +380,48 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The real `tracegate serve` as a child process, killed and reaped when dropped.
+pub struct Binary(pub std::process::Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Binary {
+    /// Starts `tracegate serve --config <config>` with extra environment, its log (stderr) going
+    /// to `log` when given, and waits until the admin port accepts connections.
+    pub async fn start(
+        config: &std::path::Path,
+        admin_port: u16,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Binary {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tracegate"));
+        command.arg("serve").arg("--config").arg(config).stdout(std::process::Stdio::null());
+        command.stderr(match log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => std::process::Stdio::null(),
+        });
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        // Owned by `Binary` at once, so it is killed and reaped on every path.
+        let binary = Binary(command.spawn().expect("the tracegate binary starts"));
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await.is_ok() {
+                return binary;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("tracegate did not start listening");
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
