@@ -78,7 +78,7 @@ impl<'a> Events<'a> {
     /// `None` when no terminated line remains.
     fn next_line(&mut self) -> Option<&'a [u8]> {
         let rest = self.buf.get(self.pos..)?;
-        let i = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
+        let i = memchr::memchr2(b'\n', b'\r', rest)?;
         let term = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
         self.pos += i + term;
         Some(&rest[..i])
