@@ -25,8 +25,8 @@ use tracegate::providers::{parse_response, Api, Operation, ResponseFacts, Usage}
 use tracegate::span::{Span, SpanKind, SpanStatus, UsageSource};
 use tracegate::sse;
 use tracegate::trace_context::{
-    extract, parse_b3_single, parse_traceparent, traceparent_value, B3Sampling, B3Single, CallerContext,
-    Propagation, SpanId, TraceId, Traceparent,
+    extract, parse_b3_single, parse_traceparent, traceparent_value, B3Sampling, B3Single, CallerContext, Propagation,
+    SpanId, TraceId, Traceparent,
 };
 
 // ---------------------------------------------------------------------------

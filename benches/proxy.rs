@@ -13,10 +13,10 @@
 //!    phase is also capped at 30 s). Reported: requests per second, p50/p99 latency (request
 //!    sent → whole response body read) and the latency the proxy adds at p50/p99 (in that
 //!    "proxy − direct" row the req/s column is the throughput ratio proxy / direct).
-//! 2. Slow streams: 1,000 streaming requests (`"stream": true`) sent at once, each on its own
-//!    connection (opened beforehand, not timed); the mock's hooks (`x-mock-chunks: 20`,
-//!    `x-mock-chunk-delay-ms: 50`) make every stream last about 1.1 s, so all 1,000 are open at
-//!    the same time (the peak is printed). Reported: p50/p99 time to first token (request
+//! 2. Slow streams: 1,000 streaming requests (`"stream": true`), each on its own connection
+//!    (opened beforehand, not timed), started evenly over 1 s; the mock's hooks
+//!    (`x-mock-chunks: 40`, `x-mock-chunk-delay-ms: 50`) make every stream last about 2 s, so
+//!    all 1,000 are open at the same time (the peak is printed). Reported: p50/p99 time to first token (request
 //!    sent → first body bytes that complete a `data:` event with non-empty `delta.content`; the
 //!    mock sends that event 50 ms after its first, content-free one, so ~50 ms is the floor)
 //!    and of the whole stream, and the proxy's overhead on both. This runs in two rounds: in
@@ -76,9 +76,11 @@ const STREAMS: usize = 1_000;
 /// Rounds of the slow-streams phase (1: the proxy's upstream pool is cold, 2: warm).
 const STREAM_ROUNDS: usize = 2;
 /// Content events per stream (`x-mock-chunks`).
-const STREAM_CHUNKS: u32 = 20;
+const STREAM_CHUNKS: u32 = 40;
 /// Pause between two events of a stream (`x-mock-chunk-delay-ms`).
 const STREAM_CHUNK_DELAY_MS: u64 = 50;
+/// Stream starts are spread over this time (shorter than a stream, 40 × 50 ms).
+const STREAM_START_SPREAD: Duration = Duration::from_secs(1);
 /// Upper bound on one stream, from connecting to its end.
 const STREAM_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// Connections opened at the same time while setting up the streams (not measured).
@@ -482,8 +484,8 @@ impl Drop for OpenStreamGuard {
     }
 }
 
-/// Opens `STREAMS` connections first (not measured), then starts one slow stream on each, all
-/// at once.
+/// Opens `STREAMS` connections first (not measured), then starts one slow stream on each,
+/// spread over `STREAM_START_SPREAD`.
 async fn run_slow_streams(target: &Target, round: usize) -> StreamsResult {
     progress(&format!(
         "{}: round {round}, {STREAMS} concurrent streams, {STREAM_CHUNKS} chunks {STREAM_CHUNK_DELAY_MS} ms apart",
@@ -494,11 +496,16 @@ async fn run_slow_streams(target: &Target, round: usize) -> StreamsResult {
     let mut tasks = Vec::with_capacity(STREAMS);
     let connections = connect_many(target.addr, STREAMS).await;
     let overflows_before = listen_overflows();
-    for connection in connections {
+    let first_start = tokio::time::Instant::now();
+    for (index, connection) in connections.into_iter().enumerate() {
         match connection {
             Ok(connection) => {
                 let (target, open) = (target.clone(), open.clone());
+                // Starts are spread evenly over STREAM_START_SPREAD, like arriving users; each
+                // stream lasts longer than the spread, so all are open together at the end of it.
+                let start_at = first_start + STREAM_START_SPREAD * index as u32 / STREAMS as u32;
                 tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(start_at).await;
                     tokio::time::timeout(STREAM_TIME_LIMIT, one_slow_stream(connection, &target, &open))
                         .await
                         .unwrap_or_else(|_| Err("stream timed out".into()))

@@ -191,7 +191,11 @@ fn main() {
             in_range.iter().copied().max().unwrap_or(0)
         };
         let last = samples.last().map_or(0, |(t, _)| *t);
-        println!("# {secs} s, {clients} clients: {calls} calls ({:.0}/s), {} not as expected", calls as f64 / secs as f64, unexpected.load(Ordering::Relaxed));
+        println!(
+            "# {secs} s, {clients} clients: {calls} calls ({:.0}/s), {} not as expected",
+            calls as f64 / secs as f64,
+            unexpected.load(Ordering::Relaxed)
+        );
         println!("# spans recorded {recorded}, dropped {dropped}");
         println!(
             "# RSS max in the first minute {} kB, in the last minute {} kB; peak {} kB",

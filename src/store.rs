@@ -1,35 +1,38 @@
 //! The span store: an embedded sled database laid out for cheap batched writes.
 //!
 //! sled copies a leaf node and logs it on every insert, so a write costs per insert and per
-//! byte. The recorder therefore writes each batch of spans as **two segment values** (the
-//! spans, and their bodies) plus one tiny index key per span, all in one tree:
+//! byte. The recorder therefore writes each batch of spans as a few **segment values** (the
+//! spans, and their bodies) and one **index run** for the whole batch, all in one tree:
 //!
-//! - `S` ‖ seq(8)                       → span segment: the batch's spans (JSON)
-//! - `B` ‖ seq(8)                       → body segment: the same spans' bodies, in the same order
-//! - `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4) → () : span `i` of segment `seq` belongs to the trace
+//! - `S` ‖ seq(8)                 → span segment: spans (JSON) of one batch, ≤ ~6 KB
+//! - `B` ‖ seq(8)                 → body segment: the same spans' bodies, in the same order
+//! - `I` ‖ seq(8)                 → index run: `(trace_id, seq, i)` of every span of one batch
+//! - `J` ‖ bucket(1) ‖ page(8)    → index page: the same entries, merged, for one bucket of traces
 //! - `L` ‖ day(4) ‖ team 0 user 0 provider 0 model → usage ledger counters (see `usage.rs`)
-//! - `M` format / indexed_through       → the layout version; the last seq whose index keys are written
-//! - `M` export_cursor:{name}           → the last span segment an exporter delivered
+//! - `M` format                   → the layout version
+//! - `M` export_cursor:{name}     → the last span segment an exporter delivered
 //!
-//! Integers are big-endian, so segments are in write order and a trace's index keys are one
-//! contiguous range. Trace summaries are folded from the trace's spans when read; the listing
-//! walks span segments newest first (so it is ordered by when calls finished) and never reads
-//! bodies. Only the recorder thread writes (sled 0.34 must not see concurrent flushes); the
-//! admin API reads concurrently.
+//! Integers are big-endian, so segments are in write order. A trace is found through the
+//! index: its entries are in the (few) recent runs and in the pages of its bucket (a hash of
+//! the trace id picks one of 64). Once runs hold [`RUN_ENTRIES_BEFORE_MERGE`] entries, the
+//! recorder merges them into the bucket pages in one atomic batch, so a span costs a small
+//! fraction of a sled write instead of an index key of its own (which cost ~20% of the
+//! proxy's throughput). Trace summaries are folded from the trace's spans when read; the
+//! listing walks span segments newest first and never reads bodies. Only the recorder thread
+//! writes (sled 0.34 must not see concurrent flushes); the admin API reads concurrently.
 //!
-//! A batch's segments and its ledger updates go in one atomic sled batch (so the ledger always
-//! equals the stored spans); the index keys follow as plain inserts (a sled batch costs twice as
-//! much per key), then `indexed_through` moves forward. sled recovers a prefix of its log after
-//! a crash, so at open — and after a failed write — any segment past `indexed_through` gets its
-//! index keys again.
+//! A batch's segments, its index run and its ledger updates go in one atomic sled batch, so
+//! after a crash either all of a batch is there or none of it, and the ledger always equals the
+//! stored spans.
 //!
 //! Span segment: `count: u32`, then per span `trace_id(16) span_id(8) start_ns(8) len: u32 json`.
 //! Body segment: `count: u32`, then per span `flags: u8 request_len: u32 request response_len:
-//! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated).
+//! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated). Index run and page: a
+//! sequence of `trace_id(16) seq(8) i(2)` entries.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::span::{Span, SpanBodies, SpanStatus, TraceSummary};
 use crate::trace_context::{SpanId, TraceId};
@@ -45,12 +48,26 @@ const SEGMENT_TARGET_BYTES: usize = 6 * 1024;
 
 const SPAN_SEGMENT: u8 = b'S';
 const BODY_SEGMENT: u8 = b'B';
-const TRACE_INDEX: u8 = b'T';
+const INDEX_RUN: u8 = b'I';
+const INDEX_PAGE: u8 = b'J';
 const LEDGER: u8 = b'L';
 const FORMAT_KEY: &[u8] = b"Mformat";
-const INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
-/// The layout this code reads and writes; another value refuses to open.
-const FORMAT_VERSION: u8 = 1;
+/// The layout this code reads and writes; format 1 (an index key per span) is converted at
+/// open; another value refuses to open.
+const FORMAT_VERSION: u8 = 2;
+/// Format 1's per-span index keys: `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4).
+const FORMAT1_TRACE_INDEX: u8 = b'T';
+const FORMAT1_INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
+
+/// Bytes of one index entry: trace id, segment seq, position in the segment.
+const INDEX_ENTRY_BYTES: usize = 26;
+/// Buckets the index pages are split into (a trace's bucket is a hash of its id).
+const INDEX_BUCKETS: u8 = 64;
+/// Index pages are cut at this size (like segments, to stay out of sled's blobs).
+const INDEX_PAGE_BYTES: usize = 6 * 1024;
+/// Entries the index runs may hold before they are merged into the bucket pages: bounds what
+/// a lookup scans linearly (~26 KB) and amortizes a merge over many spans.
+pub const RUN_ENTRIES_BEFORE_MERGE: usize = 1024;
 
 const BODIES_KEPT: u8 = 1;
 const BODIES_TRUNCATED: u8 = 2;
@@ -59,8 +76,8 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     next_seq: AtomicU64,
-    /// Set when a write failed part-way: the next write first completes the index.
-    repair_pending: AtomicBool,
+    /// Entries in the index runs not yet merged into pages.
+    run_entries: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -131,18 +148,54 @@ fn export_cursor_key(exporter: &str) -> Vec<u8> {
     [b"Mexport_cursor:".as_slice(), exporter.as_bytes()].concat()
 }
 
-fn trace_prefix(trace_id: &TraceId) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = TRACE_INDEX;
-    key[1..].copy_from_slice(&trace_id.0);
-    key
+/// One index entry: span `index` of segment `seq` belongs to `trace_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct IndexEntry {
+    trace_id: TraceId,
+    seq: u64,
+    index: u16,
 }
 
-fn trace_index_key(trace_id: &TraceId, seq: u64, index: u32) -> [u8; 29] {
-    let mut key = [0u8; 29];
-    key[..17].copy_from_slice(&trace_prefix(trace_id));
-    key[17..25].copy_from_slice(&seq.to_be_bytes());
-    key[25..].copy_from_slice(&index.to_be_bytes());
+impl IndexEntry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.trace_id.0);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.index.to_be_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> IndexEntry {
+        IndexEntry {
+            trace_id: TraceId(bytes[..16].try_into().expect("16 bytes")),
+            seq: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            index: u16::from_be_bytes(bytes[24..26].try_into().expect("2 bytes")),
+        }
+    }
+
+    /// The entries of an index run or page (a cut-short tail is ignored).
+    fn all(bytes: &[u8]) -> impl Iterator<Item = IndexEntry> + '_ {
+        bytes.chunks_exact(INDEX_ENTRY_BYTES).map(IndexEntry::decode)
+    }
+
+    /// The entries of `trace_id` in an index run or page, compared without decoding the rest.
+    fn of_trace<'a>(bytes: &'a [u8], trace_id: &'a TraceId) -> impl Iterator<Item = IndexEntry> + 'a {
+        bytes.chunks_exact(INDEX_ENTRY_BYTES).filter(|e| e[..16] == trace_id.0).map(IndexEntry::decode)
+    }
+}
+
+/// The index bucket of a trace: a hash of its id, so that ids chosen by callers (not random)
+/// still spread over the buckets.
+fn bucket_of(trace_id: &TraceId) -> u8 {
+    let (high, low) = trace_id.0.split_at(8);
+    let mixed =
+        u64::from_be_bytes(high.try_into().expect("8 bytes")) ^ u64::from_be_bytes(low.try_into().expect("8 bytes"));
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as u8 % INDEX_BUCKETS
+}
+
+fn index_page_key(bucket: u8, page: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[0] = INDEX_PAGE;
+    key[1] = bucket;
+    key[2..].copy_from_slice(&page.to_be_bytes());
     key
 }
 
@@ -315,93 +368,78 @@ impl Store {
         // The recorder flushes explicitly; sled's own periodic flusher stays off (one flusher only).
         let db = sled::Config::new().path(path).flush_every_ms(None).cache_capacity(16 << 20).open()?;
         let tree = db.open_tree("spans")?;
-        match tree.get(FORMAT_KEY)? {
-            None => {
-                tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
-            }
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
-            Some(v) => {
-                return Err(StoreError::Format(format!(
-                    "{} holds store format {:?}, this tracegate reads format {FORMAT_VERSION}",
-                    path.display(),
-                    v.as_ref()
-                )))
-            }
-        }
+        let format = tree.get(FORMAT_KEY)?.map(|v| v.to_vec());
         let next_seq = match tree.scan_prefix([SPAN_SEGMENT]).next_back() {
             Some(entry) => seq_of(&entry?.0) + 1,
             None => 1,
         };
-        let store = Store { db, tree, next_seq: AtomicU64::new(next_seq), repair_pending: AtomicBool::new(false) };
-        store.repair_index()?;
+        let store = Store { db, tree, next_seq: AtomicU64::new(next_seq), run_entries: AtomicUsize::new(0) };
+        match format.as_deref() {
+            None => {
+                store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
+            }
+            Some([FORMAT_VERSION]) => {}
+            Some([1]) => store.convert_format1()?,
+            Some(v) => {
+                return Err(StoreError::Format(format!(
+                    "{} holds store format {v:?}, this tracegate reads format {FORMAT_VERSION}",
+                    path.display(),
+                )))
+            }
+        }
+        let mut run_entries = 0;
+        for entry in store.tree.scan_prefix([INDEX_RUN]) {
+            run_entries += entry?.1.len() / INDEX_ENTRY_BYTES;
+        }
+        store.run_entries.store(run_entries, Ordering::Relaxed);
         Ok(store)
     }
 
-    /// Inserts the index keys of span segments written after the last complete indexing (a
-    /// crash, or a failed write, between a segment and its index keys). A segment that cannot
-    /// be read is skipped and logged, never a reason to refuse to start.
-    fn repair_index(&self) -> Result<(), StoreError> {
-        let indexed_through = self.indexed_through()?;
-        let mut repaired = 0u64;
-        let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
-        for entry in self.tree.range(range) {
-            let (key, segment) = entry?;
-            let seq = seq_of(&key);
-            let spans: Result<Vec<SpanRef<'_>>, StoreError> = SpanSegment::new(&segment).and_then(|s| s.collect());
-            match spans {
-                Ok(spans) => {
-                    for (index, span) in spans.iter().enumerate() {
-                        self.tree.insert(trace_index_key(&span.trace_id, seq, index as u32), &[])?;
-                    }
-                }
-                Err(e) => tracing::error!(seq, error = %e, "skipping an unreadable span segment"),
+    /// Format 1 kept one index key per span: fold them into index pages, then drop them.
+    fn convert_format1(&self) -> Result<(), StoreError> {
+        let mut entries = Vec::new();
+        let mut old_keys = Vec::new();
+        for entry in self.tree.scan_prefix([FORMAT1_TRACE_INDEX]) {
+            let (key, _) = entry?;
+            if key.len() == 29 {
+                entries.push(IndexEntry {
+                    trace_id: TraceId(key[1..17].try_into().expect("16 bytes")),
+                    seq: u64::from_be_bytes(key[17..25].try_into().expect("8 bytes")),
+                    index: u32::from_be_bytes(key[25..29].try_into().expect("4 bytes")) as u16,
+                });
             }
-            self.tree.insert(INDEXED_THROUGH_KEY, &seq.to_be_bytes())?;
-            repaired += 1;
+            old_keys.push(key);
         }
-        if repaired > 0 {
-            tracing::warn!(segments = repaired, "span index completed after an interrupted write");
-            self.flush()?;
+        let mut batch = sled::Batch::default();
+        self.add_to_pages(&mut batch, entries)?;
+        for key in old_keys {
+            batch.remove(key);
         }
+        batch.remove(FORMAT1_INDEXED_THROUGH_KEY);
+        batch.insert(FORMAT_KEY, &[FORMAT_VERSION]);
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        tracing::info!("span store converted to format {FORMAT_VERSION}");
         Ok(())
     }
 
-    fn indexed_through(&self) -> Result<u64, StoreError> {
-        Ok(match self.tree.get(INDEXED_THROUGH_KEY)? {
-            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
-            None => 0,
-        })
-    }
-
-    /// Writes a batch of spans (and their bodies): segments first, then their index keys.
+    /// Writes a batch of spans (and their bodies): its segments, its index run and its ledger
+    /// updates in one atomic sled batch; then, when the runs have grown enough, merges them
+    /// into the index pages.
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
-        if self.repair_pending.swap(false, Ordering::Relaxed) {
-            if let Err(e) = self.repair_index() {
-                self.repair_pending.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-        }
-        let result = self.write_segments(writes);
-        if result.is_err() {
-            self.repair_pending.store(true, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn write_segments(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
         let first_seq = self.next_seq.load(Ordering::Relaxed);
         let mut seq = first_seq;
         let mut batch = sled::Batch::default();
         let mut segment = SegmentWriter::new();
-        let mut index: Vec<[u8; 29]> = Vec::with_capacity(writes.len());
+        let mut run = Vec::with_capacity(writes.len() * INDEX_ENTRY_BYTES);
         let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
         for write in writes {
-            index.push(trace_index_key(&write.span.trace_id, seq, segment.count));
+            IndexEntry { trace_id: write.span.trace_id, seq, index: segment.count as u16 }.encode(&mut run);
             segment.push(write);
             if let Some(key) = LedgerKey::of(&write.span) {
                 ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
             }
-            if segment.len() >= SEGMENT_TARGET_BYTES {
+            if segment.len() >= SEGMENT_TARGET_BYTES || segment.count == u32::from(u16::MAX) {
                 std::mem::replace(&mut segment, SegmentWriter::new()).write(&mut batch, seq);
                 seq += 1;
             }
@@ -410,56 +448,123 @@ impl Store {
             segment.write(&mut batch, seq);
             seq += 1;
         }
+        if seq == first_seq {
+            return Ok(());
+        }
         for (key, mut row) in ledger {
             if let Some(existing) = self.tree.get(&key)? {
                 row.add(&decode::<LedgerRow>(&existing)?);
             }
             batch.insert(key, serde_json::to_vec(&row).expect("ledger rows serialize"));
         }
+        let run_len = run.len() / INDEX_ENTRY_BYTES;
+        batch.insert(&segment_key(INDEX_RUN, first_seq), run);
         // Claim the seqs before writing: a failed batch must not reuse them.
         self.next_seq.store(seq, Ordering::Relaxed);
         self.tree.apply_batch(batch)?;
-        for key in &index {
-            self.tree.insert(key, &[])?;
-        }
-        if seq > first_seq {
-            self.tree.insert(INDEXED_THROUGH_KEY, &(seq - 1).to_be_bytes())?;
+        if self.run_entries.fetch_add(run_len, Ordering::Relaxed) + run_len >= RUN_ENTRIES_BEFORE_MERGE {
+            self.merge_runs()?;
         }
         Ok(())
     }
 
-    /// Deletes the oldest span segments (their spans, bodies and index keys) whose spans all
-    /// started before `cutoff_unix_nano`; stops at the first segment holding a newer span.
-    /// Returns how many spans were deleted. The usage ledger keeps its daily totals.
+    /// Moves every index run's entries into the bucket pages, in one atomic sled batch.
+    fn merge_runs(&self) -> Result<(), StoreError> {
+        let mut entries = Vec::new();
+        let mut runs = Vec::new();
+        for entry in self.tree.scan_prefix([INDEX_RUN]) {
+            let (key, run) = entry?;
+            entries.extend(IndexEntry::all(&run));
+            runs.push(key);
+        }
+        let mut batch = sled::Batch::default();
+        self.add_to_pages(&mut batch, entries)?;
+        for key in runs {
+            batch.remove(key);
+        }
+        self.tree.apply_batch(batch)?;
+        self.run_entries.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Appends `entries` to their buckets' last pages (starting new pages when full), in `batch`.
+    fn add_to_pages(&self, batch: &mut sled::Batch, mut entries: Vec<IndexEntry>) -> Result<(), StoreError> {
+        entries.sort_by_key(|e| bucket_of(&e.trace_id));
+        for group in entries.chunk_by(|a, b| bucket_of(&a.trace_id) == bucket_of(&b.trace_id)) {
+            let bucket = bucket_of(&group[0].trace_id);
+            let (mut page_no, mut page) = match self.tree.scan_prefix([INDEX_PAGE, bucket]).next_back() {
+                Some(last) => {
+                    let (key, value) = last?;
+                    (seq_of(&key[1..]), value.to_vec())
+                }
+                None => (0, Vec::new()),
+            };
+            for entry in group {
+                if page.len() + INDEX_ENTRY_BYTES > INDEX_PAGE_BYTES {
+                    batch.insert(&index_page_key(bucket, page_no), std::mem::take(&mut page));
+                    page_no += 1;
+                }
+                entry.encode(&mut page);
+            }
+            batch.insert(&index_page_key(bucket, page_no), page);
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest span segments (their spans and bodies) whose spans all started before
+    /// `cutoff_unix_nano`; stops at the first segment holding a newer span, then drops the index
+    /// entries of what was deleted. Returns how many spans were deleted. The usage ledger keeps
+    /// its daily totals.
     pub fn delete_older_than(&self, cutoff_unix_nano: u64) -> Result<usize, StoreError> {
         let mut deleted = 0;
-        let segments = self.tree.scan_prefix([SPAN_SEGMENT]);
-        for entry in segments {
+        let mut first_kept = None;
+        for entry in self.tree.scan_prefix([SPAN_SEGMENT]) {
             let (key, segment) = entry?;
             let seq = seq_of(&key);
-            let mut index_keys = Vec::new();
+            let mut spans = 0;
             let mut all_old = true;
-            for (i, span) in SpanSegment::new(&segment)?.enumerate() {
-                let span = span?;
-                if span.start_time_unix_nano >= cutoff_unix_nano {
+            for span in SpanSegment::new(&segment)? {
+                if span?.start_time_unix_nano >= cutoff_unix_nano {
                     all_old = false;
                     break;
                 }
-                index_keys.push(trace_index_key(&span.trace_id, seq, i as u32));
+                spans += 1;
             }
             if !all_old {
+                first_kept = Some(seq);
                 break;
             }
             let mut batch = sled::Batch::default();
-            for k in &index_keys {
-                batch.remove(&k[..]);
-            }
             batch.remove(&segment_key(BODY_SEGMENT, seq)[..]);
             batch.remove(&segment_key(SPAN_SEGMENT, seq)[..]);
             self.tree.apply_batch(batch)?;
-            deleted += index_keys.len();
+            deleted += spans;
+        }
+        if deleted > 0 {
+            self.drop_index_before(first_kept.unwrap_or(u64::MAX))?;
         }
         Ok(deleted)
+    }
+
+    /// Removes index entries of segments before `seq` (deleted by retention) from runs and pages.
+    fn drop_index_before(&self, seq: u64) -> Result<(), StoreError> {
+        self.merge_runs()?;
+        for bucket in 0..INDEX_BUCKETS {
+            let mut kept = Vec::new();
+            let mut batch = sled::Batch::default();
+            for entry in self.tree.scan_prefix([INDEX_PAGE, bucket]) {
+                let (key, page) = entry?;
+                kept.extend(IndexEntry::all(&page).filter(|e| e.seq >= seq));
+                batch.remove(key);
+            }
+            for (page_no, entries) in kept.chunks(INDEX_PAGE_BYTES / INDEX_ENTRY_BYTES).enumerate() {
+                let mut page = Vec::with_capacity(entries.len() * INDEX_ENTRY_BYTES);
+                entries.iter().for_each(|e| e.encode(&mut page));
+                batch.insert(&index_page_key(bucket, page_no as u64), page);
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(())
     }
 
     /// Span segments after `cursor` (in write order), whole segments, until at least
@@ -578,14 +683,20 @@ impl Store {
         cache: &mut SegmentCache,
         mut visit: impl FnMut(&SpanRef<'_>, u64, usize) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        for entry in self.tree.scan_prefix(trace_prefix(trace_id)) {
-            let (key, _) = entry?;
-            if key.len() != 29 {
-                continue;
-            }
-            let seq = u64::from_be_bytes(key[17..25].try_into().expect("8 bytes"));
-            let index = u32::from_be_bytes(key[25..29].try_into().expect("4 bytes")) as usize;
-            let Some(segment) = cache.get(&self.tree, seq)? else { continue };
+        // Runs before pages: a merge running meanwhile can then only make an entry appear twice.
+        let mut entries = Vec::new();
+        for run in self.tree.scan_prefix([INDEX_RUN]) {
+            entries.extend(IndexEntry::of_trace(&run?.1, trace_id));
+        }
+        for page in self.tree.scan_prefix([INDEX_PAGE, bucket_of(trace_id)]) {
+            entries.extend(IndexEntry::of_trace(&page?.1, trace_id));
+        }
+        entries.sort_unstable();
+        entries.dedup();
+        for entry in entries {
+            // A segment deleted by retention may still have entries until its index is pruned.
+            let Some(segment) = cache.get(&self.tree, entry.seq)? else { continue };
+            let index = usize::from(entry.index);
             let Some(span) = SpanSegment::new(segment)?.nth(index) else {
                 return Err(StoreError::Corrupt("index points past the end of its segment".into()));
             };
@@ -593,7 +704,7 @@ impl Store {
             if span.trace_id != *trace_id {
                 return Err(StoreError::Corrupt("index points at another trace's span".into()));
             }
-            if !visit(&span, seq, index)? {
+            if !visit(&span, entry.seq, index)? {
                 break;
             }
         }
@@ -618,9 +729,10 @@ impl Store {
         Ok(Some((span, bodies)))
     }
 
-    /// Number of spans stored (walks the index; for tests and diagnostics).
+    /// Number of spans stored (walks the segments; for tests and diagnostics).
     pub fn span_count(&self) -> usize {
-        self.tree.scan_prefix([TRACE_INDEX]).count()
+        let segments = self.tree.scan_prefix([SPAN_SEGMENT]).filter_map(|e| e.ok());
+        segments.filter_map(|(_, segment)| take_u32(&segment).ok().map(|(n, _)| n as usize)).sum()
     }
 }
 
@@ -739,7 +851,44 @@ mod tests {
     }
 
     #[test]
-    fn index_keys_lost_in_a_crash_are_rebuilt_at_open() {
+    fn index_runs_merge_into_bucket_pages_and_traces_are_found_across_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let long_trace = TraceId::random();
+        let mut others = Vec::new();
+        // Enough batches to merge twice; one trace gets a span in every batch.
+        for batch_no in 0..25u64 {
+            let mut writes = vec![SpanWrite { span: span(long_trace, batch_no), bodies: None }];
+            for i in 0..99 {
+                let trace = TraceId::random();
+                others.push(trace);
+                writes.push(SpanWrite { span: span(trace, batch_no * 1000 + i), bodies: None });
+            }
+            store.write_batch(&writes).unwrap();
+        }
+        assert!(store.run_entries.load(Ordering::Relaxed) < RUN_ENTRIES_BEFORE_MERGE);
+        assert!(store.tree.scan_prefix([INDEX_PAGE]).count() > 0, "runs were merged into pages");
+        assert_eq!(store.trace_spans(&long_trace).unwrap().len(), 25, "found in pages and in runs");
+        for trace in others.iter().step_by(97) {
+            assert_eq!(store.trace_spans(trace).unwrap().len(), 1);
+        }
+        assert_eq!(store.span_count(), 2_500);
+        // Reopened, the run count is known again and everything is still found.
+        drop(store);
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let runs: usize = store.tree.scan_prefix([INDEX_RUN]).map(|e| e.unwrap().1.len() / INDEX_ENTRY_BYTES).sum();
+        assert_eq!(store.run_entries.load(Ordering::Relaxed), runs);
+        assert_eq!(store.trace_spans(&long_trace).unwrap().len(), 25);
+        // Retention drops the deleted segments' entries from the pages.
+        let pages_before: usize = store.tree.scan_prefix([INDEX_PAGE]).map(|e| e.unwrap().1.len()).sum();
+        assert_eq!(store.delete_older_than(10_000).unwrap(), 1_000, "batches 0..10 are wholly older");
+        let pages_after: usize = store.tree.scan_prefix([INDEX_PAGE]).map(|e| e.unwrap().1.len()).sum();
+        assert!(pages_after < pages_before);
+        assert_eq!(store.trace_spans(&long_trace).unwrap().len(), 25 - 10);
+    }
+
+    #[test]
+    fn a_format_1_store_is_converted_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let trace = TraceId::random();
@@ -747,19 +896,24 @@ mod tests {
             let store = Store::open(&path).unwrap();
             store.write_batch(&[SpanWrite { span: span(trace, 1), bodies: None }]).unwrap();
             store.write_batch(&[SpanWrite { span: span(trace, 2), bodies: None }]).unwrap();
-            // As if the process died after the second segment but before its index keys.
-            for key in store.tree.scan_prefix(trace_prefix(&trace)).keys().collect::<Vec<_>>() {
+            // Rewrite the index the way format 1 kept it: one key per span.
+            for key in store.tree.scan_prefix([INDEX_RUN]).keys().collect::<Vec<_>>() {
                 store.tree.remove(key.unwrap()).unwrap();
             }
-            store.tree.insert(INDEXED_THROUGH_KEY, &1u64.to_be_bytes()).unwrap();
+            for seq in [1u64, 2] {
+                let mut key = vec![FORMAT1_TRACE_INDEX];
+                key.extend_from_slice(&trace.0);
+                key.extend_from_slice(&seq.to_be_bytes());
+                key.extend_from_slice(&0u32.to_be_bytes());
+                store.tree.insert(key, &[]).unwrap();
+            }
+            store.tree.insert(FORMAT1_INDEXED_THROUGH_KEY, &2u64.to_be_bytes()).unwrap();
+            store.tree.insert(FORMAT_KEY, &[1]).unwrap();
             store.flush().unwrap();
         }
         let store = Store::open(&path).unwrap();
-        // Segment 1 was marked indexed (its key is really lost: only what sled kept counts);
-        // segment 2 is past the mark and is indexed again.
-        assert_eq!(store.trace_spans(&trace).unwrap().len(), 1);
-        assert_eq!(store.indexed_through().unwrap(), 2);
-        store.write_batch(&[SpanWrite { span: span(trace, 3), bodies: None }]).unwrap();
         assert_eq!(store.trace_spans(&trace).unwrap().len(), 2);
+        assert_eq!(store.tree.scan_prefix([FORMAT1_TRACE_INDEX]).count(), 0);
+        assert_eq!(store.tree.get(FORMAT_KEY).unwrap().unwrap().as_ref(), [FORMAT_VERSION]);
     }
 }
