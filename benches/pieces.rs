@@ -457,10 +457,13 @@ fn sse_scan(c: &mut Criterion) {
     group.finish();
 }
 
+/// A usage-extraction case: name, input, whether it is SSE, and the naive extractor.
+type UsageCase<'a> = (&'a str, &'a [u8], bool, fn(&[u8]) -> ResponseFacts);
+
 fn usage_extraction(c: &mut Criterion) {
     let body = chat_completion_body();
     let stream = chat_completion_stream();
-    let cases: [(&str, &[u8], bool, fn(&[u8]) -> ResponseFacts); 2] = [
+    let cases: [UsageCase; 2] = [
         ("parse_response json", &body, false, naive_parse_chat_body),
         ("parse_response sse (60 events)", &stream, true, naive_parse_chat_stream),
     ];

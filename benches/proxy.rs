@@ -249,7 +249,7 @@ fn raise_open_file_limit() -> u64 {
     }
     let needed = 2 * STREAMS as u64 + 512;
     assert!(limit.rlim_cur >= needed, "open-file limit {} is below the {needed} the streams need", limit.rlim_cur);
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// The most file descriptors a process may have (`fs.nr_open`), for an unlimited hard limit.

@@ -31,11 +31,6 @@ async fn read_all(stream: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-fn body_of(answer: &str) -> serde_json::Value {
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
-}
-
 async fn still_serving(proxy: &Proxy) {
     let (status, _, _) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
     assert_eq!(status, 200, "the proxy stopped serving");
