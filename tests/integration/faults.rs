@@ -1,5 +1,6 @@
-//! Upstream faults: a reset connection, a hung upstream, and garbage bodies all give the client
-//! a clear answer, a recorded span, and leave the proxy serving.
+//! Upstream faults: a reset connection, an upstream that never accepts or never answers, and
+//! garbage bodies all give the client a clear answer, a recorded span, and leave the proxy
+//! serving.
 
 use std::time::Duration;
 
@@ -67,6 +68,39 @@ async fn a_hung_upstream_gives_504_after_the_response_timeout() {
     let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
     assert_eq!((span["status"].as_str(), span["status_code"].as_u64()), (Some("error"), Some(504)));
     assert_eq!(span["request_model"], "claude-3-5-haiku-latest");
+    still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_accepts_gives_504_after_the_connect_timeout() {
+    // A listener with a backlog of one that never accepts: once its queue is full, the kernel
+    // drops further SYNs, so a new connection hangs in connect.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(stream);
+        }
+    }
+    let config = format!(
+        "{}connect_timeout_secs = 0.5
+",
+        provider("openai", "/openai", addr, "openai")
+    );
+    let proxy = Proxy::start(&config).await;
+    let started = std::time::Instant::now();
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(5), "the connect timeout applied");
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("connect timeout"), "{error}");
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!((span["status"].as_str(), span["status_code"].as_u64()), (Some("error"), Some(504)));
     still_serving(&proxy).await;
 }
 
