@@ -36,6 +36,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
 
 use crate::span::{Span, SpanBodies, SpanStatus, TraceSummary};
 use crate::trace_context::{SpanId, TraceId};
@@ -86,6 +87,10 @@ pub struct Store {
     next_seq: AtomicU64,
     /// Entries in the index runs not yet merged into pages.
     run_entries: AtomicUsize,
+    /// Held (write) while runs are merged into the ledger cells, (read) while the ledger is
+    /// read: reading runs and cells on either side of a merge would count its deltas twice,
+    /// or not at all.
+    merging: RwLock<()>,
 }
 
 #[derive(Debug)]
@@ -434,7 +439,13 @@ impl Store {
             Some(entry) => seq_of(&entry?.0) + 1,
             None => 1,
         };
-        let store = Store { db, tree, next_seq: AtomicU64::new(next_seq), run_entries: AtomicUsize::new(0) };
+        let store = Store {
+            db,
+            tree,
+            next_seq: AtomicU64::new(next_seq),
+            run_entries: AtomicUsize::new(0),
+            merging: RwLock::new(()),
+        };
         match format.as_deref() {
             None => {
                 store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
@@ -567,6 +578,7 @@ impl Store {
     /// Moves every index run's entries into the bucket pages and its ledger deltas into the
     /// ledger, in one atomic sled batch.
     fn merge_runs(&self) -> Result<(), StoreError> {
+        let _merging = self.merging.write().unwrap_or_else(|p| p.into_inner());
         let mut entries = Vec::new();
         let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
         let mut runs = Vec::new();
@@ -731,7 +743,8 @@ impl Store {
     pub fn ledger(&self, from_day: u32, to_day: u32) -> Result<Vec<(LedgerKey, LedgerRow)>, StoreError> {
         let start = [&[LEDGER][..], &from_day.to_be_bytes()].concat();
         let end = [&[LEDGER][..], &to_day.saturating_add(1).to_be_bytes()].concat();
-        // Merged cells, plus the deltas of runs not merged yet.
+        // Merged cells, plus the deltas of runs not merged yet (no merge in between).
+        let _merging = self.merging.read().unwrap_or_else(|p| p.into_inner());
         let mut cells: BTreeMap<Vec<u8>, LedgerRow> = BTreeMap::new();
         for run in self.tree.scan_prefix([INDEX_RUN]) {
             let run = run?.1;
