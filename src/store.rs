@@ -570,7 +570,10 @@ impl Store {
         }
         let run_len = entries.len() / INDEX_ENTRY_BYTES;
         if self.run_entries.fetch_add(run_len, Ordering::Relaxed) + run_len >= RUN_ENTRIES_BEFORE_MERGE {
-            self.merge_runs()?;
+            // The batch is committed either way; a failed merge is retried after the next batch.
+            if let Err(e) = self.merge_runs() {
+                tracing::error!(error = %e, "merging index runs failed; will retry");
+            }
         }
         Ok(())
     }
