@@ -1167,48 +1167,8 @@ mod tests {
         assert_eq!(store.tree.scan_prefix([FORMAT1_TRACE_INDEX]).count(), 0);
         assert_eq!(store.tree.get(FORMAT_KEY).unwrap().unwrap().as_ref(), [FORMAT_VERSION]);
     }
-}
 
-#[cfg(test)]
-mod review_tests {
-    use super::*;
-    use crate::span::{SpanKind, UsageSource};
-
-    fn span(trace_id: TraceId, start: u64) -> Span {
-        Span {
-            trace_id,
-            span_id: SpanId::random(),
-            parent_span_id: None,
-            name: "chat m".into(),
-            kind: SpanKind::Llm,
-            start_time_unix_nano: start,
-            duration_ms: 1.5,
-            ttft_ms: None,
-            provider: Some("openai".into()),
-            operation: Some("chat".into()),
-            method: Some("POST".into()),
-            path: Some("/v1/chat/completions".into()),
-            status_code: Some(200),
-            status: SpanStatus::Ok,
-            request_model: Some("m".into()),
-            response_model: Some("m".into()),
-            stream: false,
-            input_tokens: Some(3),
-            output_tokens: Some(4),
-            usage_source: UsageSource::Reported,
-            cache_read_input_tokens: None,
-            cache_creation_input_tokens: None,
-            reasoning_tokens: None,
-            finish_reason: None,
-            cost_usd: None,
-            team: None,
-            user: None,
-            key_fingerprint: None,
-            session: None,
-            properties: Default::default(),
-            error: None,
-        }
-    }
+    // Crash, concurrency and failure-path cases found by a review of the layout.
 
     /// Retention deletes every segment; after a restart seqs start at 1 again.
     #[test]

@@ -120,17 +120,8 @@ async fn a_full_disk_does_not_stop_proxying_and_no_credential_reaches_logs_or_ex
 async fn kill_9_under_load_loses_only_calls_inside_the_flush_window() {
     let mock = Mock::start(Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy_port, admin_port) = (free_port(), free_port());
-    let config = dir.path().join("tracegate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{proxy_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n[storage]\npath = \"{}\"\n{}",
-            dir.path().join("store").display(),
-            provider("openai", "/openai", mock.addr, "openai")
-        ),
-    )
-    .unwrap();
+    let (config, proxy_port, admin_port) =
+        binary_config(dir.path(), &provider("openai", "/openai", mock.addr, "openai"));
     let url = format!("http://127.0.0.1:{proxy_port}/openai/v1/chat/completions");
     let mut binary = Binary::start(&config, admin_port, &[], None).await;
 

@@ -421,6 +421,22 @@ impl Binary {
     }
 }
 
+/// Writes a config for [`Binary::start`] in `dir` (store in `dir/store`, free loopback ports)
+/// with `providers`; returns its path and the proxy and admin ports.
+pub fn binary_config(dir: &std::path::Path, providers: &str) -> (std::path::PathBuf, u16, u16) {
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let config = dir.join("tracegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{proxy_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n[storage]\npath = \"{}\"\n{providers}",
+            dir.join("store").display()
+        ),
+    )
+    .unwrap();
+    (config, proxy_port, admin_port)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
