@@ -25,6 +25,7 @@ pub mod providers;
 pub mod proxy;
 pub mod recorder;
 pub mod routing;
+pub mod segment_codec;
 pub mod server;
 pub mod span;
 pub mod sse;

@@ -28,8 +28,13 @@
 //! after a crash, so segments past the last run belong to a batch cut short: they are removed at
 //! open, and the ledger (cells + unmerged runs) always equals the stored spans.
 //!
-//! Span segment: `count: u32`, then per span `trace_id(16) span_id(8) start_ns(8) len: u32 json`.
-//! Body segment: `count: u32`, then per span `flags: u8 request_len: u32 request response_len:
+//! Segments are stored compressed (an lz4 block behind a tag byte, see `segment_codec`): fewer
+//! bytes for sled to log and to copy on leaf splits, which were most of a write's cost, and
+//! ~4× less disk. A segment is closed once its compressed size nears ~6 KB, planned from the
+//! previous segment's ratio. Format 2 (before compression) differs only there and reads as is.
+//!
+//! Raw span segment: `count: u32`, then per span `trace_id(16) span_id(8) start_ns(8) len: u32 json`.
+//! Raw body segment: `count: u32`, then per span `flags: u8 request_len: u32 request response_len:
 //! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated). Index run and page: a
 //! sequence of `trace_id(16) seq(8) i(2)` entries.
 
@@ -38,6 +43,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
+use crate::segment_codec::{self, SegmentCompressor};
 use crate::span::{Span, SpanBodies, SpanStatus, TraceSummary};
 use crate::trace_context::{SpanId, TraceId};
 use crate::usage::{LedgerKey, LedgerRow};
@@ -51,6 +57,9 @@ const MAX_SPANS_SCANNED: usize = 25_000;
 /// blob whose memory its cache does not count: with 128 KB segments the proxy's RSS grew with
 /// everything written (~300 MB after 1 M spans). At ~6 KB a full leaf stays under that bound.
 const SEGMENT_TARGET_BYTES: usize = 6 * 1024;
+/// The largest compression ratio a segment's raw size is planned on (spans of one batch
+/// compress ~4–5×): bounds a segment after a run of very compressible ones.
+const MAX_EXPECTED_RATIO: f64 = 5.0;
 
 const SPAN_SEGMENT: u8 = b'S';
 const BODY_SEGMENT: u8 = b'B';
@@ -63,7 +72,9 @@ const FORMAT_KEY: &[u8] = b"Mformat";
 const MERGED_THROUGH_KEY: &[u8] = b"Mmerged_through";
 /// The layout this code reads and writes; format 1 (an index key per span) is converted at
 /// open; another value refuses to open.
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
+/// Format 2 is format 3 without compressed segments: it reads unchanged (see `segment_codec`).
+const FORMAT2: u8 = 2;
 /// Format 1's per-span index keys: `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4).
 const FORMAT1_TRACE_INDEX: u8 = b'T';
 const FORMAT1_INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
@@ -96,6 +107,9 @@ pub struct Store {
     untaken: std::sync::Mutex<Option<std::ops::Range<u64>>>,
     /// The last seq whose batch is committed (its run written): what exporters may read.
     committed_seq: AtomicU64,
+    /// Raw bytes after which the recorder closes a segment: [`SEGMENT_TARGET_BYTES`] times the
+    /// compression ratio of the last segment written.
+    raw_segment_target: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -348,6 +362,32 @@ fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
     unreachable!("the loop returns at index")
 }
 
+/// A segment's raw bytes: the stored value itself, or its decompressed form.
+enum RawSegment {
+    Stored(sled::IVec),
+    Decompressed(Vec<u8>),
+}
+
+impl RawSegment {
+    fn of(stored: sled::IVec) -> Result<RawSegment, StoreError> {
+        match segment_codec::decode(&stored).map_err(StoreError::Corrupt)? {
+            std::borrow::Cow::Borrowed(_) => Ok(RawSegment::Stored(stored)),
+            std::borrow::Cow::Owned(raw) => Ok(RawSegment::Decompressed(raw)),
+        }
+    }
+}
+
+impl std::ops::Deref for RawSegment {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            RawSegment::Stored(v) => v,
+            RawSegment::Decompressed(v) => v,
+        }
+    }
+}
+
 fn take_u32(bytes: &[u8]) -> Result<(u32, &[u8]), StoreError> {
     if bytes.len() < 4 {
         return Err(StoreError::Corrupt("length cut short".into()));
@@ -414,15 +454,38 @@ impl SegmentWriter {
         self.count += 1;
     }
 
-    /// Adds the segment (and its bodies, if any were kept) under `seq` to `batch`.
-    /// Inserts the segment (and its bodies, if any were kept) under `seq`.
-    fn write(mut self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
+    /// Compresses the segment and its bodies (when any were kept) into their stored form.
+    fn finish(mut self, compressor: &mut SegmentCompressor) -> StoredSegment {
         let count = self.count.to_be_bytes();
-        if self.any_bodies {
-            self.bodies[..4].copy_from_slice(&count);
-            tree.insert(segment_key(BODY_SEGMENT, seq), self.bodies)?;
-        }
         self.spans[..4].copy_from_slice(&count);
+        self.bodies[..4].copy_from_slice(&count);
+        let raw_bytes = self.len();
+        StoredSegment {
+            raw_bytes,
+            bodies: self.any_bodies.then(|| compressor.encode(self.bodies)),
+            spans: compressor.encode(self.spans),
+        }
+    }
+}
+
+/// A segment in the form it is stored: see [`crate::segment_codec`].
+struct StoredSegment {
+    spans: Vec<u8>,
+    bodies: Option<Vec<u8>>,
+    /// Bytes before compression (spans and bodies).
+    raw_bytes: usize,
+}
+
+impl StoredSegment {
+    fn stored_bytes(&self) -> usize {
+        self.spans.len() + self.bodies.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Inserts the bodies (if kept) and the spans under `seq`.
+    fn write(self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
+        if let Some(bodies) = self.bodies {
+            tree.insert(segment_key(BODY_SEGMENT, seq), bodies)?;
+        }
         tree.insert(segment_key(SPAN_SEGMENT, seq), self.spans)?;
         Ok(())
     }
@@ -452,12 +515,17 @@ impl Store {
             merging: RwLock::new(()),
             untaken: std::sync::Mutex::new(None),
             committed_seq: AtomicU64::new(0),
+            raw_segment_target: AtomicUsize::new(SEGMENT_TARGET_BYTES),
         };
         match format.as_deref() {
             None => {
                 store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             }
             Some([FORMAT_VERSION]) => {}
+            Some([FORMAT2]) => {
+                // From now on segments may be compressed, which a format-2 reader cannot read.
+                store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
+            }
             Some([1]) => store.convert_format1()?,
             Some(v) => {
                 return Err(StoreError::Format(format!(
@@ -528,6 +596,8 @@ impl Store {
         let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
         for entry in self.tree.range(range) {
             let (key, segment) = entry?;
+            // Format 1 never compressed; its tests build the store with today's writer.
+            let segment = RawSegment::of(segment)?;
             for (index, span) in SpanSegment::new(&segment)?.enumerate() {
                 entries.push(IndexEntry { trace_id: span?.trace_id, seq: seq_of(&key), index: index as u16 });
             }
@@ -563,6 +633,15 @@ impl Store {
         let mut seq = first_seq;
         let mut segments = Vec::new();
         let mut segment = SegmentWriter::new();
+        let mut compressor = SegmentCompressor::default();
+        let mut raw_target = self.raw_segment_target.load(Ordering::Relaxed);
+        let mut close = |segment: SegmentWriter, raw_target: &mut usize| {
+            let stored = segment.finish(&mut compressor);
+            // Aim the next segment's raw size at SEGMENT_TARGET_BYTES once compressed.
+            let ratio = stored.raw_bytes as f64 / stored.stored_bytes().max(1) as f64;
+            *raw_target = (SEGMENT_TARGET_BYTES as f64 * ratio.clamp(1.0, MAX_EXPECTED_RATIO)) as usize;
+            stored
+        };
         let mut entries = Vec::with_capacity(writes.len() * INDEX_ENTRY_BYTES);
         let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
         for write in writes {
@@ -571,15 +650,17 @@ impl Store {
             if let Some(key) = LedgerKey::of(&write.span) {
                 ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
             }
-            if segment.len() >= SEGMENT_TARGET_BYTES || segment.count == u32::from(u16::MAX) {
-                segments.push((seq, std::mem::replace(&mut segment, SegmentWriter::new())));
+            if segment.len() >= raw_target || segment.count == u32::from(u16::MAX) {
+                let full = std::mem::replace(&mut segment, SegmentWriter::new());
+                segments.push((seq, close(full, &mut raw_target)));
                 seq += 1;
             }
         }
         if segment.count > 0 {
-            segments.push((seq, segment));
+            segments.push((seq, close(segment, &mut raw_target)));
             seq += 1;
         }
+        self.raw_segment_target.store(raw_target, Ordering::Relaxed);
         if seq == first_seq {
             return Ok(());
         }
@@ -588,7 +669,7 @@ impl Store {
         let run = Run::encode(seq - 1, &entries, &ledger);
         let written = segments
             .into_iter()
-            .try_for_each(|(seq, segment)| segment.write(&self.tree, seq))
+            .try_for_each(|(seq, segment): (u64, StoredSegment)| segment.write(&self.tree, seq))
             .and_then(|()| Ok(self.tree.insert(segment_key(INDEX_RUN, first_seq), run).map(drop)?));
         if let Err(e) = written {
             // Not committed: take back what was written, so no span is listed but unaccounted.
@@ -690,6 +771,7 @@ impl Store {
         let mut first_kept = None;
         for entry in self.tree.scan_prefix([SPAN_SEGMENT]) {
             let (key, segment) = entry?;
+            let segment = RawSegment::of(segment)?;
             let seq = seq_of(&key);
             let mut spans = 0;
             let mut all_old = true;
@@ -749,6 +831,7 @@ impl Store {
         let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..=segment_key(SPAN_SEGMENT, committed);
         for entry in self.tree.range(range) {
             let (key, segment) = entry?;
+            let segment = RawSegment::of(segment)?;
             let mut spans = Vec::new();
             for span in SpanSegment::new(&segment)? {
                 spans.push(decode::<Span>(span?.json)?);
@@ -767,7 +850,7 @@ impl Store {
         let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
         let mut total = 0u64;
         for entry in self.tree.range(range).take(limit) {
-            let (_, segment) = entry?;
+            let segment = RawSegment::of(entry?.1)?;
             total += u64::from(take_u32(&segment)?.0);
         }
         Ok(total)
@@ -831,7 +914,7 @@ impl Store {
             if scanned >= MAX_SPANS_SCANNED {
                 break;
             }
-            let (_, segment) = entry?;
+            let segment = RawSegment::of(entry?.1)?;
             let mut traces = Vec::new();
             for span in SpanSegment::new(&segment)? {
                 traces.push(span?.trace_id);
@@ -921,7 +1004,7 @@ impl Store {
         })?;
         let Some((span, seq, index)) = found else { return Ok(None) };
         let bodies = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
-            Some(segment) => bodies_at(&segment, index)?,
+            Some(segment) => bodies_at(&RawSegment::of(segment)?, index)?,
             None => SpanBodies::default(),
         };
         Ok(Some((span, bodies)))
@@ -930,13 +1013,14 @@ impl Store {
     /// Number of spans stored (walks the segments; for tests and diagnostics).
     pub fn span_count(&self) -> usize {
         let segments = self.tree.scan_prefix([SPAN_SEGMENT]).filter_map(|e| e.ok());
-        segments.filter_map(|(_, segment)| take_u32(&segment).ok().map(|(n, _)| n as usize)).sum()
+        let counts = segments.filter_map(|(_, segment)| Some(take_u32(&RawSegment::of(segment).ok()?).ok()?.0));
+        counts.map(|n| n as usize).sum()
     }
 }
 
 /// Span segments read during one query, so a trace spread over a few segments reads each once.
 #[derive(Default)]
-struct SegmentCache(HashMap<u64, Option<sled::IVec>>);
+struct SegmentCache(HashMap<u64, Option<RawSegment>>);
 
 impl SegmentCache {
     fn get(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<&[u8]>, StoreError> {
@@ -944,7 +1028,8 @@ impl SegmentCache {
             if self.0.len() > 256 {
                 self.0.clear();
             }
-            self.0.insert(seq, tree.get(segment_key(SPAN_SEGMENT, seq))?);
+            let segment = tree.get(segment_key(SPAN_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
+            self.0.insert(seq, segment);
         }
         Ok(self.0.get(&seq).and_then(|v| v.as_deref()))
     }
@@ -964,6 +1049,23 @@ fn summarize(spans: &[Span]) -> Option<TraceSummary> {
 mod tests {
     use super::*;
     use crate::span::{SpanKind, UsageSource};
+
+    /// Opens the store at `path` again in this process. sled's IO threads may still hold the
+    /// previous handle's file (and its lock) for a moment after the drop; a new process never
+    /// meets this.
+    fn reopen(path: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
 
     fn span(trace_id: TraceId, start: u64) -> Span {
         Span {
@@ -1096,14 +1198,14 @@ mod tests {
         let (kept, cut) = (TraceId::random(), TraceId::random());
         let bodies = SpanBodies { request_body: Some("x".into()), response_body: None, truncated: false };
         {
-            let store = Store::open(&path).unwrap();
+            let store = reopen(&path);
             store.write_batch(&[SpanWrite { span: span(kept, 1), bodies: Some(bodies.clone()) }]).unwrap();
             store.write_batch(&[SpanWrite { span: span(cut, 2), bodies: Some(bodies) }]).unwrap();
             // As if the process died after the second batch's segments, before its run.
             store.tree.remove(segment_key(INDEX_RUN, 2)).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         assert_eq!(store.span_count(), 1);
         assert!(store.tree.get(segment_key(BODY_SEGMENT, 2)).unwrap().is_none());
         assert_eq!(store.trace_spans(&kept).unwrap().len(), 1);
@@ -1138,13 +1240,88 @@ mod tests {
         assert_eq!(total(&store), (4, 2.0), "from both");
     }
 
+    fn write_with_bodies(store: &Store, trace: TraceId, spans: u64) {
+        let writes: Vec<SpanWrite> = (0..spans)
+            .map(|i| SpanWrite {
+                span: span(trace, i),
+                bodies: Some(SpanBodies {
+                    request_body: Some(format!(
+                        r#"{{"model":"m","messages":[{{"role":"user","content":"question {i}"}}]}}"#
+                    )),
+                    response_body: Some(format!(r#"{{"choices":[{{"message":{{"content":"answer {i}"}}}}]}}"#)),
+                    truncated: false,
+                }),
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+    }
+
+    #[test]
+    fn segments_are_stored_compressed_and_closed_near_the_target_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let trace = TraceId::random();
+        write_with_bodies(&store, trace, 2_000);
+        write_with_bodies(&store, trace, 2_000);
+        let (mut raw, mut stored, mut segments) = (0, 0, 0);
+        for kind in [SPAN_SEGMENT, BODY_SEGMENT] {
+            for entry in store.tree.scan_prefix([kind]) {
+                let value = entry.unwrap().1;
+                assert_eq!(value[0], b'Z', "compressed");
+                assert!(value.len() <= 2 * SEGMENT_TARGET_BYTES, "{} bytes", value.len());
+                raw += RawSegment::of(value.clone()).unwrap().len();
+                stored += value.len();
+                segments += 1;
+            }
+        }
+        assert!(raw > 3 * stored, "ratio {raw} / {stored}");
+        // Planned on the ratio, a segment holds several times the spans of an uncompressed one.
+        assert!(segments < 2 * raw / SEGMENT_TARGET_BYTES / 3, "{segments} segments for {raw} raw bytes");
+        let spans = store.trace_spans(&trace).unwrap();
+        assert_eq!(spans.len(), 4_000);
+        let last = spans.last().unwrap();
+        let (_, bodies) = store.span(&trace, &last.span_id).unwrap().unwrap();
+        assert!(bodies.request_body.unwrap().contains("question 1999"));
+    }
+
+    #[test]
+    fn a_format_2_store_with_raw_segments_reads_and_moves_to_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let trace = TraceId::random();
+        {
+            let store = reopen(&path);
+            write_with_bodies(&store, trace, 300);
+            // Format 2 stored segments raw.
+            for kind in [SPAN_SEGMENT, BODY_SEGMENT] {
+                for entry in store.tree.scan_prefix([kind]).collect::<Vec<_>>() {
+                    let (key, value) = entry.unwrap();
+                    store.tree.insert(key, &*RawSegment::of(value).unwrap()).unwrap();
+                }
+            }
+            store.tree.insert(FORMAT_KEY, &[FORMAT2]).unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(&path);
+        assert_eq!(store.tree.get(FORMAT_KEY).unwrap().unwrap().as_ref(), [FORMAT_VERSION]);
+        write_with_bodies(&store, trace, 300);
+        let spans = store.trace_spans(&trace).unwrap();
+        assert_eq!(spans.len(), 600);
+        assert_eq!(store.span_count(), 600);
+        for span in [&spans[0], &spans[599]] {
+            let (_, bodies) = store.span(&trace, &span.span_id).unwrap().unwrap();
+            assert!(bodies.response_body.unwrap().starts_with(r#"{"choices""#));
+        }
+        assert_eq!(store.list_traces(&TraceFilter::default(), 10).unwrap().len(), 1);
+    }
+
     #[test]
     fn a_format_1_store_is_converted_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let trace = TraceId::random();
         {
-            let store = Store::open(&path).unwrap();
+            let store = reopen(&path);
             store.write_batch(&[SpanWrite { span: span(trace, 1), bodies: None }]).unwrap();
             store.write_batch(&[SpanWrite { span: span(trace, 2), bodies: None }]).unwrap();
             // Rewrite the index the way format 1 kept it: one key per span.
@@ -1162,7 +1339,7 @@ mod tests {
             store.tree.insert(FORMAT_KEY, &[1]).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         assert_eq!(store.trace_spans(&trace).unwrap().len(), 2);
         assert_eq!(store.tree.scan_prefix([FORMAT1_TRACE_INDEX]).count(), 0);
         assert_eq!(store.tree.get(FORMAT_KEY).unwrap().unwrap().as_ref(), [FORMAT_VERSION]);
@@ -1176,7 +1353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         {
-            let store = Store::open(&path).unwrap();
+            let store = reopen(&path);
             for i in 0..10 {
                 store.write_batch(&[SpanWrite { span: span(TraceId::random(), 100 + i), bodies: None }]).unwrap();
             }
@@ -1186,7 +1363,7 @@ mod tests {
         }
         let torn = TraceId::random();
         {
-            let store = Store::open(&path).unwrap();
+            let store = reopen(&path);
             println!("next_seq after reopen = {}", store.next_seq.load(Ordering::Relaxed));
             store.write_batch(&[SpanWrite { span: span(TraceId::random(), 5_000), bodies: None }]).unwrap();
             println!("exporter sees after cursor 10: {:?}", store.span_segments_after(10, 100).unwrap().len());
@@ -1196,7 +1373,7 @@ mod tests {
             store.tree.remove(segment_key(INDEX_RUN, last)).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         let ledger: u64 = store.ledger(0, u32::MAX - 1).unwrap().iter().map(|(_, r)| r.requests).sum();
         println!(
             "after reopen: span_count={} ledger requests={} (10 deleted by retention + 1 committed)",
@@ -1213,7 +1390,7 @@ mod tests {
         let path = dir.path().join("s");
         let trace = TraceId::random();
         {
-            let store = Store::open(&path).unwrap();
+            let store = reopen(&path);
             store.write_batch(&[SpanWrite { span: span(trace, 1), bodies: None }]).unwrap();
             store.write_batch(&[SpanWrite { span: span(trace, 2), bodies: None }]).unwrap();
             store.merge_runs().unwrap();
@@ -1231,7 +1408,7 @@ mod tests {
             store.tree.insert(FORMAT_KEY, &[1]).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         assert_eq!(store.span_count(), 2);
         assert_eq!(
             store.trace_spans(&trace).unwrap().len(),
