@@ -73,8 +73,17 @@ async fn a_full_disk_does_not_stop_proxying_and_no_credential_reaches_logs_or_ex
     let admin = format!("http://127.0.0.1:{admin_port}");
     let url = format!("http://127.0.0.1:{proxy_port}/openai/v1/chat/completions?key={SECRET_QUERY_KEY}");
 
-    // ~200 KB per call: the 4 MB filesystem is full after a few dozen.
-    let filler = "lorem ipsum ".repeat(17_000);
+    // ~200 KB per call of random letters (the store compresses, so a repeated text would
+    // barely grow it): the 4 MB filesystem is full after a few dozen.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let filler: String = (0..200_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
     let body = format!(
         r#"{{"model":"gpt-4o-mini","api_key":"{SECRET_IN_BODY}","messages":[{{"role":"user","content":"{filler}"}}]}}"#
     );
