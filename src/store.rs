@@ -1158,7 +1158,8 @@ mod tests {
         let long_trace = TraceId::random();
         let mut others = Vec::new();
         // Enough batches to merge twice; one trace gets a span in every batch.
-        for batch_no in 0..25u64 {
+        const BATCHES: u64 = (2 * RUN_ENTRIES_BEFORE_MERGE as u64).div_ceil(100) + 5;
+        for batch_no in 0..BATCHES {
             let mut writes = vec![SpanWrite { span: span(long_trace, batch_no), bodies: None }];
             for i in 0..99 {
                 let trace = TraceId::random();
@@ -1169,27 +1170,27 @@ mod tests {
         }
         assert!(store.run_entries.load(Ordering::Relaxed) < RUN_ENTRIES_BEFORE_MERGE);
         assert!(store.tree.scan_prefix([INDEX_PAGE]).count() > 0, "runs were merged into pages");
-        assert_eq!(store.trace_spans(&long_trace).unwrap().len(), 25, "found in pages and in runs");
+        assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES, "found in pages and in runs");
         for trace in others.iter().step_by(97) {
             assert_eq!(store.trace_spans(trace).unwrap().len(), 1);
         }
-        assert_eq!(store.span_count(), 2_500);
+        assert_eq!(store.span_count() as u64, BATCHES * 100);
         // Reopened, the run count is known again and everything is still found.
         drop(store);
-        let store = Store::open(&dir.path().join("s")).unwrap();
+        let store = reopen(&dir.path().join("s"));
         let runs: usize = store
             .tree
             .scan_prefix([INDEX_RUN])
             .map(|e| Run::decode(&e.unwrap().1).unwrap().entries.len() / INDEX_ENTRY_BYTES)
             .sum();
         assert_eq!(store.run_entries.load(Ordering::Relaxed), runs);
-        assert_eq!(store.trace_spans(&long_trace).unwrap().len(), 25);
+        assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES);
         // Retention drops the deleted segments' entries from the pages.
         let pages_before: usize = store.tree.scan_prefix([INDEX_PAGE]).map(|e| e.unwrap().1.len()).sum();
         assert_eq!(store.delete_older_than(10_000).unwrap(), 1_000, "batches 0..10 are wholly older");
         let pages_after: usize = store.tree.scan_prefix([INDEX_PAGE]).map(|e| e.unwrap().1.len()).sum();
         assert!(pages_after < pages_before);
-        assert_eq!(store.trace_spans(&long_trace).unwrap().len(), 25 - 10);
+        assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES - 10);
     }
 
     #[test]
