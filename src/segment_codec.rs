@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use lz4_flex::block::{self, CompressTable};
 
 const LZ4_TAG: u8 = b'Z';
-/// Longest raw segment accepted when reading (a segment is a few tens of KB; a huge body
-/// makes one larger, but never beyond the capture limit's order of magnitude).
+/// Longest raw segment stored compressed, and accepted as such when reading (a segment is a
+/// few tens of KB; a huge body makes one larger). The length header is a u32.
 const MAX_RAW_BYTES: usize = 1 << 30;
 
 /// Compresses segments, reusing one hash table across a batch.
@@ -33,9 +33,13 @@ impl Default for SegmentCompressor {
 
 impl SegmentCompressor {
     /// The stored form of `raw` (a segment whose first byte is zero): compressed when that
-    /// is smaller, otherwise `raw` itself.
+    /// is smaller, otherwise `raw` itself. A segment larger than a reader accepts compressed
+    /// (possible only with a capture limit of hundreds of MB) stays raw.
     pub fn encode(&mut self, raw: Vec<u8>) -> Vec<u8> {
         debug_assert_eq!(raw.first(), Some(&0), "a raw segment starts with a zero byte");
+        if raw.len() > MAX_RAW_BYTES {
+            return raw;
+        }
         self.scratch.clear();
         self.scratch.resize(5 + block::get_maximum_output_size(raw.len()), 0);
         self.scratch[0] = LZ4_TAG;
