@@ -460,7 +460,7 @@ impl SegmentWriter {
         let count = self.count.to_be_bytes();
         self.spans[..4].copy_from_slice(&count);
         self.bodies[..4].copy_from_slice(&count);
-        let raw_bytes = self.len();
+        let raw_bytes = self.spans.len() + if self.any_bodies { self.bodies.len() } else { 0 };
         StoredSegment {
             raw_bytes,
             bodies: self.any_bodies.then(|| compressor.encode(self.bodies)),
