@@ -1317,6 +1317,26 @@ mod tests {
         assert_eq!(store.list_traces(&TraceFilter::default(), 10).unwrap().len(), 1);
     }
 
+    /// Rewrites the index of a store whose segments 1..=`indexed_through` each hold one span
+    /// of `trace` the way format 1 kept it: no runs or pages, one key per span.
+    fn as_format1(store: &Store, trace: &TraceId, indexed_through: u64) {
+        let format2_index = [[INDEX_RUN], [INDEX_PAGE]].into_iter().flat_map(|p| store.tree.scan_prefix(p).keys());
+        for key in format2_index.collect::<Vec<_>>() {
+            store.tree.remove(key.unwrap()).unwrap();
+        }
+        store.tree.remove(MERGED_THROUGH_KEY).unwrap();
+        for seq in 1..=indexed_through {
+            let mut key = vec![FORMAT1_TRACE_INDEX];
+            key.extend_from_slice(&trace.0);
+            key.extend_from_slice(&seq.to_be_bytes());
+            key.extend_from_slice(&0u32.to_be_bytes());
+            store.tree.insert(key, &[]).unwrap();
+        }
+        store.tree.insert(FORMAT1_INDEXED_THROUGH_KEY, &indexed_through.to_be_bytes()).unwrap();
+        store.tree.insert(FORMAT_KEY, &[1]).unwrap();
+        store.flush().unwrap();
+    }
+
     #[test]
     fn a_format_1_store_is_converted_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1326,20 +1346,7 @@ mod tests {
             let store = reopen(&path);
             store.write_batch(&[SpanWrite { span: span(trace, 1), bodies: None }]).unwrap();
             store.write_batch(&[SpanWrite { span: span(trace, 2), bodies: None }]).unwrap();
-            // Rewrite the index the way format 1 kept it: one key per span.
-            for key in store.tree.scan_prefix([INDEX_RUN]).keys().collect::<Vec<_>>() {
-                store.tree.remove(key.unwrap()).unwrap();
-            }
-            for seq in [1u64, 2] {
-                let mut key = vec![FORMAT1_TRACE_INDEX];
-                key.extend_from_slice(&trace.0);
-                key.extend_from_slice(&seq.to_be_bytes());
-                key.extend_from_slice(&0u32.to_be_bytes());
-                store.tree.insert(key, &[]).unwrap();
-            }
-            store.tree.insert(FORMAT1_INDEXED_THROUGH_KEY, &2u64.to_be_bytes()).unwrap();
-            store.tree.insert(FORMAT_KEY, &[1]).unwrap();
-            store.flush().unwrap();
+            as_format1(&store, &trace, 2);
         }
         let store = reopen(&path);
         assert_eq!(store.trace_spans(&trace).unwrap().len(), 2);
@@ -1396,19 +1403,8 @@ mod tests {
             store.write_batch(&[SpanWrite { span: span(trace, 1), bodies: None }]).unwrap();
             store.write_batch(&[SpanWrite { span: span(trace, 2), bodies: None }]).unwrap();
             store.merge_runs().unwrap();
-            for key in store.tree.scan_prefix([INDEX_PAGE]).keys().collect::<Vec<_>>() {
-                store.tree.remove(key.unwrap()).unwrap();
-            }
-            store.tree.remove(MERGED_THROUGH_KEY).unwrap();
             // Only segment 1 got its index key; segment 2's were cut by a crash (format 1 repaired this at open).
-            let mut key = vec![FORMAT1_TRACE_INDEX];
-            key.extend_from_slice(&trace.0);
-            key.extend_from_slice(&1u64.to_be_bytes());
-            key.extend_from_slice(&0u32.to_be_bytes());
-            store.tree.insert(key, &[]).unwrap();
-            store.tree.insert(FORMAT1_INDEXED_THROUGH_KEY, &1u64.to_be_bytes()).unwrap();
-            store.tree.insert(FORMAT_KEY, &[1]).unwrap();
-            store.flush().unwrap();
+            as_format1(&store, &trace, 1);
         }
         let store = reopen(&path);
         assert_eq!(store.span_count(), 2);
