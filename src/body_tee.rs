@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 
 use crate::call::{CallContext, Outcome, ResponseFacts};
 use crate::capture::Capture;
+use crate::upstream::UpstreamBody;
 use crate::usage_injection::UsageStripper;
 
 /// Errors a relayed body can end with.
@@ -204,7 +205,7 @@ impl Body for RequestTee {
 
 /// The upstream's response body on its way to the client; owns the call until it ends.
 pub struct ResponseTee {
-    inner: Incoming,
+    inner: UpstreamBody,
     call: Option<CallContext>,
     capture: Option<Capture>,
     status_code: u16,
@@ -231,7 +232,7 @@ impl std::error::Error for IdleTimeout {}
 
 impl ResponseTee {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         call: CallContext,
         capture: Capture,
         status_code: u16,
@@ -319,7 +320,7 @@ impl Body for ResponseTee {
                 }
                 Some(Err(err)) => {
                     this.finish(Outcome::Failed(format!("upstream body error: {err}")));
-                    Poll::Ready(Some(Err(Box::new(err))))
+                    Poll::Ready(Some(Err(err)))
                 }
                 None => {
                     this.finish(Outcome::Completed);

@@ -35,6 +35,7 @@ pub mod tokens;
 pub mod trace_context;
 pub mod ui;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod usage;
 pub mod usage_injection;
 pub mod zipkin;

@@ -35,7 +35,8 @@ use crate::recorder::RecorderHandle;
 use crate::routing::Router;
 use crate::teams::{swap_in_provider_key, TeamDirectory};
 use crate::trace_context::{self, Propagation, SpanId, TraceId};
-use crate::upstream::{build_client, root_store, tls_config, UpstreamClient};
+use crate::upstream::{build_client, root_store, tls_config, UpstreamBody, UpstreamClient};
+use crate::upstream_h1::{H1Error, H1Upstream};
 use crate::usage_injection;
 
 /// What the proxy answers with: a relayed upstream body or a small body of its own.
@@ -70,10 +71,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// The proxy service shared by every connection.
 pub struct Proxy {
     router: Router,
-    /// One pooled client per distinct (connect timeout, private CA) of the providers; usually one.
+    /// One pooled hyper client per distinct (connect timeout, private CA) of the HTTPS providers.
     clients: Vec<UpstreamClient>,
-    /// Which client serves each provider.
-    client_of: Vec<(Arc<Provider>, usize)>,
+    /// How each provider's upstream is reached.
+    client_of: Vec<(Arc<Provider>, UpstreamRoute)>,
     recorder: RecorderHandle,
     max_capture_bytes: usize,
     max_request_bytes: u64,
@@ -92,6 +93,11 @@ impl Proxy {
         let mut clients = Vec::new();
         let mut client_of = Vec::new();
         for provider in &config.providers {
+            if provider.upstream.scheme == http::uri::Scheme::HTTP {
+                let route = UpstreamRoute::Direct(H1Upstream::new(&provider.upstream, provider.connect_timeout));
+                client_of.push((provider.clone(), route));
+                continue;
+            }
             let key = (provider.connect_timeout, provider.ca_certs.as_slice());
             let index = match keys.iter().position(|k| *k == key) {
                 Some(i) => i,
@@ -101,7 +107,7 @@ impl Proxy {
                     clients.len() - 1
                 }
             };
-            client_of.push((provider.clone(), index));
+            client_of.push((provider.clone(), UpstreamRoute::Pooled(index)));
         }
         Proxy {
             router: Router::new(config),
@@ -262,8 +268,19 @@ impl Proxy {
             }
         }
         let upstream_req = Request::from_parts(parts, body);
-        let client = self.client_for(&provider);
-        let result = tokio::time::timeout(provider.response_timeout, client.request(upstream_req)).await;
+        let exchange = async {
+            match self.route_for(&provider) {
+                UpstreamRoute::Pooled(index) => match self.clients[*index].request(upstream_req).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Pooled)),
+                    Err(err) => Err(classify_client_error(&provider, &err)),
+                },
+                UpstreamRoute::Direct(upstream) => match upstream.send(upstream_req).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Direct)),
+                    Err(err) => Err(classify_h1_error(&provider, &err)),
+                },
+            }
+        };
+        let result = tokio::time::timeout(provider.response_timeout, exchange).await;
 
         // Phase 5: response.
         let call = pending.take();
@@ -277,8 +294,7 @@ impl Proxy {
                 call.finish(ResponseFacts::none(), Outcome::Cancelled);
                 return Ok(own_response(ProxyError::request_body_incomplete(), provider.api));
             }
-            Ok(Err(err)) => {
-                let error = classify_client_error(&provider, &err);
+            Ok(Err(error)) => {
                 tracing::warn!(provider = %provider.name, error = %error, "upstream request failed");
                 return Ok(fail(call, error, provider.api));
             }
@@ -342,14 +358,22 @@ impl Proxy {
         Estimate { cost_usd, tokens: input + output }
     }
 
-    fn client_for(&self, provider: &Arc<Provider>) -> &UpstreamClient {
-        let (_, index) = self
+    fn route_for(&self, provider: &Arc<Provider>) -> &UpstreamRoute {
+        let (_, route) = self
             .client_of
             .iter()
             .find(|(p, _)| Arc::ptr_eq(p, provider))
             .expect("a client exists for every configured provider");
-        &self.clients[*index]
+        route
     }
+}
+
+/// How a provider's upstream is reached.
+enum UpstreamRoute {
+    /// hyper's pooled client (HTTPS: ALPN picks HTTP/2 or HTTP/1.1); an index into `clients`.
+    Pooled(usize),
+    /// The lean HTTP/1.1 client of a plain `http://` upstream.
+    Direct(H1Upstream),
 }
 
 /// `{prefix}limit-requests`, `remaining-requests`, `limit-tokens`, `remaining-tokens`,
@@ -491,6 +515,18 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// 502 for refused, unresolvable or failing upstreams, 504 when connecting timed out.
+fn classify_h1_error(provider: &Provider, err: &H1Error) -> ProxyError {
+    match err {
+        H1Error::ConnectTimeout => ProxyError::upstream_timeout(&provider.name, "connect timeout"),
+        H1Error::Connect(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            ProxyError::upstream_timeout(&provider.name, "connect timeout")
+        }
+        H1Error::Connect(io) => ProxyError::upstream_unreachable(&provider.name, &io.to_string()),
+        other => ProxyError::upstream_unreachable(&provider.name, &other.to_string()),
+    }
 }
 
 /// 502 for refused/unresolvable upstreams, 504 when connecting timed out.
