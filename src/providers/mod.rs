@@ -10,6 +10,7 @@
 
 pub mod anthropic;
 pub mod openai;
+mod openai_typed;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};

@@ -4,6 +4,7 @@
 //! a JSON body or an event stream: operation names, request facts, and the model, finish
 //! reason, usage, generated text and error of a response.
 
+use super::openai_typed;
 use super::{
     count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
 };
@@ -50,6 +51,22 @@ const BODY_KEYS: &[&str] =
 /// Facts of a JSON response body: a chat completion, text completion, embedding list,
 /// Responses API response, or an error.
 pub(super) fn parse_body(body: &[u8], generates: bool) -> ResponseFacts {
+    if let Some(completion) = openai_typed::read(body) {
+        let mut facts = ResponseFacts::default();
+        completion.read_common(&mut facts);
+        if generates {
+            completion.read_finish(&mut facts);
+            let mut gen = Generated::default();
+            completion.read_body_text(&mut gen);
+            facts.output_text = gen.text;
+        }
+        return facts;
+    }
+    parse_body_leniently(body, generates)
+}
+
+/// [`parse_body`] for any shape, through `Value`s.
+pub(super) fn parse_body_leniently(body: &[u8], generates: bool) -> ResponseFacts {
     let f = top_level(body, BODY_KEYS);
     let mut facts = ResponseFacts::default();
     read_common(&f, &mut facts);
@@ -78,6 +95,11 @@ const TEXT_DELTA_EVENTS: [&str; 6] = [
 /// Facts of an event stream: Chat Completions / Completions chunks ending in
 /// `data: [DONE]`, or Responses API events. Events that are not JSON objects are skipped.
 pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
+    parse_stream_with(body, generates, true)
+}
+
+/// [`parse_stream`]; plain chunks are read typed when `typed`, else through `Value`s.
+pub(super) fn parse_stream_with(body: &[u8], generates: bool, typed: bool) -> ResponseFacts {
     let mut facts = ResponseFacts::default();
     let mut gen = Generated::default();
     for ev in sse::events(body) {
@@ -85,11 +107,21 @@ pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
         if data == "[DONE]" {
             continue;
         }
+        let end = Some(ev.end_offset);
+        if typed && !ev.event.is_some_and(|e| e.starts_with("response.")) {
+            if let Some(chunk) = openai_typed::read(data.as_bytes()) {
+                chunk.read_common(&mut facts);
+                if generates {
+                    chunk.read_finish(&mut facts);
+                    chunk.read_chunk_text(&mut gen, end);
+                }
+                continue;
+            }
+        }
         let f = top_level(data.as_bytes(), EVENT_KEYS);
         if f.is_empty() {
             continue;
         }
-        let end = Some(ev.end_offset);
         read_common(&f, &mut facts);
         match f.get("type").and_then(Value::as_str).or(ev.event) {
             // Responses API: the response object travels in lifecycle events.
