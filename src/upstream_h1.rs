@@ -13,6 +13,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -413,9 +414,9 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Respons
 
 /// Parses a complete head off the front of `buf`, or `None` if more bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Protocol("too many headers")),
@@ -425,17 +426,20 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1Error> {
         StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| H1Error::Protocol("invalid status code"))?;
     let version = if parsed.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
     // Header values are slices of the head's bytes, not copies.
+    // (name start, name length, value start, value length) in the head; the head is under
+    // MAX_HEAD_BYTES plus one read, so u32 holds them.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name_at = h.name.as_ptr() as usize - base;
-        let value_at = h.value.as_ptr() as usize - base;
-        *span = (name_at, h.name.len(), value_at, h.value.len());
+        *span = (offset(h.name.as_bytes()), h.name.len() as u32, offset(h.value), h.value.len() as u32);
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let (name_at, name_len, value_at, value_len) =
+            (name_at as usize, name_len as usize, value_at as usize, value_len as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| H1Error::Protocol("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
