@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body_tee::BodyError;
@@ -38,7 +38,7 @@ const MAX_IDLE: usize = 1024;
 /// TCP keep-alive probes start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The longest response head (status line and headers) accepted.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 400 * 1024;
 /// The most response headers (or trailers) accepted.
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line accepted in a chunked body.
@@ -61,6 +61,8 @@ pub enum H1Error {
     Io(io::Error),
     /// The upstream's answer was not valid HTTP/1.1.
     Protocol(&'static str),
+    /// The request body was longer or shorter than its `content-length`, or that was invalid.
+    BodyLength(&'static str),
 }
 
 impl fmt::Display for H1Error {
@@ -71,6 +73,7 @@ impl fmt::Display for H1Error {
             H1Error::RequestBody(e) => write!(f, "request body failed: {e}"),
             H1Error::Io(e) => write!(f, "connection failed: {e}"),
             H1Error::Protocol(what) => write!(f, "invalid response: {what}"),
+            H1Error::BodyLength(what) => write!(f, "request body {what} than its content-length"),
         }
     }
 }
@@ -127,8 +130,8 @@ impl H1Upstream {
     {
         let (parts, mut body) = req.into_parts();
         let mut head = BytesMut::with_capacity(1024);
-        let framing =
-            encode_head(&mut head, &parts.method, &parts.uri, &parts.headers, &self.shared.host_header, &body);
+        let mut framing =
+            encode_head(&mut head, &parts.method, &parts.uri, &parts.headers, &self.shared.host_header, &body)?;
 
         // The first body frame (the proxy has read it ahead) rides in the same write as the head.
         let mut body_done = framing == RequestFraming::Empty || body.is_end_stream();
@@ -136,17 +139,17 @@ impl H1Upstream {
         if !body_done {
             match next_frame(&mut body).await? {
                 Some(frame) => match frame.into_data() {
-                    Ok(data) if data.len() <= COALESCE_BYTES => put_data(&mut head, &data, framing),
+                    Ok(data) if data.len() <= COALESCE_BYTES => framing.put(&mut head, &data)?,
                     Ok(data) => held = Some(data),
                     Err(_trailers) => {}
                 },
                 None => {
-                    finish_body(&mut head, framing);
+                    framing.finish(&mut head)?;
                     body_done = true;
                 }
             }
             if !body_done && held.is_none() && body.is_end_stream() {
-                finish_body(&mut head, framing);
+                framing.finish(&mut head)?;
                 body_done = true;
             }
         }
@@ -156,39 +159,63 @@ impl H1Upstream {
             Some(stream) => (stream, true),
             None => (self.shared.connect().await?, false),
         };
-        let mut request_sent = true;
         if let Err(error) = stream.write_all(&first_write).await {
-            // A pooled connection the upstream closed just now: once more on a new one, which
-            // is safe because the upstream cannot have read a whole request.
-            if !(reused && body_done) {
+            // A pooled connection the upstream closed just now: once more on a new one. Safe:
+            // the upstream cannot have read a whole request, and the rest of the body has not
+            // been taken from the client yet.
+            if !reused {
                 return Err(H1Error::Io(error));
             }
             stream = self.shared.connect().await?;
             stream.write_all(&first_write).await.map_err(H1Error::Io)?;
         }
-        if !body_done {
-            // A write that fails means the upstream stopped reading: it may have answered
-            // already (413, 400), so its answer is read before giving up.
-            request_sent = stream_body(&mut stream, held, &mut body, framing).await?;
-        }
 
         let mut buf = BytesMut::with_capacity(READ_RESERVE);
-        let head = read_head(&mut stream, &mut buf).await?;
+        let mut request_sent = true;
+        let head = if body_done {
+            read_head(&mut stream, &mut buf).await?
+        } else {
+            // The answer is read while the rest of the body is sent: an upstream that refuses
+            // early (401, 413) is heard at once, not after a slow upload (RFC 9112 §9.5).
+            let (mut reader, mut writer) = stream.split();
+            let upload = stream_body(&mut writer, held, &mut body, &mut framing);
+            let answer = read_head(&mut reader, &mut buf);
+            tokio::pin!(upload, answer);
+            tokio::select! {
+                biased;
+                sent = &mut upload => {
+                    // A write that fails means the upstream stopped reading: it may have
+                    // answered already (413, 400), so its answer is read before giving up.
+                    request_sent = sent?;
+                    answer.await?
+                }
+                head = &mut answer => {
+                    // Answered before the whole body went out: the rest is not sent, and the
+                    // connection cannot carry another request.
+                    request_sent = false;
+                    head?
+                }
+            }
+        };
         let no_body = parts.method == Method::HEAD
             || head.status.is_informational()
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED;
-        let (state, framed) = if no_body { (BodyState::Length(0), true) } else { response_framing(&head.headers)? };
+        let mut headers = head.headers;
+        let (state, framed) = if no_body { (BodyState::Length(0), true) } else { response_framing(&mut headers)? };
         let reusable = request_sent
             && framed
             && head.version == Version::HTTP_11
             && head.status != StatusCode::SWITCHING_PROTOCOLS
-            && !wants_close(&head.headers);
+            && !wants_close(&headers);
         let mut response =
             Response::new(H1Body { stream: Some(stream), buf, state, reusable, pool: Some(self.shared.clone()) });
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
+        *response.headers_mut() = headers;
+        if let Some(reason) = head.reason {
+            response.extensions_mut().insert(reason);
+        }
         response.body_mut().release_if_done();
         Ok(response)
     }
@@ -263,9 +290,53 @@ fn still_open(stream: &TcpStream) -> bool {
 /// How the request body is framed on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum RequestFraming {
+    /// No body.
     Empty,
-    Length,
+    /// A declared `content-length`, of which this many bytes are still to come.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
     Chunked,
+}
+
+impl RequestFraming {
+    /// Checks that `len` more bytes fit a declared length: bytes past it would be read by the
+    /// upstream as the start of another request.
+    fn admit(&mut self, len: usize) -> Result<(), H1Error> {
+        match self {
+            RequestFraming::Length(remaining) => {
+                *remaining = remaining.checked_sub(len as u64).ok_or(H1Error::BodyLength("longer"))?;
+                Ok(())
+            }
+            RequestFraming::Empty if len > 0 => Err(H1Error::BodyLength("longer")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends one piece of body data, framed.
+    fn put(&mut self, out: &mut BytesMut, data: &[u8]) -> Result<(), H1Error> {
+        self.admit(data.len())?;
+        match self {
+            RequestFraming::Chunked if !data.is_empty() => {
+                out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.put_slice(data);
+                out.put_slice(b"\r\n");
+            }
+            RequestFraming::Length(_) => out.put_slice(data),
+            RequestFraming::Chunked | RequestFraming::Empty => {}
+        }
+        Ok(())
+    }
+
+    /// Appends the end of the body; a body shorter than its declared length is refused (the
+    /// upstream would wait for the rest).
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), H1Error> {
+        match self {
+            RequestFraming::Chunked => out.put_slice(b"0\r\n\r\n"),
+            RequestFraming::Length(remaining) if *remaining > 0 => return Err(H1Error::BodyLength("shorter")),
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Writes the request line and headers; returns how the body will be framed.
@@ -276,7 +347,7 @@ fn encode_head(
     headers: &HeaderMap,
     host: &HeaderValue,
     body: &impl Body,
-) -> RequestFraming {
+) -> Result<RequestFraming, H1Error> {
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
@@ -292,8 +363,10 @@ fn encode_head(
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    let framing = if headers.contains_key(header::CONTENT_LENGTH) {
-        RequestFraming::Length
+    let declared =
+        headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+    let framing = if let Some(declared) = declared {
+        RequestFraming::Length(declared.ok_or(H1Error::BodyLength("invalid"))?)
     } else if body.is_end_stream() {
         if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
             out.put_slice(b"content-length: 0\r\n");
@@ -304,27 +377,7 @@ fn encode_head(
         RequestFraming::Chunked
     };
     out.put_slice(b"\r\n");
-    framing
-}
-
-/// Appends one piece of body data, framed.
-fn put_data(out: &mut BytesMut, data: &[u8], framing: RequestFraming) {
-    match framing {
-        RequestFraming::Chunked if !data.is_empty() => {
-            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            out.put_slice(data);
-            out.put_slice(b"\r\n");
-        }
-        RequestFraming::Chunked | RequestFraming::Empty => {}
-        RequestFraming::Length => out.put_slice(data),
-    }
-}
-
-/// Appends the end of a chunked body.
-fn finish_body(out: &mut BytesMut, framing: RequestFraming) {
-    if framing == RequestFraming::Chunked {
-        out.put_slice(b"0\r\n\r\n");
-    }
+    Ok(framing)
 }
 
 async fn next_frame<B>(body: &mut B) -> Result<Option<Frame<Bytes>>, H1Error>
@@ -336,14 +389,15 @@ where
 
 /// Sends the rest of the request body, starting with `held` data. `Ok(false)` when the
 /// upstream stopped reading it.
-async fn stream_body<B>(
-    stream: &mut TcpStream,
+async fn stream_body<B, W>(
+    stream: &mut W,
     mut held: Option<Bytes>,
     body: &mut B,
-    framing: RequestFraming,
+    framing: &mut RequestFraming,
 ) -> Result<bool, H1Error>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut piece = BytesMut::new();
     loop {
@@ -356,12 +410,13 @@ where
             Some(frame) => {
                 // Trailers of a client's chunked body are not forwarded (as with hyper's client).
                 if let Ok(data) = frame.into_data() {
-                    if framing == RequestFraming::Length {
+                    if matches!(framing, RequestFraming::Length(_)) {
+                        framing.admit(data.len())?;
                         if stream.write_all(&data).await.is_err() {
                             return Ok(false);
                         }
                     } else {
-                        put_data(&mut piece, &data, framing);
+                        framing.put(&mut piece, &data)?;
                     }
                 }
                 body.is_end_stream()
@@ -369,7 +424,7 @@ where
             None => true,
         };
         if ended {
-            finish_body(&mut piece, framing);
+            framing.finish(&mut piece)?;
         }
         if !piece.is_empty() && stream.write_all(&piece).await.is_err() {
             return Ok(false);
@@ -385,11 +440,13 @@ struct ResponseHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The upstream's reason phrase when it is not the standard one, for the client to see.
+    reason: Option<hyper::ext::ReasonPhrase>,
 }
 
 /// Reads until a final (non-1xx, or 101) response head is complete; body bytes that came
 /// with it stay in `buf`.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<ResponseHead, H1Error> {
+async fn read_head<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> Result<ResponseHead, H1Error> {
     loop {
         if let Some(head) = parse_head(buf)? {
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -435,6 +492,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1Error> {
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
         *span = (offset(h.name.as_bytes()), h.name.len() as u32, offset(h.value), h.value.len() as u32);
     }
+    let reason = parsed
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
@@ -446,12 +507,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1Error> {
             .map_err(|_| H1Error::Protocol("invalid header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(ResponseHead { status, version, headers }))
+    Ok(Some(ResponseHead { status, version, headers, reason }))
 }
 
 /// How the response body is delimited (RFC 9112 §6.3), and whether that leaves the connection
 /// reusable.
-fn response_framing(headers: &HeaderMap) -> Result<(BodyState, bool), H1Error> {
+fn response_framing(headers: &mut HeaderMap) -> Result<(BodyState, bool), H1Error> {
     if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
         let chunked = last
             .to_str()
@@ -459,15 +520,17 @@ fn response_framing(headers: &HeaderMap) -> Result<(BodyState, bool), H1Error> {
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         // With a Content-Length as well, the message was framed by a confused sender: read it
-        // by its transfer coding, and do not trust the connection afterwards.
-        let clean = chunked && !headers.contains_key(header::CONTENT_LENGTH);
+        // by its transfer coding, do not pass the length on (RFC 9112 §6.3), and do not trust
+        // the connection afterwards.
+        let clean = headers.remove(header::CONTENT_LENGTH).is_none();
         return Ok(if chunked { (BodyState::Chunked(Chunk::Size), clean) } else { (BodyState::UntilClose, false) });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let parsed = value
-            .to_str()
-            .ok()
+    // Repeated values (also as a list, `5, 5`) are fine as long as they agree (RFC 9110 §8.6).
+    let values = headers.get_all(header::CONTENT_LENGTH).iter().flat_map(|v| v.to_str().unwrap_or("x").split(','));
+    for value in values {
+        let value = value.trim();
+        let parsed = Some(value)
             .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or(H1Error::Protocol("invalid content-length"))?;
@@ -1106,5 +1169,165 @@ mod tests {
                 (host, port, header)
             );
         }
+    }
+
+    /// A request body that sends one frame, then stalls for ever.
+    struct Stalled(Option<Bytes>);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            match self.0.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_is_heard_during_a_stalled_upload() {
+        let (up, _) = upstream(|mut stream| async move {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        })
+        .await;
+        let body = Stalled(Some(Bytes::from_static(b"{\"model\":"))).boxed_unsync();
+        let sent = tokio::time::timeout(Duration::from_secs(5), up.send(post(body, Some(1000)))).await;
+        let response = sent.expect("the 401 was not read while the upload stalled").unwrap();
+        assert_eq!(response.status(), 401);
+        drop(response);
+        assert!(up.shared.idle.lock().unwrap().is_empty(), "a connection with half a request is not reused");
+    }
+
+    #[tokio::test]
+    async fn a_large_upload_the_upstream_interrupts_still_gets_its_answer() {
+        let (up, _) = upstream(|mut stream| async move {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!";
+            let _ = stream.write_all(answer).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        let frames: VecDeque<Bytes> = (0..256).map(|_| Bytes::from(vec![b'x'; 64 * 1024])).collect();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            up.send(post(Frames(frames).boxed_unsync(), Some(256 * 64 * 1024))),
+        );
+        let response = sent.await.expect("hung").unwrap();
+        assert_eq!(response.status(), 413);
+        assert_eq!(collect(response).await.0, "big!");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_disagrees_with_its_content_length_is_refused() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let (up, _) = upstream(move |mut stream| {
+            let log = log.clone();
+            async move {
+                let mut buf = Vec::new();
+                while let Some(request) = read_request(&mut stream, &mut buf).await {
+                    log.lock().unwrap().push(request.0);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                }
+            }
+        })
+        .await;
+        let smuggled = "{}GET /admin HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+        let longer = up.send(post(full(smuggled), Some(2))).await.unwrap_err();
+        assert!(matches!(longer, H1Error::BodyLength("longer")), "{longer}");
+        let frames = Frames(vec![Bytes::from_static(b"{}"), Bytes::from_static(smuggled.as_bytes())].into());
+        assert!(matches!(up.send(post(frames.boxed_unsync(), Some(2))).await, Err(H1Error::BodyLength("longer"))));
+        let shorter = Frames(vec![Bytes::from_static(b"{"), Bytes::from_static(b"}")].into());
+        assert!(matches!(up.send(post(shorter.boxed_unsync(), Some(5))).await, Err(H1Error::BodyLength("shorter"))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(seen.lock().unwrap().iter().all(|head| !head.contains("/admin")), "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_send_dropped_during_its_upload_leaves_no_connection_behind() {
+        // Reads nothing for a while, so the upload blocks; then serves normally.
+        let (up, accepted) = upstream(|mut stream| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut buf = Vec::new();
+            while read_request(&mut stream, &mut buf).await.is_some() {
+                if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let frames: VecDeque<Bytes> = (0..512).map(|_| Bytes::from(vec![b'x'; 64 * 1024])).collect();
+        let upload = up.send(post(Frames(frames).boxed_unsync(), Some(512 * 64 * 1024)));
+        assert!(tokio::time::timeout(Duration::from_millis(100), upload).await.is_err());
+        assert!(up.shared.idle.lock().unwrap().is_empty());
+        let response = up.send(post(full("{}"), Some(2))).await.unwrap();
+        assert_eq!(collect(response).await.0, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_continue_during_the_upload_is_skipped_and_the_connection_kept() {
+        let (up, accepted) = upstream(|mut stream| async move {
+            let mut buf = Vec::new();
+            loop {
+                // Says 100 Continue as soon as the head is in, before reading the body.
+                while memchr::memmem::find(&buf, b"\r\n\r\n").is_none() {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+                let (_, body) = read_request(&mut stream, &mut buf).await.unwrap();
+                let length = body.len().to_string();
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{length}", length.len());
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        for _ in 0..2 {
+            let frames: VecDeque<Bytes> = (0..64).map(|_| Bytes::from(vec![b'x'; 64 * 1024])).collect();
+            let response = up.send(post(Frames(frames).boxed_unsync(), None)).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(collect(response).await.0, (64 * 64 * 1024).to_string());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn header_values_reason_phrases_and_lengths_come_through_as_sent() {
+        let (up, _) = upstream(answering(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 Fine Thanks\r\nx-empty:\r\nx-sp:   spaced out  \r\ncontent-length: 2, 2\r\nx-last: z\r\n\r\nok",
+        ))
+        .await;
+        let response = up.send(post(full("{}"), Some(2))).await.unwrap();
+        let h = response.headers();
+        assert_eq!(
+            (&h["x-empty"], &h["x-sp"], &h["x-last"]),
+            (&HeaderValue::from_static(""), &HeaderValue::from_static("spaced out"), &HeaderValue::from_static("z"))
+        );
+        assert!(h.get("link").is_none(), "the 103's headers are not the answer's");
+        let reason = response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine Thanks");
+        assert_eq!(collect(response).await.0, "ok");
+
+        // Chunked with a Content-Length too: decoded as chunked, and the length not passed on.
+        let (up, accepted) = upstream(answering(
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ))
+        .await;
+        for _ in 0..2 {
+            let response = up.send(post(full("{}"), Some(2))).await.unwrap();
+            assert!(response.headers().get("content-length").is_none());
+            assert!(response.extensions().get::<hyper::ext::ReasonPhrase>().is_none());
+            assert_eq!(collect(response).await.0, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection framed both ways is not reused");
     }
 }
