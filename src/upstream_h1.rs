@@ -246,27 +246,34 @@ impl Shared {
         }
     }
 
+    /// Connects to the first address of the host that answers. Like hyper's connector, the
+    /// connect timeout is shared out: an address that swallows packets gets its part of the
+    /// time left, and the next address still gets a chance.
     async fn connect(&self) -> Result<TcpStream, H1Error> {
-        let attempt = async {
-            let mut last_error = None;
-            for addr in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last_error = Some(e),
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let addresses: Vec<std::net::SocketAddr> =
+            match tokio::time::timeout_at(deadline, tokio::net::lookup_host((self.host.as_str(), self.port))).await {
+                Err(_) => return Err(H1Error::ConnectTimeout),
+                Ok(Err(e)) => return Err(H1Error::Connect(e)),
+                Ok(Ok(found)) => found.collect(),
+            };
+        let mut last_error = H1Error::Connect(io::Error::new(io::ErrorKind::NotFound, "the host has no address"));
+        for (tried, address) in addresses.iter().enumerate() {
+            let share =
+                deadline.saturating_duration_since(tokio::time::Instant::now()) / (addresses.len() - tried) as u32;
+            match tokio::time::timeout(share, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => {
+                    // Both only tune the socket; a failure leaves a working connection.
+                    let _ = stream.set_nodelay(true);
+                    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+                    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                    return Ok(stream);
                 }
+                Ok(Err(e)) => last_error = H1Error::Connect(e),
+                Err(_) => last_error = H1Error::ConnectTimeout,
             }
-            Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the host has no address")))
-        };
-        let stream = match tokio::time::timeout(self.connect_timeout, attempt).await {
-            Err(_) => return Err(H1Error::ConnectTimeout),
-            Ok(Err(e)) => return Err(H1Error::Connect(e)),
-            Ok(Ok(stream)) => stream,
-        };
-        // Both only tune the socket; a failure leaves a working connection.
-        let _ = stream.set_nodelay(true);
-        let _ =
-            socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-        Ok(stream)
+        }
+        Err(last_error)
     }
 }
 
@@ -1329,5 +1336,30 @@ mod tests {
             assert_eq!(collect(response).await.0, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection framed both ways is not reused");
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_gives_a_connect_timeout() {
+        // A listener with a full accept queue drops further SYNs: the connect hangs.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                fillers.push(stream);
+            }
+        }
+        let config = Upstream {
+            scheme: http::uri::Scheme::HTTP,
+            authority: addr.to_string().parse().unwrap(),
+            base_path: String::new(),
+        };
+        let up = H1Upstream::new(&config, Duration::from_millis(300));
+        let started = Instant::now();
+        let result = up.send(post(full("{}"), Some(2))).await;
+        assert!(matches!(result, Err(H1Error::ConnectTimeout)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "the connect timeout bounds the wait");
     }
 }
