@@ -415,7 +415,8 @@ where
         };
         let ended = match frame {
             Some(frame) => {
-                // Trailers of a client's chunked body are not forwarded (as with hyper's client).
+                // Trailers of a client's chunked body are not forwarded; the proxy drops the
+                // `Trailer` header that would announce them (hyper's client then sends none either).
                 if let Ok(data) = frame.into_data() {
                     if matches!(framing, RequestFraming::Length(_)) {
                         framing.admit(data.len())?;
