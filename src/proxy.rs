@@ -271,11 +271,11 @@ impl Proxy {
         let exchange = async {
             match self.route_for(&provider) {
                 UpstreamRoute::Pooled(index) => match self.clients[*index].request(upstream_req).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Pooled)),
+                    Ok(response) => Ok(response.map(UpstreamBody::Left)),
                     Err(err) => Err(classify_client_error(&provider, &err)),
                 },
                 UpstreamRoute::Direct(upstream) => match upstream.send(upstream_req).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Direct)),
+                    Ok(response) => Ok(response.map(UpstreamBody::Right)),
                     Err(err) => Err(classify_h1_error(&provider, &err)),
                 },
             }

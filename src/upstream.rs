@@ -5,12 +5,9 @@
 //! or HTTP/1.1. Plain `http://` upstreams (local model servers, `mock-llm`) go through the
 //! leaner [`crate::upstream_h1`] client instead; [`UpstreamBody`] is a response body from either.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use hyper_rustls::HttpsConnector;
@@ -19,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 
-use crate::body_tee::{BodyError, RequestTee};
+use crate::body_tee::RequestTee;
 use crate::upstream_h1::H1Body;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestTee>;
@@ -71,34 +68,6 @@ pub fn root_store() -> rustls::RootCertStore {
     roots
 }
 
-/// A response body from an upstream: through hyper's pooled client, or the plain-HTTP one.
-pub enum UpstreamBody {
-    Pooled(Incoming),
-    Direct(H1Body),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BodyError),
-            UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Pooled(body) => body.is_end_stream(),
-            UpstreamBody::Direct(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Pooled(body) => body.size_hint(),
-            UpstreamBody::Direct(body) => body.size_hint(),
-        }
-    }
-}
+/// A response body from an upstream: hyper's pooled client's (`Left`), or the plain-HTTP
+/// client's (`Right`).
+pub type UpstreamBody = Either<Incoming, H1Body>;
