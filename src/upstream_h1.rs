@@ -908,18 +908,44 @@ mod tests {
         Some((head, body))
     }
 
-    /// Answers every request on a connection with `answer`.
-    fn answering(answer: &'static str) -> impl Fn(TcpStream) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        move |mut stream| {
+    type Script = Box<dyn Fn(TcpStream) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+    /// Requests an upstream received: head and body.
+    type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+    /// Answers every request on a connection with `answer`, keeping what it received.
+    fn recording(answer: &'static str) -> (Script, Received) {
+        let received = Received::default();
+        let log = received.clone();
+        let script: Script = Box::new(move |mut stream| {
+            let log = log.clone();
             Box::pin(async move {
                 let mut buf = Vec::new();
-                while read_request(&mut stream, &mut buf).await.is_some() {
+                while let Some(request) = read_request(&mut stream, &mut buf).await {
+                    log.lock().unwrap().push(request);
                     if stream.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
                 }
             })
-        }
+        });
+        (script, received)
+    }
+
+    /// Answers every request on a connection with `answer`.
+    fn answering(answer: &'static str) -> Script {
+        recording(answer).0
+    }
+
+    /// Answers the first request on a connection with `answer`, then closes it.
+    fn answering_once(answer: &'static str) -> Script {
+        Box::new(move |mut stream| {
+            Box::pin(async move {
+                let mut buf = Vec::new();
+                if read_request(&mut stream, &mut buf).await.is_some() {
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+            })
+        })
     }
 
     fn post(body: Boxed, length: Option<usize>) -> Request<Boxed> {
@@ -939,22 +965,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_length_framed_exchange_reuses_one_connection() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let (up, accepted) = upstream(move |mut stream| {
-            let log = log.clone();
-            async move {
-                let mut buf = Vec::new();
-                while let Some(request) = read_request(&mut stream, &mut buf).await {
-                    log.lock().unwrap().push(request);
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-up: a\r\nx-up: b\r\n\r\nhello")
-                        .await
-                        .unwrap();
-                }
-            }
-        })
-        .await;
+        let (script, seen) = recording("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-up: a\r\nx-up: b\r\n\r\nhello");
+        let (up, accepted) = upstream(script).await;
         for _ in 0..3 {
             let response = up.send(post(full("{}"), Some(2))).await.unwrap();
             assert_eq!(response.status(), 200);
@@ -1004,19 +1016,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_without_a_length_goes_chunked() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let (up, _) = upstream(move |mut stream| {
-            let log = log.clone();
-            async move {
-                let mut buf = Vec::new();
-                while let Some(request) = read_request(&mut stream, &mut buf).await {
-                    log.lock().unwrap().push(request);
-                    stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
-                }
-            }
-        })
-        .await;
+        let (script, seen) = recording("HTTP/1.1 204 No Content\r\n\r\n");
+        let (up, _) = upstream(script).await;
         let big = Bytes::from(vec![b'x'; COALESCE_BYTES + 10]);
         for frames in
             [vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")], vec![big.clone(), Bytes::from_static(b"!")]]
@@ -1060,13 +1061,7 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_the_upstream_closed_is_replaced() {
         // Answers one request per connection, then closes without saying so.
-        let (up, accepted) = upstream(|mut stream| async move {
-            let mut buf = Vec::new();
-            if read_request(&mut stream, &mut buf).await.is_some() {
-                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-            }
-        })
-        .await;
+        let (up, accepted) = upstream(answering_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
         for _ in 0..3 {
             let response = up.send(post(full("{}"), Some(2))).await.unwrap();
             assert_eq!(collect(response).await.0, "ok");
@@ -1133,13 +1128,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         ] {
-            let (up, _) = upstream(move |mut stream| async move {
-                let mut buf = Vec::new();
-                if read_request(&mut stream, &mut buf).await.is_some() {
-                    stream.write_all(answer.as_bytes()).await.unwrap();
-                }
-            })
-            .await;
+            let (up, _) = upstream(answering_once(answer)).await;
             let response = up.send(post(full("{}"), Some(2))).await.unwrap();
             assert!(response.into_body().collect().await.is_err(), "{answer:?}");
         }
@@ -1232,19 +1221,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_disagrees_with_its_content_length_is_refused() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let (up, _) = upstream(move |mut stream| {
-            let log = log.clone();
-            async move {
-                let mut buf = Vec::new();
-                while let Some(request) = read_request(&mut stream, &mut buf).await {
-                    log.lock().unwrap().push(request.0);
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                }
-            }
-        })
-        .await;
+        let (script, seen) = recording("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        let (up, _) = upstream(script).await;
         let smuggled = "{}GET /admin HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
         let longer = up.send(post(full(smuggled), Some(2))).await.unwrap_err();
         assert!(matches!(longer, H1Error::BodyLength("longer")), "{longer}");
@@ -1253,7 +1231,7 @@ mod tests {
         let shorter = Frames(vec![Bytes::from_static(b"{"), Bytes::from_static(b"}")].into());
         assert!(matches!(up.send(post(shorter.boxed_unsync(), Some(5))).await, Err(H1Error::BodyLength("shorter"))));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(seen.lock().unwrap().iter().all(|head| !head.contains("/admin")), "{:?}", seen.lock().unwrap());
+        assert!(seen.lock().unwrap().iter().all(|(head, _)| !head.contains("/admin")), "{:?}", seen.lock().unwrap());
     }
 
     #[tokio::test]
