@@ -226,7 +226,7 @@ impl Shared {
     fn take_idle(&self) -> Option<TcpStream> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if idle.since.elapsed() < IDLE_TIMEOUT && still_open(&idle.stream) {
+            if idle.usable() {
                 return Some(idle.stream);
             }
         }
@@ -283,15 +283,18 @@ async fn sweep(pool: Weak<Shared>) {
         tokio::time::sleep(SWEEP_INTERVAL).await;
         let Some(pool) = pool.upgrade() else { return };
         let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && still_open(&c.stream));
+        idle.retain(IdleConnection::usable);
     }
 }
 
-/// True while the peer has neither closed nor sent anything unasked. When tokio already knows
-/// the socket has nothing to read this costs no system call.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+impl IdleConnection {
+    /// Not idle too long, and the peer has neither closed nor sent anything unasked. When
+    /// tokio already knows the socket has nothing to read, the check costs no system call.
+    fn usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.since.elapsed() < IDLE_TIMEOUT
+            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 /// How the request body is framed on the wire.
