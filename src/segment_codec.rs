@@ -19,7 +19,10 @@ const LZ4_TAG: u8 = b'Z';
 /// few tens of KB; a huge body makes one larger). The length header is a u32.
 const MAX_RAW_BYTES: usize = 1 << 30;
 
-/// Compresses segments, reusing one hash table across a batch.
+/// Output buffer capacity kept between segments.
+const KEPT_SCRATCH_BYTES: usize = 256 << 10;
+
+/// Compresses segments, reusing one hash table and one output buffer for every segment.
 pub struct SegmentCompressor {
     table: CompressTable,
     scratch: Vec<u8>,
@@ -35,17 +38,22 @@ impl SegmentCompressor {
     /// The stored form of `raw` (a segment whose first byte is zero): compressed when that
     /// is smaller, otherwise `raw` itself. A segment larger than a reader accepts compressed
     /// (possible only with a capture limit of hundreds of MB) stays raw.
-    pub fn encode(&mut self, raw: Vec<u8>) -> Vec<u8> {
+    pub fn encode<'a>(&'a mut self, raw: &'a [u8]) -> &'a [u8] {
         debug_assert_eq!(raw.first(), Some(&0), "a raw segment starts with a zero byte");
         if raw.len() > MAX_RAW_BYTES {
             return raw;
         }
-        self.scratch.clear();
-        self.scratch.resize(5 + block::get_maximum_output_size(raw.len()), 0);
+        if self.scratch.len() > KEPT_SCRATCH_BYTES {
+            self.scratch = Vec::new(); // a huge body grew it; segments are tens of KB
+        }
+        let needed = 5 + block::get_maximum_output_size(raw.len());
+        if self.scratch.len() < needed {
+            self.scratch.resize(needed, 0); // zeroed once; later segments overwrite what they use
+        }
         self.scratch[0] = LZ4_TAG;
         self.scratch[1..5].copy_from_slice(&(raw.len() as u32).to_be_bytes());
-        match block::compress_into_with_table(&raw, &mut self.scratch[5..], &mut self.table) {
-            Ok(n) if 5 + n < raw.len() => self.scratch[..5 + n].to_vec(),
+        match block::compress_into_with_table(raw, &mut self.scratch[5..], &mut self.table) {
+            Ok(n) if 5 + n < raw.len() => &self.scratch[..5 + n],
             _ => raw,
         }
     }
@@ -87,7 +95,7 @@ mod tests {
     #[test]
     fn repetitive_segments_are_compressed_and_read_back() {
         let raw = raw_segment(&br#"{"provider":"openai","model":"gpt-4o-mini","status":"ok"}"#.repeat(50));
-        let stored = SegmentCompressor::default().encode(raw.clone());
+        let stored = SegmentCompressor::default().encode(&raw).to_vec();
         assert_eq!(stored[0], LZ4_TAG);
         assert!(stored.len() * 4 < raw.len(), "{} of {}", stored.len(), raw.len());
         assert_eq!(decode(&stored).unwrap(), raw.as_slice());
@@ -104,7 +112,7 @@ mod tests {
             *b = x as u8;
         }
         let raw = raw_segment(&noise);
-        let stored = SegmentCompressor::default().encode(raw.clone());
+        let stored = SegmentCompressor::default().encode(&raw).to_vec();
         assert_eq!(stored, raw);
         assert!(matches!(decode(&stored).unwrap(), Cow::Borrowed(_)));
     }
@@ -112,7 +120,7 @@ mod tests {
     #[test]
     fn damaged_compressed_segments_are_errors_not_panics() {
         let raw = raw_segment(&b"abcdefgh".repeat(100));
-        let stored = SegmentCompressor::default().encode(raw);
+        let stored = SegmentCompressor::default().encode(&raw).to_vec();
         for cut in [1, 3, 5, stored.len() / 2, stored.len() - 1] {
             assert!(decode(&stored[..cut]).is_err(), "cut at {cut}");
         }

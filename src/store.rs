@@ -103,14 +103,28 @@ pub struct Store {
     /// read: reading runs and cells on either side of a merge would count its deltas twice,
     /// or not at all.
     merging: RwLock<()>,
-    /// Seqs of a failed batch whose segments could not all be taken back: nothing may be
-    /// committed above them (open only removes segments past the last commit) until they are.
-    untaken: std::sync::Mutex<Option<std::ops::Range<u64>>>,
+    /// The one writer's state: held for the whole of a batch.
+    writer: std::sync::Mutex<Writer>,
     /// The last seq whose batch is committed (its run written): what exporters may read.
     committed_seq: AtomicU64,
-    /// Raw bytes after which the recorder closes a segment: [`SEGMENT_TARGET_BYTES`] times the
+}
+
+/// Capacity a reused segment buffer keeps (a segment holds ~6 KB compressed, at most ~30 KB
+/// raw; only a body of hundreds of KB makes one larger).
+const KEPT_BUFFER_BYTES: usize = 256 << 10;
+
+/// What [`Store::write_batch`] keeps from one batch to the next.
+struct Writer {
+    /// Seqs of a failed batch whose segments could not all be taken back: nothing may be
+    /// committed above them (open only removes segments past the last commit) until they are.
+    untaken: Option<std::ops::Range<u64>>,
+    /// Raw bytes after which a segment is closed: [`SEGMENT_TARGET_BYTES`] times the
     /// compression ratio of the last segment written.
-    raw_segment_target: AtomicUsize,
+    raw_target: usize,
+    /// The segment being filled; its buffers are reused for every segment, so a batch
+    /// allocates nothing per segment but sled's own copies.
+    segment: SegmentWriter,
+    compressor: SegmentCompressor,
 }
 
 #[derive(Debug)]
@@ -455,40 +469,41 @@ impl SegmentWriter {
         self.count += 1;
     }
 
-    /// Compresses the segment and its bodies (when any were kept) into their stored form.
-    fn finish(mut self, compressor: &mut SegmentCompressor) -> StoredSegment {
+    /// Compresses the segment and its bodies (when any were kept), inserts them under `seq`
+    /// (bodies first), and empties the writer for the next segment. Returns the segment's
+    /// bytes before and after compression.
+    fn write(
+        &mut self,
+        tree: &sled::Tree,
+        seq: u64,
+        compressor: &mut SegmentCompressor,
+    ) -> Result<(usize, usize), StoreError> {
         let count = self.count.to_be_bytes();
         self.spans[..4].copy_from_slice(&count);
         self.bodies[..4].copy_from_slice(&count);
-        let raw_bytes = self.spans.len() + if self.any_bodies { self.bodies.len() } else { 0 };
-        StoredSegment {
-            raw_bytes,
-            bodies: self.any_bodies.then(|| compressor.encode(self.bodies)),
-            spans: compressor.encode(self.spans),
+        let mut raw_bytes = self.spans.len();
+        let mut stored_bytes = 0;
+        if self.any_bodies {
+            raw_bytes += self.bodies.len();
+            let stored = compressor.encode(&self.bodies);
+            stored_bytes += stored.len();
+            tree.insert(segment_key(BODY_SEGMENT, seq), stored)?;
         }
-    }
-}
-
-/// A segment in the form it is stored: see [`crate::segment_codec`].
-struct StoredSegment {
-    spans: Vec<u8>,
-    bodies: Option<Vec<u8>>,
-    /// Bytes before compression (spans and bodies).
-    raw_bytes: usize,
-}
-
-impl StoredSegment {
-    fn stored_bytes(&self) -> usize {
-        self.spans.len() + self.bodies.as_ref().map_or(0, Vec::len)
+        let stored = compressor.encode(&self.spans);
+        stored_bytes += stored.len();
+        tree.insert(segment_key(SPAN_SEGMENT, seq), stored)?;
+        self.clear();
+        Ok((raw_bytes, stored_bytes))
     }
 
-    /// Inserts the bodies (if kept) and the spans under `seq`.
-    fn write(self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
-        if let Some(bodies) = self.bodies {
-            tree.insert(segment_key(BODY_SEGMENT, seq), bodies)?;
+    /// Empties the writer, keeping its buffers unless a huge body grew them.
+    fn clear(&mut self) {
+        for buffer in [&mut self.spans, &mut self.bodies] {
+            buffer.truncate(4);
+            buffer.shrink_to(KEPT_BUFFER_BYTES);
         }
-        tree.insert(segment_key(SPAN_SEGMENT, seq), self.spans)?;
-        Ok(())
+        self.count = 0;
+        self.any_bodies = false;
     }
 }
 
@@ -514,9 +529,13 @@ impl Store {
             next_seq: AtomicU64::new(next_seq),
             run_entries: AtomicUsize::new(0),
             merging: RwLock::new(()),
-            untaken: std::sync::Mutex::new(None),
+            writer: std::sync::Mutex::new(Writer {
+                untaken: None,
+                raw_target: SEGMENT_TARGET_BYTES,
+                segment: SegmentWriter::new(),
+                compressor: SegmentCompressor::default(),
+            }),
             committed_seq: AtomicU64::new(0),
-            raw_segment_target: AtomicUsize::new(SEGMENT_TARGET_BYTES),
         };
         match format.as_deref() {
             None => {
@@ -625,57 +644,56 @@ impl Store {
     /// index pages and the ledger. Plain inserts, not a sled batch: sled writes its log buffer
     /// out for every batch, which at hundreds of batches a second cost ~15% of the proxy's CPU.
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
-        let mut untaken = self.untaken.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(seqs) = untaken.clone() {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = &mut *writer;
+        if let Some(seqs) = writer.untaken.clone() {
             self.remove_segments(seqs)?;
-            *untaken = None;
+            writer.untaken = None;
+        }
+        if writes.is_empty() {
+            return Ok(());
         }
         let first_seq = self.next_seq.load(Ordering::Relaxed);
         let mut seq = first_seq;
-        let mut segments = Vec::new();
-        let mut segment = SegmentWriter::new();
-        let mut compressor = SegmentCompressor::default();
-        let mut raw_target = self.raw_segment_target.load(Ordering::Relaxed);
-        let mut close = |segment: SegmentWriter, raw_target: &mut usize| {
-            let stored = segment.finish(&mut compressor);
-            // Aim the next segment's raw size at SEGMENT_TARGET_BYTES once compressed.
-            let ratio = stored.raw_bytes as f64 / stored.stored_bytes().max(1) as f64;
-            *raw_target = (SEGMENT_TARGET_BYTES as f64 * ratio.clamp(1.0, MAX_EXPECTED_RATIO)) as usize;
-            stored
-        };
         let mut entries = Vec::with_capacity(writes.len() * INDEX_ENTRY_BYTES);
         let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
-        for write in writes {
+        let mut written = Ok(());
+        for (i, write) in writes.iter().enumerate() {
+            let segment = &mut writer.segment;
             IndexEntry { trace_id: write.span.trace_id, seq, index: segment.count as u16 }.encode(&mut entries);
             segment.push(write);
             if let Some(key) = LedgerKey::of(&write.span) {
                 ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
             }
-            if segment.len() >= raw_target || segment.count == u32::from(u16::MAX) {
-                let full = std::mem::replace(&mut segment, SegmentWriter::new());
-                segments.push((seq, close(full, &mut raw_target)));
+            let last = i + 1 == writes.len();
+            if last || segment.len() >= writer.raw_target || segment.count == u32::from(u16::MAX) {
+                // Claim the seq before writing: a failed batch must not reuse it.
+                self.next_seq.store(seq + 1, Ordering::Relaxed);
+                match segment.write(&self.tree, seq, &mut writer.compressor) {
+                    Ok((raw, stored)) => {
+                        // Aim the next segment's raw size at SEGMENT_TARGET_BYTES once compressed.
+                        let ratio = raw as f64 / stored.max(1) as f64;
+                        writer.raw_target =
+                            (SEGMENT_TARGET_BYTES as f64 * ratio.clamp(1.0, MAX_EXPECTED_RATIO)) as usize;
+                    }
+                    Err(e) => {
+                        segment.clear();
+                        written = Err(e);
+                        seq += 1;
+                        break;
+                    }
+                }
                 seq += 1;
             }
         }
-        if segment.count > 0 {
-            segments.push((seq, close(segment, &mut raw_target)));
-            seq += 1;
-        }
-        self.raw_segment_target.store(raw_target, Ordering::Relaxed);
-        if seq == first_seq {
-            return Ok(());
-        }
-        // Claim the seqs before writing: a failed batch must not reuse them.
-        self.next_seq.store(seq, Ordering::Relaxed);
-        let run = Run::encode(seq - 1, &entries, &ledger);
-        let written = segments
-            .into_iter()
-            .try_for_each(|(seq, segment): (u64, StoredSegment)| segment.write(&self.tree, seq))
-            .and_then(|()| Ok(self.tree.insert(segment_key(INDEX_RUN, first_seq), run).map(drop)?));
+        let written = written.and_then(|()| {
+            let run = Run::encode(seq - 1, &entries, &ledger);
+            Ok(self.tree.insert(segment_key(INDEX_RUN, first_seq), run).map(drop)?)
+        });
         if let Err(e) = written {
             // Not committed: take back what was written, so no span is listed but unaccounted.
             if self.remove_segments(first_seq..seq).is_err() {
-                *untaken = Some(first_seq..seq);
+                writer.untaken = Some(first_seq..seq);
             }
             return Err(e);
         }
