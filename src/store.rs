@@ -646,6 +646,8 @@ impl Store {
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let writer = &mut *writer;
+        // Empty unless a batch panicked halfway (the lock is taken back from the poison).
+        writer.segment.clear();
         if let Some(seqs) = writer.untaken.clone() {
             self.remove_segments(seqs)?;
             writer.untaken = None;
