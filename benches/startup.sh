@@ -8,7 +8,7 @@ set -euo pipefail
 bin=${1:-target/release/tracegate}
 runs=${RUNS:-3}
 work=$(mktemp -d)
-trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
 
 for run in $(seq 1 "$runs"); do
   rm -rf "$work/store"

@@ -19,8 +19,9 @@ const LZ4_TAG: u8 = b'Z';
 /// few tens of KB; a huge body makes one larger). The length header is a u32.
 const MAX_RAW_BYTES: usize = 1 << 30;
 
-/// Output buffer capacity kept between segments.
-const KEPT_SCRATCH_BYTES: usize = 256 << 10;
+/// Capacity a reused segment buffer keeps, here and in the store's segment writer (a segment
+/// holds ~6 KB compressed, at most ~30 KB raw; only a body of hundreds of KB makes one larger).
+pub const KEPT_BUFFER_BYTES: usize = 256 << 10;
 
 /// Compresses segments, reusing one hash table and one output buffer for every segment.
 pub struct SegmentCompressor {
@@ -43,7 +44,7 @@ impl SegmentCompressor {
         if raw.len() > MAX_RAW_BYTES {
             return raw;
         }
-        if self.scratch.len() > KEPT_SCRATCH_BYTES {
+        if self.scratch.len() > KEPT_BUFFER_BYTES {
             self.scratch = Vec::new(); // a huge body grew it; segments are tens of KB
         }
         let needed = 5 + block::get_maximum_output_size(raw.len());

@@ -109,10 +109,6 @@ pub struct Store {
     committed_seq: AtomicU64,
 }
 
-/// Capacity a reused segment buffer keeps (a segment holds ~6 KB compressed, at most ~30 KB
-/// raw; only a body of hundreds of KB makes one larger).
-const KEPT_BUFFER_BYTES: usize = 256 << 10;
-
 /// What [`Store::write_batch`] keeps from one batch to the next.
 struct Writer {
     /// Seqs of a failed batch whose segments could not all be taken back: nothing may be
@@ -500,7 +496,7 @@ impl SegmentWriter {
     fn clear(&mut self) {
         for buffer in [&mut self.spans, &mut self.bodies] {
             buffer.truncate(4);
-            buffer.shrink_to(KEPT_BUFFER_BYTES);
+            buffer.shrink_to(segment_codec::KEPT_BUFFER_BYTES);
         }
         self.count = 0;
         self.any_bodies = false;
@@ -646,7 +642,7 @@ impl Store {
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let writer = &mut *writer;
-        // Empty unless a batch panicked halfway (the lock is taken back from the poison).
+        // Empty unless the last batch failed or panicked halfway (a poisoned lock is taken back).
         writer.segment.clear();
         if let Some(seqs) = writer.untaken.clone() {
             self.remove_segments(seqs)?;
@@ -671,7 +667,9 @@ impl Store {
             if last || segment.len() >= writer.raw_target || segment.count == u32::from(u16::MAX) {
                 // Claim the seq before writing: a failed batch must not reuse it.
                 self.next_seq.store(seq + 1, Ordering::Relaxed);
-                match segment.write(&self.tree, seq, &mut writer.compressor) {
+                let result = segment.write(&self.tree, seq, &mut writer.compressor);
+                seq += 1;
+                match result {
                     Ok((raw, stored)) => {
                         // Aim the next segment's raw size at SEGMENT_TARGET_BYTES once compressed.
                         let ratio = raw as f64 / stored.max(1) as f64;
@@ -679,13 +677,11 @@ impl Store {
                             (SEGMENT_TARGET_BYTES as f64 * ratio.clamp(1.0, MAX_EXPECTED_RATIO)) as usize;
                     }
                     Err(e) => {
-                        segment.clear();
+                        // The segment's leftovers are cleared when the next batch starts.
                         written = Err(e);
-                        seq += 1;
                         break;
                     }
                 }
-                seq += 1;
             }
         }
         let written = written.and_then(|()| {
