@@ -21,10 +21,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use tracegate::providers::{parse_response, Api, Operation, ResponseFacts, Usage};
-use tracegate::span::{Span, SpanKind, SpanStatus, UsageSource};
-use tracegate::sse;
-use tracegate::trace_context::{
+use tracegate::formats::providers::{parse_response, Api, Operation, ResponseFacts, Usage};
+use tracegate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
+use tracegate::formats::sse;
+use tracegate::formats::trace_context::{
     extract, parse_b3_single, parse_traceparent, traceparent_value, B3Sampling, B3Single, CallerContext, Propagation,
     SpanId, TraceId, Traceparent,
 };

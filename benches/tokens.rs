@@ -3,8 +3,8 @@
 //! proxy without a shared, lazily loaded tokenizer pays). Run: `cargo bench --bench tokens`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tracegate::providers::{Api, Operation};
-use tracegate::tokens::{estimate_input, Encoding};
+use tracegate::formats::providers::{Api, Operation};
+use tracegate::formats::tokens::{estimate_input, Encoding};
 
 const PARAGRAPH: &str = "Distributed tracing follows one request through every service it touches, \
 recording how long each step took and how the steps nest. For LLM calls that means latency, time \

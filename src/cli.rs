@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::clock::format_utc;
+use crate::model::clock::format_utc;
 use crate::config::Config;
 
 pub const USAGE: &str = "\
@@ -202,7 +202,7 @@ pub async fn trace(trace_id: &str, admin: &AdminTarget) -> Result<String, String
 
 pub async fn usage(query: &str, csv: bool, admin: &AdminTarget) -> Result<String, String> {
     let value = get_json(admin, &format!("/api/usage?{query}")).await?;
-    Ok(crate::usage::format_report(&value, csv))
+    Ok(crate::store::ledger::format_report(&value, csv))
 }
 
 /// One line per trace, newest first.

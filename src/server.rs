@@ -18,11 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::budget::Budgets;
+use crate::policy::budget::Budgets;
 use crate::config::{Config, TlsFiles};
-use crate::metrics::Metrics;
+use crate::record::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::recorder::{self, RecorderHandle, RecorderSettings};
+use crate::record::{self as recorder, RecorderHandle, RecorderSettings};
 use crate::store::Store;
 
 /// How long a graceful shutdown waits for in-flight calls (streams included).
@@ -166,10 +166,10 @@ impl Server {
 
 /// Team budgets, seeded with what each limited team already spent today and this month.
 fn seed_budgets(config: &Config, store: &Store) -> Result<Arc<Budgets>, StartError> {
-    let now = crate::clock::unix_nanos() / 1_000_000_000;
+    let now = crate::model::clock::unix_nanos() / 1_000_000_000;
     let today = (now / 86_400) as i64;
-    let (year, month, _) = crate::clock::civil_from_days(today);
-    let month_start = crate::clock::days_from_civil(year, month, 1);
+    let (year, month, _) = crate::model::clock::civil_from_days(today);
+    let month_start = crate::model::clock::days_from_civil(year, month, 1);
     let limited = config.teams.iter().any(|t| t.daily_budget_usd.is_some() || t.monthly_budget_usd.is_some());
     let cells = if limited {
         store

@@ -5,10 +5,10 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
-use tracegate::capture::Capture;
-use tracegate::providers::{self, Api, Operation};
-use tracegate::trace_context::{self, SpanId, TraceId};
-use tracegate::usage_injection::UsageStripper;
+use tracegate::model::capture::Capture;
+use tracegate::formats::providers::{self, Api, Operation};
+use tracegate::formats::trace_context::{self, SpanId, TraceId};
+use tracegate::proxy::usage_injection::UsageStripper;
 
 proptest! {
     #[test]
@@ -41,7 +41,7 @@ proptest! {
     fn sse_scanner_recovers_every_event(datas in proptest::collection::vec("[a-zA-Z0-9 {}:\",]{0,40}", 0..20), crlf in any::<bool>()) {
         let eol = if crlf { "\r\n" } else { "\n" };
         let stream: String = datas.iter().map(|d| format!("data: {d}{eol}{eol}")).collect();
-        let got: Vec<String> = tracegate::sse::events(stream.as_bytes()).map(|e| e.data.into_owned()).collect();
+        let got: Vec<String> = tracegate::formats::sse::events(stream.as_bytes()).map(|e| e.data.into_owned()).collect();
         prop_assert_eq!(got, datas);
     }
 
@@ -52,7 +52,7 @@ proptest! {
             let _ = providers::parse_request(api, &op, &body);
             let _ = providers::parse_response(api, &op, &body, sse);
         }
-        let _ = tracegate::tokens::estimate_input(api, &Operation::Chat, &body, tracegate::tokens::Encoding::Cl100kBase);
+        let _ = tracegate::formats::tokens::estimate_input(api, &Operation::Chat, &body, tracegate::formats::tokens::Encoding::Cl100kBase);
     }
 
     #[test]

@@ -312,7 +312,7 @@ async fn retention_deletes_spans_older_than_retention_days_at_start() {
     let proxy = Proxy::start(&config).await;
     // An app span from 40 days ago (OTLP ingest keeps its timestamps) and a call from now.
     let old_trace = "9bf92f3577b34da6a3ce929d0e0e4736";
-    let forty_days_ago = tracegate::clock::unix_nanos() - 40 * 86_400 * 1_000_000_000;
+    let forty_days_ago = tracegate::model::clock::unix_nanos() - 40 * 86_400 * 1_000_000_000;
     let ingest = serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": old_trace,
         "spanId": "4444444444444444", "name": "old step", "kind": 1,
         "startTimeUnixNano": forty_days_ago.to_string(), "endTimeUnixNano": (forty_days_ago + 1_000_000).to_string()}]}]}]});

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tracegate::tokens::{count_chat_messages, Encoding};
+use tracegate::formats::tokens::{count_chat_messages, Encoding};
 
 use crate::support::*;
 

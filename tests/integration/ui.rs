@@ -16,7 +16,7 @@ use crate::support::*;
 async fn traffic(proxy: &Proxy) -> String {
     let trace = "7bf92f3577b34da6a3ce929d0e0e4736";
     let step = "3333333333333333";
-    let now = tracegate::clock::unix_nanos();
+    let now = tracegate::model::clock::unix_nanos();
     let ingest = serde_json::json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "support-agent"}}]},
         "scopeSpans": [{"spans": [{"traceId": trace, "spanId": step, "name": "answer ticket", "kind": 1,
             "startTimeUnixNano": (now - 5_000_000).to_string(), "endTimeUnixNano": (now + 900_000_000).to_string()}]}]}]});

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::providers::Api;
+use crate::formats::providers::Api;
 
 /// An error produced by tracegate (not relayed from the upstream).
 #[derive(Debug, Clone, PartialEq)]

@@ -11,6 +11,12 @@
 //! Nothing on this path parses a body, counts tokens or touches the store; it only forwards
 //! and copies bytes into a bounded capture (see ARCHITECTURE.md, "invariants").
 
+pub mod body_tee;
+pub mod call;
+pub mod errors;
+pub mod routing;
+pub mod usage_injection;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,23 +27,22 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::body_tee::{RequestShared, RequestTee, ResponseTee};
-use crate::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
-use crate::call::{CallContext, Outcome, PendingCall, ResponseFacts};
-use crate::capture::Capture;
-use crate::clock::unix_nanos;
+use crate::proxy::body_tee::{RequestShared, RequestTee, ResponseTee};
+use crate::policy::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
+use crate::proxy::call::{CallContext, Outcome, PendingCall, ResponseFacts};
+use crate::model::capture::Capture;
+use crate::model::clock::unix_nanos;
 use crate::config::{Config, Provider};
-use crate::errors::ProxyError;
-use crate::pricing::{self, BilledTokens};
-use crate::providers::Api;
-use crate::providers::{self, Operation};
-use crate::recorder::RecorderHandle;
-use crate::routing::Router;
-use crate::teams::{swap_in_provider_key, TeamDirectory};
-use crate::trace_context::{self, Propagation, SpanId, TraceId};
+use crate::proxy::errors::ProxyError;
+use crate::model::pricing::{self, BilledTokens};
+use crate::formats::providers::Api;
+use crate::formats::providers::{self, Operation};
+use crate::record::RecorderHandle;
+use crate::proxy::routing::Router;
+use crate::policy::teams::{swap_in_provider_key, TeamDirectory};
+use crate::formats::trace_context::{self, Propagation, SpanId, TraceId};
 use crate::upstream::{build_client, root_store, tls_config, UpstreamBody, UpstreamClient};
-use crate::upstream_h1::{H1Error, H1Upstream};
-use crate::usage_injection;
+use crate::upstream::h1::{H1Error, H1Upstream};
 
 /// What the proxy answers with: a relayed upstream body or a small body of its own.
 pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;

@@ -3,7 +3,9 @@
 //! One hyper client per distinct connect timeout serves the providers: connections are pooled per host, HTTPS goes through
 //! rustls with the Mozilla (webpki) roots plus the system's native roots, and ALPN picks HTTP/2
 //! or HTTP/1.1. Plain `http://` upstreams (local model servers, `mock-llm`) go through the
-//! leaner [`crate::upstream_h1`] client instead; [`UpstreamBody`] is a response body from either.
+//! leaner [`crate::upstream::h1`] client instead; [`UpstreamBody`] is a response body from either.
+
+pub mod h1;
 
 use std::time::Duration;
 
@@ -16,8 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 
-use crate::body_tee::RequestTee;
-use crate::upstream_h1::H1Body;
+use crate::proxy::body_tee::RequestTee;
+use crate::upstream::h1::H1Body;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestTee>;
 

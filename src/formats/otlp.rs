@@ -17,8 +17,8 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind as OtlpKind, status::StatusCode, ResourceSpans, ScopeSpans, Status,
 };
 
-use crate::span::{Span, SpanKind, SpanStatus, UsageSource};
-use crate::trace_context::{SpanId, TraceId};
+use crate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
+use crate::formats::trace_context::{SpanId, TraceId};
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::span::Span;
+use crate::model::span::Span;
 
 /// Histogram bucket bounds in seconds, sized for LLM calls (tens of ms to minutes).
 const SECONDS_BUCKETS: [f64; 16] =

@@ -26,7 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::body_tee::BodyError;
+use crate::proxy::body_tee::BodyError;
 use crate::config::Upstream;
 
 /// How long an idle pooled connection is kept.

@@ -8,7 +8,7 @@
 use super::{
     count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
 };
-use crate::sse;
+use crate::formats::sse;
 use serde_json::{Map, Value};
 
 /// The operation named by the last meaningful path segment.

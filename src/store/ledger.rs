@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::span::{Span, SpanKind, SpanStatus};
+use crate::model::span::{Span, SpanKind, SpanStatus};
 
 /// One ledger cell's identity. Empty strings stand for "not attributed" / "unknown".
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -138,7 +138,7 @@ impl GroupBy {
     fn value(self, key: &LedgerKey) -> Value {
         let text = |s: &str| if s.is_empty() { Value::Null } else { Value::String(s.to_string()) };
         match self {
-            GroupBy::Day => Value::String(crate::clock::format_day(i64::from(key.day))),
+            GroupBy::Day => Value::String(crate::model::clock::format_day(i64::from(key.day))),
             GroupBy::Team => text(&key.team),
             GroupBy::User => text(&key.user),
             GroupBy::Provider => text(&key.provider),

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::body_tee::RequestShared;
-use crate::budget::Reservation;
-use crate::capture::{Capture, Captured};
+use crate::proxy::body_tee::RequestShared;
+use crate::policy::budget::Reservation;
+use crate::model::capture::{Capture, Captured};
 use crate::config::Provider;
-use crate::recorder::RecorderHandle;
-use crate::teams::TeamKeyMatch;
-use crate::trace_context::{SpanId, TraceId};
+use crate::record::RecorderHandle;
+use crate::policy::teams::TeamKeyMatch;
+use crate::formats::trace_context::{SpanId, TraceId};
 
 /// How a call ended.
 #[derive(Clone, Debug, PartialEq)]

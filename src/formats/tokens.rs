@@ -16,7 +16,7 @@
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
-use crate::providers::{Api, Operation};
+use crate::formats::providers::{Api, Operation};
 
 /// An OpenAI BPE encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -38,15 +38,18 @@
 //! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated). Index run and page: a
 //! sequence of `trace_id(16) seq(8) i(2)` entries.
 
+pub mod ledger;
+pub mod segment_codec;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
-use crate::segment_codec::{self, SegmentCompressor};
-use crate::span::{Span, SpanBodies, SpanStatus, TraceSummary};
-use crate::trace_context::{SpanId, TraceId};
-use crate::usage::{LedgerKey, LedgerRow};
+use segment_codec::SegmentCompressor;
+use crate::model::span::{Span, SpanBodies, SpanStatus, TraceSummary};
+use crate::formats::trace_context::{SpanId, TraceId};
+use crate::store::ledger::{LedgerKey, LedgerRow};
 
 /// How many spans a listing walks at most (newest first) before it stops looking for more
 /// matches. Every trace met is looked up whole (~17 µs), so a filter that matches nothing
@@ -1065,7 +1068,7 @@ fn summarize(spans: &[Span]) -> Option<TraceSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{SpanKind, UsageSource};
+    use crate::model::span::{SpanKind, UsageSource};
 
     /// Opens the store at `path` again in this process. sled's IO threads may still hold the
     /// previous handle's file (and its lock) for a moment after the drop; a new process never

@@ -138,7 +138,7 @@ pub struct Budgets {
 /// UTC calendar position of a unix time in seconds.
 fn day_and_month(unix_secs: u64) -> (u64, u64) {
     let day = unix_secs / 86_400;
-    let (year, month, _) = crate::clock::civil_from_days(day as i64);
+    let (year, month, _) = crate::model::clock::civil_from_days(day as i64);
     (day, (year as u64) * 12 + u64::from(month))
 }
 
@@ -148,9 +148,9 @@ fn seconds_to_next_day(unix_secs: u64) -> u64 {
 
 fn seconds_to_next_month(unix_secs: u64) -> u64 {
     let day = (unix_secs / 86_400) as i64;
-    let (year, month, _) = crate::clock::civil_from_days(day);
+    let (year, month, _) = crate::model::clock::civil_from_days(day);
     let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-    let next = crate::clock::days_from_civil(ny, nm, 1) as u64 * 86_400;
+    let next = crate::model::clock::days_from_civil(ny, nm, 1) as u64 * 86_400;
     next.saturating_sub(unix_secs).max(1)
 }
 

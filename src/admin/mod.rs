@@ -5,6 +5,8 @@
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
 //! `/healthz` needs `Authorization: Bearer <token>`, compared in constant time.
 
+pub mod ui;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -22,15 +24,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message as _;
 
-use crate::metrics::Metrics;
-use crate::otlp;
-use crate::recorder::RecorderHandle;
-use crate::span::{SpanBodies, SpanStatus};
+use crate::record::metrics::Metrics;
+use crate::formats::otlp;
+use crate::record::RecorderHandle;
+use crate::model::span::{SpanBodies, SpanStatus};
 use crate::store::SpanWrite;
 use crate::store::{Store, TraceFilter};
-use crate::trace_context::{SpanId, TraceId};
-use crate::ui;
-use crate::usage::{self, GroupBy};
+use crate::formats::trace_context::{SpanId, TraceId};
+use crate::store::ledger::{self as usage, GroupBy};
 
 /// Largest OTLP request accepted (after decompression too).
 const MAX_INGEST_BYTES: usize = 16 << 20;
@@ -235,11 +236,11 @@ impl Admin {
 
     /// `from`/`to` are inclusive UTC days (default: the last 30 days up to today).
     async fn usage(&self, query: &str) -> Response<AdminBody> {
-        let today = (crate::clock::unix_nanos() / 86_400_000_000_000) as i64;
+        let today = (crate::model::clock::unix_nanos() / 86_400_000_000_000) as i64;
         let (mut from, mut to, mut group_by) = (today - 29, today, vec![GroupBy::Team]);
         for (key, value) in parse_query(query) {
             match key.as_str() {
-                "from" | "to" => match crate::clock::parse_day(&value) {
+                "from" | "to" => match crate::model::clock::parse_day(&value) {
                     Some(day) if key == "from" => from = day,
                     Some(day) => to = day,
                     None => return error(StatusCode::BAD_REQUEST, &format!("{key} must be a day like 2026-11-24")),
@@ -291,7 +292,7 @@ impl Admin {
 
 /// A span's JSON plus `request_body` and `response_body` (parsed JSON when the body is JSON,
 /// else the text as captured, e.g. a raw SSE stream).
-fn span_with_bodies(span: &crate::span::Span, bodies: SpanBodies) -> Value {
+fn span_with_bodies(span: &crate::model::span::Span, bodies: SpanBodies) -> Value {
     let mut value = serde_json::to_value(span).unwrap_or(Value::Null);
     let as_value = |text: Option<String>| match text {
         None => Value::Null,

@@ -6,6 +6,8 @@
 //! usage and finish reason with the wire-format parsers, prices the call, updates the metrics,
 //! and writes spans to sled in batches, flushing at most every [`FLUSH_INTERVAL`].
 
+pub mod metrics;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::call::{CallRecord, Outcome};
-use crate::capture::Captured;
+use crate::proxy::call::{CallRecord, Outcome};
+use crate::model::capture::Captured;
 use crate::config::{Config, Price};
-use crate::metrics::Metrics;
-use crate::pricing::{self, BilledTokens};
-use crate::providers::{self, Operation};
-use crate::span::{Span, SpanBodies, SpanKind, SpanStatus, UsageSource};
+use crate::record::metrics::Metrics;
+use crate::model::pricing::{self, BilledTokens};
+use crate::formats::providers::{self, Operation};
+use crate::model::span::{Span, SpanBodies, SpanKind, SpanStatus, UsageSource};
 use crate::store::{SpanWrite, Store};
-use crate::tokens::{self, Encoding};
+use crate::formats::tokens::{self, Encoding};
 
 /// Longest time a written span waits before it is flushed to disk.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -273,7 +275,7 @@ fn batch_bytes(batch: &[SpanWrite]) -> usize {
 /// Deletes spans (and bodies) older than the retention period; the ledger keeps its totals.
 fn apply_retention(store: &Store, recorder: &Recorder) {
     let keep = u64::from(recorder.settings.retention_days) * 86_400 * 1_000_000_000;
-    let cutoff = crate::clock::unix_nanos().saturating_sub(keep);
+    let cutoff = crate::model::clock::unix_nanos().saturating_sub(keep);
     match store.delete_older_than(cutoff) {
         Ok(0) => {}
         Ok(n) => tracing::info!(spans = n, days = recorder.settings.retention_days, "retention deleted old spans"),

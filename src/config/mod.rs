@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::providers::Api;
-use crate::tokens::Encoding;
+use crate::formats::providers::Api;
+use crate::formats::tokens::Encoding;
 
 /// Where `serve` looks for a config when `--config` is not given and `$TRACEGATE_CONFIG` is unset.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tracegate.toml";
@@ -842,7 +842,7 @@ mod tests {
         assert!(c.providers.iter().any(|p| p.name == "openai"));
         assert!(c.providers.iter().any(|p| p.name == "anthropic"));
         // Dated snapshots find the entry of their family, not a shorter sibling's.
-        let price = |model: &str| crate::pricing::price_for(&c.pricing, model).map(|p| p.input_per_mtok);
+        let price = |model: &str| crate::model::pricing::price_for(&c.pricing, model).map(|p| p.input_per_mtok);
         assert_eq!(price("gpt-4o-mini-2024-07-18"), Some(0.15));
         assert_eq!(price("gpt-4o-2024-08-06"), Some(2.50));
         assert_eq!(price("o3-mini-2025-01-31"), Some(1.10));

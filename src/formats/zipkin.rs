@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::span::{Span, SpanKind, SpanStatus};
+use crate::model::span::{Span, SpanKind, SpanStatus};
 
 /// A batch of spans as a Zipkin v2 JSON array.
 pub fn encode(spans: &[Span], service_name: &str) -> Vec<u8> {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::{Provider, Team};
-use crate::providers::Api;
+use crate::formats::providers::Api;
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const AZURE_API_KEY: HeaderName = HeaderName::from_static("api-key");

@@ -20,10 +20,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::call::{CallContext, Outcome, ResponseFacts};
-use crate::capture::Capture;
+use crate::proxy::call::{CallContext, Outcome, ResponseFacts};
+use crate::model::capture::Capture;
 use crate::upstream::UpstreamBody;
-use crate::usage_injection::UsageStripper;
+use crate::proxy::usage_injection::UsageStripper;
 
 /// Errors a relayed body can end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,11 @@
+//! Wire formats, read and written: the providers' request and response bodies (JSON and SSE),
+//! trace-context headers (W3C, B3), tracegate's own `x-tracegate-*` headers, OTLP and Zipkin
+//! spans, and token counts of a request's text. Pure functions over bytes: they import only
+//! `model`, never the proxy, the recorder or the store, and do no I/O.
+
+pub mod otlp;
+pub mod providers;
+pub mod sse;
+pub mod tokens;
+pub mod trace_context;
+pub mod zipkin;

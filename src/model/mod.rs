@@ -1,0 +1,8 @@
+//! The ground floor: the values every other part shares — span and trace ids, the span record,
+//! a bounded body capture, prices, and the clock. Plain data and arithmetic on it: nothing here
+//! imports another module of the crate, does I/O, or knows a wire format.
+
+pub mod capture;
+pub mod clock;
+pub mod pricing;
+pub mod span;
