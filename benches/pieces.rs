@@ -26,8 +26,9 @@ use tracegate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
 use tracegate::formats::sse;
 use tracegate::formats::trace_context::{
     extract, parse_b3_single, parse_traceparent, traceparent_value, B3Sampling, B3Single, CallerContext, Propagation,
-    SpanId, TraceId, Traceparent,
+    Traceparent,
 };
+use tracegate::model::ids::{SpanId, TraceId};
 
 // ---------------------------------------------------------------------------
 // Inputs

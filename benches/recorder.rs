@@ -10,8 +10,9 @@ use tracegate::proxy::call::{CallRecord, Outcome};
 use tracegate::model::capture::Capture;
 use tracegate::config::Config;
 use tracegate::record::{build_span, RecorderSettings};
-use tracegate::store::{SpanWrite, Store};
-use tracegate::formats::trace_context::{SpanId, TraceId};
+use tracegate::model::span::SpanWrite;
+use tracegate::store::Store;
+use tracegate::model::ids::{SpanId, TraceId};
 
 const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"In one sentence, what does distributed tracing show?"}],"temperature":0.2,"max_tokens":64}"#;
 const RESPONSE: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1732406400,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. Tracing shows where the time goes."},"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":17,"total_tokens":44}}"#;

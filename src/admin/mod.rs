@@ -28,9 +28,9 @@ use crate::record::metrics::Metrics;
 use crate::formats::otlp;
 use crate::record::RecorderHandle;
 use crate::model::span::{SpanBodies, SpanStatus};
-use crate::store::SpanWrite;
+use crate::model::span::SpanWrite;
 use crate::store::{Store, TraceFilter};
-use crate::formats::trace_context::{SpanId, TraceId};
+use crate::model::ids::{SpanId, TraceId};
 use crate::store::ledger::{self as usage, GroupBy};
 
 /// Largest OTLP request accepted (after decompression too).

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::formats::providers::Api;
 use crate::formats::tokens::Encoding;
+use crate::model::pricing::Price;
 
 /// Where `serve` looks for a config when `--config` is not given and `$TRACEGATE_CONFIG` is unset.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tracegate.toml";
@@ -289,14 +290,6 @@ impl fmt::Debug for Team {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Team").field("name", &self.name).field("keys", &self.keys.len()).finish()
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-    pub cached_input_per_mtok: Option<f64>,
-    pub cache_write_per_mtok: Option<f64>,
 }
 
 #[derive(Clone, Default)]

@@ -3,6 +3,7 @@
 //! spans, and token counts of a request's text. Pure functions over bytes: they import only
 //! `model`, never the proxy, the recorder or the store, and do no I/O.
 
+pub mod headers;
 pub mod otlp;
 pub mod providers;
 pub mod sse;

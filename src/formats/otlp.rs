@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 
 use crate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
-use crate::formats::trace_context::{SpanId, TraceId};
+use crate::model::ids::{SpanId, TraceId};
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }

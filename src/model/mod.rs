@@ -4,5 +4,6 @@
 
 pub mod capture;
 pub mod clock;
+pub mod ids;
 pub mod pricing;
 pub mod span;

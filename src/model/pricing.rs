@@ -7,7 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Price;
+/// USD per million tokens of one model (`[pricing."model"]` in the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
+}
 
 /// The token counts a price is applied to. `input_tokens` includes cached and cache-write tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::formats::trace_context::{SpanId, TraceId};
+use crate::model::ids::{SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,4 +180,10 @@ impl TraceSummary {
             }
         }
     }
+}
+
+/// A span ready to be written, with its bodies when they are kept.
+pub struct SpanWrite {
+    pub span: Span,
+    pub bodies: Option<SpanBodies>,
 }

@@ -9,8 +9,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,47 +20,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::proxy::call::{CallContext, Outcome, ResponseFacts};
+use crate::proxy::call::{CallContext, RequestShared, ResponseFacts};
+use crate::record::queue::Outcome;
 use crate::model::capture::Capture;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{BodyError, UpstreamBody};
 use crate::proxy::usage_injection::UsageStripper;
-
-/// Errors a relayed body can end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What the request side of a call shares with the call: the capture, and whether the
-/// client broke off its upload (so a failed call is blamed on the client, not the upstream).
-#[derive(Debug)]
-pub struct RequestShared {
-    pub capture: Mutex<Capture>,
-    pub client_aborted: AtomicBool,
-    /// The body went past `server.max_request_bytes` and was cut off.
-    pub too_large: AtomicBool,
-}
-
-impl RequestShared {
-    pub fn new(capture: Capture) -> Arc<Self> {
-        Arc::new(RequestShared {
-            capture: Mutex::new(capture),
-            client_aborted: AtomicBool::new(false),
-            too_large: AtomicBool::new(false),
-        })
-    }
-
-    pub fn client_aborted(&self) -> bool {
-        self.client_aborted.load(Ordering::Relaxed)
-    }
-
-    pub fn too_large(&self) -> bool {
-        self.too_large.load(Ordering::Relaxed)
-    }
-
-    /// Takes the capture out (leaving an empty one).
-    pub fn take_capture(&self) -> Capture {
-        let mut guard = self.capture.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *guard, Capture::new(0, None))
-    }
-}
 
 /// The client's request body, copied into a shared capture as it streams upstream.
 pub struct RequestTee {
@@ -239,7 +203,7 @@ impl ResponseTee {
         is_sse: bool,
         encoding: Option<http::HeaderValue>,
     ) -> Self {
-        let idle_timeout = call.provider.idle_timeout;
+        let idle_timeout = call.info.provider.idle_timeout;
         ResponseTee {
             inner,
             call: Some(call),

@@ -1,84 +1,59 @@
-//! What the request path knows about one call, and how it hands that off.
+//! What the request path knows about one call while it is in flight, and how it hands it off.
 //!
-//! [`CallContext`] is the per-request context the proxy fills in as the request passes its
-//! phases (route, trace context, upstream). When the call ends — the response body finished,
-//! the upstream failed, or the client went away — the context becomes a [`CallRecord`] of raw
-//! facts (ids, timings, captured bytes) and goes to the recorder with a non-blocking
-//! `try_send`. Nothing here parses bodies: turning bytes into tokens and models is the
-//! recorder's job, off the request path.
+//! [`CallContext`] is the per-request context the phases fill in: the [`CallInfo`] the record
+//! will carry (ids, provider, path, team, reservation), when the call started, and the
+//! [`RequestShared`] state that the request body tee fills as the body streams upstream. When
+//! the call ends — the response body finished, the upstream failed, or the client went away —
+//! [`CallContext::finish`] turns it into a [`CallRecord`] and queues it without waiting.
+//! Nothing here parses bodies: that is the recorder's job, off the request path.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::HeaderValue;
 
-use crate::proxy::body_tee::RequestShared;
-use crate::policy::budget::Reservation;
-use crate::model::capture::{Capture, Captured};
-use crate::config::Provider;
-use crate::record::RecorderHandle;
-use crate::policy::teams::TeamKeyMatch;
-use crate::formats::trace_context::{SpanId, TraceId};
+use crate::model::capture::Capture;
+use crate::record::queue::{CallInfo, CallRecord, Outcome, RecorderHandle};
 
-/// How a call ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// The response was delivered to the client in full.
-    Completed,
-    /// The client went away before the response was complete.
-    Cancelled,
-    /// The proxy could not complete the call (upstream unreachable, timed out, body error).
-    Failed(String),
-}
-
-/// The raw facts of one finished call, as handed to the recorder.
+/// What the request side of a call shares with the call: the capture, and whether the
+/// client broke off its upload (so a failed call is blamed on the client, not the upstream).
 #[derive(Debug)]
-pub struct CallRecord {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    pub provider: Arc<Provider>,
-    pub method: Method,
-    /// The path sent upstream, without the query string (which may hold keys).
-    pub path: String,
-    pub start_time_unix_nano: u64,
-    pub duration: Duration,
-    pub status_code: Option<u16>,
-    pub outcome: Outcome,
-    pub request_body: Captured,
-    pub response_body: Captured,
-    pub response_is_sse: bool,
-    pub response_encoding: Option<HeaderValue>,
-    /// The caller's `x-tracegate-*` headers (removed from the upstream request).
-    pub tracegate_headers: Vec<(HeaderName, HeaderValue)>,
-    pub session: Option<HeaderValue>,
-    /// The team key the caller presented, when it matched one.
-    pub team_key: Option<TeamKeyMatch>,
-    /// The call's claim on its team's budget, settled by the recorder.
-    pub reservation: Option<Reservation>,
+pub struct RequestShared {
+    pub capture: Mutex<Capture>,
+    pub client_aborted: AtomicBool,
+    /// The body went past `server.max_request_bytes` and was cut off.
+    pub too_large: AtomicBool,
 }
 
-impl CallRecord {
-    /// Bytes of body captured in this record (what it costs to keep it queued).
-    pub fn captured_bytes(&self) -> usize {
-        [&self.request_body, &self.response_body].iter().map(|c| c.head.len() + c.tail.len()).sum()
+impl RequestShared {
+    pub fn new(capture: Capture) -> Arc<Self> {
+        Arc::new(RequestShared {
+            capture: Mutex::new(capture),
+            client_aborted: AtomicBool::new(false),
+            too_large: AtomicBool::new(false),
+        })
+    }
+
+    pub fn client_aborted(&self) -> bool {
+        self.client_aborted.load(Ordering::Relaxed)
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
+    }
+
+    /// Takes the capture out (leaving an empty one).
+    pub fn take_capture(&self) -> Capture {
+        let mut guard = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, Capture::new(0, None))
     }
 }
 
 /// Per-request context carried through the proxy's phases.
 pub struct CallContext {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    pub provider: Arc<Provider>,
-    pub method: Method,
-    pub path: String,
+    pub info: CallInfo,
     pub started: Instant,
-    pub start_time_unix_nano: u64,
-    pub tracegate_headers: Vec<(HeaderName, HeaderValue)>,
-    pub session: Option<HeaderValue>,
-    pub team_key: Option<TeamKeyMatch>,
-    pub reservation: Option<Reservation>,
     /// Filled by the request body tee while the body streams upstream.
     pub request: Arc<RequestShared>,
     pub recorder: RecorderHandle,
@@ -110,13 +85,7 @@ impl CallContext {
         // The upstream connection may still hold the request body: take what arrived so far.
         let request_body = self.request.take_capture().finish();
         let record = CallRecord {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent_span_id: self.parent_span_id,
-            provider: self.provider,
-            method: self.method,
-            path: self.path,
-            start_time_unix_nano: self.start_time_unix_nano,
+            info: self.info,
             duration,
             status_code: response.status_code,
             outcome,
@@ -124,10 +93,6 @@ impl CallContext {
             response_body: response.capture.map(Capture::finish).unwrap_or_default(),
             response_is_sse: response.is_sse,
             response_encoding: response.encoding,
-            tracegate_headers: self.tracegate_headers,
-            session: self.session,
-            team_key: self.team_key,
-            reservation: self.reservation,
         };
         self.recorder.submit(record);
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::formats::headers as tracegate_headers;
 use crate::formats::providers::Api;
 
 /// An error produced by tracegate (not relayed from the upstream).
@@ -160,7 +161,7 @@ impl ProxyError {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("x-tracegate-error", HeaderValue::from_static(self.code));
+        headers.insert(tracegate_headers::ERROR, HeaderValue::from_static(self.code));
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

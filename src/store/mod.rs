@@ -47,8 +47,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use segment_codec::SegmentCompressor;
-use crate::model::span::{Span, SpanBodies, SpanStatus, TraceSummary};
-use crate::formats::trace_context::{SpanId, TraceId};
+use crate::model::span::{Span, SpanBodies, SpanStatus, SpanWrite, TraceSummary};
+use crate::model::ids::{SpanId, TraceId};
 use crate::store::ledger::{LedgerKey, LedgerRow};
 
 /// How many spans a listing walks at most (newest first) before it stops looking for more
@@ -149,12 +149,6 @@ impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Sled(e)
     }
-}
-
-/// A span ready to be written, with its bodies when they are kept.
-pub struct SpanWrite {
-    pub span: Span,
-    pub bodies: Option<SpanBodies>,
 }
 
 /// Filters of the trace listing.

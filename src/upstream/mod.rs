@@ -1,74 +1,20 @@
-//! The pooled client that talks to the configured upstreams.
+//! The clients that talk to the configured upstreams, apart from the proxy that uses them.
 //!
-//! One hyper client per distinct connect timeout serves the providers: connections are pooled per host, HTTPS goes through
-//! rustls with the Mozilla (webpki) roots plus the system's native roots, and ALPN picks HTTP/2
-//! or HTTP/1.1. Plain `http://` upstreams (local model servers, `mock-llm`) go through the
-//! leaner [`crate::upstream::h1`] client instead; [`UpstreamBody`] is a response body from either.
+//! `https://` upstreams go through hyper's pooled client ([`client`]: rustls, ALPN h2/h1, one
+//! client per distinct connect timeout and private CA); plain `http://` upstreams (local model
+//! servers, `mock-llm`) through the leaner HTTP/1.1 client in [`h1`], whose request's own task
+//! does the I/O. [`UpstreamBody`] is a response body from either. This floor imports only
+//! `config` (where an upstream is): it never names the proxy, the recorder or the store, so
+//! both clients can be read and tested alone.
 
+pub mod client;
 pub mod h1;
-
-use std::time::Duration;
 
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::CertificateDer;
-
-use crate::proxy::body_tee::RequestTee;
-use crate::upstream::h1::H1Body;
-
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestTee>;
-
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// TLS settings for an upstream: the shared roots plus the provider's own CA certificates.
-pub fn tls_config(roots: &rustls::RootCertStore, extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
-    let mut roots = roots.clone();
-    roots.add_parsable_certificates(extra.iter().cloned());
-    rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
-}
-
-/// Builds a pooled HTTP(S) client with the given connect timeout (for upstreams, and for the
-/// exporters with another body type).
-pub fn build_client<B>(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector>, B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
-}
-
-/// Mozilla's roots, plus whatever the system trusts (for corporate CAs); a system without a
-/// certificate store still gets the Mozilla set.
-pub fn root_store() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(native_roots = added, total = roots.len(), "TLS roots loaded");
-    roots
-}
+pub use client::{build_client, root_store, tls_config};
+pub use h1::{BodyError, H1Body};
 
 /// A response body from an upstream: hyper's pooled client's (`Left`), or the plain-HTTP
 /// client's (`Right`).

@@ -7,7 +7,8 @@ use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use tracegate::model::capture::Capture;
 use tracegate::formats::providers::{self, Api, Operation};
-use tracegate::formats::trace_context::{self, SpanId, TraceId};
+use tracegate::formats::trace_context;
+use tracegate::model::ids::{SpanId, TraceId};
 use tracegate::proxy::usage_injection::UsageStripper;
 
 proptest! {

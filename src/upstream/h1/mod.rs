@@ -26,8 +26,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::body_tee::BodyError;
 use crate::config::Upstream;
+
+/// Errors a relayed body can end with (a request body fed to [`H1Upstream::send`], an
+/// [`H1Body`]).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

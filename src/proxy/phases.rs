@@ -1,0 +1,503 @@
+//! The phases of one proxied call, in the order [`Proxy::run`] passes them. Each is a method
+//! of its own over the request and the per-request context, so it can be read and tested
+//! alone. A phase that refuses or fails answers early: `Err(response)` in the provider's error
+//! shape. Before the call opens (admit, route, trace context) a refusal leaves no span; once it
+//! is open every outcome is recorded — a dropped [`PendingCall`] records a cancel.
+//!
+//! 1. **admit** — refuse CONNECT, absolute-form targets, oversized headers, unsafe paths;
+//! 2. **route** — the configured provider by path prefix (404 when none), the upstream URI;
+//! 3. **trace_context** — the caller's trace (W3C, B3, session) or a new one; a new span id;
+//!    then the call opens: team key matched, `x-tracegate-*` headers taken off the request;
+//! 4. **read_ahead** — the body's first bytes (all of it for a limited team or an injection);
+//! 5. **team** — a team key required or swapped for the provider's key; the team's budget;
+//! 6. **upstream_request** — `traceparent` (and `b3`) to the upstream, the upstream URI, an
+//!    injected `include_usage`;
+//! 7. **send** — through the provider's client within its response timeout;
+//! 8. **respond** — status and headers relayed with the call's ids, the body through a
+//!    [`ResponseTee`] that finishes the call when the body ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::config::Provider;
+use crate::formats::headers as tracegate;
+use crate::formats::providers::{self, Api, Operation};
+use crate::formats::trace_context::{self, Propagation};
+use crate::model::capture::Capture;
+use crate::model::clock::unix_nanos;
+use crate::model::ids::{SpanId, TraceId};
+use crate::model::pricing::{self, BilledTokens};
+use crate::policy::budget::{Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
+use crate::policy::teams::swap_in_provider_key;
+use crate::proxy::body_tee::{RequestTee, ResponseTee};
+use crate::proxy::call::{CallContext, PendingCall, RequestShared, ResponseFacts};
+use crate::proxy::errors::ProxyError;
+use crate::proxy::headers::{self, B3, TRACEPARENT, TRACESTATE};
+use crate::proxy::usage_injection;
+use crate::proxy::{Proxy, ProxyBody, UpstreamRoute, REQUEST_BODY_TIMEOUT};
+use crate::record::queue::{CallInfo, Outcome};
+use crate::upstream::h1::H1Error;
+use crate::upstream::UpstreamBody;
+
+/// An answer given before the upstream's: a refusal or a failure, already recorded if the
+/// call was open.
+pub type Early = Response<ProxyBody>;
+
+/// Where a routed call goes.
+pub struct Routed {
+    pub provider: Arc<Provider>,
+    /// `{upstream}{base_path}{path}?{query}`.
+    pub uri: Uri,
+    /// The path sent upstream, without the query (what the span keeps).
+    pub path: String,
+}
+
+/// The trace a call joins, and what is propagated upstream.
+#[derive(Debug)]
+pub struct CallTrace {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub sampled: bool,
+    pub tracestate: Option<HeaderValue>,
+    /// How the caller sent its context (`None`: a new trace).
+    pub propagation: Option<Propagation>,
+}
+
+/// Who a call is accounted to, as far as the proxy must know before the upstream answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TeamOf {
+    /// The team's index in the config, by team key or `x-tracegate-team`.
+    pub index: Option<usize>,
+    /// The team has a budget or rate limit.
+    pub limited: bool,
+}
+
+impl Proxy {
+    /// The phases in order; `Err` is an early answer.
+    pub(super) async fn run(
+        &self,
+        req: Request<Incoming>,
+        started: Instant,
+        start_time_unix_nano: u64,
+    ) -> Result<Response<ProxyBody>, Early> {
+        self.admit(&req)?;
+        let routed = self.route(&req)?;
+        let (mut parts, body) = req.into_parts();
+        let trace = Self::trace_context(&parts.headers);
+        let (mut pending, mut body) = self.open_call(&mut parts, body, &routed, &trace, started, start_time_unix_nano);
+        let team = self.team_of(&pending.get().info);
+        let inject = routed.provider.inject_stream_usage
+            && parts.method == Method::POST
+            // `/chat/completions` and legacy `/completions` both end so.
+            && routed.path.ends_with("/completions");
+        let declared_length = headers::content_length(&parts.headers);
+        pending = self.read_ahead(pending, &mut body, declared_length, team.limited || inject).await?;
+        let (ahead, whole) = body.read_ahead_bytes();
+        let (pending, remaining) = self.team(pending, &mut parts.headers, team, (ahead, whole), declared_length)?;
+        let rewritten = self.upstream_request(&mut parts, routed.uri, &trace, inject.then_some((ahead, whole)));
+        let injected = rewritten.is_some();
+        if let Some(body_bytes) = rewritten {
+            body.replace_read_ahead(body_bytes);
+        }
+        let (call, upstream) = self.send(pending, Request::from_parts(parts, body)).await?;
+        Ok(self.respond(call, upstream, remaining.as_ref(), injected))
+    }
+
+    /// Phase 1: refuse what tracegate never forwards — `CONNECT`, absolute-form targets (the
+    /// client must not choose where we go), header sections over `server.max_header_bytes`,
+    /// paths with dot segments or encoded slashes.
+    pub fn admit<B>(&self, req: &Request<B>) -> Result<(), Early> {
+        if req.method() == Method::CONNECT {
+            return Err(own_response(ProxyError::connect_method(), Api::Openai));
+        }
+        if req.version() < Version::HTTP_2 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
+            return Err(own_response(ProxyError::absolute_form(), Api::Openai));
+        }
+        if headers::header_bytes(req.headers()) > self.max_header_bytes {
+            let api = self.router.route(req.uri().path()).map_or(Api::Openai, |r| r.provider.api);
+            return Err(own_response(ProxyError::headers_too_large(self.max_header_bytes), api));
+        }
+        if has_dot_segment_or_encoded_slash(req.uri().path()) {
+            return Err(own_response(ProxyError::unsafe_path(), Api::Openai));
+        }
+        Ok(())
+    }
+
+    /// Phase 2: the provider whose prefix the path starts with (or `default_provider`), and the
+    /// upstream URI built from the provider's configured scheme and authority only.
+    pub fn route<B>(&self, req: &Request<B>) -> Result<Routed, Early> {
+        let path = req.uri().path();
+        let Some(route) = self.router.route(path) else {
+            tracing::debug!(path, "no route");
+            return Err(own_response(ProxyError::no_route(path), Api::Openai));
+        };
+        let provider = route.provider.clone();
+        let uri = upstream_uri(&provider, route.upstream_path, req.uri().query())
+            .map_err(|e| own_response(e, provider.api))?;
+        let path = if route.upstream_path.is_empty() { "/".to_string() } else { route.upstream_path.to_string() };
+        Ok(Routed { provider, uri, path })
+    }
+
+    /// Phase 3: the caller's trace context (W3C, then B3, then a session) or a new trace, and a
+    /// new span id for this call.
+    pub fn trace_context(headers: &HeaderMap) -> CallTrace {
+        let span_id = SpanId::random();
+        match trace_context::extract(headers) {
+            Some(c) => CallTrace {
+                trace_id: c.trace_id,
+                span_id,
+                parent_span_id: c.parent_span_id,
+                sampled: c.sampled,
+                tracestate: c.tracestate,
+                propagation: Some(c.propagation),
+            },
+            None => CallTrace {
+                trace_id: TraceId::random(),
+                span_id,
+                parent_span_id: None,
+                sampled: true,
+                tracestate: None,
+                propagation: None,
+            },
+        }
+    }
+
+    /// The call opens: the team key is matched, the hop-by-hop, trace and `x-tracegate-*`
+    /// headers come off the request (the latter kept for the span), and the body is wrapped in
+    /// a tee that copies it into a bounded capture. From here on the call is recorded.
+    fn open_call(
+        &self,
+        parts: &mut Parts,
+        body: Incoming,
+        routed: &Routed,
+        trace: &CallTrace,
+        started: Instant,
+        start_time_unix_nano: u64,
+    ) -> (PendingCall, RequestTee) {
+        let team_key = self.teams.authenticate(&parts.headers);
+        let tracegate_headers = headers::strip_request_headers(&mut parts.headers);
+        let session =
+            tracegate_headers.iter().find(|(name, _)| name.as_str() == tracegate::SESSION).map(|(_, v)| v.clone());
+        let capture = Capture::new(self.max_capture_bytes, headers::content_length(&parts.headers));
+        let request = RequestShared::new(capture);
+        let body = RequestTee::new(body, request.clone(), started, self.max_request_bytes);
+        let info = CallInfo {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_span_id: trace.parent_span_id,
+            provider: routed.provider.clone(),
+            method: parts.method.clone(),
+            path: routed.path.clone(),
+            start_time_unix_nano,
+            tracegate_headers,
+            session,
+            team_key,
+            reservation: None,
+        };
+        let call = CallContext { info, started, request, recorder: self.recorder.clone() };
+        (PendingCall::new(call), body)
+    }
+
+    /// The team a call is accounted to: its team key's, else the one `x-tracegate-team` names.
+    pub fn team_of(&self, info: &CallInfo) -> TeamOf {
+        let index = match &info.team_key {
+            Some(m) => Some(m.team_index),
+            None => info
+                .tracegate_headers
+                .iter()
+                .find(|(name, _)| name.as_str() == tracegate::TEAM)
+                .and_then(|(_, v)| v.to_str().ok())
+                .and_then(|team| self.team_names.iter().position(|n| n == team)),
+        };
+        TeamOf { index, limited: index.is_some_and(|i| self.budgets.is_limited(i)) }
+    }
+
+    /// Phase 4: reads the body's first bytes before the upstream is contacted — one frame, so
+    /// that even a call whose upstream cannot be reached records what was asked; the whole body
+    /// (up to a bound) when `whole` (a limited team's estimate, a usage injection).
+    async fn read_ahead(
+        &self,
+        pending: PendingCall,
+        body: &mut RequestTee,
+        declared_length: Option<u64>,
+        whole: bool,
+    ) -> Result<PendingCall, Early> {
+        let api = pending.get().info.provider.api;
+        if declared_length.is_some_and(|len| len > self.max_request_bytes) {
+            return Err(fail(pending.take(), ProxyError::body_too_large(self.max_request_bytes), api));
+        }
+        let limit = if whole { usage_injection::MAX_REWRITE_BYTES } else { 1 };
+        match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_ahead(limit)).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(_)) if pending.get().request.too_large() => {
+                Err(fail(pending.take(), ProxyError::body_too_large(self.max_request_bytes), api))
+            }
+            // The client broke off before sending its body: dropping `pending` records a cancel.
+            Ok(Err(_)) => Err(own_response(ProxyError::request_body_incomplete(), api)),
+            // The client stalled: tell it, and record why.
+            Err(_) => Err(fail(pending.take(), ProxyError::request_body_incomplete(), api)),
+        }
+    }
+
+    /// Phase 5: a team key when `require_team_key` asks for one; a team key swapped for the
+    /// provider's own; the team's budget and rate limits (a reservation of a deliberately high
+    /// estimate, settled by the recorder). `Ok` carries what the team has left, for the
+    /// `x-tracegate-ratelimit-*` headers of the answer.
+    pub fn team(
+        &self,
+        mut pending: PendingCall,
+        headers: &mut HeaderMap,
+        team: TeamOf,
+        ahead: (&[u8], bool),
+        declared_length: Option<u64>,
+    ) -> Result<(PendingCall, Option<Remaining>), Early> {
+        let provider = pending.get().info.provider.clone();
+        if self.require_team_key && pending.get().info.team_key.is_none() {
+            return Err(fail(pending.take(), ProxyError::team_key_required(), provider.api));
+        }
+        if let Some(matched) = &pending.get().info.team_key {
+            if !swap_in_provider_key(headers, matched, &provider) {
+                return Err(fail(pending.take(), ProxyError::provider_key_missing(&provider.name), provider.api));
+            }
+        }
+        let (Some(index), true) = (team.index, team.limited) else { return Ok((pending, None)) };
+        let estimate = self.estimate(&provider, &pending.get().info.path, ahead, declared_length);
+        match self.budgets.admit(index, estimate, unix_nanos() / 1_000_000_000) {
+            Ok((reservation, left)) => {
+                pending.get_mut().info.reservation = Some(reservation);
+                Ok((pending, Some(left)))
+            }
+            Err(refused) => {
+                let message = refused.reason.message(&self.team_names[index]);
+                let mut response =
+                    fail(pending.take(), ProxyError::limited(message, refused.retry_after_secs), provider.api);
+                headers::limit_headers(response.headers_mut(), &refused.remaining, "x-ratelimit-");
+                Err(response)
+            }
+        }
+    }
+
+    /// A deliberately high estimate of what a call will use, reserved against its team's
+    /// budget: input ≈ body bytes / 3, output = `max_tokens` or a default, at the model's price.
+    /// The only place the request path reads a body: the first bytes, for a limited team.
+    fn estimate(&self, provider: &Provider, path: &str, ahead: (&[u8], bool), declared: Option<u64>) -> Estimate {
+        let operation = providers::operation_for(provider.api, path);
+        let (ahead, whole) = ahead;
+        let facts = providers::parse_request(provider.api, &operation, ahead);
+        let body_len = if whole { ahead.len() as u64 } else { declared.unwrap_or(ahead.len() as u64) };
+        let input = body_len / 3 + 1;
+        let output = match operation {
+            Operation::Embeddings => 0,
+            _ => facts.max_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+        };
+        let cost_usd = facts
+            .model
+            .as_deref()
+            .and_then(|m| pricing::price_for(&self.pricing, m))
+            .map(|price| {
+                pricing::cost_usd(
+                    price,
+                    BilledTokens { input_tokens: input, output_tokens: output, ..Default::default() },
+                )
+            })
+            .unwrap_or(0.0);
+        Estimate { cost_usd, tokens: input + output }
+    }
+
+    /// Phase 6: the request as the upstream gets it — the upstream URI, HTTP/1.1 semantics
+    /// (the client picks the wire version), `traceparent` with this call's span as parent,
+    /// the caller's `tracestate`, `b3` for a B3 caller. With `inject` (the whole body read
+    /// ahead), an OpenAI stream that did not ask for usage is rewritten to ask: the new body
+    /// is returned.
+    pub fn upstream_request(
+        &self,
+        parts: &mut Parts,
+        uri: Uri,
+        trace: &CallTrace,
+        inject: Option<(&[u8], bool)>,
+    ) -> Option<Bytes> {
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let headers = &mut parts.headers;
+        headers.insert(TRACEPARENT, trace_context::traceparent_value(trace.trace_id, trace.span_id, trace.sampled));
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE, state.clone());
+        }
+        if matches!(trace.propagation, Some(Propagation::B3Single | Propagation::B3Multi)) {
+            headers.insert(B3, trace_context::b3_value(trace.trace_id, trace.span_id, trace.sampled));
+        }
+        let (ahead, true) = inject? else { return None };
+        let rewritten = usage_injection::inject(ahead)?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+        Some(rewritten)
+    }
+
+    /// Phase 7: the exchange with the upstream, until its response head arrives or the
+    /// provider's response timeout passes. A failure is blamed where it belongs: a body over
+    /// the limit (413), a client that broke off its upload (cancelled), else the upstream
+    /// (502, or 504 on a timeout).
+    async fn send(
+        &self,
+        pending: PendingCall,
+        request: Request<RequestTee>,
+    ) -> Result<(CallContext, Response<UpstreamBody>), Early> {
+        let provider = pending.get().info.provider.clone();
+        let exchange = async {
+            match self.route_for(&provider) {
+                UpstreamRoute::Pooled(index) => match self.clients[*index].request(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Left)),
+                    Err(err) => Err(classify_client_error(&provider, &err)),
+                },
+                UpstreamRoute::Direct(upstream) => match upstream.send(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Right)),
+                    Err(err) => Err(classify_h1_error(&provider, &err)),
+                },
+            }
+        };
+        let result = tokio::time::timeout(provider.response_timeout, exchange).await;
+        let call = pending.take();
+        match result {
+            Ok(Ok(response)) => Ok((call, response)),
+            Ok(Err(_)) if call.request.too_large() => {
+                Err(fail(call, ProxyError::body_too_large(self.max_request_bytes), provider.api))
+            }
+            Ok(Err(_)) if call.request.client_aborted() => {
+                // The client broke off its upload; the upstream is not to blame.
+                call.finish(ResponseFacts::none(), Outcome::Cancelled);
+                Err(own_response(ProxyError::request_body_incomplete(), provider.api))
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(provider = %provider.name, error = %error, "upstream request failed");
+                Err(fail(call, error, provider.api))
+            }
+            Err(_elapsed) => {
+                let error =
+                    ProxyError::upstream_timeout(&provider.name, "no response headers within the response timeout");
+                tracing::warn!(provider = %provider.name, "upstream response timeout");
+                Err(fail(call, error, provider.api))
+            }
+        }
+    }
+
+    /// Phase 8: the upstream's status and headers (hop-by-hop removed) with the call's ids and,
+    /// for a limited team, `x-tracegate-ratelimit-*`; the body streams through a
+    /// [`ResponseTee`], which owns the call from here and finishes it when the body ends.
+    fn respond(
+        &self,
+        call: CallContext,
+        upstream: Response<UpstreamBody>,
+        remaining: Option<&Remaining>,
+        injected: bool,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = upstream.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let is_sse = headers::is_event_stream(&parts.headers);
+        let encoding = parts.headers.get(header::CONTENT_ENCODING).cloned();
+        let capture = Capture::new(self.max_capture_bytes, headers::content_length(&parts.headers));
+        headers::insert_ids(&mut parts.headers, call.info.trace_id, call.info.span_id);
+        parts.version = Version::HTTP_11;
+        if let Some(left) = remaining {
+            // The provider's own x-ratelimit-* headers stay as they are; ours are prefixed.
+            headers::limit_headers(&mut parts.headers, left, tracegate::RATELIMIT_PREFIX);
+        }
+        let status = parts.status.as_u16();
+        let mut body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
+        if injected && is_sse && parts.status.is_success() {
+            // The client must not see what asking for usage added (and its length changes).
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body = body.strip_injected_usage();
+        }
+        Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+/// Records a failed call and answers the client with a provider-shaped error.
+fn fail(call: CallContext, error: ProxyError, api: Api) -> Early {
+    let (trace_id, span_id) = (call.info.trace_id, call.info.span_id);
+    let facts = ResponseFacts { status_code: Some(error.status.as_u16()), ..ResponseFacts::none() };
+    call.finish(facts, Outcome::Failed(error.message.clone()));
+    let mut response = own_response(error, api);
+    headers::insert_ids(response.headers_mut(), trace_id, span_id);
+    response
+}
+
+/// An error tracegate answers itself, in the provider's error shape.
+fn own_response(error: ProxyError, api: Api) -> Early {
+    error.to_response(api).map(Either::Right)
+}
+
+/// `{upstream}{base_path}{path}?{query}`.
+fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let up = &provider.upstream;
+    let path = if path.is_empty() && up.base_path.is_empty() { "/" } else { path };
+    let mut path_and_query = String::with_capacity(up.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    path_and_query.push_str(&up.base_path);
+    path_and_query.push_str(path);
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::upstream_unreachable(&provider.name, &format!("invalid upstream path: {e}")))
+}
+
+/// True for paths with `.`/`..` segments (also percent-encoded) or encoded slashes, which
+/// could climb out of an upstream's base path or route differently upstream than here.
+fn has_dot_segment_or_encoded_slash(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return true;
+    }
+    lower.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// 502 for refused, unresolvable or failing upstreams, 504 when connecting timed out.
+fn classify_h1_error(provider: &Provider, err: &H1Error) -> ProxyError {
+    match err {
+        H1Error::ConnectTimeout => ProxyError::upstream_timeout(&provider.name, "connect timeout"),
+        H1Error::Connect(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            ProxyError::upstream_timeout(&provider.name, "connect timeout")
+        }
+        H1Error::Connect(io) => ProxyError::upstream_unreachable(&provider.name, &io.to_string()),
+        other => ProxyError::upstream_unreachable(&provider.name, &other.to_string()),
+    }
+}
+
+/// 502 for refused/unresolvable upstreams, 504 when connecting timed out.
+fn classify_client_error(provider: &Provider, err: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    let mut detail = err.to_string();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProxyError::upstream_timeout(&provider.name, "connect timeout");
+            }
+        }
+        detail = e.to_string();
+        source = e.source();
+    }
+    if err.is_connect() {
+        ProxyError::upstream_unreachable(&provider.name, &detail)
+    } else {
+        ProxyError::upstream_unreachable(&provider.name, &format!("connection failed: {detail}"))
+    }
+}
+

@@ -1,0 +1,293 @@
+//! Building a span from a finished call's raw facts: decoding the captured bodies, reading
+//! model, usage, finish reason and errors through `formats`, finding the first content token's
+//! arrival, estimating missing tokens, pricing, and redacting credentials from stored bodies.
+//! Runs on the recorder thread only; a pure function of the record and the settings.
+
+use std::io::Read;
+
+use bytes::Bytes;
+
+use crate::formats::headers::{self, Tags};
+use crate::formats::providers::{self, Operation};
+use crate::formats::tokens;
+use crate::model::capture::Captured;
+use crate::model::pricing::{self, BilledTokens};
+use crate::model::span::{Span, SpanBodies, SpanKind, SpanStatus, SpanWrite, UsageSource};
+use crate::record::queue::{CallRecord, Outcome};
+use crate::record::settings::RecorderSettings;
+
+/// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
+const MAX_DECODED_BYTES: u64 = 16 << 20;
+
+/// Builds the span (and its kept bodies) for one finished call.
+pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite {
+    let info = &record.info;
+    let api = info.provider.api;
+    let operation = providers::operation_for(api, &info.path);
+
+    let request_bytes = record.request_body.joined(TRUNCATION_MARK.as_bytes());
+    let request = providers::parse_request(api, &operation, &request_bytes);
+    let response_bytes =
+        decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
+    let response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);
+
+    let ttft_ms = if record.response_is_sse && record.response_encoding.is_none() {
+        response.first_content_end.and_then(|offset| {
+            record
+                .response_body
+                .marks
+                .iter()
+                .find(|m| m.end_offset as usize >= offset)
+                .map(|m| f64::from(m.elapsed_us) / 1000.0)
+        })
+    } else {
+        None
+    };
+
+    let (status, error) = match &record.outcome {
+        Outcome::Cancelled => {
+            (SpanStatus::Cancelled, Some("client disconnected before the response was complete".to_string()))
+        }
+        Outcome::Failed(message) => (SpanStatus::Error, Some(message.clone())),
+        Outcome::Completed => match record.status_code {
+            Some(code) if code >= 400 => (
+                SpanStatus::Error,
+                Some(response.error.clone().unwrap_or_else(|| format!("upstream answered HTTP {code}"))),
+            ),
+            _ => match &response.error {
+                Some(message) => (SpanStatus::Error, Some(message.clone())),
+                None => (SpanStatus::Ok, None),
+            },
+        },
+    };
+
+    let model = response.model.clone().or_else(|| request.model.clone());
+    let name = match request.model.as_ref().or(model.as_ref()) {
+        Some(m) => format!("{} {m}", operation.as_str()),
+        None => operation.as_str().to_string(),
+    };
+
+    let (input_tokens, output_tokens, usage_source, cache_read, cache_write, reasoning) = match &response.usage {
+        Some(u) => (
+            Some(u.input_tokens),
+            Some(u.output_tokens),
+            UsageSource::Reported,
+            u.cache_read_input_tokens,
+            u.cache_creation_input_tokens,
+            u.reasoning_tokens,
+        ),
+        None => match estimate_usage(record, &operation, &request_bytes, &response, model.as_deref(), settings) {
+            Some((input, output)) => (Some(input), Some(output), UsageSource::Estimated, None, None, None),
+            None => (None, None, UsageSource::Missing, None, None, None),
+        },
+    };
+    let cost_usd = match (&model, input_tokens, output_tokens) {
+        (Some(m), Some(input), Some(output)) => pricing::price_for(&settings.pricing, m).map(|price| {
+            pricing::cost_usd(
+                price,
+                BilledTokens {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_read_input_tokens: cache_read.unwrap_or(0),
+                    cache_creation_input_tokens: cache_write.unwrap_or(0),
+                },
+            )
+        }),
+        _ => None,
+    };
+
+    let Tags { mut team, user, omit_bodies, properties } = headers::read_tags(&info.tracegate_headers);
+    if let Some(matched) = &info.team_key {
+        team = Some(matched.team.clone());
+    }
+    let session =
+        info.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+
+    let span = Span {
+        trace_id: info.trace_id,
+        span_id: info.span_id,
+        parent_span_id: info.parent_span_id,
+        name,
+        kind: SpanKind::Llm,
+        start_time_unix_nano: info.start_time_unix_nano,
+        duration_ms: record.duration.as_secs_f64() * 1000.0,
+        ttft_ms,
+        provider: Some(info.provider.name.clone()),
+        operation: Some(operation.as_str().to_string()),
+        method: Some(info.method.as_str().to_string()),
+        path: Some(info.path.clone()),
+        status_code: record.status_code,
+        status,
+        request_model: request.model,
+        response_model: response.model,
+        stream: request.stream || record.response_is_sse,
+        input_tokens,
+        output_tokens,
+        usage_source,
+        cache_read_input_tokens: cache_read,
+        cache_creation_input_tokens: cache_write,
+        reasoning_tokens: reasoning,
+        finish_reason: response.finish_reason,
+        cost_usd,
+        team,
+        user,
+        key_fingerprint: info.team_key.as_ref().map(|m| m.fingerprint.clone()),
+        session,
+        properties,
+        error,
+    };
+
+    let bodies = (settings.capture_bodies && !omit_bodies).then(|| {
+        let request_bytes = redact_credentials(&request_bytes);
+        let (request_body, request_cut) = stored_text(&request_bytes, settings.max_capture_bytes);
+        let (response_body, response_cut) = stored_text(&response_bytes, settings.max_capture_bytes);
+        SpanBodies {
+            request_body,
+            response_body,
+            truncated: request_cut
+                || response_cut
+                || record.request_body.truncated()
+                || record.response_body.truncated(),
+        }
+    });
+    SpanWrite { span, bodies }
+}
+
+/// Counts tokens for a call whose provider reported none: the request's input and the output
+/// text that reached the client. Only calls the provider answered with success (completed, cut
+/// or cancelled mid-stream) are estimated; a refused or failed call bills nothing we can know.
+fn estimate_usage(
+    record: &CallRecord,
+    operation: &Operation,
+    request_bytes: &[u8],
+    response: &providers::ResponseFacts,
+    model: Option<&str>,
+    settings: &RecorderSettings,
+) -> Option<(u64, u64)> {
+    let answered = record.status_code.is_some_and(|code| (200..300).contains(&code));
+    if !answered || record.request_body.truncated() {
+        return None;
+    }
+    let encoding = tokens::encoding_for_model(model.unwrap_or(""), settings.default_encoding);
+    let input = tokens::estimate_input(record.info.provider.api, operation, request_bytes, encoding)?;
+    let output = match operation {
+        Operation::Embeddings => 0,
+        _ => encoding.count(&response.output_text),
+    };
+    Some((input, output))
+}
+
+/// The response body as the client's SDK saw it after content decoding (gzip, deflate, br).
+fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_sse: bool) -> Bytes {
+    let separator: &[u8] = if is_sse { b"\n\n" } else { b"\n" };
+    let Some(encoding) = encoding.and_then(|e| e.to_str().ok()).map(|e| e.trim().to_ascii_lowercase()) else {
+        return body.joined(separator);
+    };
+    // A truncated compressed body decodes only as far as its head reaches.
+    let compressed = &body.head[..];
+    let mut out = Vec::new();
+    let result = match encoding.as_str() {
+        "gzip" | "x-gzip" => {
+            flate2::read::MultiGzDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out)
+        }
+        "deflate" => flate2::read::ZlibDecoder::new(compressed).take(MAX_DECODED_BYTES).read_to_end(&mut out),
+        "br" => brotli_decompressor::Decompressor::new(compressed, 4096).take(MAX_DECODED_BYTES).read_to_end(&mut out),
+        "identity" | "" => return body.joined(separator),
+        _ => return Bytes::new(),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, encoding, "response body decoded partially");
+    }
+    Bytes::from(out)
+}
+
+/// JSON member names whose values are credentials, never stored.
+const CREDENTIAL_FIELDS: [&str; 10] = [
+    "api_key",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "authorization",
+    "password",
+    "secret",
+    "client_secret",
+    "access_token",
+    "refresh_token",
+];
+
+/// A request body with the values of credential-named JSON members (at any depth) replaced by
+/// `"[redacted]"`. Bodies without such a name are returned as they are, unparsed.
+fn redact_credentials(body: &Bytes) -> Bytes {
+    // A quoted, case-insensitive name anywhere in the body; no copy, no allocation.
+    // One pass over the quotes; only a quote is compared against the names.
+    let mentions = body.iter().enumerate().filter(|(_, b)| **b == b'"').any(|(at, _)| {
+        let after = &body[at + 1..];
+        CREDENTIAL_FIELDS.iter().any(|name| {
+            after.len() > name.len()
+                && after[name.len()] == b'"'
+                && after[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+        })
+    });
+    if !mentions {
+        return body.clone();
+    }
+    fn scrub(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if CREDENTIAL_FIELDS.contains(&key.to_ascii_lowercase().as_str()) {
+                        *v = serde_json::Value::String("[redacted]".into());
+                    } else {
+                        scrub(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            scrub(&mut value);
+            Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+        }
+        // Not JSON (or cut short) yet it names a credential: keep nothing rather than leak it.
+        Err(_) => Bytes::from_static(b"[body withheld: it names a credential and could not be redacted]"),
+    }
+}
+
+/// Text to store for a body (`None` when empty), cut to `limit` bytes — its head and its last
+/// quarter — and whether it was cut.
+fn stored_text(bytes: &[u8], limit: usize) -> (Option<String>, bool) {
+    if bytes.is_empty() {
+        return (None, false);
+    }
+    if bytes.len() <= limit {
+        return (Some(String::from_utf8_lossy(bytes).into_owned()), false);
+    }
+    let tail = limit / 4;
+    let mut text = String::from_utf8_lossy(&bytes[..limit - tail]).into_owned();
+    text.push_str(TRUNCATION_MARK);
+    text.push_str(&String::from_utf8_lossy(&bytes[bytes.len() - tail..]));
+    (Some(text), true)
+}
+
+/// Placed where a stored body was cut.
+const TRUNCATION_MARK: &str = "\n…[truncated by tracegate]…\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_bodies_are_redacted() {
+        let body = Bytes::from_static(br#"{"model":"m","api_key":"sk-123","extra":{"Authorization":"Bearer x","list":[{"password":"p"}]},"max_tokens":5}"#);
+        let out = String::from_utf8(redact_credentials(&body).to_vec()).unwrap();
+        assert!(!out.contains("sk-123") && !out.contains("Bearer x") && !out.contains("\"p\""), "{out}");
+        assert!(out.contains("\"max_tokens\":5"));
+        let plain = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        assert_eq!(redact_credentials(&plain), plain, "untouched when no credential is named");
+        let cut = Bytes::from_static(br#"{"api_key":"sk-1"#);
+        assert!(!String::from_utf8_lossy(&redact_credentials(&cut)).contains("sk-1"));
+    }
+}
