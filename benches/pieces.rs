@@ -22,13 +22,13 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tracegate::formats::providers::{parse_response, Api, Operation, ResponseFacts, Usage};
-use tracegate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
 use tracegate::formats::sse;
 use tracegate::formats::trace_context::{
     extract, parse_b3_single, parse_traceparent, traceparent_value, B3Sampling, B3Single, CallerContext, Propagation,
     Traceparent,
 };
 use tracegate::model::ids::{SpanId, TraceId};
+use tracegate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
 
 // ---------------------------------------------------------------------------
 // Inputs

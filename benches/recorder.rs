@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracegate::proxy::call::{CallRecord, Outcome};
-use tracegate::model::capture::Capture;
 use tracegate::config::Config;
-use tracegate::record::{build_span, RecorderSettings};
-use tracegate::model::span::SpanWrite;
-use tracegate::store::Store;
+use tracegate::model::capture::Capture;
 use tracegate::model::ids::{SpanId, TraceId};
+use tracegate::model::span::SpanWrite;
+use tracegate::record::{build_span, CallInfo, CallRecord, Outcome, RecorderSettings};
+use tracegate::store::Store;
 
 const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"In one sentence, what does distributed tracing show?"}],"temperature":0.2,"max_tokens":64}"#;
 const RESPONSE: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1732406400,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. Tracing shows where the time goes."},"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":17,"total_tokens":44}}"#;
@@ -24,13 +23,19 @@ fn record(config: &Config) -> CallRecord {
         c.finish()
     };
     CallRecord {
-        trace_id: TraceId::random(),
-        span_id: SpanId::random(),
-        parent_span_id: None,
-        provider: config.providers[0].clone(),
-        method: http::Method::POST,
-        path: "/v1/chat/completions".into(),
-        start_time_unix_nano: 1_700_000_000_000_000_000,
+        info: CallInfo {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            provider: config.providers[0].clone(),
+            method: http::Method::POST,
+            path: "/v1/chat/completions".into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            tracegate_headers: Vec::new(),
+            session: None,
+            team_key: None,
+            reservation: None,
+        },
         duration: Duration::from_micros(850),
         status_code: Some(200),
         outcome: Outcome::Completed,
@@ -38,10 +43,6 @@ fn record(config: &Config) -> CallRecord {
         response_body: capture(RESPONSE),
         response_is_sse: false,
         response_encoding: None,
-        tracegate_headers: Vec::new(),
-        session: None,
-        team_key: None,
-        reservation: None,
     }
 }
 

@@ -12,8 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::model::clock::format_utc;
 use crate::config::Config;
+use crate::model::clock::format_utc;
 
 pub const USAGE: &str = "\
 tracegate — a transparent LLM API proxy that records every call as a span

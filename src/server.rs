@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::policy::budget::Budgets;
 use crate::config::{Config, TlsFiles};
-use crate::record::metrics::Metrics;
+use crate::policy::budget::Budgets;
 use crate::proxy::Proxy;
+use crate::record::metrics::Metrics;
 use crate::record::{self as recorder, RecorderHandle, RecorderSettings};
 use crate::store::Store;
 

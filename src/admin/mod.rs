@@ -24,14 +24,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message as _;
 
-use crate::record::metrics::Metrics;
 use crate::formats::otlp;
-use crate::record::RecorderHandle;
-use crate::model::span::{SpanBodies, SpanStatus};
-use crate::model::span::SpanWrite;
-use crate::store::{Store, TraceFilter};
 use crate::model::ids::{SpanId, TraceId};
+use crate::model::span::SpanWrite;
+use crate::model::span::{SpanBodies, SpanStatus};
+use crate::record::metrics::Metrics;
+use crate::record::RecorderHandle;
 use crate::store::ledger::{self as usage, GroupBy};
+use crate::store::{Store, TraceFilter};
 
 /// Largest OTLP request accepted (after decompression too).
 const MAX_INGEST_BYTES: usize = 16 << 20;

@@ -26,11 +26,11 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ExportConfig, Provider};
+use crate::formats::{otlp, zipkin};
+use crate::model::span::Span;
 use crate::record::metrics::{ExportCounters, Metrics};
 use crate::record::RecorderHandle;
-use crate::model::span::Span;
 use crate::store::Store;
-use crate::formats::{otlp, zipkin};
 use crate::upstream;
 
 /// Spans gathered into one export request (whole segments, so it may be a little more).

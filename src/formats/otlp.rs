@@ -17,8 +17,8 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind as OtlpKind, status::StatusCode, ResourceSpans, ScopeSpans, Status,
 };
 
-use crate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
 use crate::model::ids::{SpanId, TraceId};
+use crate::model::span::{Span, SpanKind, SpanStatus, UsageSource};
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }

@@ -64,7 +64,6 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-
 impl TraceId {
     /// The trace id for a named session: the first 16 bytes of
     /// SHA-256(`"tracegate-session\0"` + `session`). The same session name
@@ -93,7 +92,6 @@ impl TraceId {
         }
     }
 }
-
 
 // ---------------------------------------------------------------------------
 // What the caller sent

@@ -185,4 +185,3 @@ impl SpanId {
         Self(fastrand::u64(1..).to_be_bytes())
     }
 }
-

@@ -20,11 +20,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::proxy::call::{CallContext, RequestShared, ResponseFacts};
-use crate::record::queue::Outcome;
 use crate::model::capture::Capture;
-use crate::upstream::{BodyError, UpstreamBody};
+use crate::proxy::call::{CallContext, RequestShared, ResponseFacts};
 use crate::proxy::usage_injection::UsageStripper;
+use crate::record::queue::Outcome;
+use crate::upstream::{BodyError, UpstreamBody};
 
 /// The client's request body, copied into a shared capture as it streams upstream.
 pub struct RequestTee {

@@ -500,4 +500,3 @@ fn classify_client_error(provider: &Provider, err: &hyper_util::client::legacy::
         ProxyError::upstream_unreachable(&provider.name, &format!("connection failed: {detail}"))
     }
 }
-

@@ -142,7 +142,6 @@ impl RecorderHandle {
     }
 }
 
-
 /// A new queue holding at most `capacity` messages: the handle, and the recorder's end with
 /// the count of captured bytes waiting (the recorder subtracts what it takes).
 pub(super) fn channel(capacity: usize, metrics: Arc<Metrics>) -> (RecorderHandle, Receiver<Message>, Arc<AtomicUsize>) {

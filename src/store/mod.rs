@@ -46,10 +46,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
-use segment_codec::SegmentCompressor;
-use crate::model::span::{Span, SpanBodies, SpanStatus, SpanWrite, TraceSummary};
 use crate::model::ids::{SpanId, TraceId};
+use crate::model::span::{Span, SpanBodies, SpanStatus, SpanWrite, TraceSummary};
 use crate::store::ledger::{LedgerKey, LedgerRow};
+use segment_codec::SegmentCompressor;
 
 /// How many spans a listing walks at most (newest first) before it stops looking for more
 /// matches. Every trace met is looked up whole (~17 µs), so a filter that matches nothing

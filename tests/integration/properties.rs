@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
-use tracegate::model::capture::Capture;
 use tracegate::formats::providers::{self, Api, Operation};
 use tracegate::formats::trace_context;
+use tracegate::model::capture::Capture;
 use tracegate::model::ids::{SpanId, TraceId};
 use tracegate::proxy::usage_injection::UsageStripper;
 
