@@ -202,7 +202,7 @@ pub async fn trace(trace_id: &str, admin: &AdminTarget) -> Result<String, String
 
 pub async fn usage(query: &str, csv: bool, admin: &AdminTarget) -> Result<String, String> {
     let value = get_json(admin, &format!("/api/usage?{query}")).await?;
-    Ok(crate::store::ledger::format_report(&value, csv))
+    Ok(crate::admin::usage_report::format_report(&value, csv))
 }
 
 /// One line per trace, newest first.

@@ -6,6 +6,7 @@
 //! `/healthz` needs `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod ui;
+pub mod usage_report;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,13 +25,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message as _;
 
+use crate::admin::usage_report::{self as usage, GroupBy};
 use crate::formats::otlp;
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::SpanWrite;
 use crate::model::span::{SpanBodies, SpanStatus};
 use crate::record::metrics::Metrics;
 use crate::record::RecorderHandle;
-use crate::store::ledger::{self as usage, GroupBy};
 use crate::store::{Store, TraceFilter};
 
 /// Largest OTLP request accepted (after decompression too).

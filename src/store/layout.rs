@@ -1,0 +1,378 @@
+//! The store's on-disk layout: key prefixes and the encodings of span segments, body
+//! segments, index runs and pages (see the folder's doc for the map). Pure byte work over
+//! values sled hands back; nothing here touches sled beyond its value type.
+
+use std::collections::HashMap;
+
+use crate::model::ids::{SpanId, TraceId};
+use crate::model::span::{SpanBodies, SpanWrite};
+use crate::store::error::StoreError;
+use crate::store::ledger::LedgerRow;
+use crate::store::segment_codec::{self, SegmentCompressor};
+
+/// A segment is closed once its encoding passes this size (a batch may then span several).
+/// sled splits a leaf at 17 entries and stores a leaf above ~128 KB (its segment size / 4) as a
+/// blob whose memory its cache does not count: with 128 KB segments the proxy's RSS grew with
+/// everything written (~300 MB after 1 M spans). At ~6 KB a full leaf stays under that bound.
+pub(super) const SEGMENT_TARGET_BYTES: usize = 6 * 1024;
+/// The largest compression ratio a segment's raw size is planned on (spans of one batch
+/// compress ~4–5×): bounds a segment after a run of very compressible ones.
+pub(super) const MAX_EXPECTED_RATIO: f64 = 5.0;
+
+pub(super) const SPAN_SEGMENT: u8 = b'S';
+pub(super) const BODY_SEGMENT: u8 = b'B';
+pub(super) const INDEX_RUN: u8 = b'I';
+pub(super) const INDEX_PAGE: u8 = b'J';
+pub(super) const LEDGER: u8 = b'L';
+pub(super) const FORMAT_KEY: &[u8] = b"Mformat";
+/// The last segment seq whose batch's index run has been merged into pages (and its ledger
+/// deltas into the ledger).
+pub(super) const MERGED_THROUGH_KEY: &[u8] = b"Mmerged_through";
+/// The layout this code reads and writes; format 1 (an index key per span) is converted at
+/// open; another value refuses to open.
+pub(super) const FORMAT_VERSION: u8 = 3;
+/// Format 2 is format 3 without compressed segments: it reads unchanged (see `segment_codec`).
+pub(super) const FORMAT2: u8 = 2;
+/// Format 1's per-span index keys: `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4).
+pub(super) const FORMAT1_TRACE_INDEX: u8 = b'T';
+pub(super) const FORMAT1_INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
+
+/// Bytes of one index entry: trace id, segment seq, position in the segment.
+pub(super) const INDEX_ENTRY_BYTES: usize = 26;
+/// Buckets the index pages are split into (a trace's bucket is a hash of its id).
+pub(super) const INDEX_BUCKETS: u8 = 64;
+/// Index pages are cut at this size (like segments, to stay out of sled's blobs).
+pub(super) const INDEX_PAGE_BYTES: usize = 6 * 1024;
+/// Entries the index runs may hold before they are merged into the bucket pages: bounds what
+/// a lookup scans linearly (~106 KB) and amortizes a merge over many spans (at 1,024 a merge
+/// every ~40 ms cost ~4% of the core; its cost is mostly rewriting the 64 buckets' last pages).
+pub const RUN_ENTRIES_BEFORE_MERGE: usize = 4096;
+
+pub(super) const BODIES_KEPT: u8 = 1;
+pub(super) const BODIES_TRUNCATED: u8 = 2;
+pub(super) fn segment_key(kind: u8, seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = kind;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) fn seq_of(key: &[u8]) -> u64 {
+    key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+pub(super) fn export_cursor_key(exporter: &str) -> Vec<u8> {
+    [b"Mexport_cursor:".as_slice(), exporter.as_bytes()].concat()
+}
+
+/// One index entry: span `index` of segment `seq` belongs to `trace_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct IndexEntry {
+    pub(super) trace_id: TraceId,
+    pub(super) seq: u64,
+    pub(super) index: u16,
+}
+
+impl IndexEntry {
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.trace_id.0);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.index.to_be_bytes());
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> IndexEntry {
+        IndexEntry {
+            trace_id: TraceId(bytes[..16].try_into().expect("16 bytes")),
+            seq: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            index: u16::from_be_bytes(bytes[24..26].try_into().expect("2 bytes")),
+        }
+    }
+
+    /// The entries of an index run or page (a cut-short tail is ignored).
+    pub(super) fn all(bytes: &[u8]) -> impl Iterator<Item = IndexEntry> + '_ {
+        bytes.chunks_exact(INDEX_ENTRY_BYTES).map(IndexEntry::decode)
+    }
+
+    /// The entries of `trace_id` in an index run or page, compared without decoding the rest.
+    pub(super) fn of_trace<'a>(bytes: &'a [u8], trace_id: &'a TraceId) -> impl Iterator<Item = IndexEntry> + 'a {
+        bytes.chunks_exact(INDEX_ENTRY_BYTES).filter(|e| e[..16] == trace_id.0).map(IndexEntry::decode)
+    }
+}
+
+/// The index bucket of a trace: a hash of its id, so that ids chosen by callers (not random)
+/// still spread over the buckets.
+pub(super) fn bucket_of(trace_id: &TraceId) -> u8 {
+    let (high, low) = trace_id.0.split_at(8);
+    let mixed =
+        u64::from_be_bytes(high.try_into().expect("8 bytes")) ^ u64::from_be_bytes(low.try_into().expect("8 bytes"));
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as u8 % INDEX_BUCKETS
+}
+
+pub(super) fn index_page_key(bucket: u8, page: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[0] = INDEX_PAGE;
+    key[1] = bucket;
+    key[2..].copy_from_slice(&page.to_be_bytes());
+    key
+}
+
+/// An index run: the commit record of one written batch. It lists the batch's last segment,
+/// its index entries and its usage-ledger deltas, and is written after the batch's segments:
+/// segments without a run after them are a batch cut short by a crash.
+///
+/// Encoding: `last_seq(8) entry_count: u32 entries`, then per ledger delta
+/// `key_len: u32 key row_len: u32 row(JSON)`.
+pub(super) struct Run<'a> {
+    pub(super) last_seq: u64,
+    pub(super) entries: &'a [u8],
+    pub(super) ledger: &'a [u8],
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn encode(last_seq: u64, entries: &[u8], ledger: &HashMap<Vec<u8>, LedgerRow>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + entries.len() + ledger.len() * 96);
+        out.extend_from_slice(&last_seq.to_be_bytes());
+        out.extend_from_slice(&((entries.len() / INDEX_ENTRY_BYTES) as u32).to_be_bytes());
+        out.extend_from_slice(entries);
+        for (key, row) in ledger {
+            let row = serde_json::to_vec(row).expect("ledger rows serialize");
+            for part in [key.as_slice(), row.as_slice()] {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        out
+    }
+
+    pub(super) fn decode(bytes: &'a [u8]) -> Result<Run<'a>, StoreError> {
+        let cut = || StoreError::Corrupt("index run cut short".into());
+        let last_seq = u64::from_be_bytes(bytes.get(..8).ok_or_else(cut)?.try_into().expect("8 bytes"));
+        let (count, rest) = take_u32(&bytes[8..])?;
+        let entries_len = count as usize * INDEX_ENTRY_BYTES;
+        let entries = rest.get(..entries_len).ok_or_else(cut)?;
+        Ok(Run { last_seq, entries, ledger: &rest[entries_len..] })
+    }
+
+    /// The run's ledger deltas: encoded ledger key → counters.
+    pub(super) fn ledger_deltas(&self) -> Result<Vec<(&'a [u8], LedgerRow)>, StoreError> {
+        let mut deltas = Vec::new();
+        let mut rest = self.ledger;
+        while !rest.is_empty() {
+            let (key, after_key) = take_slice(rest)?;
+            let (row, after_row) = take_slice(after_key)?;
+            deltas.push((key, decode::<LedgerRow>(row)?));
+            rest = after_row;
+        }
+        Ok(deltas)
+    }
+}
+
+/// One span inside a span segment, borrowed from the segment's bytes.
+pub(super) struct SpanRef<'a> {
+    pub(super) trace_id: TraceId,
+    pub(super) span_id: SpanId,
+    pub(super) start_time_unix_nano: u64,
+    pub(super) json: &'a [u8],
+}
+
+/// Walks the spans of an encoded span segment.
+pub(super) struct SpanSegment<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) remaining: u32,
+}
+
+impl<'a> SpanSegment<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Result<Self, StoreError> {
+        let (count, rest) = take_u32(bytes)?;
+        Ok(SpanSegment { bytes: rest, remaining: count })
+    }
+
+    pub(super) fn parse(bytes: &'a [u8]) -> Result<(SpanRef<'a>, &'a [u8]), StoreError> {
+        if bytes.len() < 32 {
+            return Err(StoreError::Corrupt("span record header cut short".into()));
+        }
+        let trace_id = TraceId(bytes[..16].try_into().expect("16 bytes"));
+        let span_id = SpanId(bytes[16..24].try_into().expect("8 bytes"));
+        let start_time_unix_nano = u64::from_be_bytes(bytes[24..32].try_into().expect("8 bytes"));
+        let (json, rest) = take_slice(&bytes[32..])?;
+        Ok((SpanRef { trace_id, span_id, start_time_unix_nano, json }, rest))
+    }
+}
+
+impl<'a> Iterator for SpanSegment<'a> {
+    type Item = Result<SpanRef<'a>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        match Self::parse(self.bytes) {
+            Ok((record, rest)) => {
+                self.bytes = rest;
+                Some(Ok(record))
+            }
+            Err(e) => {
+                self.remaining = 0;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The bodies of span `index` in an encoded body segment.
+pub(super) fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
+    let (count, mut rest) = take_u32(segment)?;
+    if index >= count as usize {
+        return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));
+    }
+    for i in 0..=index {
+        let (&flags, after_flags) =
+            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+        let (request, after_request) = take_slice(after_flags)?;
+        let (response, after_response) = take_slice(after_request)?;
+        if i == index {
+            if flags & BODIES_KEPT == 0 {
+                return Ok(SpanBodies::default());
+            }
+            let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
+            return Ok(SpanBodies {
+                request_body: text(request),
+                response_body: text(response),
+                truncated: flags & BODIES_TRUNCATED != 0,
+            });
+        }
+        rest = after_response;
+    }
+    unreachable!("the loop returns at index")
+}
+
+/// A segment's raw bytes: the stored value itself, or its decompressed form.
+pub(super) enum RawSegment {
+    Stored(sled::IVec),
+    Decompressed(Vec<u8>),
+}
+
+impl RawSegment {
+    pub(super) fn of(stored: sled::IVec) -> Result<RawSegment, StoreError> {
+        match segment_codec::decode(&stored).map_err(StoreError::Corrupt)? {
+            std::borrow::Cow::Borrowed(_) => Ok(RawSegment::Stored(stored)),
+            std::borrow::Cow::Owned(raw) => Ok(RawSegment::Decompressed(raw)),
+        }
+    }
+}
+
+impl std::ops::Deref for RawSegment {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            RawSegment::Stored(v) => v,
+            RawSegment::Decompressed(v) => v,
+        }
+    }
+}
+
+pub(super) fn take_u32(bytes: &[u8]) -> Result<(u32, &[u8]), StoreError> {
+    if bytes.len() < 4 {
+        return Err(StoreError::Corrupt("length cut short".into()));
+    }
+    let (n, rest) = bytes.split_at(4);
+    Ok((u32::from_be_bytes(n.try_into().expect("4 bytes")), rest))
+}
+
+pub(super) fn take_slice(bytes: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
+    let (len, rest) = take_u32(bytes)?;
+    let len = len as usize;
+    if rest.len() < len {
+        return Err(StoreError::Corrupt("record cut short".into()));
+    }
+    Ok(rest.split_at(len))
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Builds one span segment and its body segment.
+pub(super) struct SegmentWriter {
+    pub(super) spans: Vec<u8>,
+    pub(super) bodies: Vec<u8>,
+    pub(super) count: u32,
+    pub(super) any_bodies: bool,
+}
+
+impl SegmentWriter {
+    pub(super) fn new() -> Self {
+        SegmentWriter { spans: vec![0; 4], bodies: vec![0; 4], count: 0, any_bodies: false }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.spans.len() + self.bodies.len()
+    }
+
+    pub(super) fn push(&mut self, write: &SpanWrite) {
+        let span = &write.span;
+        self.spans.extend_from_slice(&span.trace_id.0);
+        self.spans.extend_from_slice(&span.span_id.0);
+        self.spans.extend_from_slice(&span.start_time_unix_nano.to_be_bytes());
+        let len_at = self.spans.len();
+        self.spans.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut self.spans, span).expect("span types always serialize");
+        let len = (self.spans.len() - len_at - 4) as u32;
+        self.spans[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+
+        let (flags, request, response) = match &write.bodies {
+            Some(b) => (
+                BODIES_KEPT | if b.truncated { BODIES_TRUNCATED } else { 0 },
+                b.request_body.as_deref().unwrap_or(""),
+                b.response_body.as_deref().unwrap_or(""),
+            ),
+            None => (0, "", ""),
+        };
+        self.any_bodies |= flags & BODIES_KEPT != 0;
+        self.bodies.push(flags);
+        for body in [request, response] {
+            self.bodies.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            self.bodies.extend_from_slice(body.as_bytes());
+        }
+        self.count += 1;
+    }
+
+    /// Compresses the segment and its bodies (when any were kept), inserts them under `seq`
+    /// (bodies first), and empties the writer for the next segment. Returns the segment's
+    /// bytes before and after compression.
+    pub(super) fn write(
+        &mut self,
+        tree: &sled::Tree,
+        seq: u64,
+        compressor: &mut SegmentCompressor,
+    ) -> Result<(usize, usize), StoreError> {
+        let count = self.count.to_be_bytes();
+        self.spans[..4].copy_from_slice(&count);
+        self.bodies[..4].copy_from_slice(&count);
+        let mut raw_bytes = self.spans.len();
+        let mut stored_bytes = 0;
+        if self.any_bodies {
+            raw_bytes += self.bodies.len();
+            let stored = compressor.encode(&self.bodies);
+            stored_bytes += stored.len();
+            tree.insert(segment_key(BODY_SEGMENT, seq), stored)?;
+        }
+        let stored = compressor.encode(&self.spans);
+        stored_bytes += stored.len();
+        tree.insert(segment_key(SPAN_SEGMENT, seq), stored)?;
+        self.clear();
+        Ok((raw_bytes, stored_bytes))
+    }
+
+    /// Empties the writer, keeping its buffers unless a huge body grew them.
+    pub(super) fn clear(&mut self) {
+        for buffer in [&mut self.spans, &mut self.bodies] {
+            buffer.truncate(4);
+            buffer.shrink_to(segment_codec::KEPT_BUFFER_BYTES);
+        }
+        self.count = 0;
+        self.any_bodies = false;
+    }
+}

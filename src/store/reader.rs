@@ -1,0 +1,221 @@
+//! Reading the store, concurrently with its one writer: trace listings (summaries folded from
+//! spans), one trace, one span with its bodies, span segments after an exporter's cursor, and
+//! the usage ledger (merged cells plus unmerged runs).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use crate::model::ids::{SpanId, TraceId};
+use crate::model::span::{Span, SpanBodies, TraceSummary};
+use crate::store::layout::*;
+use crate::store::ledger::{LedgerKey, LedgerRow};
+use crate::store::{Store, StoreError, TraceFilter};
+
+/// How many spans a listing walks at most (newest first) before it stops looking for more
+/// matches. Every trace met is looked up whole (~17 µs), so a filter that matches nothing
+/// answers in ~0.4 s on this machine.
+const MAX_SPANS_SCANNED: usize = 25_000;
+impl Store {
+    /// Span segments after `cursor` (in write order), whole segments, until at least
+    /// `max_spans` spans are gathered (or none are left).
+    pub fn span_segments_after(&self, cursor: u64, max_spans: usize) -> Result<Vec<(u64, Vec<Span>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        let committed = self.committed_seq.load(Ordering::Acquire);
+        let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..=segment_key(SPAN_SEGMENT, committed);
+        for entry in self.tree.range(range) {
+            let (key, segment) = entry?;
+            let segment = RawSegment::of(segment)?;
+            let mut spans = Vec::new();
+            for span in SpanSegment::new(&segment)? {
+                spans.push(decode::<Span>(span?.json)?);
+            }
+            total += spans.len();
+            out.push((seq_of(&key), spans));
+            if total >= max_spans {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Spans in the segments after `cursor` (counted up to `limit` segments).
+    pub fn spans_after(&self, cursor: u64, limit: usize) -> Result<u64, StoreError> {
+        let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
+        let mut total = 0u64;
+        for entry in self.tree.range(range).take(limit) {
+            let segment = RawSegment::of(entry?.1)?;
+            total += u64::from(take_u32(&segment)?.0);
+        }
+        Ok(total)
+    }
+
+    /// An exporter's durable cursor: the last segment it delivered (0 = none).
+    pub fn export_cursor(&self, exporter: &str) -> Result<u64, StoreError> {
+        Ok(match self.tree.get(export_cursor_key(exporter))? {
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Ledger cells of days `from..=to` (days since 1970-01-01, UTC).
+    pub fn ledger(&self, from_day: u32, to_day: u32) -> Result<Vec<(LedgerKey, LedgerRow)>, StoreError> {
+        let start = [&[LEDGER][..], &from_day.to_be_bytes()].concat();
+        let end = [&[LEDGER][..], &to_day.saturating_add(1).to_be_bytes()].concat();
+        // Merged cells, plus the deltas of runs not merged yet (no merge in between).
+        let _merging = self.merging.read().unwrap_or_else(|p| p.into_inner());
+        let mut cells: BTreeMap<Vec<u8>, LedgerRow> = BTreeMap::new();
+        for run in self.tree.scan_prefix([INDEX_RUN]) {
+            let run = run?.1;
+            for (key, delta) in Run::decode(&run)?.ledger_deltas()? {
+                if (start.as_slice()..end.as_slice()).contains(&key) {
+                    cells.entry(key.to_vec()).or_default().add(&delta);
+                }
+            }
+        }
+        for entry in self.tree.range(start.clone()..end.clone()) {
+            let (key, value) = entry?;
+            cells.entry(key.to_vec()).or_default().add(&decode::<LedgerRow>(&value)?);
+        }
+        cells
+            .into_iter()
+            .map(|(key, row)| {
+                let key = LedgerKey::decode(&key).ok_or_else(|| StoreError::Corrupt("ledger key".into()))?;
+                Ok((key, row))
+            })
+            .collect()
+    }
+
+    /// Traces by latest finished call, newest first, filtered, at most `limit`.
+    pub fn list_traces(&self, filter: &TraceFilter, limit: usize) -> Result<Vec<TraceSummary>, StoreError> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cache = SegmentCache::default();
+        let mut scanned = 0;
+        for entry in self.tree.scan_prefix([SPAN_SEGMENT]).rev() {
+            if scanned >= MAX_SPANS_SCANNED {
+                break;
+            }
+            let segment = RawSegment::of(entry?.1)?;
+            let mut traces = Vec::new();
+            for span in SpanSegment::new(&segment)? {
+                traces.push(span?.trace_id);
+            }
+            scanned += traces.len();
+            for trace_id in traces.into_iter().rev() {
+                if !seen.insert(trace_id) {
+                    continue;
+                }
+                let spans = self.spans_of(&trace_id, &mut cache)?;
+                if let Some(summary) = summarize(&spans) {
+                    if filter.matches(&summary) {
+                        out.push(summary);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every span of a trace, ordered by start time.
+    pub fn trace_spans(&self, trace_id: &TraceId) -> Result<Vec<Span>, StoreError> {
+        self.spans_of(trace_id, &mut SegmentCache::default())
+    }
+
+    pub(super) fn spans_of(&self, trace_id: &TraceId, cache: &mut SegmentCache) -> Result<Vec<Span>, StoreError> {
+        let mut spans = Vec::new();
+        self.for_each_span(trace_id, cache, |span, _, _| {
+            spans.push(decode::<Span>(span.json)?);
+            Ok(true)
+        })?;
+        spans.sort_by(|a, b| a.start_time_unix_nano.cmp(&b.start_time_unix_nano).then(a.span_id.cmp(&b.span_id)));
+        Ok(spans)
+    }
+
+    /// Calls `visit(span, seq, index)` with each span of the trace until it returns false.
+    pub(super) fn for_each_span(
+        &self,
+        trace_id: &TraceId,
+        cache: &mut SegmentCache,
+        mut visit: impl FnMut(&SpanRef<'_>, u64, usize) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        // Runs before pages: a merge running meanwhile can then only make an entry appear twice.
+        // The lock keeps retention from renumbering the bucket's pages under the scan.
+        let merging = self.merging.read().unwrap_or_else(|p| p.into_inner());
+        let mut entries = Vec::new();
+        for run in self.tree.scan_prefix([INDEX_RUN]) {
+            let run = run?.1;
+            entries.extend(IndexEntry::of_trace(Run::decode(&run)?.entries, trace_id));
+        }
+        for page in self.tree.scan_prefix([INDEX_PAGE, bucket_of(trace_id)]) {
+            entries.extend(IndexEntry::of_trace(&page?.1, trace_id));
+        }
+        drop(merging);
+        entries.sort_unstable();
+        entries.dedup();
+        for entry in entries {
+            // A segment deleted by retention may still have entries until its index is pruned.
+            let Some(segment) = cache.get(&self.tree, entry.seq)? else { continue };
+            let index = usize::from(entry.index);
+            let Some(span) = SpanSegment::new(segment)?.nth(index) else {
+                return Err(StoreError::Corrupt("index points past the end of its segment".into()));
+            };
+            let span = span?;
+            if span.trace_id != *trace_id {
+                return Err(StoreError::Corrupt("index points at another trace's span".into()));
+            }
+            if !visit(&span, entry.seq, index)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One span and its captured bodies.
+    pub fn span(&self, trace_id: &TraceId, span_id: &SpanId) -> Result<Option<(Span, SpanBodies)>, StoreError> {
+        let mut found = None;
+        self.for_each_span(trace_id, &mut SegmentCache::default(), |span, seq, index| {
+            if span.span_id != *span_id {
+                return Ok(true);
+            }
+            found = Some((decode::<Span>(span.json)?, seq, index));
+            Ok(false)
+        })?;
+        let Some((span, seq, index)) = found else { return Ok(None) };
+        let bodies = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
+            Some(segment) => bodies_at(&RawSegment::of(segment)?, index)?,
+            None => SpanBodies::default(),
+        };
+        Ok(Some((span, bodies)))
+    }
+}
+
+/// Span segments read during one query, so a trace spread over a few segments reads each once.
+#[derive(Default)]
+pub(super) struct SegmentCache(HashMap<u64, Option<RawSegment>>);
+
+impl SegmentCache {
+    fn get(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<&[u8]>, StoreError> {
+        if !self.0.contains_key(&seq) {
+            if self.0.len() > 256 {
+                self.0.clear();
+            }
+            let segment = tree.get(segment_key(SPAN_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
+            self.0.insert(seq, segment);
+        }
+        Ok(self.0.get(&seq).and_then(|v| v.as_deref()))
+    }
+}
+
+/// Folds a trace's spans (start-ordered) into its summary.
+fn summarize(spans: &[Span]) -> Option<TraceSummary> {
+    let (first, rest) = spans.split_first()?;
+    let mut summary = TraceSummary::new(first);
+    for span in rest {
+        summary.add(span);
+    }
+    Some(summary)
+}
