@@ -1,0 +1,159 @@
+//! The mock's responses: provider-shaped errors, JSON, and SSE streams paced event by event
+//! ([`MockBody`], with the configured delay between events).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use serde_json::{json, Value};
+use tokio::time::{Instant, Sleep};
+
+use crate::mock_llm::reply::Api;
+
+/// The answer to `x-mock-status`.
+pub(super) fn forced_error(api: Api, status: StatusCode) -> Response<MockBody> {
+    let msg = format!("mock error: status {} requested with x-mock-status", status.as_u16());
+    error_response(api, status, &msg)
+}
+
+/// An error in the provider's own JSON shape.
+pub(super) fn error_response(api: Api, status: StatusCode, message: &str) -> Response<MockBody> {
+    let body = match api {
+        Api::OpenAi => {
+            let (kind, code) = match status.as_u16() {
+                401 => ("invalid_request_error", Some("invalid_api_key")),
+                403 => ("permission_error", Some("permission_denied")),
+                404 => ("invalid_request_error", Some("not_found")),
+                429 => ("requests", Some("rate_limit_exceeded")),
+                500..=599 => ("server_error", None),
+                _ => ("invalid_request_error", None),
+            };
+            json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+        }
+        Api::Anthropic => {
+            let kind = match status.as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                500..=599 => "api_error",
+                _ => "invalid_request_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+    };
+    json_response(status, &body)
+}
+
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
+    let bytes = serde_json::to_vec(body).expect("serializing a JSON value cannot fail");
+    let mut response = Response::new(MockBody::Full(Some(Bytes::from(bytes))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A `text/event-stream` response whose `total` events come from `event(0..total)`, with
+/// `delay` between consecutive events.
+pub(super) fn sse_response(
+    total: usize,
+    delay: Duration,
+    event: impl FnMut(usize) -> Bytes + Send + 'static,
+) -> Response<MockBody> {
+    let frames: Box<dyn Iterator<Item = Bytes> + Send> = Box::new((0..total).map(event));
+    let mut response =
+        Response::new(MockBody::Paced(Box::new(Paced { frames: frames.peekable(), delay, sleep: None })));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `data: {json}\n\n`.
+pub(super) fn sse_data(value: &Value) -> Bytes {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut buf, value).expect("serializing a JSON value cannot fail");
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+/// `event: {name}\ndata: {json}\n\n`.
+pub(super) fn sse_event(name: &str, value: &Value) -> Bytes {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    serde_json::to_writer(&mut buf, value).expect("serializing a JSON value cannot fail");
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+pub(super) fn sse_done() -> Bytes {
+    Bytes::from_static(b"data: [DONE]\n\n")
+}
+
+/// The mock's response body: a complete buffer, or SSE events produced one at a time.
+pub(super) enum MockBody {
+    Full(Option<Bytes>),
+    Paced(Box<Paced>),
+}
+
+/// Yields frames lazily, sleeping `delay` between two frames. Each frame is handed to
+/// hyper on its own, so it reaches the socket before the next one is even built.
+pub(super) struct Paced {
+    frames: std::iter::Peekable<Box<dyn Iterator<Item = Bytes> + Send>>,
+    delay: Duration,
+    /// Armed after a frame when another one follows and `delay` is non-zero.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Paced(paced) => {
+                if let Some(sleep) = paced.sleep.as_mut() {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                let Some(frame) = paced.frames.next() else {
+                    return Poll::Ready(None);
+                };
+                if !paced.delay.is_zero() && paced.frames.peek().is_some() {
+                    let deadline = Instant::now() + paced.delay;
+                    match paced.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => paced.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                } else {
+                    paced.sleep = None;
+                }
+                Poll::Ready(Some(Ok(Frame::data(frame))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, MockBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            MockBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            MockBody::Full(None) => SizeHint::with_exact(0),
+            MockBody::Paced(_) => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `POST /v1/completions` (OpenAI legacy completions), JSON or streamed.
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::mock_llm::body::{json_response, sse_data, sse_done, sse_response, MockBody};
+use crate::mock_llm::reply::{
+    include_usage, input_tokens, is_stream, max_tokens, model_of, next_id, piece, unix_now, Opts, Reply,
+};
+
+/// `POST /v1/completions` (the legacy text completions API).
+pub(super) fn completions(req: &Value, opts: &Opts) -> Response<MockBody> {
+    let model = model_of(req);
+    let prompt_tokens = req.get("prompt").map_or(0, input_tokens);
+    let reply = Reply::plan(max_tokens(req, &["max_tokens"]), opts);
+    let finish_reason = if reply.truncated { "length" } else { "stop" };
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": reply.words,
+        "total_tokens": prompt_tokens + reply.words as u64,
+    });
+    let id = format!("cmpl-mock-{}", next_id());
+    let created = unix_now();
+
+    if !is_stream(req) {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "text": reply.text(),
+                    "index": 0,
+                    "logprobs": null,
+                    "finish_reason": finish_reason,
+                }],
+                "usage": usage,
+                "system_fingerprint": "fp_mock",
+            }),
+        );
+    }
+
+    // Events: one chunk per word, finish chunk, [usage chunk], [DONE].
+    let with_usage = include_usage(req);
+    let n = reply.words;
+    let total = n + 2 + usize::from(with_usage);
+    let chunk = move |choices: Value, usage: Option<&Value>| {
+        let mut v = json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_mock",
+            "choices": choices,
+        });
+        if with_usage {
+            v["usage"] = usage.cloned().unwrap_or(Value::Null);
+        }
+        sse_data(&v)
+    };
+    let choice = |text: &str, finish: Option<&str>| json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
+    sse_response(total, opts.delay, move |k| match k {
+        k if k < n => chunk(choice(piece(k), None), None),
+        k if k == n => chunk(choice("", Some(finish_reason)), None),
+        k if k == n + 1 && with_usage => chunk(json!([]), Some(&usage)),
+        _ => sse_done(),
+    })
+}
