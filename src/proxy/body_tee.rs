@@ -309,6 +309,12 @@ impl Body for ResponseTee {
     }
 }
 
+impl std::fmt::Debug for ResponseTee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseTee").field("status_code", &self.status_code).field("is_sse", &self.is_sse).finish()
+    }
+}
+
 impl Drop for ResponseTee {
     fn drop(&mut self) {
         // An empty body (HEAD, 204, 304) may never be polled: it still completed.

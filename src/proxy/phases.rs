@@ -51,6 +51,7 @@ use crate::upstream::UpstreamBody;
 pub type Early = Response<ProxyBody>;
 
 /// Where a routed call goes.
+#[derive(Debug)]
 pub struct Routed {
     pub provider: Arc<Provider>,
     /// `{upstream}{base_path}{path}?{query}`.
@@ -498,5 +499,162 @@ fn classify_client_error(provider: &Provider, err: &hyper_util::client::legacy::
         ProxyError::upstream_unreachable(&provider.name, &detail)
     } else {
         ProxyError::upstream_unreachable(&provider.name, &format!("connection failed: {detail}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::budget::Budgets;
+    use crate::record::queue::TestQueue;
+
+    const PROVIDERS: &str = "[[providers]]\nname='openai'\nprefix='/openai'\nupstream='http://127.0.0.1:9/base'\napi='openai'\napi_key='sk-provider'\n";
+
+    fn proxy(extra: &str) -> (Proxy, TestQueue) {
+        let config = Config::from_toml(&format!("{extra}\n{PROVIDERS}"), &|_| None).unwrap();
+        let (recorder, queue) = TestQueue::new();
+        let budgets = Budgets::new(&config.teams, unix_nanos() / 1_000_000_000, |_, _, _| (0.0, 0.0));
+        (Proxy::new(&config, recorder, budgets), queue)
+    }
+
+    fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(target);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn error_code(response: &Early) -> (u16, String) {
+        let code = response.headers().get(tracegate::ERROR).map(|v| v.to_str().unwrap().to_string());
+        (response.status().as_u16(), code.unwrap_or_default())
+    }
+
+    /// An open call of `proxy` for `headers` (as the phases before `team` leave it).
+    fn open(proxy: &Proxy, headers: &mut HeaderMap) -> PendingCall {
+        let routed = proxy.route(&request("POST", "/openai/v1/chat/completions", &[])).unwrap();
+        let trace = Proxy::trace_context(headers);
+        let team_key = proxy.teams.authenticate(headers);
+        let info = CallInfo {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_span_id: None,
+            provider: routed.provider.clone(),
+            method: Method::POST,
+            path: routed.path.clone(),
+            start_time_unix_nano: unix_nanos(),
+            tracegate_headers: headers::strip_request_headers(headers),
+            session: None,
+            team_key,
+            reservation: None,
+        };
+        let request = RequestShared::new(Capture::new(1024, None));
+        PendingCall::new(CallContext { info, started: Instant::now(), request, recorder: proxy.recorder.clone() })
+    }
+
+    #[test]
+    fn admit_refuses_what_is_never_forwarded() {
+        let (proxy, _) = proxy("[server]\nmax_header_bytes = 1024");
+        assert!(proxy.admit(&request("POST", "/openai/v1/chat/completions", &[])).is_ok());
+        let refused = |req: Request<()>| error_code(&proxy.admit(&req).unwrap_err());
+        assert_eq!(refused(request("CONNECT", "evil.example:443", &[])).0, 405);
+        assert_eq!(refused(request("GET", "http://evil.example/openai/v1/models", &[])).0, 400);
+        assert_eq!(refused(request("GET", "/openai/../admin", &[])).0, 400);
+        let big = "x".repeat(2000);
+        assert_eq!(refused(request("GET", "/openai/v1/models", &[("x-big", &big)])).0, 431);
+    }
+
+    #[test]
+    fn unsafe_paths_are_recognised() {
+        for bad in ["/openai/../x", "/openai/./v1", "/openai/%2e%2E/x", "/openai/v1%2Fchat", "/a/..", "/a%5cb"] {
+            assert!(has_dot_segment_or_encoded_slash(bad), "{bad}");
+        }
+        for good in ["/openai/v1/chat/completions", "/openai/v1/models/gpt-4.1", "/a/.../b", "/a%20b"] {
+            assert!(!has_dot_segment_or_encoded_slash(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn route_goes_only_where_the_config_says() {
+        let (proxy, _) = proxy("");
+        let routed = proxy.route(&request("POST", "/openai/v1/chat/completions?api-version=1", &[])).unwrap();
+        assert_eq!(routed.provider.name, "openai");
+        assert_eq!(routed.uri.to_string(), "http://127.0.0.1:9/base/v1/chat/completions?api-version=1");
+        assert_eq!(routed.path, "/v1/chat/completions", "the span keeps the path, never the query");
+        let missing = proxy.route(&request("POST", "/other/v1/chat/completions", &[])).unwrap_err();
+        assert_eq!(error_code(&missing), (404, "no_route".to_string()));
+    }
+
+    #[test]
+    fn trace_context_joins_the_callers_trace_or_starts_one() {
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        let joined = Proxy::trace_context(&headers);
+        assert_eq!(joined.trace_id.to_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(joined.parent_span_id.map(|s| s.to_hex()).as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(Some(joined.span_id), joined.parent_span_id, "the call is a new span under the caller's");
+        assert_eq!(joined.propagation, Some(Propagation::W3c));
+        let fresh = Proxy::trace_context(&HeaderMap::new());
+        assert_eq!((fresh.parent_span_id, fresh.propagation), (None, None));
+        assert_ne!(fresh.trace_id, joined.trace_id);
+    }
+
+    #[test]
+    fn team_refuses_a_call_without_a_required_key_and_records_it() {
+        let (proxy, queue) = proxy("[server]\nrequire_team_key = true\n[[teams]]\nname='search'\nkeys=['tk-search']");
+        let mut headers = HeaderMap::new();
+        let pending = open(&proxy, &mut headers);
+        let team = proxy.team_of(&pending.get().info);
+        let Err(refused) = proxy.team(pending, &mut headers, team, (b"{}", true), Some(2)) else {
+            panic!("a call without a team key must be refused")
+        };
+        assert_eq!(error_code(&refused).0, 401);
+        let record = queue.next_call().expect("the refused call is recorded");
+        assert_eq!((record.status_code, matches!(record.outcome, Outcome::Failed(_))), (Some(401), true));
+    }
+
+    #[test]
+    fn team_swaps_the_team_key_and_holds_the_rate_limit() {
+        let (proxy, queue) = proxy("[[teams]]\nname='search'\nkeys=['tk-search']\nrequests_per_minute=1");
+        let call = |queue: &TestQueue| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tk-search"));
+            let pending = open(&proxy, &mut headers);
+            let team = proxy.team_of(&pending.get().info);
+            assert_eq!(team, TeamOf { index: Some(0), limited: true });
+            let body = br#"{"model":"gpt-4o-mini","max_tokens":5}"#;
+            let result = proxy.team(pending, &mut headers, team, (body, true), None);
+            let _ = queue.next_call();
+            (result.map(|(_pending, left)| left), headers)
+        };
+        let (first, headers) = call(&queue);
+        let left = first.expect("the first call fits the limit").expect("a limited team is told what is left");
+        assert_eq!(left.requests, Some((1, 0)));
+        assert_eq!(headers[header::AUTHORIZATION], "Bearer sk-provider", "the team key never goes upstream");
+        let (second, _) = call(&queue);
+        let refused = second.expect_err("the second call in the minute is refused");
+        assert_eq!(error_code(&refused), (429, "rate_limited".to_string()));
+        assert_eq!(refused.headers()["x-ratelimit-limit-requests"], "1");
+    }
+
+    #[test]
+    fn upstream_request_propagates_our_span_and_rewrites_only_when_injecting() {
+        let (proxy, _) = proxy("");
+        let mut caller = HeaderMap::new();
+        caller.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
+        let trace = Proxy::trace_context(&caller);
+        let (mut parts, ()) = request("POST", "/openai/v1/chat/completions", &[]).into_parts();
+        let uri: Uri = "http://127.0.0.1:9/base/v1/chat/completions".parse().unwrap();
+        let body = br#"{"model":"m","stream":true,"messages":[]}"#;
+        assert!(proxy.upstream_request(&mut parts, uri.clone(), &trace, None).is_none());
+        assert_eq!(parts.uri, uri);
+        let traceparent = parts.headers[TRACEPARENT].to_str().unwrap().to_string();
+        assert_eq!(traceparent, format!("00-{}-{}-01", trace.trace_id.to_hex(), trace.span_id.to_hex()));
+        assert!(parts.headers.contains_key(B3), "a B3 caller's upstream gets b3 too");
+        let rewritten = proxy.upstream_request(&mut parts, uri, &trace, Some((body, true))).expect("injected");
+        assert!(String::from_utf8_lossy(&rewritten).contains("include_usage"));
+        assert_eq!(parts.headers[header::CONTENT_LENGTH], rewritten.len().to_string().as_str());
     }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub spans_recorded: AtomicU64,
     pub spans_dropped: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Calls whose span building panicked (recorded as errors without bodies).
+    pub recorder_panics: AtomicU64,
     pub spans_ingested: AtomicU64,
     labelled: Mutex<Labelled>,
     exporters: Mutex<BTreeMap<&'static str, std::sync::Arc<ExportCounters>>>,
@@ -165,6 +167,12 @@ impl Metrics {
             "tracegate_store_errors_total",
             "Failed writes to the span store.",
             self.store_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "tracegate_recorder_panics_total",
+            "Calls whose span building panicked; each is recorded as an error span without bodies.",
+            self.recorder_panics.load(Ordering::Relaxed),
         );
 
         counter(

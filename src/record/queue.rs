@@ -149,3 +149,24 @@ pub(super) fn channel(capacity: usize, metrics: Arc<Metrics>) -> (RecorderHandle
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     (RecorderHandle { tx, metrics, queued_bytes: queued_bytes.clone() }, rx, queued_bytes)
 }
+
+/// A queue with no recorder behind it, for tests of the request path: they read what the
+/// proxy hands over.
+#[cfg(test)]
+pub(crate) struct TestQueue(Receiver<Message>);
+
+#[cfg(test)]
+impl TestQueue {
+    pub(crate) fn new() -> (RecorderHandle, TestQueue) {
+        let (handle, rx, _) = channel(16, Arc::new(Metrics::default()));
+        (handle, TestQueue(rx))
+    }
+
+    /// The next call record queued, if any.
+    pub(crate) fn next_call(&self) -> Option<CallRecord> {
+        match self.0.try_recv().ok()? {
+            Message::Call(record) => Some(*record),
+            _ => None,
+        }
+    }
+}

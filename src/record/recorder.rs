@@ -3,6 +3,7 @@
 //! only writer. Also applies retention, and writes what admin and the exporters hand it
 //! (ingested spans, exporter cursors), flushing at most every [`FLUSH_INTERVAL`].
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::span::SpanWrite;
 use crate::record::metrics::Metrics;
-use crate::record::queue::{self, Message, RecorderHandle};
+use crate::record::queue::{self, CallRecord, Message, RecorderHandle};
 use crate::record::settings::RecorderSettings;
 use crate::record::span_builder;
 use crate::store::Store;
@@ -143,7 +144,22 @@ fn accept(
     match message {
         Message::Call(mut record) => {
             recorder.queued_bytes.fetch_sub(record.captured_bytes(), Ordering::Relaxed);
-            let write = span_builder::build_span(&record, &recorder.settings);
+            let write = match guarded_build(&record, &recorder.settings) {
+                Ok(write) => write,
+                Err(panic) => {
+                    // A body we could not read must not stop recording: keep what is known, and
+                    // leave the reservation unsettled so the team is charged its estimate.
+                    recorder.metrics.recorder_panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        trace_id = %record.info.trace_id,
+                        span_id = %record.info.span_id,
+                        panic = %panic,
+                        "building a span panicked; the call is recorded as an error without its bodies"
+                    );
+                    record.info.reservation = None;
+                    span_builder::unreadable_span(&record, &panic)
+                }
+            };
             if let Some(reservation) = record.info.reservation.take() {
                 let span = &write.span;
                 let tokens = span.input_tokens.unwrap_or(0) + span.output_tokens.unwrap_or(0);
@@ -156,6 +172,17 @@ fn accept(
         Message::Ingested(spans) => batch.extend(spans),
         Message::ExportCursor(exporter, seq) => cursors.push((exporter, seq)),
     }
+}
+
+/// Builds the call's span, catching a panic: the panic's message instead of the span.
+fn guarded_build(record: &CallRecord, settings: &RecorderSettings) -> Result<SpanWrite, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| span_builder::build_span(record, settings))).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    })
 }
 
 /// Body bytes held by a batch.

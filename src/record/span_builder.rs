@@ -13,7 +13,7 @@ use crate::formats::tokens;
 use crate::model::capture::Captured;
 use crate::model::pricing::{self, BilledTokens};
 use crate::model::span::{Span, SpanBodies, SpanKind, SpanStatus, SpanWrite, UsageSource};
-use crate::record::queue::{CallRecord, Outcome};
+use crate::record::queue::{CallInfo, CallRecord, Outcome};
 use crate::record::settings::RecorderSettings;
 
 /// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
@@ -100,8 +100,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     if let Some(matched) = &info.team_key {
         team = Some(matched.team.clone());
     }
-    let session =
-        info.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let session = session_of(info);
 
     let span = Span {
         trace_id: info.trace_id,
@@ -151,6 +150,57 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         }
     });
     SpanWrite { span, bodies }
+}
+
+/// The span of a call whose span building panicked (a body no parser expected): its ids,
+/// route, timing and status, marked as an error that says so. Nothing here reads a body, and
+/// the bodies are not kept: their credentials could not be redacted.
+pub fn unreadable_span(record: &CallRecord, panic: &str) -> SpanWrite {
+    let info = &record.info;
+    let operation = providers::operation_for(info.provider.api, &info.path);
+    let Tags { mut team, user, properties, .. } = headers::read_tags(&info.tracegate_headers);
+    if let Some(matched) = &info.team_key {
+        team = Some(matched.team.clone());
+    }
+    let span = Span {
+        trace_id: info.trace_id,
+        span_id: info.span_id,
+        parent_span_id: info.parent_span_id,
+        name: operation.as_str().to_string(),
+        kind: SpanKind::Llm,
+        start_time_unix_nano: info.start_time_unix_nano,
+        duration_ms: record.duration.as_secs_f64() * 1000.0,
+        ttft_ms: None,
+        provider: Some(info.provider.name.clone()),
+        operation: Some(operation.as_str().to_string()),
+        method: Some(info.method.as_str().to_string()),
+        path: Some(info.path.clone()),
+        status_code: record.status_code,
+        status: SpanStatus::Error,
+        request_model: None,
+        response_model: None,
+        stream: record.response_is_sse,
+        input_tokens: None,
+        output_tokens: None,
+        usage_source: UsageSource::Missing,
+        cache_read_input_tokens: None,
+        cache_creation_input_tokens: None,
+        reasoning_tokens: None,
+        finish_reason: None,
+        cost_usd: None,
+        team,
+        user,
+        key_fingerprint: info.team_key.as_ref().map(|m| m.fingerprint.clone()),
+        session: session_of(info),
+        properties,
+        error: Some(format!("tracegate could not read this call's bodies (recorder panic: {panic})")),
+    };
+    SpanWrite { span, bodies: None }
+}
+
+/// The `x-tracegate-session` value, trimmed; `None` when empty or not text.
+fn session_of(info: &CallInfo) -> Option<String> {
+    info.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// Counts tokens for a call whose provider reported none: the request's input and the output
