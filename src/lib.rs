@@ -6,14 +6,16 @@
 //! queue of `record` into `store`; `admin`, `export` and `cli` read it back. `model`,
 //! `formats`, `config` and `policy` are the ground they stand on.
 
-pub mod admin;
+#![forbid(unsafe_code)]
+
+pub(crate) mod admin;
 pub mod cli;
 pub mod config;
-pub mod export;
+pub(crate) mod export;
 pub mod formats;
 pub mod mock_llm;
 pub mod model;
-pub mod policy;
+pub(crate) mod policy;
 pub mod proxy;
 pub mod record;
 pub mod server;

@@ -1,6 +1,8 @@
 //! The `tracegate` binary: parses the command line and runs the command. Everything it does
 //! lives in the library (see ARCHITECTURE.md); this file only wires it to the process.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

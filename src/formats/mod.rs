@@ -3,10 +3,10 @@
 //! spans, and token counts of a request's text. Pure functions over bytes: they import only
 //! `model`, never the proxy, the recorder or the store, and do no I/O.
 
-pub mod headers;
-pub mod otlp;
+pub(crate) mod headers;
+pub(crate) mod otlp;
 pub mod providers;
 pub mod sse;
 pub mod tokens;
 pub mod trace_context;
-pub mod zipkin;
+pub(crate) mod zipkin;

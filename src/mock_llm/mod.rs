@@ -31,14 +31,14 @@
 //! `traceparent`, `tracestate`, `b3`, `x-b3-`, `authorization`, `x-api-key` or
 //! `x-tracegate-`, so a test can see exactly what reached the upstream.
 
-pub mod body;
-pub mod chat;
-pub mod completions;
-pub mod embeddings;
-pub mod messages;
-pub mod models;
-pub mod reply;
-pub mod responses;
+pub(crate) mod body;
+pub(crate) mod chat;
+pub(crate) mod completions;
+pub(crate) mod embeddings;
+pub(crate) mod messages;
+pub(crate) mod models;
+pub(crate) mod reply;
+pub(crate) mod responses;
 
 use std::convert::Infallible;
 use std::io;

@@ -5,5 +5,5 @@
 pub mod capture;
 pub mod clock;
 pub mod ids;
-pub mod pricing;
+pub(crate) mod pricing;
 pub mod span;

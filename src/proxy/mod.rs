@@ -10,12 +10,12 @@
 //! `policy`, `config`, `formats`, `model` and `record::queue`; never `store`, `admin` or
 //! `export`, and nothing below names it.
 
-pub mod body_tee;
-pub mod call;
-pub mod errors;
-pub mod headers;
-pub mod phases;
-pub mod routing;
+pub(crate) mod body_tee;
+pub(crate) mod call;
+pub(crate) mod errors;
+pub(crate) mod headers;
+pub(crate) mod phases;
+pub(crate) mod routing;
 pub mod usage_injection;
 
 use std::collections::BTreeMap;

@@ -7,11 +7,11 @@
 //! `store` — this floor is the store's only writer. It imports `store`, `policy`, `config`,
 //! `formats` and `model`; never `proxy`, `upstream`, `admin` or `export`.
 
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod queue;
-pub mod recorder;
-pub mod settings;
-pub mod span_builder;
+pub(crate) mod recorder;
+pub(crate) mod settings;
+pub(crate) mod span_builder;
 
 pub use queue::{CallInfo, CallRecord, Outcome, RecorderHandle};
 pub use recorder::{start, FLUSH_INTERVAL};

@@ -45,11 +45,11 @@
 //! `ledger` (the usage ledger's keys and counters), `error`.
 
 pub mod error;
-pub mod layout;
-pub mod ledger;
-pub mod reader;
-pub mod segment_codec;
-pub mod writer;
+pub(crate) mod layout;
+pub(crate) mod ledger;
+pub(crate) mod reader;
+pub(crate) mod segment_codec;
+pub(crate) mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -7,7 +7,7 @@
 //! `config` (where an upstream is): it never names the proxy, the recorder or the store, so
 //! both clients can be read and tested alone.
 
-pub mod client;
+pub(crate) mod client;
 pub mod h1;
 
 use http_body_util::Either;

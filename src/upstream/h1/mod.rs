@@ -12,10 +12,10 @@
 //! `pool` (idle connections, connecting), `codec` (heads and framing on the wire), `body`
 //! (the response body), `error`.
 
-pub mod body;
-pub mod codec;
-pub mod error;
-pub mod pool;
+pub(crate) mod body;
+pub(crate) mod codec;
+pub(crate) mod error;
+pub(crate) mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
