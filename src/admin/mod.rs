@@ -4,6 +4,11 @@
 //! Endpoints and JSON fields follow SPEC.md. Store reads run on tokio's blocking pool so a
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
 //! `/healthz` needs `Authorization: Bearer <token>`, compared in constant time.
+//!
+//! It reads the store and hands what must be written (ingested OTLP spans) to the recorder's
+//! queue: it imports `store`, `record` (queue and metrics), `formats`, `config` and `model`;
+//! never `proxy`, `upstream` or `export`. `usage_report` groups the ledger for `/api/usage`
+//! and `tracegate usage`; `ui` serves the page.
 
 pub mod ui;
 pub mod usage_report;

@@ -6,6 +6,9 @@
 //! builds the runtime [`Config`] the rest of the program uses. Every error names the field
 //! path it is about, e.g. `providers[1].upstream: ...`, so a bad config stops start-up with a
 //! message the operator can act on.
+//!
+//! It imports `formats` (the provider's API, the token encoding) and `model` (prices) only:
+//! the runtime types are read by every floor above, and know none of them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -10,6 +10,9 @@
 //! Retries: 429, 502, 503, 504 and connection errors are retried with exponential backoff
 //! (honouring `Retry-After`); any other answer is a permanent failure for that batch, counted
 //! in `tracegate_export_failed_spans_total` and logged, and delivery moves on.
+//!
+//! It imports `store` (reads), `record` (the queue, for cursors; the metrics), `upstream` (the
+//! pooled HTTPS client), `formats` (OTLP, Zipkin), `config` and `model`; never `proxy` or `admin`.
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -30,6 +30,11 @@
 //! repeated headers joined with `", "`) of the request headers whose names start with
 //! `traceparent`, `tracestate`, `b3`, `x-b3-`, `authorization`, `x-api-key` or
 //! `x-tracegate-`, so a test can see exactly what reached the upstream.
+//!
+//! One file per API: `chat`, `completions`, `embeddings`, `responses`, `messages`
+//! (Anthropic), `models`; `reply` holds what they share (the reply, the test hooks, token
+//! counts) and `body` the responses and paced streams. It imports nothing else of the crate:
+//! it is the upstream, not a part of the proxy.
 
 pub(crate) mod body;
 pub(crate) mod chat;

@@ -1,9 +1,9 @@
-//! The request path: every proxied call passes the phases of [`phases`] in order — admit,
+//! The request path: every proxied call passes the phases of `phases` in order — admit,
 //! route, trace context, (the call opens) read ahead, team, upstream request, send, respond —
-//! each a method over the per-request [`call::CallContext`] that can be read and tested alone.
+//! each a method over the per-request `call::CallContext` that can be read and tested alone.
 //!
 //! Nothing on this path counts tokens, computes a price from a response or touches the store:
-//! it forwards bytes and copies them into bounded captures ([`body_tee`]); a finished call goes
+//! it forwards bytes and copies them into bounded captures (`body_tee`); a finished call goes
 //! to the recorder through `record::queue`, the only part of `record` this floor names. The one
 //! body it reads is a request's first bytes, for a team with limits (the budget estimate) or
 //! an opt-in usage injection (see ARCHITECTURE.md, "invariants"). It imports `upstream`,

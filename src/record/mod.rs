@@ -1,9 +1,9 @@
 //! Recording: everything that turns a finished call into a stored span, off the request path.
 //!
 //! The request path reaches this floor only through [`queue`]: it hands a [`CallRecord`] to a
-//! bounded queue with `try_send` and never waits. One thread ([`recorder`]) drains the queue,
-//! builds spans ([`span_builder`]: bodies decoded and parsed through `formats`, tokens
-//! estimated, priced), settles budget reservations, updates [`metrics`] and writes batches to
+//! bounded queue with `try_send` and never waits. One thread (`recorder`) drains the queue,
+//! builds spans (`span_builder`: bodies decoded and parsed through `formats`, tokens
+//! estimated, priced), settles budget reservations, updates `metrics` and writes batches to
 //! `store` — this floor is the store's only writer. It imports `store`, `policy`, `config`,
 //! `formats` and `model`; never `proxy`, `upstream`, `admin` or `export`.
 

@@ -12,7 +12,7 @@ use crate::store::{Store, StoreError};
 
 impl Store {
     /// Writes a batch of spans (and their bodies): its segments, then its index run, which
-    /// commits the batch (see [`Run`]); when the runs have grown enough, merges them into the
+    /// commits the batch (see `layout::Run`); when the runs have grown enough, merges them into the
     /// index pages and the ledger. Plain inserts, not a sled batch: sled writes its log buffer
     /// out for every batch, which at hundreds of batches a second cost ~15% of the proxy's CPU.
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {

@@ -1,9 +1,7 @@
-//! The pooled client that talks to the configured upstreams.
-//!
-//! One hyper client per distinct connect timeout serves the providers: connections are pooled per host, HTTPS goes through
-//! rustls with the Mozilla (webpki) roots plus the system's native roots, and ALPN picks HTTP/2
-//! or HTTP/1.1. Plain `http://` upstreams (local model servers, `mock-llm`) go through the
-//! leaner [`crate::upstream::h1`] client instead; [`UpstreamBody`] is a response body from either.
+//! hyper's pooled client, for `https://` upstreams (and the exporters' collectors): connections
+//! pooled per host, rustls with the Mozilla (webpki) roots plus the system's native roots and a
+//! provider's own CA file, ALPN choosing HTTP/2 or HTTP/1.1. One client serves every provider
+//! with the same connect timeout and private CA.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The clients that talk to the configured upstreams, apart from the proxy that uses them.
 //!
-//! `https://` upstreams go through hyper's pooled client ([`client`]: rustls, ALPN h2/h1, one
+//! `https://` upstreams go through hyper's pooled client (`client`: rustls, ALPN h2/h1, one
 //! client per distinct connect timeout and private CA); plain `http://` upstreams (local model
 //! servers, `mock-llm`) through the leaner HTTP/1.1 client in [`h1`], whose request's own task
 //! does the I/O. [`UpstreamBody`] is a response body from either. This floor imports only

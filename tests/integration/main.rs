@@ -2,8 +2,10 @@
 //!
 //! Modules by area: `forwarding` (bytes in, bytes out, errors), `trace_headers` (how calls join
 //! traces), `recording` (what the spans say, and that they survive a restart), `sdk` (the
-//! official OpenAI Python SDK as a client), `tokens` (counts against Python tiktoken).
+//! official OpenAI Python SDK as a client), `tokens` (counts against Python tiktoken),
+//! `architecture` (the layering rules of ARCHITECTURE.md, checked against the source).
 
+mod architecture;
 mod bad_input;
 mod crash;
 mod export;

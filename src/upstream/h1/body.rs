@@ -16,7 +16,7 @@ use crate::upstream::h1::codec::{parse_trailers, BodyState, Chunk, MAX_CHUNK_LIN
 use crate::upstream::h1::error::{protocol, BodyError};
 use crate::upstream::h1::pool::Pool;
 
-/// The body of a response read by [`H1Upstream::send`], read straight from the connection.
+/// The body of a response read by [`super::H1Upstream::send`], read straight from the connection.
 pub struct H1Body {
     stream: Option<TcpStream>,
     /// Bytes read from the connection and not yet returned.
