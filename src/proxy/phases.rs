@@ -1,6 +1,6 @@
-//! The phases of one proxied call, in the order [`Proxy::run`] passes them. Each is a method
-//! of its own over the request and the per-request context, so it can be read and tested
-//! alone. A phase that refuses or fails answers early: `Err(response)` in the provider's error
+//! [`Proxy`], the service every proxied request goes through, and the phases of one call in
+//! the order [`Proxy::handle`] passes them. Each phase is a method of its own over the request
+//! and the per-request context, so it can be read and tested alone. A phase that refuses or fails answers early: `Err(response)` in the provider's error
 //! shape. Before the call opens (admit, route, trace context) a refusal leaves no span; once it
 //! is open every outcome is recorded — a dropped [`PendingCall`] records a cancel.
 //!
@@ -16,35 +16,131 @@
 //! 8. **respond** — status and headers relayed with the call's ids, the body through a
 //!    [`ResponseTee`] that finishes the call when the body ends.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::Provider;
+use crate::config::{Config, Provider};
 use crate::formats::headers as tracegate;
 use crate::formats::providers::{self, Api, Operation};
 use crate::formats::trace_context::{self, Propagation};
 use crate::model::capture::Capture;
 use crate::model::clock::unix_nanos;
 use crate::model::ids::{SpanId, TraceId};
-use crate::model::pricing::{self, BilledTokens};
-use crate::policy::budget::{Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
-use crate::policy::teams::swap_in_provider_key;
+use crate::model::pricing::{self, BilledTokens, Price};
+use crate::policy::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
+use crate::policy::teams::{swap_in_provider_key, TeamDirectory};
 use crate::proxy::body_tee::{RequestTee, ResponseTee};
 use crate::proxy::call::{CallContext, PendingCall, RequestShared, ResponseFacts};
 use crate::proxy::errors::ProxyError;
 use crate::proxy::headers::{self, B3, TRACEPARENT, TRACESTATE};
+use crate::proxy::routing::Router;
 use crate::proxy::usage_injection;
-use crate::proxy::{Proxy, ProxyBody, UpstreamRoute, REQUEST_BODY_TIMEOUT};
-use crate::record::queue::{CallInfo, Outcome};
-use crate::upstream::h1::H1Error;
-use crate::upstream::UpstreamBody;
+use crate::record::queue::{CallInfo, Outcome, RecorderHandle};
+use crate::upstream::h1::{H1Error, H1Upstream};
+use crate::upstream::{build_client, root_store, tls_config, UpstreamBody};
+
+/// hyper's pooled client, carrying request bodies through the tee.
+type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    RequestTee,
+>;
+
+/// What the proxy answers with: a relayed upstream body or a small body of its own.
+pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;
+
+/// How long a client may take to start sending its request body.
+const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The proxy service shared by every connection.
+pub struct Proxy {
+    router: Router,
+    /// One pooled hyper client per distinct (connect timeout, private CA) of the HTTPS providers.
+    clients: Vec<UpstreamClient>,
+    /// How each provider's upstream is reached.
+    client_of: Vec<(Arc<Provider>, UpstreamRoute)>,
+    recorder: RecorderHandle,
+    max_capture_bytes: usize,
+    max_request_bytes: u64,
+    max_header_bytes: usize,
+    teams: TeamDirectory,
+    team_names: Vec<String>,
+    require_team_key: bool,
+    budgets: Arc<Budgets>,
+    pricing: BTreeMap<String, Price>,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, recorder: RecorderHandle, budgets: Arc<Budgets>) -> Self {
+        let roots = root_store();
+        let mut keys: Vec<(Duration, &[rustls::pki_types::CertificateDer<'static>])> = Vec::new();
+        let mut clients = Vec::new();
+        let mut client_of = Vec::new();
+        for provider in &config.providers {
+            if provider.upstream.scheme == http::uri::Scheme::HTTP {
+                let route = UpstreamRoute::Direct(H1Upstream::new(&provider.upstream, provider.connect_timeout));
+                client_of.push((provider.clone(), route));
+                continue;
+            }
+            let key = (provider.connect_timeout, provider.ca_certs.as_slice());
+            let index = match keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    keys.push(key);
+                    clients.push(build_client(provider.connect_timeout, tls_config(&roots, &provider.ca_certs)));
+                    clients.len() - 1
+                }
+            };
+            client_of.push((provider.clone(), UpstreamRoute::Pooled(index)));
+        }
+        Proxy {
+            router: Router::new(config),
+            clients,
+            client_of,
+            recorder,
+            max_capture_bytes: config.storage.max_capture_bytes,
+            max_request_bytes: config.server.max_request_bytes,
+            max_header_bytes: config.server.max_header_bytes,
+            teams: TeamDirectory::new(&config.teams),
+            team_names: config.teams.iter().map(|t| t.name.clone()).collect(),
+            require_team_key: config.server.require_team_key,
+            budgets,
+            pricing: config.pricing.clone(),
+        }
+    }
+
+    /// Handles one request; never fails (errors become provider-shaped responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let start_time_unix_nano = unix_nanos();
+        Ok(self.run(req, started, start_time_unix_nano).await.unwrap_or_else(|early| early))
+    }
+
+    fn route_for(&self, provider: &Arc<Provider>) -> &UpstreamRoute {
+        let (_, route) = self
+            .client_of
+            .iter()
+            .find(|(p, _)| Arc::ptr_eq(p, provider))
+            .expect("a client exists for every configured provider");
+        route
+    }
+}
+
+/// How a provider's upstream is reached.
+enum UpstreamRoute {
+    /// hyper's pooled client (HTTPS: ALPN picks HTTP/2 or HTTP/1.1); an index into `clients`.
+    Pooled(usize),
+    /// The lean HTTP/1.1 client of a plain `http://` upstream.
+    Direct(H1Upstream),
+}
 
 /// An answer given before the upstream's: a refusal or a failure, already recorded if the
 /// call was open.
@@ -83,7 +179,7 @@ pub struct TeamOf {
 
 impl Proxy {
     /// The phases in order; `Err` is an early answer.
-    pub(super) async fn run(
+    async fn run(
         &self,
         req: Request<Incoming>,
         started: Instant,
