@@ -164,10 +164,7 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(day: u32, team: &str, model: &str) -> LedgerKey {
-        LedgerKey { day, team: team.into(), user: String::new(), provider: "openai".into(), model: model.into() }
-    }
+    use crate::store::ledger::test_key as key;
 
     #[test]
     fn report_groups_and_totals() {

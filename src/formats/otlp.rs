@@ -220,37 +220,13 @@ pub fn from_otlp(request: ExportTraceServiceRequest) -> (Vec<Span>, usize) {
                     (SpanStatus::Ok, None)
                 };
                 spans.push(Span {
-                    trace_id: TraceId(trace),
-                    span_id: SpanId(span_id),
                     parent_span_id: parent,
-                    name: s.name,
-                    kind: SpanKind::App,
                     start_time_unix_nano: s.start_time_unix_nano,
                     duration_ms: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) as f64 / 1e6,
-                    ttft_ms: None,
-                    provider: None,
-                    operation: None,
-                    method: None,
-                    path: None,
-                    status_code: None,
                     status,
-                    request_model: None,
-                    response_model: None,
-                    stream: false,
-                    input_tokens: None,
-                    output_tokens: None,
-                    usage_source: UsageSource::Missing,
-                    cache_read_input_tokens: None,
-                    cache_creation_input_tokens: None,
-                    reasoning_tokens: None,
-                    finish_reason: None,
-                    cost_usd: None,
-                    team: None,
-                    user: None,
-                    key_fingerprint: None,
-                    session: None,
                     properties,
                     error,
+                    ..Span::new(TraceId(trace), SpanId(span_id), SpanKind::App, s.name)
                 });
             }
         }

@@ -92,6 +92,44 @@ pub struct Span {
 }
 
 impl Span {
+    /// A span with these ids, kind and name and nothing else known yet: it starts at 0, lasts
+    /// 0 ms, is `ok`, and has no route, model, tokens (`missing`), cost, tags or error.
+    pub fn new(trace_id: TraceId, span_id: SpanId, kind: SpanKind, name: String) -> Span {
+        Span {
+            trace_id,
+            span_id,
+            parent_span_id: None,
+            name,
+            kind,
+            start_time_unix_nano: 0,
+            duration_ms: 0.0,
+            ttft_ms: None,
+            provider: None,
+            operation: None,
+            method: None,
+            path: None,
+            status_code: None,
+            status: SpanStatus::Ok,
+            request_model: None,
+            response_model: None,
+            stream: false,
+            input_tokens: None,
+            output_tokens: None,
+            usage_source: UsageSource::Missing,
+            cache_read_input_tokens: None,
+            cache_creation_input_tokens: None,
+            reasoning_tokens: None,
+            finish_reason: None,
+            cost_usd: None,
+            team: None,
+            user: None,
+            key_fingerprint: None,
+            session: None,
+            properties: BTreeMap::new(),
+            error: None,
+        }
+    }
+
     pub fn end_time_unix_nano(&self) -> u64 {
         self.start_time_unix_nano.saturating_add((self.duration_ms * 1e6) as u64)
     }

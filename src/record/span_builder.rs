@@ -163,37 +163,23 @@ pub fn unreadable_span(record: &CallRecord, panic: &str) -> SpanWrite {
         team = Some(matched.team.clone());
     }
     let span = Span {
-        trace_id: info.trace_id,
-        span_id: info.span_id,
         parent_span_id: info.parent_span_id,
-        name: operation.as_str().to_string(),
-        kind: SpanKind::Llm,
         start_time_unix_nano: info.start_time_unix_nano,
         duration_ms: record.duration.as_secs_f64() * 1000.0,
-        ttft_ms: None,
         provider: Some(info.provider.name.clone()),
         operation: Some(operation.as_str().to_string()),
         method: Some(info.method.as_str().to_string()),
         path: Some(info.path.clone()),
         status_code: record.status_code,
         status: SpanStatus::Error,
-        request_model: None,
-        response_model: None,
         stream: record.response_is_sse,
-        input_tokens: None,
-        output_tokens: None,
-        usage_source: UsageSource::Missing,
-        cache_read_input_tokens: None,
-        cache_creation_input_tokens: None,
-        reasoning_tokens: None,
-        finish_reason: None,
-        cost_usd: None,
         team,
         user,
         key_fingerprint: info.team_key.as_ref().map(|m| m.fingerprint.clone()),
         session: session_of(info),
         properties,
         error: Some(format!("tracegate could not read this call's bodies (recorder panic: {panic})")),
+        ..Span::new(info.trace_id, info.span_id, SpanKind::Llm, operation.as_str().to_string())
     };
     SpanWrite { span, bodies: None }
 }

@@ -94,13 +94,17 @@ impl LedgerRow {
     }
 }
 
+/// A cell of provider `openai` with no user, for tests here and in the usage reports.
+#[cfg(test)]
+pub(crate) fn test_key(day: u32, team: &str, model: &str) -> LedgerKey {
+    LedgerKey { day, team: team.into(), user: String::new(), provider: "openai".into(), model: model.into() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(day: u32, team: &str, model: &str) -> LedgerKey {
-        LedgerKey { day, team: team.into(), user: String::new(), provider: "openai".into(), model: model.into() }
-    }
+    use super::test_key as key;
 
     #[test]
     fn keys_round_trip() {
