@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::model::ids::{SpanId, TraceId};
-use crate::model::span::{Span, SpanBodies, SpanStatus, SpanWrite};
+use crate::model::span::{Span, SpanBodies, SpanWrite};
 use crate::model::span::{SpanKind, UsageSource};
 use crate::store::layout::*;
 use crate::store::reader::SegmentCache;
@@ -30,37 +30,19 @@ fn reopen(path: &Path) -> Store {
 
 fn span(trace_id: TraceId, start: u64) -> Span {
     Span {
-        trace_id,
-        span_id: SpanId::random(),
-        parent_span_id: None,
-        name: "chat m".into(),
-        kind: SpanKind::Llm,
         start_time_unix_nano: start,
         duration_ms: 1.5,
-        ttft_ms: None,
         provider: Some("openai".into()),
         operation: Some("chat".into()),
         method: Some("POST".into()),
         path: Some("/v1/chat/completions".into()),
         status_code: Some(200),
-        status: SpanStatus::Ok,
         request_model: Some("m".into()),
         response_model: Some("m".into()),
-        stream: false,
         input_tokens: Some(3),
         output_tokens: Some(4),
         usage_source: UsageSource::Reported,
-        cache_read_input_tokens: None,
-        cache_creation_input_tokens: None,
-        reasoning_tokens: None,
-        finish_reason: None,
-        cost_usd: None,
-        team: None,
-        user: None,
-        key_fingerprint: None,
-        session: None,
-        properties: Default::default(),
-        error: None,
+        ..Span::new(trace_id, SpanId::random(), SpanKind::Llm, "chat m".into())
     }
 }
 
