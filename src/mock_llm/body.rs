@@ -15,6 +15,32 @@ use tokio::time::{Instant, Sleep};
 
 use crate::mock_llm::reply::Api;
 
+/// The chunks of one OpenAI stream (chat or legacy completions): each event wraps its
+/// `choices` in the stream's envelope; with `with_usage` every chunk has `usage`, null but on
+/// the usage chunk, as OpenAI sends it.
+pub(super) fn openai_chunk(
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    with_usage: bool,
+) -> impl Fn(Value, Option<&Value>) -> Bytes {
+    move |choices, usage| {
+        let mut v = json!({
+            "id": id,
+            "object": object,
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_mock",
+            "choices": choices,
+        });
+        if with_usage {
+            v["usage"] = usage.cloned().unwrap_or(Value::Null);
+        }
+        sse_data(&v)
+    }
+}
+
 /// The answer to `x-mock-status`.
 pub(super) fn forced_error(api: Api, status: StatusCode) -> Response<MockBody> {
     let msg = format!("mock error: status {} requested with x-mock-status", status.as_u16());

@@ -4,7 +4,7 @@
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::mock_llm::body::{json_response, sse_data, sse_done, sse_response, MockBody};
+use crate::mock_llm::body::{json_response, openai_chunk, sse_done, sse_response, MockBody};
 use crate::mock_llm::reply::{
     chat_prompt_tokens, include_usage, is_stream, max_tokens, model_of, next_id, openai_usage, piece, unix_now, Opts,
     Reply,
@@ -44,20 +44,7 @@ pub(super) fn chat_completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     let with_usage = include_usage(req);
     let n = reply.words;
     let total = n + 3 + usize::from(with_usage);
-    let chunk = move |choices: Value, usage: Option<&Value>| {
-        let mut v = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "fp_mock",
-            "choices": choices,
-        });
-        if with_usage {
-            v["usage"] = usage.cloned().unwrap_or(Value::Null);
-        }
-        sse_data(&v)
-    };
+    let chunk = openai_chunk(id, "chat.completion.chunk", created, model, with_usage);
     let choice = |delta: Value, finish: Option<&str>| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
     sse_response(total, opts.delay, move |k| match k {
         0 => chunk(choice(json!({"role": "assistant", "content": "", "refusal": null}), None), None),

@@ -3,7 +3,7 @@
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::mock_llm::body::{json_response, sse_data, sse_done, sse_response, MockBody};
+use crate::mock_llm::body::{json_response, openai_chunk, sse_done, sse_response, MockBody};
 use crate::mock_llm::reply::{
     include_usage, input_tokens, is_stream, max_tokens, model_of, next_id, piece, unix_now, Opts, Reply,
 };
@@ -46,20 +46,7 @@ pub(super) fn completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     let with_usage = include_usage(req);
     let n = reply.words;
     let total = n + 2 + usize::from(with_usage);
-    let chunk = move |choices: Value, usage: Option<&Value>| {
-        let mut v = json!({
-            "id": id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "fp_mock",
-            "choices": choices,
-        });
-        if with_usage {
-            v["usage"] = usage.cloned().unwrap_or(Value::Null);
-        }
-        sse_data(&v)
-    };
+    let chunk = openai_chunk(id, "text_completion", created, model, with_usage);
     let choice = |text: &str, finish: Option<&str>| json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
     sse_response(total, opts.delay, move |k| match k {
         k if k < n => chunk(choice(piece(k), None), None),
