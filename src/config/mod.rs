@@ -7,6 +7,9 @@
 //! path it is about, e.g. `providers[1].upstream: ...`, so a bad config stops start-up with a
 //! message the operator can act on.
 //!
+//! Files: `raw` (stage one), `error` (`ConfigError`); this file holds the runtime types and
+//! stage two.
+//!
 //! It imports `formats` (the provider's API, the token encoding) and `model` (prices) only:
 //! the runtime types are read by every floor above, and know none of them.
 
@@ -16,157 +19,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+pub mod error;
+mod raw;
 
+use crate::config::raw::RawConfig;
 use crate::formats::providers::Api;
 use crate::formats::tokens::Encoding;
 use crate::model::pricing::Price;
 
+pub use error::ConfigError;
+
 /// Where `serve` looks for a config when `--config` is not given and `$TRACEGATE_CONFIG` is unset.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tracegate.toml";
-
-/// A config problem, with the dotted path of the field it concerns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-// ---------------------------------------------------------------------------------------------
-// Stage one: the file as written.
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    storage: RawStorage,
-    #[serde(default)]
-    admin: RawAdmin,
-    #[serde(default)]
-    providers: Option<Vec<RawProvider>>,
-    #[serde(default)]
-    teams: Vec<RawTeam>,
-    #[serde(default)]
-    pricing: BTreeMap<String, RawPrice>,
-    #[serde(default)]
-    export: RawExport,
-    #[serde(default)]
-    tokens: RawTokens,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTokens {
-    /// Encoding used to estimate tokens of models outside OpenAI's known families.
-    default_encoding: Option<Encoding>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    default_provider: Option<String>,
-    require_team_key: Option<bool>,
-    /// Largest request body forwarded (413 beyond).
-    max_request_bytes: Option<u64>,
-    /// Largest request header section accepted (431 beyond).
-    max_header_bytes: Option<usize>,
-    /// How long a client may take to send a request's headers.
-    header_read_timeout_secs: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStorage {
-    path: Option<PathBuf>,
-    retention_days: Option<u32>,
-    capture_bodies: Option<bool>,
-    max_capture_bytes: Option<usize>,
-    /// Capacity of the queue between the proxy and the span writer.
-    queue_capacity: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProvider {
-    name: String,
-    prefix: String,
-    upstream: String,
-    api: Api,
-    api_key: Option<String>,
-    connect_timeout_secs: Option<f64>,
-    response_timeout_secs: Option<f64>,
-    idle_timeout_secs: Option<f64>,
-    ca_file: Option<PathBuf>,
-    #[serde(default)]
-    inject_stream_usage: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTeam {
-    name: String,
-    #[serde(default)]
-    keys: Vec<String>,
-    daily_budget_usd: Option<f64>,
-    monthly_budget_usd: Option<f64>,
-    requests_per_minute: Option<u32>,
-    tokens_per_minute: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPrice {
-    input_per_mtok: f64,
-    output_per_mtok: f64,
-    cached_input_per_mtok: Option<f64>,
-    cache_write_per_mtok: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExport {
-    otlp_endpoint: Option<String>,
-    zipkin_endpoint: Option<String>,
-    /// "protobuf" (default) or "json".
-    otlp_protocol: Option<String>,
-    /// Extra request headers for the exporters (e.g. authentication).
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    /// "gzip" (default) or "none".
-    compression: Option<String>,
-    /// The resource's `service.name` (default "tracegate").
-    service_name: Option<String>,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Stage two: the validated runtime config.
@@ -381,17 +245,7 @@ impl Config {
 
     /// Parses and validates config text; `env` looks up `${VAR}` values.
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
-        expand_env(&mut value, &mut String::new(), env)?;
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            // The inner message may end with its own "in `...`" context line: the path says it.
-            let message = e.into_inner().to_string();
-            let message = message.lines().next().unwrap_or_default().to_string();
-            ConfigError::new(if path == "." { String::new() } else { path }, message)
-        })?;
-        Config::load(raw)
+        Config::load(raw::parse(text, env)?)
     }
 
     fn load(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -678,67 +532,6 @@ impl Config {
     }
 }
 
-/// Replaces `${VAR}` in every string value; `$$` stands for a literal `$`.
-fn expand_env(
-    value: &mut toml::Value,
-    path: &mut String,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    match value {
-        toml::Value::String(s) if s.contains('$') => {
-            *s = expand_str(s, env).map_err(|m| ConfigError::new(path.clone(), m))?;
-        }
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                expand_env(item, path, env)?;
-                path.truncate(len);
-            }
-        }
-        toml::Value::Table(table) => {
-            for (key, item) in table.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-                expand_env(item, path, env)?;
-                path.truncate(len);
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail.find('}').ok_or_else(|| "unterminated ${...}".to_string())?;
-            let name = &tail[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable name in ${{{name}}}"));
-            }
-            let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| ConfigError::new(field, format!("{value:?} is not an address like 127.0.0.1:8787")))
 }
@@ -868,7 +661,7 @@ mod tests {
         assert_eq!(c.providers[0].api_key.as_deref(), Some("sk-test"));
         assert_eq!(c.providers[0].prefix, "/o");
         assert_eq!(c.providers[0].upstream.base_path, "/base");
-        assert_eq!(expand_str("a$$b$c", &env).unwrap(), "a$b$c");
+        assert_eq!(raw::expand_str("a$$b$c", &env).unwrap(), "a$b$c");
     }
 
     #[test]
