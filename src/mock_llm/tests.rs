@@ -1,0 +1,555 @@
+//! mock-llm over real HTTP on loopback: every endpoint's shape, streams and their pacing, the
+//! test hooks, and the errors.
+
+use super::*;
+use crate::mock_llm::embeddings::base64_encode;
+use bytes::Bytes;
+use http_body_util::Full;
+use std::net::SocketAddr;
+use std::time::Instant as StdInstant;
+use tokio::net::TcpStream;
+
+/// Starts a mock on an ephemeral loopback port; it lives as long as the test's runtime.
+async fn start(delay_ms: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = MockConfig { chunk_delay: Duration::from_millis(delay_ms) };
+    tokio::spawn(serve(listener, config));
+    addr
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    /// Data frames with the time they arrived, measured from sending the request.
+    frames: Vec<(Duration, Bytes)>,
+}
+
+impl Reply {
+    fn body(&self) -> String {
+        let bytes: Vec<u8> = self.frames.iter().flat_map(|(_, b)| b.to_vec()).collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body()).unwrap()
+    }
+
+    /// SSE events as (event name, data) pairs.
+    fn events(&self) -> Vec<(Option<String>, String)> {
+        let body = self.body();
+        assert!(body.ends_with("\n\n"), "stream must end with a complete event");
+        body.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|event| {
+                let mut name = None;
+                let mut data = String::new();
+                for line in event.lines() {
+                    if let Some(n) = line.strip_prefix("event: ") {
+                        name = Some(n.to_owned());
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data = d.to_owned();
+                    } else {
+                        panic!("unexpected SSE line {line:?}");
+                    }
+                }
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn data_json(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|(_, d)| d != "[DONE]")
+            .map(|(_, d)| serde_json::from_str(&d).unwrap())
+            .collect()
+    }
+}
+
+async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    if !body.is_empty() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let started = StdInstant::now();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, mut incoming) = response.into_parts();
+    let mut frames = Vec::new();
+    while let Some(frame) = incoming.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            frames.push((started.elapsed(), data));
+        }
+    }
+    Reply { status: parts.status, headers: parts.headers, frames }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
+    send(addr, "POST", path, &[], &body.to_string()).await
+}
+
+const HELLO: &str = r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello to me"}]"#;
+
+#[tokio::test]
+async fn chat_non_stream_has_openai_shape_and_usage() {
+    let addr = start(0).await;
+    let messages: Value = serde_json::from_str(HELLO).unwrap();
+    let r = post(addr, "/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": messages})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let v = r.json();
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-mock-"));
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "gpt-4o-mini");
+    assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], REPLY_TEXT);
+    assert_eq!(choice["message"]["refusal"], Value::Null);
+    assert_eq!(choice["finish_reason"], "stop");
+    // (2 words + 3) + (4 words + 3) + 3
+    assert_eq!(v["usage"]["prompt_tokens"], 15);
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    assert_eq!(v["usage"]["total_tokens"], 27);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 0);
+    assert_eq!(v["system_fingerprint"], "fp_mock");
+}
+
+#[tokio::test]
+async fn chat_max_tokens_cuts_the_reply_with_length() {
+    let addr = start(0).await;
+    let r = post(addr, "/v1/chat/completions", json!({"model": "m", "messages": [], "max_tokens": 3})).await;
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "This is a");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+}
+
+#[tokio::test]
+async fn chat_stream_without_include_usage_has_no_usage() {
+    let addr = start(0).await;
+    let r = post(addr, "/v1/chat/completions", json!({"model": "m", "messages": [], "stream": true})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    assert_eq!(r.headers["cache-control"], "no-cache");
+    let events = r.events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks = r.data_json();
+    assert_eq!(chunks.len(), 12 + 2);
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "");
+    let text: String =
+        chunks[1..13].iter().map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(text, REPLY_TEXT);
+    let last = &chunks[13]["choices"][0];
+    assert_eq!(last["delta"], json!({}));
+    assert_eq!(last["finish_reason"], "stop");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+}
+
+#[tokio::test]
+async fn chat_stream_with_include_usage_ends_with_usage_chunk_and_done() {
+    let addr = start(0).await;
+    let body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "one two three"}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_completion_tokens": 5,
+    });
+    let r = post(addr, "/v1/chat/completions", body).await;
+    let events = r.events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks = r.data_json();
+    assert_eq!(chunks.len(), 1 + 5 + 1 + 1);
+    for chunk in &chunks[..chunks.len() - 1] {
+        assert_eq!(chunk["usage"], Value::Null);
+        assert!(chunk.get("usage").is_some());
+    }
+    assert_eq!(chunks[6]["choices"][0]["finish_reason"], "length");
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"]["prompt_tokens"], 3 + 3 + 3);
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 5);
+    assert_eq!(usage_chunk["usage"]["total_tokens"], 14);
+}
+
+#[tokio::test]
+async fn stream_chunks_are_spread_over_time() {
+    let addr = start(0).await;
+    let headers = [("x-mock-chunks", "5"), ("x-mock-chunk-delay-ms", "50")];
+    let body = json!({"model": "m", "messages": [], "stream": true}).to_string();
+    let r = send(addr, "POST", "/v1/chat/completions", &headers, &body).await;
+    // role + 5 words + finish + [DONE] = 8 events, 7 gaps of 50 ms = 350 ms.
+    assert_eq!(r.events().len(), 8);
+    let first = r.frames.first().unwrap().0;
+    let last = r.frames.last().unwrap().0;
+    assert!(last >= Duration::from_millis(300), "stream took only {last:?}");
+    assert!(last - first >= Duration::from_millis(200), "first {first:?}, last {last:?}");
+    assert!(r.frames.len() >= 3, "events arrived in only {} frames", r.frames.len());
+}
+
+#[tokio::test]
+async fn config_delay_applies_and_zero_header_overrides_it() {
+    let addr = start(40).await;
+    let body = json!({"model": "m", "messages": [], "stream": true}).to_string();
+    let slow = send(addr, "POST", "/v1/chat/completions", &[("x-mock-chunks", "4")], &body).await;
+    assert!(slow.frames.last().unwrap().0 >= Duration::from_millis(150));
+    let fast =
+        send(addr, "POST", "/v1/chat/completions", &[("x-mock-chunks", "200"), ("x-mock-chunk-delay-ms", "0")], &body)
+            .await;
+    assert_eq!(fast.data_json().len(), 202);
+    assert!(fast.frames.last().unwrap().0 < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn anthropic_stream_has_the_event_order_and_final_usage() {
+    let addr = start(0).await;
+    let body = json!({
+        "model": "claude-3-5-haiku-latest",
+        "max_tokens": 1024,
+        "system": "be nice",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}],
+        "stream": true,
+    });
+    let r = post(addr, "/v1/messages", body).await;
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let events = r.events();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(std::iter::repeat_n("content_block_delta", 12));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, expected);
+    let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    for ((name, _), d) in events.iter().zip(&data) {
+        assert_eq!(d["type"], name.as_deref().unwrap());
+    }
+    let start_msg = &data[0]["message"];
+    assert!(start_msg["id"].as_str().unwrap().starts_with("msg_mock_"));
+    assert_eq!(start_msg["content"], json!([]));
+    // 2 system words + (2 words + 3) + 3
+    assert_eq!(start_msg["usage"]["input_tokens"], 10);
+    assert_eq!(start_msg["usage"]["output_tokens"], 1);
+    let text: String = data[3..15]
+        .iter()
+        .map(|d| {
+            assert_eq!(d["delta"]["type"], "text_delta");
+            d["delta"]["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(text, REPLY_TEXT);
+    assert_eq!(data[16]["delta"]["stop_reason"], "end_turn");
+    assert_eq!(data[16]["usage"]["output_tokens"], 12);
+}
+
+#[tokio::test]
+async fn anthropic_non_stream_and_max_tokens() {
+    let addr = start(0).await;
+    let body = json!({"model": "claude", "max_tokens": 2, "messages": [{"role": "user", "content": "hey"}]});
+    let v = post(addr, "/v1/messages", body).await.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"], json!([{"type": "text", "text": "This is"}]));
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["stop_sequence"], Value::Null);
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 7, "output_tokens": 2, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
+    );
+}
+
+fn decode_f32s(b64: &str) -> Vec<f32> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut bytes = Vec::new();
+    for c in b64.bytes().filter(|&c| c != b'=') {
+        bits = (bits << 6) | alphabet.iter().position(|&a| a == c).unwrap() as u32;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            bytes.push((bits >> nbits) as u8);
+        }
+    }
+    bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[tokio::test]
+async fn embeddings_floats_and_base64_agree() {
+    let addr = start(0).await;
+    let floats = post(addr, "/v1/embeddings", json!({"model": "e", "input": ["hello world", "bye"]})).await.json();
+    assert_eq!(floats["object"], "list");
+    assert_eq!(floats["model"], "e");
+    assert_eq!(floats["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    assert_eq!(floats["data"].as_array().unwrap().len(), 2);
+    assert_eq!(floats["data"][1]["index"], 1);
+    assert_eq!(floats["data"][0]["object"], "embedding");
+    let first: Vec<f32> =
+        floats["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert_eq!(first.len(), 8);
+    let norm: f32 = first.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 0.01, "norm {norm}");
+
+    let b64 = post(addr, "/v1/embeddings", json!({"model": "e", "input": "hello world", "encoding_format": "base64"}))
+        .await
+        .json();
+    let encoded = b64["data"][0]["embedding"].as_str().unwrap();
+    assert_eq!(encoded.len(), 44); // 32 bytes
+    assert_eq!(decode_f32s(encoded), first, "same input, same vector");
+
+    let tokens = post(addr, "/v1/embeddings", json!({"input": [[1, 2, 3], [4]], "dimensions": 3})).await.json();
+    assert_eq!(tokens["usage"]["prompt_tokens"], 4);
+    assert_eq!(tokens["data"][1]["embedding"].as_array().unwrap().len(), 3);
+
+    let bad = post(addr, "/v1/embeddings", json!({"model": "e"})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["type"], "invalid_request_error");
+}
+
+#[test]
+fn base64_matches_rfc4648_vectors() {
+    let cases = [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ];
+    for (plain, encoded) in cases {
+        assert_eq!(base64_encode(plain.as_bytes()), encoded);
+    }
+    assert_eq!(base64_encode(&[0xfb, 0xff, 0xfe]), "+//+");
+}
+
+#[tokio::test]
+async fn responses_non_stream_shape() {
+    let addr = start(0).await;
+    let v =
+        post(addr, "/v1/responses", json!({"model": "gpt-4o", "input": "tell me a joke", "instructions": "be funny"}))
+            .await
+            .json();
+    assert!(v["id"].as_str().unwrap().starts_with("resp_mock_"));
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    let item = &v["output"][0];
+    assert_eq!(item["type"], "message");
+    assert_eq!(item["role"], "assistant");
+    assert_eq!(item["content"][0], json!({"type": "output_text", "text": REPLY_TEXT, "annotations": []}));
+    // 2 instruction words + (4 words + 3) + 3
+    assert_eq!(v["usage"]["input_tokens"], 12);
+    assert_eq!(v["usage"]["output_tokens"], 12);
+    assert_eq!(v["usage"]["total_tokens"], 24);
+    assert_eq!(v["usage"]["input_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(v["usage"]["output_tokens_details"]["reasoning_tokens"], 0);
+}
+
+#[tokio::test]
+async fn responses_stream_ends_with_completed_and_usage() {
+    let addr = start(0).await;
+    let body = json!({"model": "gpt-4o", "input": [{"role": "user", "content": [{"type": "input_text", "text": "a b"}]}], "stream": true});
+    let r = post(addr, "/v1/responses", body).await;
+    let events = r.events();
+    let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    for (i, ((name, _), d)) in events.iter().zip(&data).enumerate() {
+        assert_eq!(d["type"], name.as_deref().unwrap());
+        assert_eq!(d["sequence_number"], i);
+    }
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names[..4],
+        ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+    );
+    assert!(names[4..16].iter().all(|n| *n == "response.output_text.delta"));
+    assert_eq!(
+        names[16..],
+        ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    );
+    let deltas: String = data[4..16].iter().map(|d| d["delta"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(deltas, REPLY_TEXT);
+    assert_eq!(data[0]["response"]["status"], "in_progress");
+    let done = &data.last().unwrap()["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["output"][0]["content"][0]["text"], REPLY_TEXT);
+    assert_eq!(done["usage"]["input_tokens"], 2 + 3 + 3);
+    assert_eq!(done["usage"]["output_tokens"], 12);
+}
+
+#[tokio::test]
+async fn legacy_completions_plain_and_stream() {
+    let addr = start(0).await;
+    let v = post(addr, "/v1/completions", json!({"model": "i", "prompt": "once upon a time", "max_tokens": 4}))
+        .await
+        .json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], "This is a mock");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}));
+
+    let body = json!({"model": "i", "prompt": "x", "stream": true, "stream_options": {"include_usage": true}});
+    let r = post(addr, "/v1/completions", body).await;
+    assert_eq!(r.events().last().unwrap().1, "[DONE]");
+    let chunks = r.data_json();
+    assert_eq!(chunks.len(), 12 + 2);
+    let text: String = chunks[..12].iter().map(|c| c["choices"][0]["text"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(text, REPLY_TEXT);
+    assert_eq!(chunks[12]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[13]["usage"]["completion_tokens"], 12);
+}
+
+#[tokio::test]
+async fn x_mock_status_gives_provider_shaped_errors() {
+    let addr = start(0).await;
+    let body = json!({"model": "m", "messages": [], "stream": true}).to_string();
+    let r = send(addr, "POST", "/v1/chat/completions", &[("x-mock-status", "429")], &body).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "requests");
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(e["error"]["param"], Value::Null);
+    assert!(e["error"]["message"].as_str().unwrap().contains("429"));
+
+    let r = send(addr, "POST", "/v1/messages", &[("x-mock-status", "529")], "{}").await;
+    assert_eq!(r.status.as_u16(), 529);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "overloaded_error");
+
+    let r = send(addr, "POST", "/v1/embeddings", &[("x-mock-status", "500")], "{}").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.json()["error"]["type"], "server_error");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_bad_json_are_errors() {
+    let addr = start(0).await;
+    let r = send(addr, "POST", "/v2/nothing", &[], "{}").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"]["message"].is_string());
+    let r = send(addr, "POST", "/v1/chat/completions", &[], "{not json").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    let r = send(addr, "POST", "/v1/messages", &[], "[1]").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(r.json()["type"], "error");
+    let r = send(addr, "GET", "/v1/chat/completions", &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn request_headers_are_echoed() {
+    let addr = start(0).await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [
+        ("traceparent", tp),
+        ("tracestate", "a=1"),
+        ("authorization", "Bearer sk-test"),
+        ("x-tracegate-team", "search"),
+        ("x-b3-traceid", "abc"),
+        ("x-other", "not echoed"),
+    ];
+    let body = json!({"model": "m", "messages": []}).to_string();
+    let r = send(addr, "POST", "/v1/chat/completions", &headers, &body).await;
+    let echoed: Value = serde_json::from_str(r.headers["x-mock-request-headers"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        echoed,
+        json!({
+            "traceparent": tp,
+            "tracestate": "a=1",
+            "authorization": "Bearer sk-test",
+            "x-tracegate-team": "search",
+            "x-b3-traceid": "abc",
+        })
+    );
+    // Present on errors and streams too, empty when nothing matched.
+    let r = send(addr, "GET", "/nope", &[("x-api-key", "k")], "").await;
+    assert_eq!(r.headers["x-mock-request-headers"], r#"{"x-api-key":"k"}"#);
+    let r = send(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(r.headers["x-mock-request-headers"], "{}");
+    assert_eq!(r.json(), json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn models_list_in_both_shapes() {
+    let addr = start(0).await;
+    let v = send(addr, "GET", "/v1/models", &[], "").await.json();
+    assert_eq!(v["object"], "list");
+    assert!(v["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-4o-mini" && m["object"] == "model"));
+    let v = send(addr, "GET", "/v1/models", &[("anthropic-version", "2023-06-01")], "").await.json();
+    assert_eq!(v["has_more"], false);
+    assert_eq!(v["data"][0]["type"], "model");
+    let v = send(addr, "GET", "/v1/models/gpt-4o", &[], "").await.json();
+    assert_eq!(v["id"], "gpt-4o");
+}
+
+#[tokio::test]
+async fn keep_alive_and_h2c() {
+    let addr = start(0).await;
+    // Several requests over one HTTP/1.1 connection.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::post("/v1/chat/completions")
+            .header("host", "mock")
+            .body(Full::new(Bytes::from(r#"{"model":"m","messages":[],"stream":true}"#)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+    }
+    // Cleartext HTTP/2 with prior knowledge.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{addr}/v1/messages"))
+        .body(Full::new(Bytes::from(r#"{"model":"c","max_tokens":100,"messages":[]}"#)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["content"][0]["text"], REPLY_TEXT);
+}
+
+#[tokio::test]
+async fn dropping_serve_closes_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(serve(listener, MockConfig { chunk_delay: Duration::from_millis(200) }));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "mock")
+        .header("x-mock-chunks", "100")
+        .body(Full::new(Bytes::from(r#"{"model":"m","messages":[],"stream":true}"#)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.is_some());
+    server.abort();
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "stream kept going after the server was dropped");
+}
