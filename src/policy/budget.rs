@@ -110,10 +110,10 @@ impl Window {
     /// Requests and tokens in the last 60 seconds, and seconds until the oldest leaves.
     fn totals(&self, now: u64) -> (u64, u64, u64) {
         let live = self.slots.iter().filter(|s| s.0 + WINDOW_SECONDS > now && (s.1 > 0 || s.2 > 0));
-        let (mut requests, mut tokens, mut oldest) = (0, 0, now);
+        let (mut requests, mut tokens, mut oldest) = (0, 0u64, now);
         for s in live {
             requests += s.1;
-            tokens += s.2;
+            tokens = tokens.saturating_add(s.2);
             oldest = oldest.min(s.0);
         }
         (requests, tokens, (oldest + WINDOW_SECONDS).saturating_sub(now).max(1))
@@ -232,18 +232,18 @@ impl Budgets {
         if s.limits.requests_per_minute.is_some_and(|l| requests >= u64::from(l)) {
             return refuse(Refusal::RequestsPerMinute, reset, &remaining);
         }
-        if s.limits.tokens_per_minute.is_some_and(|l| tokens + estimate.tokens > l) {
+        if s.limits.tokens_per_minute.is_some_and(|l| tokens.saturating_add(estimate.tokens) > l) {
             return refuse(Refusal::TokensPerMinute, reset, &remaining);
         }
         s.reserved_usd += estimate.cost_usd;
         let slot = s.window.slot(now_secs);
         slot.1 += 1;
-        slot.2 += estimate.tokens;
+        slot.2 = slot.2.saturating_add(estimate.tokens);
         if let Some((limit, _)) = remaining.requests {
             remaining.requests = Some((limit, (u64::from(limit).saturating_sub(requests + 1)) as u32));
         }
         if let Some((limit, _)) = remaining.tokens {
-            remaining.tokens = Some((limit, limit.saturating_sub(tokens + estimate.tokens)));
+            remaining.tokens = Some((limit, limit.saturating_sub(tokens.saturating_add(estimate.tokens))));
         }
         if let Some(b) = &mut remaining.budget_usd {
             *b = (*b - estimate.cost_usd).max(0.0);
@@ -266,7 +266,7 @@ impl Budgets {
         }
         let slot = &mut s.window.slots[(r.second % WINDOW_SECONDS) as usize];
         if slot.0 == r.second {
-            slot.2 = (slot.2 + tokens).saturating_sub(r.estimate.tokens);
+            slot.2 = slot.2.saturating_add(tokens).saturating_sub(r.estimate.tokens);
         }
     }
 }

@@ -391,6 +391,7 @@ impl Proxy {
         let facts = providers::parse_request(provider.api, &operation, ahead);
         let body_len = if whole { ahead.len() as u64 } else { declared.unwrap_or(ahead.len() as u64) };
         let input = body_len / 3 + 1;
+        // `max_tokens` is the caller's number: a huge one must make the estimate huge, not wrap.
         let output = match operation {
             Operation::Embeddings => 0,
             _ => facts.max_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
@@ -406,7 +407,7 @@ impl Proxy {
                 )
             })
             .unwrap_or(0.0);
-        Estimate { cost_usd, tokens: input + output }
+        Estimate { cost_usd, tokens: input.saturating_add(output) }
     }
 
     /// Phase 6: the request as the upstream gets it — the upstream URI, HTTP/1.1 semantics

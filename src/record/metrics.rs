@@ -159,7 +159,7 @@ impl Metrics {
         counter(
             &mut out,
             "tracegate_spans_dropped_total",
-            "Spans dropped because the recorder queue was full.",
+            "Spans dropped because the recorder queue was full (or the recorder had stopped).",
             self.spans_dropped.load(Ordering::Relaxed),
         );
         counter(

@@ -147,22 +147,22 @@ fn accept(
             let write = match guarded_build(&record, &recorder.settings) {
                 Ok(write) => write,
                 Err(panic) => {
-                    // A body we could not read must not stop recording: keep what is known, and
+                    // A body no parser expected must not stop recording: keep what is known, and
                     // leave the reservation unsettled so the team is charged its estimate.
                     recorder.metrics.recorder_panics.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         trace_id = %record.info.trace_id,
                         span_id = %record.info.span_id,
                         panic = %panic,
-                        "building a span panicked; the call is recorded as an error without its bodies"
+                        "building a span panicked; the call is recorded as an error span"
                     );
                     record.info.reservation = None;
-                    span_builder::unreadable_span(&record, &panic)
+                    span_builder::unreadable_span(&record, &recorder.settings, &panic)
                 }
             };
             if let Some(reservation) = record.info.reservation.take() {
                 let span = &write.span;
-                let tokens = span.input_tokens.unwrap_or(0) + span.output_tokens.unwrap_or(0);
+                let tokens = span.input_tokens.unwrap_or(0).saturating_add(span.output_tokens.unwrap_or(0));
                 reservation.settle(span.cost_usd.unwrap_or(0.0), tokens);
             }
             recorder.metrics.observe_call(&write.span);

@@ -4,6 +4,7 @@
 //! Runs on the recorder thread only; a pure function of the record and the settings.
 
 use std::io::Read;
+use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
 
@@ -136,32 +137,45 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         error,
     };
 
-    let bodies = (settings.capture_bodies && !omit_bodies).then(|| {
-        let request_bytes = redact_credentials(&request_bytes);
-        let (request_body, request_cut) = stored_text(&request_bytes, settings.max_capture_bytes);
-        let (response_body, response_cut) = stored_text(&response_bytes, settings.max_capture_bytes);
-        SpanBodies {
-            request_body,
-            response_body,
-            truncated: request_cut
-                || response_cut
-                || record.request_body.truncated()
-                || record.response_body.truncated(),
-        }
-    });
+    let bodies = (settings.capture_bodies && !omit_bodies)
+        .then(|| kept_bodies(record, &request_bytes, &response_bytes, settings));
     SpanWrite { span, bodies }
 }
 
+/// The bodies as stored: credentials redacted from the request, each cut to the capture limit.
+fn kept_bodies(record: &CallRecord, request: &Bytes, response: &[u8], settings: &RecorderSettings) -> SpanBodies {
+    let request = redact_credentials(request);
+    let (request_body, request_cut) = stored_text(&request, settings.max_capture_bytes);
+    let (response_body, response_cut) = stored_text(response, settings.max_capture_bytes);
+    SpanBodies {
+        request_body,
+        response_body,
+        truncated: request_cut || response_cut || record.request_body.truncated() || record.response_body.truncated(),
+    }
+}
+
 /// The span of a call whose span building panicked (a body no parser expected): its ids,
-/// route, timing and status, marked as an error that says so. Nothing here reads a body, and
-/// the bodies are not kept: their credentials could not be redacted.
-pub fn unreadable_span(record: &CallRecord, panic: &str) -> SpanWrite {
+/// route, timing and status, marked as an error that says so; no model, tokens or cost. The
+/// bodies are kept when decoding and redacting them still works (the panic was elsewhere, in
+/// token counting say); if that panics too, the span is kept without them.
+pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: &str) -> SpanWrite {
     let info = &record.info;
     let operation = providers::operation_for(info.provider.api, &info.path);
-    let Tags { mut team, user, properties, .. } = headers::read_tags(&info.tracegate_headers);
+    let Tags { mut team, user, omit_bodies, properties } = headers::read_tags(&info.tracegate_headers);
     if let Some(matched) = &info.team_key {
         team = Some(matched.team.clone());
     }
+    let bodies = (settings.capture_bodies && !omit_bodies)
+        .then(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let request = record.request_body.joined(TRUNCATION_MARK.as_bytes());
+                let response =
+                    decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
+                kept_bodies(record, &request, &response, settings)
+            }))
+            .ok()
+        })
+        .flatten();
     let span = Span {
         parent_span_id: info.parent_span_id,
         start_time_unix_nano: info.start_time_unix_nano,
@@ -178,10 +192,10 @@ pub fn unreadable_span(record: &CallRecord, panic: &str) -> SpanWrite {
         key_fingerprint: info.team_key.as_ref().map(|m| m.fingerprint.clone()),
         session: session_of(info),
         properties,
-        error: Some(format!("tracegate could not read this call's bodies (recorder panic: {panic})")),
+        error: Some(format!("tracegate could not read this call (recorder panic: {panic})")),
         ..Span::new(info.trace_id, info.span_id, SpanKind::Llm, operation.as_str().to_string())
     };
-    SpanWrite { span, bodies: None }
+    SpanWrite { span, bodies }
 }
 
 /// The `x-tracegate-session` value, trimmed; `None` when empty or not text.

@@ -13,6 +13,7 @@ mod faults;
 mod forwarding;
 mod properties;
 mod recording;
+mod regression;
 mod sdk;
 mod storage_faults;
 mod support;

@@ -27,14 +27,6 @@ impl Drop for Unmount<'_> {
     }
 }
 
-async fn metric(admin: &str, name: &str) -> f64 {
-    let (_, _, body) = get(&format!("{admin}/metrics")).await;
-    let text = String::from_utf8_lossy(&body).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
-
 const SECRET_BEARER: &str = "sk-live-bearer-0f1e2d3c4b5a69788796a5b4";
 const SECRET_X_API_KEY: &str = "sk-ant-xkey-1a2b3c4d5e6f7a8b9c0d";
 const SECRET_QUERY_KEY: &str = "AIzaQueryKey-55aa66bb77cc88dd";

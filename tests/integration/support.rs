@@ -251,6 +251,15 @@ pub async fn get(url: &str) -> (u16, HeaderMap, Bytes) {
     (status, headers, body)
 }
 
+/// The value of an unlabelled metric on the admin listener at `admin` (`http://host:port`).
+pub async fn metric(admin: &str, name: &str) -> f64 {
+    let (_, _, body) = get(&format!("{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }

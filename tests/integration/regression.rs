@@ -1,0 +1,95 @@
+//! Regression tests, each named after the defect it pins: it failed before the fix.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A team `search` (key `tk-search-0001`) with these limits, and the provider's own key.
+fn limited_team(upstream: std::net::SocketAddr, limits: &str) -> String {
+    format!(
+        "{}api_key = \"sk-provider\"\n[[teams]]\nname = \"search\"\nkeys = [\"tk-search-0001\"]\n{limits}\n",
+        provider("openai", "/openai", upstream, "openai")
+    )
+}
+
+/// A prompt of 999,999 spaces made tiktoken-rs's `encode_ordinary` unwrap a regex error
+/// (fancy-regex's backtracking limit) while the recorder estimated the tokens of a stream
+/// without usage: the recorder thread died, and every later call was dropped. Now the call is
+/// recorded as an error span with its bodies, the panic is counted, and recording goes on.
+#[tokio::test]
+async fn recorder_thread_died_on_a_prompt_of_a_million_spaces() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    let hostile = json!({
+        "model": "gpt-4o-mini",
+        "stream": true,
+        "messages": [{"role": "user", "content": " ".repeat(999_999)}],
+    })
+    .to_string();
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], &hostile).await;
+    assert_eq!(status, 200, "the client is served whatever the recorder meets");
+    assert!(String::from_utf8_lossy(&body).contains("[DONE]"));
+
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!(span["status"], "error");
+    assert!(span["error"].as_str().unwrap().contains("recorder panic"), "{}", span["error"]);
+    assert_eq!((span["usage_source"].as_str(), &span["cost_usd"]), (Some("missing"), &Value::Null));
+    let path =
+        format!("/api/traces/{}/spans/{}", span["trace_id"].as_str().unwrap(), span["span_id"].as_str().unwrap());
+    let (_, detail) = proxy.admin_get(&path).await;
+    assert_eq!(detail["request_body"]["messages"][0]["content"].as_str().map(str::len), Some(999_999));
+
+    // The next call is recorded as usual.
+    let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!((span["status"].as_str(), span["usage_source"].as_str()), (Some("ok"), Some("reported")));
+    let admin = proxy.admin_url("");
+    assert_eq!(metric(&admin, "tracegate_recorder_panics_total").await, 1.0);
+    assert_eq!(metric(&admin, "tracegate_spans_dropped_total").await, 0.0);
+    assert_eq!(metric(&admin, "tracegate_spans_recorded_total").await, 2.0);
+}
+
+/// `max_tokens: 18446744073709551615` made the budget estimate `input + max_tokens` overflow:
+/// a panic on the request path in debug builds, and in release a wrapped, tiny estimate that
+/// let the call past a tokens-per-minute limit. The estimate now saturates, so the call is
+/// refused like any call that cannot fit.
+#[tokio::test]
+async fn a_huge_max_tokens_wrapped_the_budget_estimate() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&limited_team(mock.addr, "tokens_per_minute = 100000")).await;
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":18446744073709551615,"messages":[{"role":"user","content":"hi"}]}"#;
+    let auth = [("authorization", "Bearer tk-search-0001")];
+    let (status, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &auth, body).await;
+    assert_eq!(status, 429, "a call that cannot fit the limit is refused");
+    assert_eq!(header(&headers, "x-tracegate-error"), "rate_limited");
+    let (status, _, _) = post(&proxy.url("/openai/v1/chat/completions"), &auth, CHAT).await;
+    assert_eq!(status, 200, "the team's ordinary calls still go through");
+}
+
+/// An upstream reporting `prompt_tokens: 18446744073709551615` made the recorder's sum of a
+/// limited team's tokens overflow when it settled the reservation (outside span building): in
+/// debug builds the recorder thread died. The sum saturates now; later calls are recorded.
+#[tokio::test]
+async fn reported_tokens_near_u64_max_overflowed_the_settlement() {
+    let upstream = Scripted::start(|_| {
+        let body = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": u64::MAX, "completion_tokens": 1, "total_tokens": u64::MAX},
+        });
+        http::Response::builder().header("content-type", "application/json").body(full(body.to_string())).unwrap()
+    })
+    .await;
+    let proxy = Proxy::start(&limited_team(upstream.addr, "requests_per_minute = 1000")).await;
+    let auth = [("authorization", "Bearer tk-search-0001")];
+    for _ in 0..2 {
+        let (status, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &auth, CHAT).await;
+        assert_eq!(status, 200);
+        let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+        assert_eq!(span["input_tokens"], u64::MAX);
+    }
+    assert_eq!(metric(&proxy.admin_url(""), "tracegate_spans_recorded_total").await, 2.0);
+}
