@@ -121,7 +121,7 @@ impl Proxy {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let start_time_unix_nano = unix_nanos();
-        Ok(self.run(req, started, start_time_unix_nano).await.unwrap_or_else(|early| early))
+        Ok(self.run(req, started, start_time_unix_nano).await.unwrap_or_else(|early| *early))
     }
 
     fn route_for(&self, provider: &Arc<Provider>) -> &UpstreamRoute {
@@ -143,8 +143,8 @@ enum UpstreamRoute {
 }
 
 /// An answer given before the upstream's: a refusal or a failure, already recorded if the
-/// call was open.
-pub type Early = Response<ProxyBody>;
+/// call was open. Boxed: the phases' `Ok` values stay small, and early answers are rare.
+pub type Early = Box<Response<ProxyBody>>;
 
 /// Where a routed call goes.
 #[derive(Debug)]
@@ -529,7 +529,7 @@ fn fail(call: CallContext, error: ProxyError, api: Api) -> Early {
 
 /// An error tracegate answers itself, in the provider's error shape.
 fn own_response(error: ProxyError, api: Api) -> Early {
-    error.to_response(api).map(Either::Right)
+    Box::new(error.to_response(api).map(Either::Right))
 }
 
 /// `{upstream}{base_path}{path}?{query}`.
