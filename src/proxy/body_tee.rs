@@ -180,7 +180,15 @@ pub struct ResponseTee {
     idle: Option<Pin<Box<Sleep>>>,
     /// Undoes an injected `include_usage` in what the client receives.
     stripper: Option<UsageStripper>,
+    /// The upstream's body failed: the error, held back until [`CUT_DELAY`] has passed.
+    cut: Option<(BodyError, Pin<Box<Sleep>>)>,
 }
+
+/// How long an upstream body error is held back before the client's response is cut. hyper's
+/// server drops what it has buffered and not yet written when a body fails; a body that
+/// answers `Pending` first lets it write out every frame already relayed (the frames that came
+/// in the same read as the upstream's end).
+const CUT_DELAY: Duration = Duration::from_millis(20);
 
 /// The upstream went quiet for longer than the provider's idle timeout.
 #[derive(Debug)]
@@ -214,6 +222,7 @@ impl ResponseTee {
             idle_timeout,
             idle: None,
             stripper: None,
+            cut: None,
         }
     }
 
@@ -242,6 +251,10 @@ impl Body for ResponseTee {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some((_, delay)) = &mut this.cut {
+            ready!(delay.as_mut().poll(cx));
+            return Poll::Ready(this.cut.take().map(|(error, _)| Err(error)));
+        }
         loop {
             let polled = Pin::new(&mut this.inner).poll_frame(cx);
             let Poll::Ready(frame) = polled else {
@@ -284,7 +297,13 @@ impl Body for ResponseTee {
                 }
                 Some(Err(err)) => {
                     this.finish(Outcome::Failed(format!("upstream body error: {err}")));
-                    Poll::Ready(Some(Err(err)))
+                    // Everything relayed so far reaches the client first; then it is cut.
+                    let mut delay = Box::pin(tokio::time::sleep(CUT_DELAY));
+                    if delay.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                    this.cut = Some((err, delay));
+                    Poll::Pending
                 }
                 None => {
                     this.finish(Outcome::Completed);
@@ -298,7 +317,7 @@ impl Body for ResponseTee {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream() && self.stripper.as_ref().is_none_or(UsageStripper::is_empty)
+        self.cut.is_none() && self.inner.is_end_stream() && self.stripper.as_ref().is_none_or(UsageStripper::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -8,23 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// An upstream that runs `behaviour` on every accepted connection.
-async fn raw_upstream<F, Fut>(behaviour: F) -> std::net::SocketAddr
-where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let behaviour = std::sync::Arc::new(behaviour);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(behaviour(stream));
-        }
-    });
-    addr
-}
-
 async fn still_serving(proxy: &Proxy) {
     let (status, _) = proxy.admin_get("/healthz").await;
     assert_eq!(status, 200);

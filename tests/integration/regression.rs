@@ -93,3 +93,51 @@ async fn reported_tokens_near_u64_max_overflowed_the_settlement() {
     }
     assert_eq!(metric(&proxy.admin_url(""), "tracegate_spans_recorded_total").await, 2.0);
 }
+
+/// A plain-HTTP upstream that sent two SSE chunks of a chunked stream and then closed the
+/// socket without the last chunk: the client got the first chunk only. hyper's server drops
+/// what it buffered when the body it relays fails, and both chunks came in one read with the
+/// end of the connection. Everything the upstream sent now reaches the client before the cut.
+#[tokio::test]
+async fn an_upstream_dying_mid_stream_lost_the_last_chunk_it_sent() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FIRST: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n";
+    const SECOND: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"}}]}\n\n";
+    let addr = raw_upstream(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let mut answer =
+            String::from("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+        for chunk in [FIRST, SECOND] {
+            answer.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+        }
+        let _ = stream.write_all(answer.as_bytes()).await; // and close: no `0\r\n\r\n`
+    })
+    .await;
+    let proxy = Proxy::start(&provider("openai", "/openai", addr, "openai")).await;
+    let request = http::Request::post(proxy.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(CHAT_STREAM.as_bytes())))
+        .unwrap();
+    let response = send(request).await;
+    let trace_id = header(response.headers(), "x-tracegate-trace-id").to_string();
+    let mut body = response.into_body();
+    let (mut received, mut cut) = (Vec::new(), false);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => received.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&received), format!("{FIRST}{SECOND}"), "every byte the upstream sent");
+    assert!(cut, "the client's stream is cut, not ended as if complete");
+    let span = proxy.wait_spans(&trace_id, 1).await.remove(0);
+    assert_eq!(span["status"], "error");
+    let path = format!("/api/traces/{trace_id}/spans/{}", span["span_id"].as_str().unwrap());
+    let (_, detail) = proxy.admin_get(&path).await;
+    assert!(detail["response_body"].as_str().unwrap().contains(" world"), "{}", detail["response_body"]);
+}

@@ -114,6 +114,23 @@ where
         .await;
 }
 
+/// An upstream that runs `behaviour` on every accepted connection.
+pub async fn raw_upstream<F, Fut>(behaviour: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let behaviour = std::sync::Arc::new(behaviour);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(behaviour(stream));
+        }
+    });
+    addr
+}
+
 /// A scripted upstream that answers its one request with an SSE body fed through the sender.
 pub async fn streaming_upstream() -> (Scripted, tokio::sync::mpsc::Sender<Bytes>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
