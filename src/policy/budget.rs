@@ -7,7 +7,9 @@
 //! concurrent calls can overshoot by no more than the difference between their estimates and
 //! what they really cost. The estimate is deliberately high: input ≈ request bytes / 3 tokens,
 //! plus `max_tokens` (or [`DEFAULT_MAX_OUTPUT_TOKENS`] when the request sets none), at the
-//! model's price. A [`Reservation`] settles with the real cost when the recorder has priced the
+//! model's price. Tokens per minute: a call is refused when the window is used up, or when
+//! its `max_tokens` bound cannot fit what is left; a call without a bound reserves at most
+//! what is left. A [`Reservation`] settles with the real cost when the recorder has priced the
 //! call, or releases its estimate if it is dropped unsettled.
 
 use std::sync::{Arc, Mutex};
@@ -85,6 +87,9 @@ pub struct Refused {
 pub struct Estimate {
     pub cost_usd: f64,
     pub tokens: u64,
+    /// The request caps its output (`max_tokens`), so `tokens` is a bound the call cannot
+    /// pass; otherwise `tokens` assumes [`DEFAULT_MAX_OUTPUT_TOKENS`] of output.
+    pub bounded: bool,
 }
 
 struct Window {
@@ -232,8 +237,16 @@ impl Budgets {
         if s.limits.requests_per_minute.is_some_and(|l| requests >= u64::from(l)) {
             return refuse(Refusal::RequestsPerMinute, reset, &remaining);
         }
-        if s.limits.tokens_per_minute.is_some_and(|l| tokens.saturating_add(estimate.tokens) > l) {
-            return refuse(Refusal::TokensPerMinute, reset, &remaining);
+        // Tokens per minute: a call is refused when the window is used up, or when its own
+        // bound (`max_tokens` given) does not fit what is left. Without a bound it reserves its
+        // estimate, but never more than the window has left, so a small limit still admits
+        // calls that do not say how long their answer may be.
+        let mut estimate = estimate;
+        if let Some(limit) = s.limits.tokens_per_minute {
+            if tokens >= limit || (estimate.bounded && tokens.saturating_add(estimate.tokens) > limit) {
+                return refuse(Refusal::TokensPerMinute, reset, &remaining);
+            }
+            estimate.tokens = estimate.tokens.min(limit - tokens);
         }
         s.reserved_usd += estimate.cost_usd;
         let slot = s.window.slot(now_secs);
@@ -334,7 +347,7 @@ mod tests {
         let b = Budgets::new(&[team(Limits { daily_budget_usd: Some(1.0), ..Default::default() })], NOW, |_, _, _| {
             (0.2, 0.2)
         });
-        let est = Estimate { cost_usd: 0.3, tokens: 10 };
+        let est = Estimate { cost_usd: 0.3, tokens: 10, bounded: false };
         let (r1, _) = b.admit(0, est, NOW).unwrap();
         let (r2, rem) = b.admit(0, est, NOW).unwrap();
         assert!((rem.budget_usd.unwrap() - 0.2).abs() < 1e-9);
@@ -345,7 +358,10 @@ mod tests {
         let (r3, _) = b.admit(0, est, NOW).unwrap();
         drop(r2); // dropped unsettled: its estimate counts as spent
         drop(r3);
-        assert_eq!(b.admit(0, Estimate { cost_usd: 0.2, tokens: 0 }, NOW).unwrap_err().reason, Refusal::DailyBudget);
+        assert_eq!(
+            b.admit(0, Estimate { cost_usd: 0.2, tokens: 0, bounded: false }, NOW).unwrap_err().reason,
+            Refusal::DailyBudget
+        );
         // A new day starts from zero.
         assert!(b.admit(0, est, NOW + 86_400).is_ok());
     }
@@ -354,7 +370,7 @@ mod tests {
     fn requests_and_tokens_per_minute() {
         let limits = Limits { requests_per_minute: Some(2), tokens_per_minute: Some(100), ..Default::default() };
         let b = Budgets::new(&[team(limits)], NOW, |_, _, _| (0.0, 0.0));
-        let est = Estimate { cost_usd: 0.0, tokens: 40 };
+        let est = Estimate { cost_usd: 0.0, tokens: 40, bounded: false };
         b.admit(0, est, NOW).unwrap().0.settle(0.0, 40);
         let (_r, rem) = b.admit(0, est, NOW + 1).unwrap();
         assert_eq!(rem.requests, Some((2, 0)));
@@ -366,9 +382,28 @@ mod tests {
     }
 
     #[test]
+    fn a_small_tokens_per_minute_admits_calls_without_max_tokens_until_the_window_is_used_up() {
+        let limits = Limits { tokens_per_minute: Some(60), ..Default::default() };
+        let b = Budgets::new(&[team(limits.clone())], NOW, |_, _, _| (0.0, 0.0));
+        let unbounded = Estimate { cost_usd: 0.0, tokens: 31 + DEFAULT_MAX_OUTPUT_TOKENS, bounded: false };
+        let (first, left) = b.admit(0, unbounded, NOW).expect("the first call of an empty window goes through");
+        assert_eq!(left.tokens, Some((60, 0)), "it reserves what the window has left");
+        assert_eq!(b.admit(0, unbounded, NOW).unwrap_err().reason, Refusal::TokensPerMinute);
+        first.settle(0.0, 20);
+        let (_second, left) = b.admit(0, unbounded, NOW + 1).expect("40 tokens are left after the real count");
+        assert_eq!(left.tokens, Some((60, 0)));
+        let bounded = |tokens| Estimate { cost_usd: 0.0, tokens, bounded: true };
+        let b = Budgets::new(&[team(limits)], NOW, |_, _, _| (0.0, 0.0));
+        assert_eq!(b.admit(0, bounded(61), NOW).unwrap_err().reason, Refusal::TokensPerMinute, "cannot fit alone");
+        let (_r, left) = b.admit(0, bounded(50), NOW).unwrap();
+        assert_eq!(left.tokens, Some((60, 10)));
+        assert_eq!(b.admit(0, bounded(11), NOW).unwrap_err().reason, Refusal::TokensPerMinute);
+    }
+
+    #[test]
     fn unlimited_teams_always_pass() {
         let b = Budgets::new(&[team(Limits::default())], NOW, |_, _, _| (0.0, 0.0));
         assert!(!b.is_limited(0));
-        assert!(b.admit(0, Estimate { cost_usd: 1e9, tokens: 1 << 40 }, NOW).is_ok());
+        assert!(b.admit(0, Estimate { cost_usd: 1e9, tokens: 1 << 40, bounded: false }, NOW).is_ok());
     }
 }

@@ -407,7 +407,7 @@ impl Proxy {
                 )
             })
             .unwrap_or(0.0);
-        Estimate { cost_usd, tokens: input.saturating_add(output) }
+        Estimate { cost_usd, tokens: input.saturating_add(output), bounded: facts.max_tokens.is_some() }
     }
 
     /// Phase 6: the request as the upstream gets it — the upstream URI, HTTP/1.1 semantics

@@ -141,3 +141,25 @@ async fn an_upstream_dying_mid_stream_lost_the_last_chunk_it_sent() {
     let (_, detail) = proxy.admin_get(&path).await;
     assert!(detail["response_body"].as_str().unwrap().contains(" world"), "{}", detail["response_body"]);
 }
+
+/// With `tokens_per_minute` below ~4,100 every call without `max_tokens` was refused, even the
+/// first of an empty window: its reservation assumed 4,096 output tokens. Now such a call
+/// reserves at most what the window has left, calls are refused once the window is used up,
+/// and a call whose `max_tokens` alone cannot fit is refused at once.
+#[tokio::test]
+async fn a_small_tokens_per_minute_refused_every_call_without_max_tokens() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&limited_team(mock.addr, "tokens_per_minute = 60")).await;
+    let auth = [("authorization", "Bearer tk-search-0001")];
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (status, _, _) = post(&proxy.url("/openai/v1/chat/completions"), &auth, CHAT).await;
+        statuses.push(status);
+        proxy.server().flush().await; // the recorder settles each call with its real 23 tokens
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "23 tokens a call: three fit in 60, then the window is used up");
+    let proxy = Proxy::start(&limited_team(mock.addr, "tokens_per_minute = 60")).await;
+    let capped = r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &auth, capped).await;
+    assert_eq!((status, header(&headers, "x-tracegate-error")), (429, "rate_limited"), "100 tokens cannot fit 60");
+}
