@@ -45,6 +45,7 @@ fn main() -> ExitCode {
                 }
             };
             runtime().block_on(async move {
+                let stop = stop_signal();
                 let server = match Server::start(config).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                wait_for_signal().await;
+                stop.await;
                 tracing::info!("shutting down: finishing in-flight calls and flushing spans");
                 server.shutdown().await;
                 ExitCode::SUCCESS
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                     }
-                    _ = wait_for_signal() => {}
+                    _ = stop_signal() => {}
                 }
                 ExitCode::SUCCESS
             })
@@ -115,18 +116,27 @@ fn init_logging() {
         .init();
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGINT (Ctrl-C), SIGTERM or SIGHUP: each a polite request to stop, so each
+/// shuts down gracefully (drain, flush every answered call). Without a handler SIGHUP — a
+/// closed terminal, a supervisor's stop — would end the process before the last spans are
+/// written. The handlers are installed when this is called, before anything is served.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut signals = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()]
+            .map(|kind| signal(kind).expect("a signal handler"));
+        async move {
+            let [int, term, hup] = &mut signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -163,3 +163,29 @@ async fn a_small_tokens_per_minute_refused_every_call_without_max_tokens() {
     let (status, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &auth, capped).await;
     assert_eq!((status, header(&headers, "x-tracegate-error")), (429, "rate_limited"), "100 tokens cannot fit 60");
 }
+
+/// `kill -HUP` (a closed terminal, a supervisor's polite stop) killed `serve` on the spot: a call
+/// answered just before it was missing after a restart. SIGHUP and SIGINT now shut down as
+/// SIGTERM does: drain, flush, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_killed_serve_without_flushing_answered_calls() {
+    let mock = Mock::start(Duration::ZERO).await;
+    for (name, signal) in [("SIGHUP", libc::SIGHUP), ("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, proxy_port, admin_port) =
+            binary_config(dir.path(), &provider("openai", "/openai", mock.addr, "openai"));
+        let mut binary = Binary::start(&config, admin_port, &[], None).await;
+        let url = format!("http://127.0.0.1:{proxy_port}/openai/v1/chat/completions");
+        let (status, headers, _) = post(&url, &[], CHAT).await;
+        assert_eq!(status, 200);
+        let trace = header(&headers, "x-tracegate-trace-id").to_string();
+        // SAFETY: kill(2) on our own child process touches no memory of ours.
+        assert_eq!(unsafe { libc::kill(binary.0.id() as i32, signal) }, 0);
+        let exit = binary.0.wait().unwrap();
+        assert!(exit.success(), "{name}: serve exited with {exit}");
+
+        let _restarted = Binary::start(&config, admin_port, &[], None).await;
+        let (status, _, _) = get(&format!("http://127.0.0.1:{admin_port}/api/traces/{trace}")).await;
+        assert_eq!(status, 200, "{name}: the call answered before the signal was lost");
+    }
+}
