@@ -229,7 +229,9 @@ impl Admin {
                     Ok(t) => filter.until_unix_nano = Some(t),
                     Err(_) => return error(StatusCode::BAD_REQUEST, "since/until are unix times in nanoseconds"),
                 },
-                _ => {}
+                // An empty filter filters nothing.
+                "team" | "model" | "status" | "since" | "until" => {}
+                other => return unknown_parameter("/api/traces", other, TRACES_PARAMETERS),
             }
         }
         let store = self.store.clone();
@@ -255,7 +257,7 @@ impl Admin {
                     Ok(g) => group_by = g,
                     Err(e) => return error(StatusCode::BAD_REQUEST, &e),
                 },
-                _ => {}
+                other => return unknown_parameter("/api/usage", other, USAGE_PARAMETERS),
             }
         }
         if from > to || from < 0 {
@@ -321,6 +323,18 @@ fn json_response(status: StatusCode, value: &Value) -> Response<AdminBody> {
 
 fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
     json_response(status, &json!({ "error": { "message": message } }))
+}
+
+/// The query parameters `/api/traces` accepts.
+const TRACES_PARAMETERS: &[&str] = &["limit", "team", "model", "status", "since", "until"];
+/// The query parameters `/api/usage` accepts.
+const USAGE_PARAMETERS: &[&str] = &["from", "to", "group_by"];
+
+/// 400 for a parameter an endpoint does not know: a filter that silently matched everything
+/// would answer a question nobody asked.
+fn unknown_parameter(endpoint: &str, name: &str, accepted: &[&str]) -> Response<AdminBody> {
+    let message = format!("{endpoint} has no parameter {name:?}; it accepts {}", accepted.join(", "));
+    error(StatusCode::BAD_REQUEST, &message)
 }
 
 /// `a=1&b=x%20y` → pairs, percent- and plus-decoded.

@@ -189,3 +189,24 @@ async fn sighup_killed_serve_without_flushing_answered_calls() {
         assert_eq!(status, 200, "{name}: the call answered before the signal was lost");
     }
 }
+
+/// `/api/traces?user=nobody` answered every trace: a filter the API did not know was ignored,
+/// so the answer looked like a match. Unknown parameters now get 400 naming the accepted ones.
+#[tokio::test]
+async fn an_unknown_filter_was_ignored_and_listed_every_trace() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    let (status, body) = proxy.admin_get("/api/traces?user=nobody").await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"user\"") && message.contains("team, model, status"), "{message}");
+    let (status, _) = proxy.admin_get("/api/usage?group=team").await;
+    assert_eq!(status, 400);
+    let (status, listed) = proxy.admin_get("/api/traces?team=&limit=10").await;
+    assert_eq!(
+        (status, listed["traces"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "an empty filter still filters nothing"
+    );
+}
