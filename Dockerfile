@@ -10,6 +10,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
+# Cargo.toml patches sled from here (see vendor/sled/TRACEGATE-PATCH.md).
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin tracegate && strip target/release/tracegate
 
 FROM debian:bookworm-slim

@@ -210,3 +210,80 @@ async fn an_unknown_filter_was_ignored_and_listed_every_trace() {
         "an empty filter still filters nothing"
     );
 }
+
+/// The Dockerfile's build stage never copied `vendor/`, from which Cargo.toml patches sled, so
+/// `docker build` failed at once. No Docker engine runs here: this assembles exactly the build
+/// stage's context (its `COPY` lines, minus `.dockerignore`) in a temporary directory and runs
+/// the stage's cargo command there, as `cargo check` (same manifest, lock file and sources; the
+/// release build itself would add minutes) offline, on a target directory kept between runs.
+#[test]
+fn the_docker_build_context_lacked_the_vendored_sled() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile")).unwrap();
+    let ignored: Vec<String> = std::fs::read_to_string(repo.join(".dockerignore"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let context = tempfile::tempdir().unwrap();
+    let mut cargo_command = None;
+    // The build stage: from the first FROM to the next.
+    for line in dockerfile.lines().skip_while(|l| !l.starts_with("FROM")).skip(1).take_while(|l| !l.starts_with("FROM"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["COPY", sources @ .., destination] if !sources.iter().any(|s| s.starts_with("--")) => {
+                for source in sources {
+                    let target = if destination.ends_with('/') || sources.len() > 1 {
+                        context.path().join(destination).join(source)
+                    } else {
+                        context.path().join(destination)
+                    };
+                    copy_into(&repo.join(source), &target, source, &ignored);
+                }
+            }
+            ["RUN", "cargo", rest @ ..] => {
+                let command: Vec<&str> = rest.iter().copied().take_while(|w| *w != "&&").collect();
+                cargo_command = Some(command.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+            }
+            _ => {}
+        }
+    }
+    let mut args = cargo_command.expect("the build stage runs cargo");
+    assert_eq!(args[0], "build", "the build stage's cargo command: {args:?}");
+    args[0] = "check".into();
+    args.retain(|a| a != "--release");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(&args)
+        .arg("--offline")
+        .arg("--quiet")
+        .current_dir(context.path())
+        .env("CARGO_TARGET_DIR", repo.join("target").join("docker-context"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cargo {args:?} on the Dockerfile's context:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Copies `from` (a file or a folder) to `to`, leaving out what `.dockerignore` names.
+fn copy_into(from: &std::path::Path, to: &std::path::Path, relative: &str, ignored: &[String]) {
+    if ignored.iter().any(|i| relative == i.trim_end_matches('/')) {
+        return;
+    }
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let name = entry.unwrap().file_name();
+            let name = name.to_string_lossy();
+            copy_into(&from.join(&*name), &to.join(&*name), &format!("{relative}/{name}"), ignored);
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("COPY {}: {e}", from.display()));
+    }
+}
