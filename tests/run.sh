@@ -4,10 +4,15 @@
 # Chromium through playwright-core (tests/e2e). Whatever of those is missing is installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c 'import openai, anthropic, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
-  echo "tests/run.sh: installing the Python packages the tests use (tests/requirements.txt)"
-  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# The Python packages go into a virtual environment of the project's own (target/pyenv), never
+# into the machine's Python; the tests find it first on PATH.
+venv=target/pyenv
+if ! "$venv/bin/python3" -c 'import openai, anthropic, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
+  echo "tests/run.sh: installing the Python packages the tests use (tests/requirements.txt) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
+export PATH="$PWD/$venv/bin:$PATH"
 if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then
   echo "tests/run.sh: installing chromium and node (the UI tests run in a real browser)"
   if [ "$(id -u)" -ne 0 ]; then echo "tests/run.sh: run as root or install chromium and nodejs yourself" >&2; exit 1; fi
