@@ -5,6 +5,8 @@ pub enum StoreError {
     Sled(sled::Error),
     Corrupt(String),
     Format(String),
+    /// Another process holds the store's lock: most likely another tracegate on the same path.
+    InUse,
 }
 
 impl std::fmt::Display for StoreError {
@@ -13,6 +15,9 @@ impl std::fmt::Display for StoreError {
             StoreError::Sled(e) => write!(f, "store: {e}"),
             StoreError::Corrupt(m) => write!(f, "store: corrupt record: {m}"),
             StoreError::Format(m) => write!(f, "store: {m}"),
+            StoreError::InUse => f.write_str(
+                "another process holds this store (is another tracegate running on it?): stop it, or set storage.path to another directory",
+            ),
         }
     }
 }
@@ -21,6 +26,11 @@ impl std::error::Error for StoreError {}
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Sled(e)
+        match e {
+            // sled takes an exclusive lock on its files when it opens them; 0.34 reports a lock
+            // held elsewhere as an `Other` error with this wording (vendor/sled, config.rs).
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => StoreError::InUse,
+            e => StoreError::Sled(e),
+        }
     }
 }

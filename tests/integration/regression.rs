@@ -287,3 +287,23 @@ fn copy_into(from: &std::path::Path, to: &std::path::Path, relative: &str, ignor
         std::fs::copy(from, to).unwrap_or_else(|e| panic!("COPY {}: {e}", from.display()));
     }
 }
+
+/// A second `serve` on the same store said `could not acquire lock on "…/db": Os { code: 11,
+/// kind: WouldBlock … }`. It now says another process holds the store, at which path, and what
+/// to do.
+#[tokio::test]
+async fn a_second_serve_on_the_same_store_spoke_of_wouldblock() {
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let _first = Proxy::start_in(dir.clone(), "").await;
+    let path = dir.path().join("store");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n",
+        path.display()
+    );
+    let config = tracegate::config::Config::from_toml(&text, &|_| None).unwrap();
+    let Err(error) = tracegate::server::Server::start(config).await else { panic!("two servers on one store") };
+    let message = error.to_string();
+    assert!(message.contains("another process holds this store"), "{message}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(!message.contains("WouldBlock"), "{message}");
+}
