@@ -155,7 +155,7 @@ async fn get_json(target: &AdminTarget, path_and_query: &str) -> Result<Value, S
             http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "admin token is not a valid header")?;
         request.headers_mut().insert(http::header::AUTHORIZATION, value);
     }
-    let response = client.request(request).await.map_err(|e| format!("cannot reach the admin API at {base}: {e}"))?;
+    let response = client.request(request).await.map_err(|e| unreachable_admin(&base, &e))?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     let value: Value =
@@ -165,6 +165,22 @@ async fn get_json(target: &AdminTarget, path_and_query: &str) -> Result<Value, S
         return Err(format!("admin API: {status}: {message}"));
     }
     Ok(value)
+}
+
+/// Why the admin API could not be asked, in words a user can act on: a refused connection
+/// means no `serve` is listening at that address.
+fn unreachable_admin(base: &str, error: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if error.is_connect() {
+        format!(
+            "no tracegate answers at {base} ({cause}): start it with `tracegate serve` (or `cargo run --release -- serve`), or point --admin at where it listens"
+        )
+    } else {
+        format!("the admin API at {base} failed: {cause}")
+    }
 }
 
 fn resolve_admin(target: &AdminTarget) -> Result<(String, Option<String>), String> {

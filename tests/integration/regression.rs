@@ -307,3 +307,15 @@ async fn a_second_serve_on_the_same_store_spoke_of_wouldblock() {
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(!message.contains("WouldBlock"), "{message}");
 }
+
+/// `tracegate traces` with no server running said `client error (Connect)`. It now says that no
+/// tracegate answers at which address, and how to start one.
+#[tokio::test]
+async fn the_cli_without_a_server_said_client_error_connect() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let target = tracegate::cli::AdminTarget { url: Some(url.clone()), config: None };
+    let message = tracegate::cli::traces(10, &target).await.unwrap_err();
+    assert!(message.contains(&format!("no tracegate answers at {url}")), "{message}");
+    assert!(message.contains("tracegate serve"), "{message}");
+    assert!(!message.contains("client error"), "{message}");
+}
