@@ -14,8 +14,16 @@ use crate::formats::tokens::Encoding;
 
 /// The file as written, after `${VAR}` expansion; what [`super::Config::load`] validates.
 pub(super) fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConfig, ConfigError> {
-    let mut value: toml::Value =
-        toml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+        let at = match e.span() {
+            Some(span) => {
+                let (line, column) = line_and_column(text, span.start);
+                format!(" at line {line}, column {column}")
+            }
+            None => String::new(),
+        };
+        ConfigError::new("", format!("invalid TOML{at}: {}", e.message()))
+    })?;
     expand_env(&mut value, &mut String::new(), env)?;
     let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -201,4 +209,15 @@ pub(super) fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// 1-based line and column (in characters) of a byte offset of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }

@@ -319,3 +319,13 @@ async fn the_cli_without_a_server_said_client_error_connect() {
     assert!(message.contains("tracegate serve"), "{message}");
     assert!(!message.contains("client error"), "{message}");
 }
+
+/// A config with a TOML syntax error said `invalid TOML: <message>` with no place to look. It
+/// now names the line and column.
+#[test]
+fn invalid_toml_gave_no_line_or_column() {
+    // An unquoted address: `127.0` reads as a number, and the parser stops at the next dot.
+    let text = "[server]\nlisten = \"127.0.0.1:8787\"\nadmin_listen = 127.0.0.1:8788\n";
+    let error = tracegate::config::Config::from_toml(text, &|_| None).unwrap_err().to_string();
+    assert!(error.contains("invalid TOML at line 3, column 21"), "{error}");
+}
