@@ -28,12 +28,19 @@ impl ProxyError {
         ProxyError { status, code, message: message.into(), retry_after: None }
     }
 
-    pub fn no_route(path: &str) -> Self {
+    pub fn no_route(path: &str, prefixes: &[&str]) -> Self {
         let shown: String = path.chars().take(200).collect();
+        let known = match prefixes {
+            [] => "no provider is configured at all".to_string(),
+            _ => format!("the configured prefixes are {}", prefixes.join(", ")),
+        };
         ProxyError::new(
             StatusCode::NOT_FOUND,
             "no_route",
-            format!("tracegate: no provider is configured for path {shown:?}; use a configured prefix such as /openai/v1/..."),
+            format!(
+                "tracegate: no provider is configured for path {shown:?}; {known} (e.g. {}/v1/...)",
+                prefixes.first().unwrap_or(&"/openai")
+            ),
         )
     }
 
@@ -181,10 +188,15 @@ mod tests {
 
     #[test]
     fn openai_shape() {
-        let body: serde_json::Value = serde_json::from_str(&ProxyError::no_route("/x").body(Api::Openai)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&ProxyError::no_route("/x", &["/anthropic", "/openai"]).body(Api::Openai)).unwrap();
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["code"], "no_route");
-        assert!(body["error"]["message"].as_str().unwrap().contains("/x"));
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"/x\"") && message.contains("the configured prefixes are /anthropic, /openai"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -234,7 +234,7 @@ impl Proxy {
         let path = req.uri().path();
         let Some(route) = self.router.route(path) else {
             tracing::debug!(path, "no route");
-            return Err(own_response(ProxyError::no_route(path), Api::Openai));
+            return Err(own_response(ProxyError::no_route(path, &self.router.prefixes()), Api::Openai));
         };
         let provider = route.provider.clone();
         let uri = upstream_uri(&provider, route.upstream_path, req.uri().query())

@@ -30,6 +30,13 @@ impl Router {
         Router { routes, default }
     }
 
+    /// The configured prefixes, as the config lists them (for a 404 that says where to go).
+    pub fn prefixes(&self) -> Vec<&str> {
+        let mut prefixes: Vec<&str> = self.routes.iter().map(|p| p.prefix.as_str()).collect();
+        prefixes.sort_unstable();
+        prefixes
+    }
+
     pub fn route<'a>(&'a self, path: &'a str) -> Option<Route<'a>> {
         for provider in &self.routes {
             if let Some(rest) = path.strip_prefix(provider.prefix.as_str()) {

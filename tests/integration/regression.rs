@@ -329,3 +329,21 @@ fn invalid_toml_gave_no_line_or_column() {
     let error = tracegate::config::Config::from_toml(text, &|_| None).unwrap_err().to_string();
     assert!(error.contains("invalid TOML at line 3, column 21"), "{error}");
 }
+
+/// A path under no configured prefix got a 404 that suggested `/openai/v1/...` whatever the
+/// config said. It now lists the prefixes that are configured.
+#[tokio::test]
+async fn an_unknown_route_did_not_say_which_prefixes_exist() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let providers = format!(
+        "{}{}",
+        provider("local", "/local", mock.addr, "openai"),
+        provider("claude", "/claude", mock.addr, "anthropic")
+    );
+    let proxy = Proxy::start(&providers).await;
+    let (status, _, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 404);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("the configured prefixes are /claude, /local"), "{message}");
+}
