@@ -102,7 +102,14 @@ impl Server {
             service_fn(move |req| admin.clone().handle(req))
         }));
 
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, store = %config.storage.path.display(), "tracegate listening");
+        let source = config.source.as_ref().map_or_else(|| "built-in defaults".into(), |p| p.display().to_string());
+        tracing::info!(
+            proxy = %proxy_addr,
+            admin = %admin_addr,
+            config = %source,
+            store = %config.storage.path.display(),
+            "tracegate listening"
+        );
         Ok(Server {
             proxy_addr,
             admin_addr,

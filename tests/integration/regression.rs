@@ -347,3 +347,26 @@ async fn an_unknown_route_did_not_say_which_prefixes_exist() {
     let message = error["error"]["message"].as_str().unwrap();
     assert!(message.contains("the configured prefixes are /claude, /local"), "{message}");
 }
+
+/// Start-up did not say which config file it had loaded, so a user editing the wrong file
+/// could not tell. The start-up line now names the config file (or the built-in defaults) and
+/// the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_did_not_say_which_config_it_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, admin_port) = binary_config(dir.path(), "");
+    let log = dir.path().join("serve.log");
+    let _binary = Binary::start(&config, admin_port, &[("RUST_LOG", "info")], Some(&log)).await;
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("tracegate listening") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let line =
+        text.lines().find(|l| l.contains("tracegate listening")).unwrap_or_else(|| panic!("no start-up line: {text}"));
+    assert!(line.contains(&format!("config={}", config.display())), "{line}");
+    assert!(line.contains(&format!("store={}", dir.path().join("store").display())), "{line}");
+}
