@@ -532,8 +532,21 @@ impl Config {
     }
 }
 
+/// A listen address: an IP and port, or a host name and port (`localhost:8787`), resolved
+/// once at load; the first address the name resolves to is used.
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| ConfigError::new(field, format!("{value:?} is not an address like 127.0.0.1:8787")))
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let invalid =
+        || ConfigError::new(field, format!("{value:?} is not an address like 127.0.0.1:8787 or localhost:8787"));
+    let (host, port) = value.rsplit_once(':').ok_or_else(invalid)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(invalid());
+    }
+    let mut addresses = std::net::ToSocketAddrs::to_socket_addrs(value)
+        .map_err(|e| ConfigError::new(field, format!("cannot resolve {host:?}: {e}")))?;
+    addresses.next().ok_or_else(|| ConfigError::new(field, format!("{host:?} resolves to no address")))
 }
 
 fn parse_secs(field: &str, value: Option<f64>, default: f64) -> Result<std::time::Duration, ConfigError> {

@@ -370,3 +370,17 @@ async fn startup_did_not_say_which_config_it_loaded() {
     assert!(line.contains(&format!("config={}", config.display())), "{line}");
     assert!(line.contains(&format!("store={}", dir.path().join("store").display())), "{line}");
 }
+
+/// `server.listen = "localhost:8787"` was refused as "not an address". Host names are resolved
+/// now; a name that does not resolve, or no port, is still an error naming the field.
+#[tokio::test]
+async fn a_listen_address_by_host_name_was_refused() {
+    let text = "[server]\nlisten = \"localhost:0\"\nadmin_listen = \"localhost:0\"\n";
+    let config = tracegate::config::Config::from_toml(text, &|_| None).expect("host names are accepted");
+    assert!(config.server.listen.ip().is_loopback(), "{}", config.server.listen);
+    for bad in ["localhost", "localhost:http", ":8787"] {
+        let text = format!("[server]\nlisten = \"{bad}\"\n");
+        let error = tracegate::config::Config::from_toml(&text, &|_| None).unwrap_err().to_string();
+        assert!(error.starts_with("server.listen: "), "{bad}: {error}");
+    }
+}
