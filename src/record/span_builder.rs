@@ -30,7 +30,12 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     let request = providers::parse_request(api, &operation, &request_bytes);
     let response_bytes =
         decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
-    let response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);
+    let mut response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);
+    if response.usage.is_none() && record.response_body.truncated() && record.response_encoding.is_none() {
+        // A JSON answer longer than its capture: the head alone is not JSON, but the usage
+        // sits at the end, in the tail the capture keeps.
+        response.usage = providers::usage_in_tail(api, &operation, &record.response_body.tail);
+    }
 
     let ttft_ms = if record.response_is_sse && record.response_encoding.is_none() {
         response.first_content_end.and_then(|offset| {
@@ -222,9 +227,26 @@ fn estimate_usage(
     let input = tokens::estimate_input(record.info.provider.api, operation, request_bytes, encoding)?;
     let output = match operation {
         Operation::Embeddings => 0,
+        _ if record.response_body.truncated() => {
+            estimate_cut_output(&record.response_body, &response.output_text, encoding)
+        }
         _ => encoding.count(&response.output_text),
     };
     Some((input, output))
+}
+
+/// Output tokens of an answer longer than its capture: what the kept head and tail hold (their
+/// generated text, or their raw text when it could not be read, as from a cut JSON body),
+/// scaled to the whole body's length — the middle is assumed as dense as the ends. Never 0
+/// for a long answer that reached the client.
+fn estimate_cut_output(body: &Captured, output_text: &str, encoding: tokens::Encoding) -> u64 {
+    let kept = (body.head.len() + body.tail.len()) as u64;
+    let counted = if output_text.is_empty() {
+        encoding.count(&String::from_utf8_lossy(&body.head)) + encoding.count(&String::from_utf8_lossy(&body.tail))
+    } else {
+        encoding.count(output_text)
+    };
+    u64::try_from(u128::from(counted) * u128::from(body.total_len) / u128::from(kept.max(1))).unwrap_or(u64::MAX)
 }
 
 /// The response body as the client's SDK saw it after content decoding (gzip, deflate, br).
@@ -328,6 +350,118 @@ const TRUNCATION_MARK: &str = "\n…[truncated by tracegate]…\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::model::capture::Capture;
+    use crate::model::ids::{SpanId, TraceId};
+    use crate::record::queue::CallInfo;
+
+    /// A finished call of `provider` (0: openai, 1: anthropic, the built-in routes) whose
+    /// response body is `response`, captured with a 64 KiB limit.
+    fn call(provider: usize, path: &str, request: &str, response: &[u8], sse: bool) -> CallRecord {
+        let config = Config::from_toml("", &|_| None).unwrap();
+        let capture = |body: &[u8], limit| {
+            let mut c = Capture::new(limit, None);
+            for chunk in body.chunks(16 * 1024) {
+                c.push(chunk, 1000);
+            }
+            c.finish()
+        };
+        CallRecord {
+            info: CallInfo {
+                trace_id: TraceId::random(),
+                span_id: SpanId::random(),
+                parent_span_id: None,
+                provider: config.providers[provider].clone(),
+                method: http::Method::POST,
+                path: path.into(),
+                start_time_unix_nano: 1,
+                tracegate_headers: Vec::new(),
+                session: None,
+                team_key: None,
+                reservation: None,
+            },
+            duration: std::time::Duration::from_millis(5),
+            status_code: Some(200),
+            outcome: Outcome::Completed,
+            request_body: capture(request.as_bytes(), 1 << 20),
+            response_body: capture(response, 64 * 1024),
+            response_is_sse: sse,
+            response_encoding: None,
+        }
+    }
+
+    fn settings() -> RecorderSettings {
+        RecorderSettings::from_config(&Config::from_toml("", &|_| None).unwrap())
+    }
+
+    /// A long answer: `n` words of text.
+    fn long_text(n: usize) -> String {
+        "word ".repeat(n)
+    }
+
+    #[test]
+    fn usage_at_the_end_of_a_json_answer_longer_than_the_capture_is_read_from_its_tail() {
+        let openai = format!(
+            r#"{{"id":"x","object":"chat.completion","model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":31,"completion_tokens":200000,"total_tokens":200031}}}}"#,
+            long_text(200_000)
+        );
+        let request = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"write"}]}"#;
+        let span = build_span(&call(0, "/v1/chat/completions", request, openai.as_bytes(), false), &settings()).span;
+        assert_eq!(
+            (span.usage_source, span.input_tokens, span.output_tokens),
+            (UsageSource::Reported, Some(31), Some(200_000))
+        );
+        let anthropic = format!(
+            r#"{{"id":"m","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{{"type":"text","text":"{}"}}],"stop_reason":"end_turn","usage":{{"input_tokens":12,"output_tokens":200000}}}}"#,
+            long_text(200_000)
+        );
+        let request =
+            r#"{"model":"claude-sonnet-4-5","max_tokens":300000,"messages":[{"role":"user","content":"write"}]}"#;
+        let span = build_span(&call(1, "/v1/messages", request, anthropic.as_bytes(), false), &settings()).span;
+        assert_eq!(
+            (span.usage_source, span.input_tokens, span.output_tokens),
+            (UsageSource::Reported, Some(12), Some(200_000))
+        );
+    }
+
+    #[test]
+    fn usage_at_the_end_of_a_stream_longer_than_the_capture_is_read_from_its_tail() {
+        let mut openai = String::new();
+        for _ in 0..20_000 {
+            openai.push_str("data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" word\"}}]}\n\n");
+        }
+        openai.push_str("data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":20000,\"total_tokens\":20031}}\n\ndata: [DONE]\n\n");
+        let request = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"write"}]}"#;
+        let span = build_span(&call(0, "/v1/chat/completions", request, openai.as_bytes(), true), &settings()).span;
+        assert_eq!(
+            (span.usage_source, span.input_tokens, span.output_tokens),
+            (UsageSource::Reported, Some(31), Some(20_000))
+        );
+        let mut anthropic = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n");
+        for _ in 0..20_000 {
+            anthropic.push_str("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" word\"}}\n\n");
+        }
+        anthropic.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":20000}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        let request = r#"{"model":"claude-sonnet-4-5","max_tokens":30000,"stream":true,"messages":[{"role":"user","content":"write"}]}"#;
+        let span = build_span(&call(1, "/v1/messages", request, anthropic.as_bytes(), true), &settings()).span;
+        assert_eq!(
+            (span.usage_source, span.input_tokens, span.output_tokens),
+            (UsageSource::Reported, Some(12), Some(20_000))
+        );
+    }
+
+    #[test]
+    fn a_long_answer_without_usage_is_never_estimated_as_no_output() {
+        let answer = format!(
+            r#"{{"id":"x","object":"chat.completion","model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}]}}"#,
+            long_text(100_000)
+        );
+        let request = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"write"}]}"#;
+        let span = build_span(&call(0, "/v1/chat/completions", request, answer.as_bytes(), false), &settings()).span;
+        assert_eq!(span.usage_source, UsageSource::Estimated);
+        let output = span.output_tokens.unwrap();
+        assert!((80_000..=120_000).contains(&output), "100,000 words estimated as {output} tokens");
+    }
 
     #[test]
     fn credentials_in_bodies_are_redacted() {

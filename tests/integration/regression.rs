@@ -384,3 +384,25 @@ async fn a_listen_address_by_host_name_was_refused() {
         assert!(error.starts_with("server.listen: "), "{bad}: {error}");
     }
 }
+
+/// A 5 MB chat completion — longer than `storage.max_capture_bytes` (1 MiB), its `usage` at the
+/// end as usual — was recorded with `estimated` tokens, 0 of them output: the budget and the
+/// ledger saw it as nearly free. The usage is now read from the capture's tail.
+#[tokio::test]
+async fn a_response_longer_than_the_capture_lost_its_reported_usage() {
+    let upstream = Scripted::start(|_| {
+        let body = json!({
+            "id": "chatcmpl-big", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "word ".repeat(1_000_000)}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 31, "completion_tokens": 1_000_000, "total_tokens": 1_000_031},
+        });
+        http::Response::builder().header("content-type", "application/json").body(full(body.to_string())).unwrap()
+    })
+    .await;
+    let proxy = Proxy::start(&provider("openai", "/openai", upstream.addr, "openai")).await;
+    let (status, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!((status, body.len() > 5_000_000), (200, true));
+    let span = proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0);
+    assert_eq!(span["usage_source"], "reported");
+    assert_eq!((span["input_tokens"].as_u64(), span["output_tokens"].as_u64()), (Some(31), Some(1_000_000)));
+}

@@ -173,6 +173,50 @@ pub fn parse_response(api: Api, op: &Operation, body: &[u8], sse: bool) -> Respo
     }
 }
 
+/// The usage of a JSON answer longer than its capture, from the capture's tail: the last
+/// `"usage": {...}` object there (where OpenAI and Anthropic put it, after the content), read
+/// as if it were the whole body. `None` when the tail holds no complete usage object.
+pub fn usage_in_tail(api: Api, op: &Operation, tail: &[u8]) -> Option<Usage> {
+    let key = memchr::memmem::rfind(tail, b"\"usage\"")?;
+    let rest = &tail[key + b"\"usage\"".len()..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = rest[colon..].strip_prefix(b":")?;
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let object = balanced_object(&rest[start..])?;
+    let mut body = Vec::with_capacity(object.len() + 10);
+    body.extend_from_slice(b"{\"usage\":");
+    body.extend_from_slice(object);
+    body.push(b'}');
+    parse_response(api, op, &body, false).usage
+}
+
+/// The JSON object at the start of `bytes` (`{` … its matching `}`), strings and escapes
+/// respected; `None` when it does not close.
+fn balanced_object(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (at, &b) in bytes.iter().enumerate() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'{') => depth += 1,
+            (false, b'}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&bytes[..=at]);
+                }
+            }
+            (false, _) => {}
+        }
+    }
+    None
+}
+
 /// `Some(true)` for a body that starts like an event stream, `Some(false)` for one that
 /// starts like a JSON object, `None` when it is unclear.
 fn looks_like_sse(body: &[u8]) -> Option<bool> {
