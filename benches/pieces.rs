@@ -277,6 +277,7 @@ fn naive_extract(headers: &HeaderMap) -> Option<CallerContext> {
             trace_id: parent.trace_id,
             parent_span_id: Some(parent.parent_id),
             sampled: parent.flags & 1 == 1,
+            random: parent.flags & 2 == 2,
             tracestate: naive_tracestate(headers),
             propagation: Propagation::W3c,
         });
@@ -286,6 +287,7 @@ fn naive_extract(headers: &HeaderMap) -> Option<CallerContext> {
         trace_id: b3.trace_id,
         parent_span_id: Some(b3.span_id),
         sampled: b3.sampling != Some(B3Sampling::Deny),
+        random: false,
         tracestate: None,
         propagation: Propagation::B3Single,
     })

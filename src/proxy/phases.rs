@@ -162,7 +162,8 @@ pub struct CallTrace {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
-    pub sampled: bool,
+    /// The W3C trace flags sent upstream (sampled, random).
+    pub flags: u8,
     pub tracestate: Option<HeaderValue>,
     /// How the caller sent its context (`None`: a new trace).
     pub propagation: Option<Propagation>,
@@ -252,7 +253,7 @@ impl Proxy {
                 trace_id: c.trace_id,
                 span_id,
                 parent_span_id: c.parent_span_id,
-                sampled: c.sampled,
+                flags: c.flags(),
                 tracestate: c.tracestate,
                 propagation: Some(c.propagation),
             },
@@ -260,7 +261,7 @@ impl Proxy {
                 trace_id: TraceId::random(),
                 span_id,
                 parent_span_id: None,
-                sampled: true,
+                flags: trace_context::NEW_TRACE_FLAGS,
                 tracestate: None,
                 propagation: None,
             },
@@ -425,12 +426,12 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let headers = &mut parts.headers;
-        headers.insert(TRACEPARENT, trace_context::traceparent_value(trace.trace_id, trace.span_id, trace.sampled));
+        headers.insert(TRACEPARENT, trace_context::traceparent_with_flags(trace.trace_id, trace.span_id, trace.flags));
         if let Some(state) = &trace.tracestate {
             headers.insert(TRACESTATE, state.clone());
         }
         if matches!(trace.propagation, Some(Propagation::B3Single | Propagation::B3Multi)) {
-            headers.insert(B3, trace_context::b3_value(trace.trace_id, trace.span_id, trace.sampled));
+            headers.insert(B3, trace_context::b3_value(trace.trace_id, trace.span_id, trace.flags & 1 != 0));
         }
         let (ahead, true) = inject? else { return None };
         let rewritten = usage_injection::inject(ahead)?;

@@ -406,3 +406,38 @@ async fn a_response_longer_than_the_capture_lost_its_reported_usage() {
     assert_eq!(span["usage_source"], "reported");
     assert_eq!((span["input_tokens"].as_u64(), span["output_tokens"].as_u64()), (Some(31), Some(1_000_000)));
 }
+
+/// The W3C `random` trace flag (0x02) of an incoming `traceparent` was dropped on the way
+/// upstream, and new traces did not set it though their ids are random (Trace Context
+/// Level 2). Both are kept now.
+#[tokio::test]
+async fn the_random_trace_flag_was_dropped_on_the_way_upstream() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    let caller = "00-12345678901234567890123456789012-1234567890123456-02";
+    let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[("traceparent", caller)], CHAT).await;
+    let span_id = header(&headers, "x-tracegate-span-id");
+    let sent = upstream_saw(&headers)["traceparent"].as_str().unwrap().to_string();
+    assert_eq!(sent, format!("00-12345678901234567890123456789012-{span_id}-02"), "not sampled, random");
+    let (_, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert!(upstream_saw(&headers)["traceparent"].as_str().unwrap().ends_with("-03"), "a new trace: sampled, random");
+}
+
+/// A `tracestate` with a repeated key, or with a key of the current grammar (`foo@`, `foo@@bar`,
+/// a leading digit) that the older `tenant@system` grammar refused, was dropped whole: the
+/// other vendors' entries were lost. The later duplicate alone is dropped now, and such keys
+/// pass.
+#[tokio::test]
+async fn a_tracestate_with_a_repeated_or_new_grammar_key_was_dropped_whole() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    let traceparent = ("traceparent", "00-12345678901234567890123456789012-1234567890123456-01");
+    for (sent, expected) in [
+        ("rojo=1,congo=2,rojo=3", "rojo=1,congo=2"),
+        ("foo@=1,foo@@bar=2,1tenant@9sys=3,bar=4", "foo@=1,foo@@bar=2,1tenant@9sys=3,bar=4"),
+    ] {
+        let (_, headers, _) =
+            post(&proxy.url("/openai/v1/chat/completions"), &[traceparent, ("tracestate", sent)], CHAT).await;
+        assert_eq!(upstream_saw(&headers)["tracestate"], expected, "{sent}");
+    }
+}

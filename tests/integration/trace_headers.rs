@@ -120,7 +120,8 @@ async fn invalid_traceparent_starts_a_new_trace() {
         let trace_id = header(&headers, "x-tracegate-trace-id").to_string();
         assert_ne!(trace_id, TRACE, "{value} was accepted");
         let span_id = header(&headers, "x-tracegate-span-id");
-        assert_eq!(upstream_saw(&headers)["traceparent"], format!("00-{trace_id}-{span_id}-01"));
+        // A new trace is sampled (01) and its ids random (02, W3C Level 2).
+        assert_eq!(upstream_saw(&headers)["traceparent"], format!("00-{trace_id}-{span_id}-03"));
         let spans = proxy.spans(&trace_id).await;
         assert!(spans[0]["parent_span_id"].is_null(), "{value}");
     }
