@@ -139,7 +139,7 @@ impl CallerContext {
 
     /// The W3C trace flags to send upstream: the caller's sampled and random bits.
     pub fn flags(&self) -> u8 {
-        u8::from(self.sampled) * FLAG_SAMPLED | u8::from(self.random) * FLAG_RANDOM
+        (u8::from(self.sampled) * FLAG_SAMPLED) | (u8::from(self.random) * FLAG_RANDOM)
     }
 }
 
