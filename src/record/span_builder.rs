@@ -14,7 +14,7 @@ use crate::formats::tokens;
 use crate::model::capture::Captured;
 use crate::model::pricing::{self, BilledTokens};
 use crate::model::span::{Span, SpanBodies, SpanKind, SpanStatus, SpanWrite, UsageSource};
-use crate::record::queue::{CallInfo, CallRecord, Outcome};
+use crate::record::queue::{CallRecord, Outcome};
 use crate::record::settings::RecorderSettings;
 
 /// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
@@ -82,7 +82,15 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
             u.cache_creation_input_tokens,
             u.reasoning_tokens,
         ),
-        None => match estimate_usage(record, &operation, &request_bytes, &response, model.as_deref(), settings) {
+        None => match estimate_usage(
+            record,
+            &operation,
+            &request_bytes,
+            &response_bytes,
+            &response,
+            model.as_deref(),
+            settings,
+        ) {
             Some((input, output)) => (Some(input), Some(output), UsageSource::Estimated, None, None, None),
             None => (None, None, UsageSource::Missing, None, None, None),
         },
@@ -102,26 +110,9 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         _ => None,
     };
 
-    let Tags { mut team, user, omit_bodies, properties } = headers::read_tags(&info.tracegate_headers);
-    if let Some(matched) = &info.team_key {
-        team = Some(matched.team.clone());
-    }
-    let session = session_of(info);
-
+    let (base, omit_bodies) = call_span(record, &operation, name);
     let span = Span {
-        trace_id: info.trace_id,
-        span_id: info.span_id,
-        parent_span_id: info.parent_span_id,
-        name,
-        kind: SpanKind::Llm,
-        start_time_unix_nano: info.start_time_unix_nano,
-        duration_ms: record.duration.as_secs_f64() * 1000.0,
         ttft_ms,
-        provider: Some(info.provider.name.clone()),
-        operation: Some(operation.as_str().to_string()),
-        method: Some(info.method.as_str().to_string()),
-        path: Some(info.path.clone()),
-        status_code: record.status_code,
         status,
         request_model: request.model,
         response_model: response.model,
@@ -134,12 +125,8 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         reasoning_tokens: reasoning,
         finish_reason: response.finish_reason,
         cost_usd,
-        team,
-        user,
-        key_fingerprint: info.team_key.as_ref().map(|m| m.fingerprint.clone()),
-        session,
-        properties,
         error,
+        ..base
     };
 
     let bodies = (settings.capture_bodies && !omit_bodies)
@@ -164,12 +151,8 @@ fn kept_bodies(record: &CallRecord, request: &Bytes, response: &[u8], settings: 
 /// bodies are kept when decoding and redacting them still works (the panic was elsewhere, in
 /// token counting say); if that panics too, the span is kept without them.
 pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: &str) -> SpanWrite {
-    let info = &record.info;
-    let operation = providers::operation_for(info.provider.api, &info.path);
-    let Tags { mut team, user, omit_bodies, properties } = headers::read_tags(&info.tracegate_headers);
-    if let Some(matched) = &info.team_key {
-        team = Some(matched.team.clone());
-    }
+    let operation = providers::operation_for(record.info.provider.api, &record.info.path);
+    let (base, omit_bodies) = call_span(record, &operation, operation.as_str().to_string());
     let bodies = (settings.capture_bodies && !omit_bodies)
         .then(|| {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -182,6 +165,26 @@ pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: 
         })
         .flatten();
     let span = Span {
+        status: SpanStatus::Error,
+        stream: record.response_is_sse,
+        error: Some(format!("tracegate could not read this call (recorder panic: {panic})")),
+        ..base
+    };
+    SpanWrite { span, bodies }
+}
+
+/// The part of a call's span that needs no body: ids, name, timing, route, status code and
+/// who it belongs to (a team key's team over `x-tracegate-team`), with whether the caller
+/// asked to omit bodies. The rest is `Span::new`'s: ok, nothing measured.
+fn call_span(record: &CallRecord, operation: &Operation, name: String) -> (Span, bool) {
+    let info = &record.info;
+    let Tags { mut team, user, omit_bodies, properties } = headers::read_tags(&info.tracegate_headers);
+    if let Some(matched) = &info.team_key {
+        team = Some(matched.team.clone());
+    }
+    let session =
+        info.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let span = Span {
         parent_span_id: info.parent_span_id,
         start_time_unix_nano: info.start_time_unix_nano,
         duration_ms: record.duration.as_secs_f64() * 1000.0,
@@ -190,22 +193,14 @@ pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: 
         method: Some(info.method.as_str().to_string()),
         path: Some(info.path.clone()),
         status_code: record.status_code,
-        status: SpanStatus::Error,
-        stream: record.response_is_sse,
         team,
         user,
         key_fingerprint: info.team_key.as_ref().map(|m| m.fingerprint.clone()),
-        session: session_of(info),
+        session,
         properties,
-        error: Some(format!("tracegate could not read this call (recorder panic: {panic})")),
-        ..Span::new(info.trace_id, info.span_id, SpanKind::Llm, operation.as_str().to_string())
+        ..Span::new(info.trace_id, info.span_id, SpanKind::Llm, name)
     };
-    SpanWrite { span, bodies }
-}
-
-/// The `x-tracegate-session` value, trimmed; `None` when empty or not text.
-fn session_of(info: &CallInfo) -> Option<String> {
-    info.session.as_ref().and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    (span, omit_bodies)
 }
 
 /// Counts tokens for a call whose provider reported none: the request's input and the output
@@ -215,6 +210,7 @@ fn estimate_usage(
     record: &CallRecord,
     operation: &Operation,
     request_bytes: &[u8],
+    response_bytes: &[u8],
     response: &providers::ResponseFacts,
     model: Option<&str>,
     settings: &RecorderSettings,
@@ -228,7 +224,7 @@ fn estimate_usage(
     let output = match operation {
         Operation::Embeddings => 0,
         _ if record.response_body.truncated() => {
-            estimate_cut_output(&record.response_body, &response.output_text, encoding)
+            estimate_cut_output(&record.response_body, response_bytes, &response.output_text, encoding)
         }
         _ => encoding.count(&response.output_text),
     };
@@ -236,15 +232,14 @@ fn estimate_usage(
 }
 
 /// Output tokens of an answer longer than its capture: what the kept head and tail hold (their
-/// generated text, or their raw text when it could not be read, as from a cut JSON body),
-/// scaled to the whole body's length — the middle is assumed as dense as the ends. Never 0
-/// for a long answer that reached the client.
-fn estimate_cut_output(body: &Captured, output_text: &str, encoding: tokens::Encoding) -> u64 {
+/// generated text, or the decoded response as text when none could be read, as from a cut JSON
+/// body), scaled to the whole body's length — the middle is assumed as dense as the ends. Never
+/// 0 for a long answer that reached the client.
+fn estimate_cut_output(body: &Captured, decoded: &[u8], output_text: &str, encoding: tokens::Encoding) -> u64 {
     let kept = (body.head.len() + body.tail.len()) as u64;
-    let counted = if output_text.is_empty() {
-        encoding.count(&String::from_utf8_lossy(&body.head)) + encoding.count(&String::from_utf8_lossy(&body.tail))
-    } else {
-        encoding.count(output_text)
+    let counted = match output_text {
+        "" => encoding.count(&String::from_utf8_lossy(decoded)),
+        text => encoding.count(text),
     };
     u64::try_from(u128::from(counted) * u128::from(body.total_len) / u128::from(kept.max(1))).unwrap_or(u64::MAX)
 }
