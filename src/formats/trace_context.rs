@@ -385,23 +385,13 @@ pub fn tracestate_value(headers: &HeaderMap) -> Option<HeaderValue> {
             return Some(first.clone());
         }
     }
-    let mut combined = Vec::with_capacity(lines.iter().map(|v| v.len() + 1).sum());
-    if dropped {
-        for member in members {
-            if !combined.is_empty() {
-                combined.push(b',');
-            }
-            combined.extend_from_slice(member);
-        }
+    // Something dropped: the members kept. Else the lines as sent (OWS inside a line kept).
+    let parts: Vec<&[u8]> = if dropped {
+        members
     } else {
-        // Nothing dropped: the lines as sent (OWS inside a line kept), joined.
-        for line in lines.iter().map(|v| trim_ows(v.as_bytes())).filter(|t| !t.is_empty()) {
-            if !combined.is_empty() {
-                combined.push(b',');
-            }
-            combined.extend_from_slice(line);
-        }
-    }
+        lines.iter().map(|v| trim_ows(v.as_bytes())).filter(|t| !t.is_empty()).collect()
+    };
+    let combined = parts.join(&b',');
     HeaderValue::from_bytes(&combined).ok()
 }
 
