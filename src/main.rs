@@ -6,30 +6,24 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tracegate::cli::{self, Command};
+use clap::Parser;
+use tracegate::cli::{self, Cli, Command};
 use tracegate::config::Config;
 use tracegate::server::Server;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match cli::parse(&args) {
-        Ok(c) => c,
-        Err(message) => {
-            eprintln!("tracegate: {message}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
+    // Help and version go to stdout with status 0; a usage error to stderr, one line and a
+    // pointer to --help, with status 2.
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
     match command {
-        Command::Help => {
-            print!("{}", cli::USAGE);
-            ExitCode::SUCCESS
-        }
-        Command::CheckConfig { config } => match Config::resolve(config.as_deref()) {
-            Ok(config) => {
-                print!("{}", config.describe());
-                println!("config OK");
-                ExitCode::SUCCESS
-            }
+        Command::CheckConfig { config } => match Config::resolve(config.config.as_deref()) {
+            Ok(config) => print_result(Ok(format!("{}config OK\n", config.describe()))),
             Err(e) => {
                 eprintln!("tracegate: config error: {e}");
                 ExitCode::FAILURE
@@ -37,7 +31,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             init_logging();
-            let config = match Config::resolve(config.as_deref()) {
+            let config = match Config::resolve(config.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("tracegate: config error: {e}");
@@ -86,15 +80,27 @@ fn main() -> ExitCode {
         }
         Command::Traces { limit, admin } => print_result(runtime().block_on(cli::traces(limit, &admin))),
         Command::Trace { trace_id, admin } => print_result(runtime().block_on(cli::trace(&trace_id, &admin))),
-        Command::Usage { query, csv, admin } => print_result(runtime().block_on(cli::usage(&query, csv, &admin))),
+        Command::Usage { query, admin } => print_result(runtime().block_on(cli::usage(&query, &admin))),
+        Command::Prices { model, config } => print_result(cli::prices(model.as_deref(), &config)),
     }
 }
 
+/// Prints a command's output, or its error with status 1. A reader that stops early
+/// (`tracegate prices | head`) closes the pipe: that ends the output quietly, as in other
+/// command-line tools, instead of panicking on the failed write.
 fn print_result(result: Result<String, String>) -> ExitCode {
+    use std::io::Write;
     match result {
         Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tracegate: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("tracegate: {e}");

@@ -1,5 +1,5 @@
 //! Usage reports: the ledger's cells grouped by day, team, user, provider or model, with
-//! totals — the JSON of `/api/usage`, and the table or CSV of `tracegate usage`.
+//! totals: the JSON of `/api/usage` (`cli::print` shows it as a table or CSV).
 
 use std::collections::BTreeMap;
 
@@ -92,75 +92,6 @@ fn counters(object: &mut Map<String, Value>, row: &LedgerRow) {
     object.insert("errors".into(), row.errors.into());
 }
 
-/// The report as an aligned text table (`csv = false`) or CSV.
-pub fn format_report(report: &Value, csv: bool) -> String {
-    let rows = report["rows"].as_array().cloned().unwrap_or_default();
-    let mut columns: Vec<String> = Vec::new();
-    if let Some(first) = rows.first().and_then(Value::as_object) {
-        columns.extend(first.keys().filter(|k| !COUNTERS.contains(&k.as_str())).cloned());
-    }
-    columns.extend(COUNTERS.iter().map(|c| c.to_string()));
-    let cell = |row: &Value, column: &str| match &row[column] {
-        Value::Null => {
-            if COUNTERS.contains(&column) {
-                "0".into()
-            } else {
-                "-".into()
-            }
-        }
-        Value::String(s) => s.clone(),
-        Value::Number(n) if column == "cost_usd" => format!("{:.6}", n.as_f64().unwrap_or(0.0)),
-        other => other.to_string(),
-    };
-    let mut table: Vec<Vec<String>> = vec![columns.clone()];
-    for row in &rows {
-        table.push(columns.iter().map(|c| cell(row, c)).collect());
-    }
-    let totals = &report["totals"];
-    let mut total_line: Vec<String> =
-        columns.iter().map(|c| if COUNTERS.contains(&c.as_str()) { cell(totals, c) } else { String::new() }).collect();
-    if let Some(first) = total_line.first_mut() {
-        if first.is_empty() {
-            *first = "TOTAL".into();
-        }
-    }
-    table.push(total_line);
-    if csv {
-        return table
-            .iter()
-            .map(|r| r.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n";
-    }
-    let widths: Vec<usize> =
-        (0..columns.len()).map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in &table {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(
-                |(i, (c, w))| if i >= columns.len() - COUNTERS.len() { format!("{c:>w$}") } else { format!("{c:<w$}") },
-            )
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-const COUNTERS: [&str; 5] = ["requests", "input_tokens", "output_tokens", "cost_usd", "errors"];
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,10 +115,5 @@ mod tests {
         let by_day = report(&cells, &GroupBy::parse_list("day,model").unwrap());
         assert_eq!(by_day["rows"][0]["day"], "2024-10-04");
         assert!(GroupBy::parse_list("team,colour").is_err());
-        let text = format_report(&r, false);
-        assert!(text.lines().next().unwrap().starts_with("team"), "{text}");
-        assert!(text.contains("TOTAL"), "{text}");
-        let csv = format_report(&r, true);
-        assert!(csv.starts_with("team,requests,input_tokens,output_tokens,cost_usd,errors\n-,4,"), "{csv}");
     }
 }

@@ -25,7 +25,7 @@ mod raw;
 use crate::config::raw::RawConfig;
 use crate::formats::providers::Api;
 use crate::formats::tokens::Encoding;
-use crate::model::pricing::Price;
+use crate::model::pricing::{Price, PriceBook};
 
 pub use error::ConfigError;
 
@@ -44,7 +44,8 @@ pub struct Config {
     pub providers: Vec<Arc<Provider>>,
     pub teams: Vec<Team>,
     /// USD per million tokens by model name (exact, then longest prefix).
-    pub pricing: BTreeMap<String, Price>,
+    /// `[pricing]` in front of the built-in catalog.
+    pub pricing: PriceBook,
     pub export: ExportConfig,
     /// Encoding for token estimates of models outside OpenAI's families (Anthropic, local models).
     pub default_encoding: Encoding,
@@ -393,6 +394,7 @@ impl Config {
                 ("output_per_mtok", Some(p.output_per_mtok)),
                 ("cached_input_per_mtok", p.cached_input_per_mtok),
                 ("cache_write_per_mtok", p.cache_write_per_mtok),
+                ("reasoning_per_mtok", p.reasoning_per_mtok),
             ] {
                 if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
                     return Err(ConfigError::new(field(name), "must be a non-negative number"));
@@ -405,9 +407,11 @@ impl Config {
                     output_per_mtok: p.output_per_mtok,
                     cached_input_per_mtok: p.cached_input_per_mtok,
                     cache_write_per_mtok: p.cache_write_per_mtok,
+                    reasoning_per_mtok: p.reasoning_per_mtok,
                 },
             );
         }
+        let pricing = PriceBook::new(pricing);
 
         let otlp_json = match raw.export.otlp_protocol.as_deref() {
             None | Some("protobuf") | Some("http/protobuf") => false,
@@ -521,7 +525,14 @@ impl Config {
         for t in &self.teams {
             let _ = writeln!(out, "  {} ({} key{})", t.name, t.keys.len(), if t.keys.len() == 1 { "" } else { "s" });
         }
-        let _ = writeln!(out, "priced models: {}", self.pricing.len());
+        let catalog = crate::model::pricing::catalog();
+        let _ = writeln!(
+            out,
+            "prices: {} models from [pricing], {} in the built-in catalog (dated {})",
+            self.pricing.overrides().len(),
+            catalog.prices.len(),
+            catalog.dated
+        );
         if let Some(e) = &self.export.otlp_endpoint {
             let _ = writeln!(out, "otlp export: {e}");
         }
@@ -644,7 +655,7 @@ mod tests {
         assert!(c.providers.iter().any(|p| p.name == "openai"));
         assert!(c.providers.iter().any(|p| p.name == "anthropic"));
         // Dated snapshots find the entry of their family, not a shorter sibling's.
-        let price = |model: &str| crate::model::pricing::price_for(&c.pricing, model).map(|p| p.input_per_mtok);
+        let price = |model: &str| c.pricing.lookup(model).map(|m| m.price.input_per_mtok);
         assert_eq!(price("gpt-4o-mini-2024-07-18"), Some(0.15));
         assert_eq!(price("gpt-4o-2024-08-06"), Some(2.50));
         assert_eq!(price("o3-mini-2025-01-31"), Some(1.10));

@@ -132,6 +132,7 @@ pub(super) struct RawPrice {
     pub(super) output_per_mtok: f64,
     pub(super) cached_input_per_mtok: Option<f64>,
     pub(super) cache_write_per_mtok: Option<f64>,
+    pub(super) reasoning_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

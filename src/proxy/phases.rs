@@ -16,7 +16,6 @@
 //! 8. **respond** — status and headers relayed with the call's ids, the body through a
 //!    [`ResponseTee`] that finishes the call when the body ends.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use crate::formats::trace_context::{self, Propagation};
 use crate::model::capture::Capture;
 use crate::model::clock::unix_nanos;
 use crate::model::ids::{SpanId, TraceId};
-use crate::model::pricing::{self, BilledTokens, Price};
+use crate::model::pricing::{BilledTokens, PriceBook};
 use crate::policy::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
 use crate::policy::teams::{swap_in_provider_key, TeamDirectory};
 use crate::proxy::body_tee::{RequestTee, ResponseTee};
@@ -75,7 +74,7 @@ pub struct Proxy {
     team_names: Vec<String>,
     require_team_key: bool,
     budgets: Arc<Budgets>,
-    pricing: BTreeMap<String, Price>,
+    pricing: PriceBook,
 }
 
 impl Proxy {
@@ -400,12 +399,9 @@ impl Proxy {
         let cost_usd = facts
             .model
             .as_deref()
-            .and_then(|m| pricing::price_for(&self.pricing, m))
-            .map(|price| {
-                pricing::cost_usd(
-                    price,
-                    BilledTokens { input_tokens: input, output_tokens: output, ..Default::default() },
-                )
+            .and_then(|m| {
+                self.pricing
+                    .cost_usd(m, BilledTokens { input_tokens: input, output_tokens: output, ..Default::default() })
             })
             .unwrap_or(0.0);
         Estimate { cost_usd, tokens: input.saturating_add(output), bounded: facts.max_tokens.is_some() }

@@ -1,10 +1,8 @@
 //! The recorder's settings, taken from the config once at start.
 
-use std::collections::BTreeMap;
-
 use crate::config::Config;
 use crate::formats::tokens::Encoding;
-use crate::model::pricing::Price;
+use crate::model::pricing::PriceBook;
 
 /// The recorder's settings, taken from the config.
 #[derive(Clone)]
@@ -12,7 +10,7 @@ pub struct RecorderSettings {
     pub capture_bodies: bool,
     /// Stored bodies are cut to this size (a decompressed body can exceed its capture).
     pub max_capture_bytes: usize,
-    pub pricing: BTreeMap<String, Price>,
+    pub pricing: PriceBook,
     /// Encoding for token estimates of models outside OpenAI's families.
     pub default_encoding: Encoding,
     /// Spans older than this many days are deleted (0 keeps everything).

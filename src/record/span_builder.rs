@@ -12,7 +12,7 @@ use crate::formats::headers::{self, Tags};
 use crate::formats::providers::{self, Operation};
 use crate::formats::tokens;
 use crate::model::capture::Captured;
-use crate::model::pricing::{self, BilledTokens};
+use crate::model::pricing::BilledTokens;
 use crate::model::span::{Span, SpanBodies, SpanKind, SpanStatus, SpanWrite, UsageSource};
 use crate::record::queue::{CallRecord, Outcome};
 use crate::record::settings::RecorderSettings;
@@ -96,17 +96,16 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         },
     };
     let cost_usd = match (&model, input_tokens, output_tokens) {
-        (Some(m), Some(input), Some(output)) => pricing::price_for(&settings.pricing, m).map(|price| {
-            pricing::cost_usd(
-                price,
-                BilledTokens {
-                    input_tokens: input,
-                    output_tokens: output,
-                    cache_read_input_tokens: cache_read.unwrap_or(0),
-                    cache_creation_input_tokens: cache_write.unwrap_or(0),
-                },
-            )
-        }),
+        (Some(m), Some(input), Some(output)) => settings.pricing.cost_usd(
+            m,
+            BilledTokens {
+                input_tokens: input,
+                output_tokens: output,
+                cache_read_input_tokens: cache_read.unwrap_or(0),
+                cache_creation_input_tokens: cache_write.unwrap_or(0),
+                reasoning_tokens: reasoning.unwrap_or(0),
+            },
+        ),
         _ => None,
     };
 

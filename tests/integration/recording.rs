@@ -67,7 +67,11 @@ async fn reported_usage_is_recorded_exactly_for_every_wire_format() {
     assert_eq!(span["stream"], false);
     assert!(span["ttft_ms"].is_null(), "no time to first token without a stream");
     assert!(span["duration_ms"].as_f64().unwrap() > 0.0);
-    assert!(span["cost_usd"].is_null(), "no price configured");
+    // No [pricing] in this config: the built-in catalog prices gpt-4o-mini (0.15 / 0.60 per Mtok).
+    let expected = (reply["usage"]["prompt_tokens"].as_f64().unwrap() * 0.15
+        + reply["usage"]["completion_tokens"].as_f64().unwrap() * 0.60)
+        / 1e6;
+    assert!((span["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12, "{span}");
 
     // OpenAI chat streamed with include_usage: the final usage chunk.
     let (_, headers, body) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT_STREAM_USAGE).await;

@@ -441,3 +441,108 @@ async fn a_tracestate_with_a_repeated_or_new_grammar_key_was_dropped_whole() {
         assert_eq!(upstream_saw(&headers)["tracestate"], expected, "{sent}");
     }
 }
+
+/// A config without `[pricing]` priced nothing: every `cost_usd` was null and a team's daily
+/// budget never bound, however much it spent. The built-in catalog prices gpt-4o-mini now, so
+/// the span has a cost and the budget refuses once it is spent.
+#[tokio::test]
+async fn a_config_without_pricing_priced_nothing_and_budgets_never_bound() {
+    let mock = Mock::start(Duration::ZERO).await;
+    // Each call costs ~1e-5 USD at the catalog's gpt-4o-mini price; the budget holds a few.
+    let proxy = Proxy::start(&limited_team(mock.addr, "daily_budget_usd = 0.00004")).await;
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+    let key = [("authorization", "Bearer tk-search-0001")];
+    let mut statuses = Vec::new();
+    let mut first_span = None;
+    for _ in 0..12 {
+        let (status, headers, _) = post(&proxy.url("/openai/v1/chat/completions"), &key, body).await;
+        if status == 200 && first_span.is_none() {
+            first_span = Some(proxy.spans(header(&headers, "x-tracegate-trace-id")).await.remove(0));
+        }
+        statuses.push(status);
+    }
+    let span = first_span.expect("the first call goes through");
+    let cost = span["cost_usd"].as_f64().unwrap_or_else(|| panic!("no cost without [pricing]: {span}"));
+    let expected =
+        (span["input_tokens"].as_f64().unwrap() * 0.15 + span["output_tokens"].as_f64().unwrap() * 0.60) / 1e6;
+    assert!((cost - expected).abs() < 1e-12, "{cost} vs {expected}");
+    assert!(statuses.contains(&429), "the budget binds: {statuses:?}");
+    assert_eq!(statuses[0], 200);
+}
+
+/// The CLI's hand-made parser answered `tracegate serve --help` with `--help needs a value`
+/// (status 2), and `-h`, `--version`, `-V` with "unknown command". They print help or the
+/// version now (status 0), `-n` is `--limit`, and an error is one line naming the problem.
+#[test]
+fn cli_help_said_help_needs_a_value() {
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_tracegate")).args(args).output().unwrap();
+    for args in
+        [&["serve", "--help"][..], &["serve", "-h"], &["usage", "--help"], &["--help"], &["-h"], &["help", "traces"]]
+    {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("Usage: tracegate"), "{args:?}: {stdout}");
+    }
+    assert!(String::from_utf8_lossy(&run(&["traces", "--help"]).stdout).contains("-n, --limit <N>"));
+    for args in [&["--version"][..], &["-V"]] {
+        let out = run(args);
+        assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).trim()), (Some(0), "tracegate 0.1.0"));
+    }
+    let out = run(&["traces", "-n", "zero"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.starts_with("error: invalid value 'zero' for '--limit <N>'"), "{stderr}");
+    assert!(!stderr.contains("check-config"), "no dump of every command: {stderr}");
+}
+
+/// `tracegate prices | head` (any reader that stops early) made the CLI panic with "failed
+/// printing to stdout: Broken pipe". The output now just ends.
+#[test]
+fn cli_panicked_when_its_reader_closed_the_pipe() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracegate"))
+        .args(["prices", "--config", "/dev/null"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(status.success(), "{status:?} {stderr}");
+}
+
+/// A model name with a newline broke the `usage` table's lines; `--by day,team,model` printed
+/// the columns in alphabetical order (day, model, team); and the CSV ended with a TOTAL row
+/// that spreadsheets read as data. Control characters are escaped now, the columns come as
+/// asked, and the CSV is header + data.
+#[tokio::test]
+async fn usage_table_broke_on_a_model_name_with_a_newline_and_lost_the_asked_column_order() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&limited_team(mock.addr, "")).await;
+    let body = r#"{"model":"evil\nmodel","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, _) =
+        post(&proxy.url("/openai/v1/chat/completions"), &[("authorization", "Bearer tk-search-0001")], body).await;
+    assert_eq!(status, 200);
+    proxy.server().flush().await;
+    let target = tracegate::cli::AdminTarget { url: Some(proxy.admin_url("")), config: None };
+    let mut query =
+        tracegate::cli::UsageQuery { by: ["day", "team", "model"].map(String::from).to_vec(), ..Default::default() };
+    let table = tracegate::cli::usage(&query, &target).await.unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "header, one row, TOTAL: {table}");
+    assert!(lines[0].starts_with("day         team    model"), "{table}");
+    assert!(lines[1].contains("search  evil\\nmodel"), "{table}");
+    query.csv = true;
+    let csv = tracegate::cli::usage(&query, &target).await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("day,team,model,requests"), "{csv}");
+    assert!(!csv.contains("TOTAL"), "{csv}");
+}

@@ -211,9 +211,11 @@ async fn the_ledger_equals_the_sum_of_spans_and_survives_a_restart() {
 
     // The CLI prints the same report.
     let target = tracegate::cli::AdminTarget { url: Some(proxy.admin_url("")), config: None };
-    let table = tracegate::cli::usage("group_by=team", false, &target).await.unwrap();
+    let mut query = tracegate::cli::UsageQuery { by: vec!["team".into()], ..Default::default() };
+    let table = tracegate::cli::usage(&query, &target).await.unwrap();
     assert!(table.contains("search") && table.contains("TOTAL"), "{table}");
-    let csv = tracegate::cli::usage("group_by=team", true, &target).await.unwrap();
+    query.csv = true;
+    let csv = tracegate::cli::usage(&query, &target).await.unwrap();
     assert!(csv.starts_with("team,requests,input_tokens,output_tokens,cost_usd,errors\n"), "{csv}");
 
     let dir = proxy.shutdown().await;

@@ -82,6 +82,12 @@ function fmtCost(usd) {
   return usd == null ? DASH : `$${Number(usd).toFixed(6)}`;
 }
 
+/** A cost, or "unpriced" where tokens are known but no price applies to the model. */
+function fmtCostOrUnpriced(usd, tokensKnown) {
+  if (usd != null || !tokensKnown) return fmtCost(usd);
+  return el("span", { class: "muted unpriced", title: "no price for this model: add [pricing.\"model\"] to the config (tracegate prices MODEL)" }, "unpriced");
+}
+
 function fmtDuration(ms) {
   if (ms == null || !Number.isFinite(ms)) return DASH;
   if (ms === 0) return "0";
@@ -528,7 +534,7 @@ function traceRow(trace) {
     el("td", { class: "num" }, fmtDuration(trace.duration_ms)),
     el("td", { class: "num" }, fmtInt(trace.span_count)),
     el("td", { class: "num" }, fmtTokens(trace.input_tokens, trace.output_tokens)),
-    el("td", { class: "num" }, fmtCost(trace.cost_usd)),
+    el("td", { class: "num" }, fmtCostOrUnpriced(trace.cost_usd, (trace.input_tokens ?? 0) + (trace.output_tokens ?? 0) > 0)),
     el("td", {}, statusBadge(trace.status)),
     el("td", { class: "cell-teams" }, teams.length ? teams.map((t) => chip(t)) : el("span", { class: "muted" }, DASH)),
   );
@@ -656,7 +662,7 @@ function traceHeader(traceId, spans) {
       stat("Duration", fmtDuration(summary.durationMs)),
       stat("Spans", fmtInt(spans.length)),
       stat("Tokens in / out", fmtTokens(summary.inputTokens, summary.outputTokens)),
-      stat("Cost", fmtCost(summary.cost)),
+      stat("Cost", fmtCostOrUnpriced(summary.cost, (summary.inputTokens ?? 0) + (summary.outputTokens ?? 0) > 0)),
       stat("Teams", summary.teams.length ? summary.teams.join(", ") : DASH),
     ),
   ];
@@ -805,6 +811,9 @@ const SPAN_FIELDS = [
 
 function fieldValue(span, key, type) {
   const value = key === "request" ? [span.method, span.path].filter(Boolean).join(" ") || null : span[key];
+  if (type === "cost" && value == null && span.input_tokens != null && (span.response_model || span.request_model)) {
+    return fmtCostOrUnpriced(null, true);
+  }
   if (value == null || value === "") return null;
   switch (type) {
     case "status": return statusBadge(value);

@@ -1,0 +1,241 @@
+//! The command line: what `tracegate` accepts (clap's derive API, so `--help`, `-h`,
+//! `--version`, `-V`, short aliases and one-line errors behave as users of other CLIs expect),
+//! and the commands that are clients of the admin API (`traces`, `trace`, `usage`) or read the
+//! config alone (`prices`). `serve`, `check-config` and `mock-llm` are dispatched from
+//! `main.rs`; their behaviour lives in `server`, `config` and `mock_llm`.
+//!
+//! `client` asks the admin API; `print` turns its JSON into text for people, every field
+//! passed through [`print::printable`] so a control character in a model name or a user id
+//! cannot break a table or drive the terminal.
+
+mod client;
+pub mod print;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+pub use client::AdminTarget;
+
+const AFTER_HELP: &str = "\
+Without --config: $TRACEGATE_CONFIG, else config/tracegate.toml, else built-in defaults.
+The admin URL defaults to the config's server.admin_listen; the admin token to [admin] token
+or $TRACEGATE_ADMIN_TOKEN. Logging: RUST_LOG (default info).";
+
+/// tracegate — a transparent LLM API proxy that records every call as a span.
+#[derive(Debug, Parser)]
+#[command(name = "tracegate", version, about, after_help = AFTER_HELP, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum Command {
+    /// Run the proxy and the admin listener (API, web UI, /metrics, OTLP ingest).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Validate a config and print what it resolved; exit 1 naming the bad field.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run an offline OpenAI- and Anthropic-compatible fake upstream.
+    MockLlm {
+        /// Address to listen on.
+        #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        listen: String,
+        /// Pause between streamed chunks, in milliseconds.
+        #[arg(long, value_name = "N", default_value_t = crate::mock_llm::DEFAULT_CHUNK_DELAY.as_millis() as u64)]
+        chunk_delay_ms: u64,
+    },
+    /// List recent traces, newest first, one line each.
+    Traces {
+        /// How many traces to show.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Show one trace as a tree with durations, tokens and cost.
+    Trace {
+        /// The trace id (32 hex digits), as `traces` lists it.
+        trace_id: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Show usage (requests, tokens, cost, errors) grouped as asked.
+    Usage {
+        #[command(flatten)]
+        query: UsageQuery,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Show the price that applies to MODEL and where it comes from, or every price known.
+    Prices {
+        /// A model name as calls carry it, e.g. gpt-4o-mini-2024-07-18.
+        model: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `--config PATH`.
+#[derive(Debug, Default, PartialEq, Args)]
+pub struct ConfigArg {
+    /// The config file (TOML).
+    #[arg(short, long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// The options of `tracegate usage`.
+#[derive(Debug, Default, PartialEq, Args)]
+pub struct UsageQuery {
+    /// First day, YYYY-MM-DD (UTC, inclusive); default 29 days before --to.
+    #[arg(long, value_name = "DAY")]
+    pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (UTC, inclusive); default today.
+    #[arg(long, value_name = "DAY")]
+    pub to: Option<String>,
+    /// Columns to group by, in this order.
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',', default_value = "team",
+          value_parser = ["day", "team", "user", "provider", "model"])]
+    pub by: Vec<String>,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// `tracegate traces`: one line per recent trace.
+pub async fn traces(limit: u32, admin: &AdminTarget) -> Result<String, String> {
+    let value = client::get_json(admin, &format!("/api/traces?limit={limit}")).await?;
+    Ok(print::traces(&value))
+}
+
+/// `tracegate trace TRACE_ID`: the trace as a tree.
+pub async fn trace(trace_id: &str, admin: &AdminTarget) -> Result<String, String> {
+    if trace_id.is_empty() || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{:?} is not a trace id (32 hex digits)", print::printable(trace_id)));
+    }
+    let value = client::get_json(admin, &format!("/api/traces/{trace_id}")).await?;
+    Ok(print::trace(&value))
+}
+
+/// `tracegate usage`: the table (or CSV) with the columns in the order asked.
+pub async fn usage(query: &UsageQuery, admin: &AdminTarget) -> Result<String, String> {
+    let mut columns: Vec<String> = Vec::new();
+    for column in &query.by {
+        if !columns.contains(column) {
+            columns.push(column.clone());
+        }
+    }
+    let mut params = vec![format!("group_by={}", columns.join(","))];
+    for (name, value) in [("from", &query.from), ("to", &query.to)] {
+        if let Some(value) = value {
+            if !is_day(value) {
+                return Err(format!("--{name}: {:?} is not a day (YYYY-MM-DD)", print::printable(value)));
+            }
+            params.push(format!("{name}={value}"));
+        }
+    }
+    let value = client::get_json(admin, &format!("/api/usage?{}", params.join("&"))).await?;
+    Ok(print::usage(&value, &columns, query.csv))
+}
+
+/// `tracegate prices [MODEL]`: what applies to MODEL, or the whole price list. A model with no
+/// price is an error (exit 1), so scripts can check a model before sending it traffic.
+pub fn prices(model: Option<&str>, config: &ConfigArg) -> Result<String, String> {
+    let config = Config::resolve(config.config.as_deref()).map_err(|e| format!("config error: {e}"))?;
+    match model {
+        Some(model) => print::price_of(&config.pricing, model),
+        None => Ok(print::price_list(&config.pricing)),
+    }
+}
+
+fn is_day(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tracegate").chain(line.split_whitespace())).map(|c| c.command)
+    }
+
+    #[test]
+    fn parses_commands_options_and_aliases() {
+        assert_eq!(
+            parse("serve --config x.toml").unwrap(),
+            Command::Serve { config: ConfigArg { config: Some("x.toml".into()) } }
+        );
+        assert_eq!(parse("serve -c x.toml").unwrap(), parse("serve --config=x.toml").unwrap());
+        assert_eq!(
+            parse("mock-llm --chunk-delay-ms=5").unwrap(),
+            Command::MockLlm { listen: "127.0.0.1:9090".into(), chunk_delay_ms: 5 }
+        );
+        assert!(matches!(parse("traces -n 3").unwrap(), Command::Traces { limit: 3, .. }));
+        assert!(matches!(parse("traces --limit 3").unwrap(), Command::Traces { limit: 3, .. }));
+        assert!(matches!(parse("traces").unwrap(), Command::Traces { limit: 20, .. }));
+        assert!(matches!(parse("trace abc").unwrap(), Command::Trace { .. }));
+        match parse("usage --from 2026-11-01 --by day,team,model --csv").unwrap() {
+            Command::Usage { query, .. } => {
+                assert_eq!(query.by, ["day", "team", "model"]);
+                assert_eq!(query.from.as_deref(), Some("2026-11-01"));
+                assert!(query.csv);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse("prices gpt-4o").unwrap(), Command::Prices { model: Some(_), .. }));
+        assert!(matches!(parse("prices").unwrap(), Command::Prices { model: None, .. }));
+    }
+
+    #[test]
+    fn help_and_version_are_answers_not_errors() {
+        use clap::error::ErrorKind;
+        for (line, kind) in [
+            ("--help", ErrorKind::DisplayHelp),
+            ("-h", ErrorKind::DisplayHelp),
+            ("serve --help", ErrorKind::DisplayHelp),
+            ("usage -h", ErrorKind::DisplayHelp),
+            ("--version", ErrorKind::DisplayVersion),
+            ("-V", ErrorKind::DisplayVersion),
+            ("", ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand),
+        ] {
+            assert_eq!(parse(line).unwrap_err().kind(), kind, "{line}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        for (line, says) in [
+            ("trace", "TRACE_ID"),
+            ("serve --limit 3", "--limit"),
+            ("frobnicate", "frobnicate"),
+            ("traces -n 0", "0"),
+            ("traces -n many", "many"),
+            ("usage --by team,colour", "colour"),
+        ] {
+            let error = parse(line).unwrap_err().to_string();
+            assert!(error.contains(says), "{line}: {error}");
+            assert!(error.lines().count() <= 6, "a short error, not the whole usage: {error}");
+        }
+    }
+
+    #[test]
+    fn days_are_checked_before_asking_the_server() {
+        assert!(is_day("2026-11-01"));
+        assert!(!is_day("2026-11-1"));
+        assert!(!is_day("yesterday"));
+    }
+}
