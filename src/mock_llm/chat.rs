@@ -1,20 +1,26 @@
 //! `POST /v1/chat/completions` (OpenAI): a chat completion, or a stream of chunks with the
-//! usage chunk when `stream_options.include_usage` asks for it.
+//! usage chunk when `stream_options.include_usage` asks for it. A `response_format` of type
+//! `json_schema` or `json_object` makes the content JSON (a value that fits the schema), so
+//! the SDKs' `chat.completions.parse` works offline.
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::mock_llm::body::{json_response, openai_chunk, sse_done, sse_response, MockBody};
+use crate::mock_llm::body::{error_response, json_response, openai_chunk, sse_done, sse_response, MockBody};
 use crate::mock_llm::reply::{
-    chat_prompt_tokens, include_usage, is_stream, max_tokens, model_of, next_id, openai_usage, piece, unix_now, Opts,
-    Reply,
+    chat_prompt_tokens, include_usage, is_stream, max_tokens, model_of, next_id, openai_usage, structured_text,
+    unix_now, Api, Opts, Reply,
 };
 
 /// `POST /v1/chat/completions`.
 pub(super) fn chat_completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     let model = model_of(req);
     let prompt_tokens = chat_prompt_tokens(req.get("messages"), 0);
-    let reply = Reply::plan(max_tokens(req, &["max_completion_tokens", "max_tokens"]), opts);
+    let json_text = match structured_text(req.get("response_format"), "response_format") {
+        Ok(text) => text,
+        Err(message) => return error_response(Api::OpenAi, StatusCode::BAD_REQUEST, &message),
+    };
+    let reply = Reply::for_format(json_text, max_tokens(req, &["max_completion_tokens", "max_tokens"]), opts);
     let finish_reason = if reply.truncated { "length" } else { "stop" };
     let usage = openai_usage(prompt_tokens, reply.words as u64);
     let id = format!("chatcmpl-mock-{}", next_id());
@@ -48,7 +54,7 @@ pub(super) fn chat_completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     let choice = |delta: Value, finish: Option<&str>| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
     sse_response(total, opts.delay, move |k| match k {
         0 => chunk(choice(json!({"role": "assistant", "content": "", "refusal": null}), None), None),
-        k if k <= n => chunk(choice(json!({"content": piece(k - 1)}), None), None),
+        k if k <= n => chunk(choice(json!({"content": reply.piece(k - 1)}), None), None),
         k if k == n + 1 => chunk(choice(json!({}), Some(finish_reason)), None),
         k if k == n + 2 && with_usage => chunk(json!([]), Some(&usage)),
         _ => sse_done(),

@@ -8,6 +8,15 @@
 //! request (the rule is documented on `chat_prompt_tokens`), and embeddings are derived from
 //! a hash of the input.
 //!
+//! Structured outputs: a chat `response_format` or a Responses API `text.format` of type
+//! `json_schema` is answered with JSON that fits the schema (`schema_fit`: every property,
+//! first `enum` / `anyOf` branch, `$ref`s followed, formats such as `date-time` or `uuid` as
+//! valid examples; deterministic and bounded, recursive schemas included), and `json_object`
+//! with a small object, so the SDKs' `chat.completions.parse` and `responses.parse` work
+//! offline. The JSON streams piece by piece (a piece ends at its punctuation or before a space
+//! in a string), one output token per piece. A format that is not an object, an unknown
+//! format `type`, or a `schema` that is not an object gets a 400.
+//!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
 //! `POST /v1/responses`, `POST /v1/messages` (Anthropic), `GET /v1/models`,
 //! `GET /v1/models/{id}` (Anthropic-shaped when the request carries `anthropic-version`) and
@@ -23,7 +32,8 @@
 //!   body (OpenAI `{"error":{...}}`, or Anthropic `{"type":"error","error":{...}}` on
 //!   `/v1/messages`) instead of a reply.
 //! - `x-mock-chunks: <n>`: the reply has `n` words (the sentence repeats cyclically), so a
-//!   test can ask for long streams. `max_tokens` still caps it.
+//!   test can ask for long streams (a structured-output reply keeps its JSON). `max_tokens`
+//!   still caps it.
 //! - `x-mock-chunk-delay-ms: <n>`: the delay between streamed events for this request.
 //!
 //! Every response carries `x-mock-request-headers`, a compact JSON object (name → value,
@@ -33,7 +43,8 @@
 //!
 //! One file per API: `chat`, `completions`, `embeddings`, `responses`, `messages`
 //! (Anthropic), `models`; `reply` holds what they share (the reply, the test hooks, token
-//! counts) and `body` the responses and paced streams. It imports nothing else of the crate:
+//! counts), `schema_fit` the JSON value that fits a schema, and `body` the responses and paced
+//! streams. It imports nothing else of the crate:
 //! it is the upstream, not a part of the proxy.
 
 pub(crate) mod body;
@@ -44,6 +55,7 @@ pub(crate) mod messages;
 pub(crate) mod models;
 pub(crate) mod reply;
 pub(crate) mod responses;
+pub(crate) mod schema_fit;
 
 use std::convert::Infallible;
 use std::io;

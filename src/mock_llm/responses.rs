@@ -1,11 +1,14 @@
 //! `POST /v1/responses` (OpenAI Responses API): a response object, or its typed event stream.
+//! A `text.format` of type `json_schema` or `json_object` makes the output text JSON (a value
+//! that fits the schema), so the SDKs' `responses.parse` works offline; the response echoes
+//! the format in its `text`.
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::mock_llm::body::{json_response, sse_event, sse_response, MockBody};
+use crate::mock_llm::body::{error_response, json_response, sse_event, sse_response, MockBody};
 use crate::mock_llm::reply::{
-    chat_prompt_tokens, is_stream, model_of, next_id, piece, text_words, unix_now, Opts, Reply,
+    chat_prompt_tokens, is_stream, model_of, next_id, structured_text, text_words, unix_now, Api, Opts, Reply,
 };
 
 /// `POST /v1/responses` (the OpenAI Responses API).
@@ -14,7 +17,15 @@ pub(super) fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
     let instructions = req.get("instructions").cloned().unwrap_or(Value::Null);
     let input_tokens = chat_prompt_tokens(req.get("input"), text_words(&instructions));
     let max_output = req.get("max_output_tokens").and_then(Value::as_u64);
-    let reply = Reply::plan(max_output, opts);
+    let format = req.pointer("/text/format");
+    let json_text = match structured_text(format, "text.format") {
+        Ok(text) => text,
+        Err(message) => return error_response(Api::OpenAi, StatusCode::BAD_REQUEST, &message),
+    };
+    let text_config =
+        json!({"format": format.filter(|f| !f.is_null()).cloned().unwrap_or_else(|| json!({"type": "text"}))});
+    let reply = Reply::for_format(json_text, max_output, opts);
+    let truncated = reply.truncated;
     let output_tokens = reply.words as u64;
     let usage = json!({
         "input_tokens": input_tokens,
@@ -47,7 +58,7 @@ pub(super) fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
             "created_at": unix_now(),
             "status": status,
             "error": null,
-            "incomplete_details": if reply.truncated && status == "incomplete" {
+            "incomplete_details": if truncated && status == "incomplete" {
                 json!({"reason": "max_output_tokens"})
             } else {
                 Value::Null
@@ -61,7 +72,7 @@ pub(super) fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
             "reasoning": {"effort": null, "summary": null},
             "store": false,
             "temperature": 1.0,
-            "text": {"format": {"type": "text"}},
+            "text": text_config,
             "tool_choice": "auto",
             "tools": [],
             "top_p": 1.0,
@@ -83,7 +94,7 @@ pub(super) fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
     let item_added = message_item("in_progress", json!([]));
     let empty_part = text_part("");
     let full_part = text_part(&text);
-    let last_type = if reply.truncated { "response.incomplete" } else { "response.completed" };
+    let last_type = if truncated { "response.incomplete" } else { "response.completed" };
     let words = reply.words;
     // Events: created, in_progress, output_item.added, content_part.added, one delta per
     // word, output_text.done, content_part.done, output_item.done, completed.
@@ -102,7 +113,7 @@ pub(super) fn responses(req: &Value, opts: &Opts) -> Response<MockBody> {
                 "response.output_text.delta",
                 json!({
                     "item_id": item_id, "output_index": 0, "content_index": 0,
-                    "delta": piece(k - 4), "logprobs": [],
+                    "delta": reply.piece(k - 4), "logprobs": [],
                 }),
             ),
             k if k == 4 + words => (

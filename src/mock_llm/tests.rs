@@ -386,6 +386,145 @@ async fn responses_stream_ends_with_completed_and_usage() {
     assert_eq!(done["usage"]["output_tokens"], 12);
 }
 
+/// A strict schema as the SDKs send it: a nested object by `$ref`, an enum, a list, a
+/// nullable string.
+fn ticket_schema() -> Value {
+    json!({
+        "$defs": {"Who": {"type": "object", "properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]}},
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "level": {"enum": ["low", "high"]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+            "who": {"$ref": "#/$defs/Who"},
+            "note": {"type": ["string", "null"]},
+            "due": {"type": "string", "format": "date-time"},
+        },
+        "required": ["title", "level", "tags", "who", "note", "due"],
+        "additionalProperties": false,
+    })
+}
+
+fn ticket_answer() -> Value {
+    json!({
+        "title": "mock", "level": "low", "tags": ["mock", "mock"], "who": {"email": "mock@example.com"},
+        "note": "mock", "due": "2024-01-01T00:00:00Z",
+    })
+}
+
+#[tokio::test]
+async fn chat_json_schema_answers_fitting_json_whole_and_streamed() {
+    let addr = start(0).await;
+    let format =
+        json!({"type": "json_schema", "json_schema": {"name": "ticket", "schema": ticket_schema(), "strict": true}});
+    let body = json!({"model": "m", "messages": [], "response_format": format});
+    let v = post(addr, "/v1/chat/completions", body.clone()).await.json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    assert_eq!(serde_json::from_str::<Value>(&content).unwrap(), ticket_answer());
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let pieces = reply::json_pieces(&content).len();
+    assert_eq!(v["usage"]["completion_tokens"], pieces);
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = post(addr, "/v1/chat/completions", streamed).await.data_json();
+    let deltas: Vec<&str> = chunks[1..].iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!((deltas.len(), deltas.concat()), (pieces, content), "one chunk per piece, the same JSON");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], pieces);
+
+    // json_object: a small object; max_tokens cuts the JSON like the real API does.
+    let body = json!({"model": "m", "messages": [], "response_format": {"type": "json_object"}});
+    let v = post(addr, "/v1/chat/completions", body).await.json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(content).unwrap(), json!({"reply": REPLY_TEXT}));
+    let body = json!({"model": "m", "messages": [], "response_format": {"type": "json_object"}, "max_tokens": 2});
+    let v = post(addr, "/v1/chat/completions", body).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "{\"reply\":");
+    assert_eq!(
+        (v["choices"][0]["finish_reason"].as_str(), v["usage"]["completion_tokens"].as_u64()),
+        (Some("length"), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn responses_text_format_answers_fitting_json_and_echoes_the_format() {
+    let addr = start(0).await;
+    let format = json!({"type": "json_schema", "name": "ticket", "schema": ticket_schema(), "strict": true});
+    let body = json!({"model": "gpt-4o", "input": "file it", "text": {"format": format}});
+    let v = post(addr, "/v1/responses", body.clone()).await.json();
+    let text = v["output"][0]["content"][0]["text"].as_str().unwrap().to_owned();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), ticket_answer());
+    assert_eq!(v["text"]["format"], format);
+    assert_eq!(v["usage"]["output_tokens"], reply::json_pieces(&text).len());
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let data: Vec<Value> = post(addr, "/v1/responses", streamed)
+        .await
+        .events()
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: String = data
+        .iter()
+        .filter(|d| d["type"] == "response.output_text.delta")
+        .map(|d| d["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deltas, text);
+    let done = &data.last().unwrap()["response"];
+    assert_eq!((done["status"].as_str(), &done["text"]["format"]), (Some("completed"), &format));
+    assert_eq!(done["usage"]["output_tokens"], v["usage"]["output_tokens"]);
+
+    let body = json!({"model": "gpt-4o", "input": "x", "text": {"format": {"type": "json_object"}}});
+    let v = post(addr, "/v1/responses", body).await.json();
+    assert!(serde_json::from_str::<Value>(v["output"][0]["content"][0]["text"].as_str().unwrap()).unwrap().is_object());
+}
+
+#[tokio::test]
+async fn malformed_output_formats_are_400s_and_odd_schemas_are_answered() {
+    let addr = start(0).await;
+    let chat = |format: Value| json!({"model": "m", "messages": [], "response_format": format});
+    let responses = |format: Value| json!({"model": "m", "input": "x", "text": {"format": format}});
+    for (path, body) in [
+        ("/v1/chat/completions", chat(json!("json"))),
+        ("/v1/chat/completions", chat(json!({"type": "yaml"}))),
+        ("/v1/chat/completions", chat(json!({"type": "json_schema"}))),
+        ("/v1/chat/completions", chat(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}))),
+        ("/v1/responses", responses(json!({"type": "json_schema", "name": "x", "schema": "object"}))),
+        ("/v1/responses", responses(json!({}))),
+    ] {
+        let r = post(addr, path, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error", "{body}");
+    }
+    // Any schema object is answered with valid JSON; `text` is the plain reply.
+    for schema in [json!({"type": 5, "items": "x"}), json!({"$ref": "#/nowhere"}), json!(true), json!({"$ref": "#"})] {
+        let body = chat(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}));
+        let v = post(addr, "/v1/chat/completions", body).await.json();
+        assert!(
+            serde_json::from_str::<Value>(v["choices"][0]["message"]["content"].as_str().unwrap()).is_ok(),
+            "{schema}"
+        );
+    }
+    let v = post(addr, "/v1/chat/completions", chat(json!({"type": "text"}))).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], REPLY_TEXT);
+}
+
+#[test]
+fn json_pieces_split_at_punctuation_and_spaces_and_concatenate_back() {
+    let text = r#"{"a b":[1,{"c":"x \" y"}],"d":null}"#;
+    let pieces = reply::json_pieces(text);
+    assert_eq!(
+        pieces,
+        [
+            r#"{"#, r#""a"#, r#" b":"#, "[", "1,", "{", r#""c":"#, r#""x"#, r#" \""#, r#" y""#, "}", "],", r#""d":"#,
+            "null", "}"
+        ]
+    );
+    assert_eq!(pieces.concat(), text);
+}
+
 #[tokio::test]
 async fn legacy_completions_plain_and_stream() {
     let addr = start(0).await;

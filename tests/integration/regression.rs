@@ -545,4 +545,52 @@ async fn usage_table_broke_on_a_model_name_with_a_newline_and_lost_the_asked_col
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("day,team,model,requests"), "{csv}");
     assert!(!csv.contains("TOTAL"), "{csv}");
+
+/// `mock-llm` ignored `response_format` (chat) and `text.format` (Responses API) and answered
+/// its sentence, so the OpenAI SDK's structured-output helpers (`chat.completions.parse`,
+/// `responses.parse`, and their streaming twins) failed offline: the sentence is not JSON. It
+/// now answers JSON that fits the schema the SDK derived from a Pydantic model (nested model,
+/// list, enum, `Literal`, optional, int/float/bool), streamed piece by piece, with usage that
+/// counts those pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_llm_answers_structured_output_requests_with_schema_fitting_json() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/structured_output.py");
+    let base = proxy.url("");
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(script).arg(base).output())
+            .await
+            .unwrap()
+            .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the SDK script failed (tests/run.sh installs the SDK):\n{stderr}");
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+
+    let chat = &seen["chat"];
+    let ticket = &chat["value"];
+    assert_eq!(ticket["priority"], "low", "an enum answers its first value: {ticket}");
+    assert_eq!(ticket["kind"], "bug", "a Literal answers its first value: {ticket}");
+    assert!(ticket["title"].as_str().is_some_and(|s| !s.is_empty()), "{ticket}");
+    assert!(ticket["address"]["city"].is_string() && ticket["history"][0]["street"].is_string(), "{ticket}");
+    assert!(ticket["tags"].as_array().is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_string)), "{ticket}");
+    assert!(ticket["assignee"].is_string(), "an optional field gets a value, not null: {ticket}");
+    let types = json!({
+        "title": "str", "count": "int", "score": "float", "urgent": "bool", "priority": "Priority",
+        "kind": "str", "tags": "list", "address": "Address", "history": "list", "assignee": "str",
+    });
+    for helper in ["chat", "chat_stream", "responses", "responses_stream"] {
+        assert_eq!(seen[helper]["types"], types, "{helper}: the SDK parsed every field with its type");
+        assert_eq!(seen[helper]["value"], *ticket, "{helper}: the same deterministic answer");
+        assert!(seen[helper]["input_tokens"].as_u64().is_some_and(|n| n > 0), "{helper}");
+    }
+    let pieces = chat["output_tokens"].as_u64().unwrap();
+    assert!(pieces > 10, "one output token per streamed piece of the JSON: {pieces}");
+    for helper in ["chat_stream", "responses", "responses_stream"] {
+        assert_eq!(seen[helper]["output_tokens"], pieces, "{helper}: usage counts the same pieces");
+    }
+    assert_eq!(seen["chat_stream"]["chunks"], pieces, "the JSON streams in as many chunks as output tokens");
+    assert_eq!(seen["responses_stream"]["chunks"], pieces);
+    assert_eq!(seen["chat_stream"]["content"], chat["content"], "the streamed text is the whole JSON");
+    assert!(seen["json_object"].is_object(), "json_object mode answers an object: {}", seen["json_object"]);
 }
