@@ -545,6 +545,7 @@ async fn usage_table_broke_on_a_model_name_with_a_newline_and_lost_the_asked_col
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("day,team,model,requests"), "{csv}");
     assert!(!csv.contains("TOTAL"), "{csv}");
+}
 
 /// `mock-llm` ignored `response_format` (chat) and `text.format` (Responses API) and answered
 /// its sentence, so the OpenAI SDK's structured-output helpers (`chat.completions.parse`,
