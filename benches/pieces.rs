@@ -140,6 +140,7 @@ fn recorded_span() -> Span {
         parent_span_id: SpanId::from_hex("00f067aa0ba902b7"),
         name: "chat gpt-4o-mini".into(),
         kind: SpanKind::Llm,
+        span_kind: None,
         start_time_unix_nano: 1_732_406_400_123_456_789,
         duration_ms: 1843.217,
         ttft_ms: Some(212.904),
@@ -169,6 +170,7 @@ fn recorded_span() -> Span {
             ("env".to_owned(), "staging".to_owned()),
         ]),
         error: None,
+        events: Vec::new(),
     }
 }
 

@@ -75,7 +75,9 @@ pub fn trace(value: &Value) -> String {
         let parent = span["parent_span_id"].as_str().filter(|p| ids.contains(p));
         children.entry(parent).or_default().push(span);
     }
-    let (input, output): (u64, u64) = spans.iter().fold((0, 0), |(i, o), s| {
+    // Tokens of the proxied calls only, as in the trace list: an app's GenAI span may describe
+    // one of those very calls.
+    let (input, output): (u64, u64) = spans.iter().filter(|s| s["kind"] == "llm").fold((0, 0), |(i, o), s| {
         (i + s["input_tokens"].as_u64().unwrap_or(0), o + s["output_tokens"].as_u64().unwrap_or(0))
     });
     let costs: Vec<f64> = spans.iter().filter_map(|s| s["cost_usd"].as_f64()).collect();
@@ -139,7 +141,8 @@ fn describe_span(span: &Value, trace_start: u64) -> String {
         }
         _ => line.push_str("  tokens ?"),
     }
-    let has_model = span["response_model"].is_string() || span["request_model"].is_string();
+    // Ingested app spans are never priced (their call may also be a proxied one): no "unpriced".
+    let has_model = span["kind"] == "llm" && (span["response_model"].is_string() || span["request_model"].is_string());
     match span["cost_usd"].as_f64() {
         Some(cost) => {
             let _ = write!(line, "  {}", format_cost(Some(cost)));
@@ -319,10 +322,11 @@ mod tests {
     #[test]
     fn trace_tree_nests_children_under_parents() {
         let v = serde_json::json!({"trace_id": "t", "spans": [
-            {"span_id": "a", "parent_span_id": "caller", "name": "agent", "status": "ok", "start_time_unix_nano": 1_000_000, "duration_ms": 10.0},
-            {"span_id": "b", "parent_span_id": "a", "name": "chat gpt-4o", "status": "ok", "status_code": 200, "start_time_unix_nano": 2_000_000, "duration_ms": 5.0, "ttft_ms": 1.5, "input_tokens": 3, "output_tokens": 4, "usage_source": "reported", "request_model": "gpt-4o"}
+            {"span_id": "a", "parent_span_id": "caller", "name": "agent", "kind": "app", "status": "ok", "start_time_unix_nano": 1_000_000, "duration_ms": 10.0, "input_tokens": 3, "output_tokens": 4, "usage_source": "reported"},
+            {"span_id": "b", "parent_span_id": "a", "name": "chat gpt-4o", "kind": "llm", "status": "ok", "status_code": 200, "start_time_unix_nano": 2_000_000, "duration_ms": 5.0, "ttft_ms": 1.5, "input_tokens": 3, "output_tokens": 4, "usage_source": "reported", "request_model": "gpt-4o"}
         ]});
         let text = trace(&v);
+        assert!(text.contains("  tokens 3/4  "), "the app span describing the call is not counted again: {text}");
         assert!(text.contains("└─ agent"), "{text}");
         assert!(
             text.contains(

@@ -16,6 +16,27 @@ pub enum SpanKind {
     App,
 }
 
+/// OpenTelemetry's kind of an ingested span (`kind` stays `app`; SPEC fixes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtelSpanKind {
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+/// A timed event an application recorded on an ingested span (an `exception`, a retry, ...),
+/// its attributes as text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpanEvent {
+    pub name: String,
+    pub time_unix_nano: u64,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum SpanStatus {
@@ -53,6 +74,9 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     pub name: String,
     pub kind: SpanKind,
+    /// The OpenTelemetry kind of an ingested span; null for proxied calls and unspecified kinds.
+    #[serde(default)]
+    pub span_kind: Option<OtelSpanKind>,
     pub start_time_unix_nano: u64,
     pub duration_ms: f64,
     pub ttft_ms: Option<f64>,
@@ -89,11 +113,15 @@ pub struct Span {
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     pub error: Option<String>,
+    /// The events of an ingested span (bounded by `formats::otlp`); always present, `[]` for
+    /// proxied calls.
+    #[serde(default)]
+    pub events: Vec<SpanEvent>,
 }
 
 impl Span {
     /// A span with these ids, kind and name and nothing else known yet: it starts at 0, lasts
-    /// 0 ms, is `ok`, and has no route, model, tokens (`missing`), cost, tags or error.
+    /// 0 ms, is `ok`, and has no route, model, tokens (`missing`), cost, tags, error or events.
     pub fn new(trace_id: TraceId, span_id: SpanId, kind: SpanKind, name: String) -> Span {
         Span {
             trace_id,
@@ -101,6 +129,7 @@ impl Span {
             parent_span_id: None,
             name,
             kind,
+            span_kind: None,
             start_time_unix_nano: 0,
             duration_ms: 0.0,
             ttft_ms: None,
@@ -127,6 +156,7 @@ impl Span {
             session: None,
             properties: BTreeMap::new(),
             error: None,
+            events: Vec::new(),
         }
     }
 
@@ -153,6 +183,7 @@ pub struct TraceSummary {
     pub start_time_unix_nano: u64,
     pub duration_ms: f64,
     pub span_count: u64,
+    /// Tokens of the trace's proxied calls (`llm` spans) only; see [`TraceSummary::add`].
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: Option<f64>,
@@ -201,8 +232,12 @@ impl TraceSummary {
         self.end_time_unix_nano = self.end_time_unix_nano.max(span.end_time_unix_nano());
         self.duration_ms = self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano) as f64 / 1e6;
         self.span_count += 1;
-        self.input_tokens = self.input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
-        self.output_tokens = self.output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
+        // Only proxied calls count: an app's GenAI span may describe the very call that also
+        // went through the proxy, and its tokens would be counted twice.
+        if span.kind == SpanKind::Llm {
+            self.input_tokens = self.input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
+            self.output_tokens = self.output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
+        }
         if let Some(cost) = span.cost_usd {
             self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
         }
@@ -224,4 +259,36 @@ impl TraceSummary {
 pub struct SpanWrite {
     pub span: Span,
     pub bodies: Option<SpanBodies>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(kind: SpanKind, tokens: (u64, u64)) -> Span {
+        Span {
+            input_tokens: Some(tokens.0),
+            output_tokens: Some(tokens.1),
+            usage_source: UsageSource::Reported,
+            ..Span::new(TraceId([1; 16]), SpanId([2; 8]), kind, "chat m".into())
+        }
+    }
+
+    #[test]
+    fn a_span_stored_before_span_kind_and_events_still_decodes() {
+        let mut json = serde_json::to_value(span(SpanKind::App, (1, 2))).unwrap();
+        assert_eq!((&json["span_kind"], &json["events"]), (&serde_json::Value::Null, &serde_json::json!([])));
+        let object = json.as_object_mut().unwrap();
+        object.remove("span_kind");
+        object.remove("events");
+        let old: Span = serde_json::from_value(json).unwrap();
+        assert_eq!(old, span(SpanKind::App, (1, 2)));
+    }
+
+    #[test]
+    fn trace_totals_count_the_tokens_of_proxied_calls_only() {
+        let mut summary = TraceSummary::new(&span(SpanKind::App, (120, 30)));
+        summary.add(&span(SpanKind::Llm, (12, 3)));
+        assert_eq!((summary.span_count, summary.input_tokens, summary.output_tokens), (2, 12, 3));
+    }
 }

@@ -4,8 +4,8 @@
 //   node ui.mjs ADMIN_URL PROXY_URL TRACE_ID SCREENSHOT_DIR [TOKEN]
 //
 // Checks that the trace list shows every trace the API lists, that a click opens the
-// waterfall with one bar per span, that the usage page shows the API's totals, and that a new
-// call appears without a reload. With TOKEN, first logs in through the UI's form.
+// waterfall with one bar per span (and an app span's kind and events in its panel), that the
+// usage page shows the API's totals, and that a new call appears without a reload. With TOKEN, first logs in through the UI's form.
 // Exits non-zero with a message on the first failed check; prints a JSON summary on success.
 
 import { chromium } from 'playwright-core';
@@ -77,6 +77,16 @@ try {
   const assembled = await page.locator('#span-panel .assembled').innerText();
   if (!assembled.includes('mock reply')) fail(`assembled stream text is ${JSON.stringify(assembled)}`);
   await page.screenshot({ path: `${shots}/ui-trace.png` });
+  // The app span's panel shows its OpenTelemetry kind and its events.
+  const app = spans.find((s) => s.kind === 'app');
+  if (app) {
+    await page.click(`.span-bar[data-span-id="${app.span_id}"]`);
+    await page.waitForSelector('#span-panel .span-event');
+    const panel = await page.locator('#span-panel').innerText();
+    if (app.span_kind && !panel.includes(app.span_kind)) fail(`the app span's panel lacks its kind ${app.span_kind}`);
+    for (const e of app.events) if (!panel.includes(e.name)) fail(`the app span's panel lacks the event ${e.name}`);
+    summary.app_span_events = await page.locator('#span-panel .span-event').count();
+  }
 
   // 4. The usage page shows the same totals as /api/usage for the same days.
   await page.goto(admin + '/#/usage');

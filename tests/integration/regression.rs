@@ -595,3 +595,173 @@ async fn mock_llm_answers_structured_output_requests_with_schema_fitting_json() 
     assert_eq!(seen["chat_stream"]["content"], chat["content"], "the streamed text is the whole JSON");
     assert!(seen["json_object"].is_object(), "json_object mode answers an object: {}", seen["json_object"]);
 }
+
+/// Sends one OTLP/JSON export request with these spans (resource `service.name` = `agent-app`)
+/// to the admin listener's `/v1/traces`.
+async fn ingest(proxy: &Proxy, spans: Value) {
+    let request = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "agent-app"}}]},
+        "scopeSpans": [{"spans": spans}]}]});
+    let (status, _, body) = post(&proxy.admin_url("/v1/traces"), &[], &request.to_string()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// An ingested span's OpenTelemetry SpanKind (client, server, ...) was dropped: every span
+/// became `kind = "app"` with nothing else to tell a server span from a client call. `kind`
+/// stays `app` (SPEC); the OpenTelemetry kind is kept in `span_kind` now.
+#[tokio::test]
+async fn ingested_span_keeps_its_otel_span_kind() {
+    let proxy = Proxy::start("").await;
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let span = |id: &str, kind: u8| {
+        json!({"traceId": trace, "spanId": id, "name": format!("kind {kind}"), "kind": kind,
+            "startTimeUnixNano": "1795000000000000000", "endTimeUnixNano": "1795000000100000000"})
+    };
+    ingest(&proxy, json!([span("1000000000000001", 2), span("1000000000000002", 3), span("1000000000000003", 0)]))
+        .await;
+    let spans = proxy.wait_spans(trace, 3).await;
+    let kinds: Vec<(&str, &Value, &Value)> =
+        spans.iter().map(|s| (s["span_id"].as_str().unwrap(), &s["kind"], &s["span_kind"])).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("1000000000000001", &json!("app"), &json!("server")),
+            ("1000000000000002", &json!("app"), &json!("client")),
+            ("1000000000000003", &json!("app"), &Value::Null),
+        ]
+    );
+}
+
+/// A GenAI span an app exported (OpenTelemetry's openai instrumentation: `gen_ai.usage.*`,
+/// `gen_ai.request.model`, `gen_ai.system`) showed no tokens or model: its numbers sat in
+/// properties only. They fill the span's token and model fields now (`reported`), unpriced and
+/// not charged to any ledger row, and the trace's totals count the proxied call's tokens
+/// once, not again for the app's span that describes the same call.
+#[tokio::test]
+async fn ingested_genai_span_shows_its_usage_as_tokens() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let config = format!(
+        "{}[pricing.\"gpt-4o-mini\"]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.60\n",
+        provider("openai", "/openai", mock.addr, "openai")
+    );
+    let proxy = Proxy::start(&config).await;
+    let trace = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let app_span = "2000000000000001";
+    let (_, headers, _) =
+        post(&proxy.url("/openai/v1/chat/completions"), &[("traceparent", &format!("00-{trace}-{app_span}-01"))], CHAT)
+            .await;
+    let llm_span = header(&headers, "x-tracegate-span-id").to_string();
+    let int = |n: u64| json!({"intValue": n.to_string()});
+    let text = |s: &str| json!({"stringValue": s});
+    ingest(
+        &proxy,
+        json!([{"traceId": trace, "spanId": app_span, "name": "chat gpt-4o-mini", "kind": 3,
+        "startTimeUnixNano": "1795000000000000000", "endTimeUnixNano": "1795000000900000000",
+        "attributes": [
+            {"key": "gen_ai.system", "value": text("openai")},
+            {"key": "gen_ai.operation.name", "value": text("chat")},
+            {"key": "gen_ai.request.model", "value": text("gpt-4o-mini")},
+            {"key": "gen_ai.response.model", "value": text("gpt-4o-mini-2024-07-18")},
+            {"key": "gen_ai.usage.input_tokens", "value": int(120)},
+            {"key": "gen_ai.usage.output_tokens", "value": int(30)},
+            {"key": "gen_ai.usage.cache_read.input_tokens", "value": int(100)},
+            {"key": "gen_ai.usage.reasoning.output_tokens", "value": int(10)},
+        ]}]),
+    )
+    .await;
+    let spans = proxy.wait_spans(trace, 2).await;
+    let app = spans.iter().find(|s| s["span_id"] == app_span).unwrap();
+    let llm = spans.iter().find(|s| s["span_id"] == llm_span.as_str()).unwrap();
+    assert_eq!(app["kind"], "app");
+    assert_eq!((app["input_tokens"].as_u64(), app["output_tokens"].as_u64()), (Some(120), Some(30)));
+    assert_eq!((app["cache_read_input_tokens"].as_u64(), app["reasoning_tokens"].as_u64()), (Some(100), Some(10)));
+    assert_eq!(app["usage_source"], "reported");
+    assert_eq!(
+        (&app["provider"], &app["operation"], &app["request_model"], &app["response_model"]),
+        (&json!("openai"), &json!("chat"), &json!("gpt-4o-mini"), &json!("gpt-4o-mini-2024-07-18"))
+    );
+    assert_eq!(app["properties"]["gen_ai.usage.input_tokens"], "120", "attributes stay properties too");
+    assert_eq!(app["cost_usd"], Value::Null, "an ingested span is not priced");
+
+    // The trace's totals and the usage ledger count the proxied call only.
+    let (_, listing) = proxy.admin_get("/api/traces").await;
+    let summary = listing["traces"].as_array().unwrap().iter().find(|t| t["trace_id"] == trace).unwrap().clone();
+    assert_eq!(
+        (summary["input_tokens"].as_u64(), summary["output_tokens"].as_u64()),
+        (llm["input_tokens"].as_u64(), llm["output_tokens"].as_u64())
+    );
+    assert_eq!(summary["cost_usd"], llm["cost_usd"]);
+    let (_, usage) = proxy.admin_get("/api/usage?group_by=model").await;
+    assert_eq!(usage["totals"]["requests"], 1, "{usage}");
+    assert_eq!(usage["totals"]["input_tokens"], llm["input_tokens"], "{usage}");
+}
+
+/// Array attributes of ingested spans were flattened to `[a,b]`: `["stop","a,b"]` became
+/// `[stop,a,b]`, the same text as three values. Arrays and maps are JSON text now; a scalar
+/// string stays as it is.
+#[tokio::test]
+async fn ingested_array_attribute_was_flattened_ambiguously() {
+    let proxy = Proxy::start("").await;
+    let trace = "8bf92f3577b34da6a3ce929d0e0e4736";
+    let strings =
+        |v: &[&str]| json!({"arrayValue": {"values": v.iter().map(|s| json!({"stringValue": s})).collect::<Vec<_>>()}});
+    ingest(
+        &proxy,
+        json!([{"traceId": trace, "spanId": "3000000000000001", "name": "step",
+            "startTimeUnixNano": "1795000000000000000", "endTimeUnixNano": "1795000000100000000",
+            "attributes": [
+                {"key": "gen_ai.response.finish_reasons", "value": strings(&["stop", "a,b"])},
+                {"key": "three", "value": strings(&["stop", "a", "b"])},
+                {"key": "mixed", "value": {"arrayValue": {"values": [{"intValue": "1"}, {"boolValue": true}, {"doubleValue": 0.5}]}}},
+                {"key": "map", "value": {"kvlistValue": {"values": [{"key": "k", "value": {"stringValue": "v=1,x"}}]}}},
+                {"key": "plain", "value": {"stringValue": "[not json"}},
+            ]}]),
+    )
+    .await;
+    let span = proxy.wait_spans(trace, 1).await.remove(0);
+    let p = &span["properties"];
+    assert_eq!(p["gen_ai.response.finish_reasons"], r#"["stop","a,b"]"#);
+    assert_eq!(p["three"], r#"["stop","a","b"]"#);
+    assert_eq!(p["mixed"], "[1,true,0.5]");
+    assert_eq!(p["map"], r#"{"k":"v=1,x"}"#);
+    assert_eq!(p["plain"], "[not json");
+}
+
+/// Span events of ingested spans were dropped, `exception` events too: a failed span whose
+/// status carried no message said only `error`. Events are kept now (bounded), and an
+/// exception event gives the error its `exception.type: exception.message`.
+#[tokio::test]
+async fn ingested_exception_event_was_dropped() {
+    let proxy = Proxy::start("").await;
+    let trace = "9cf92f3577b34da6a3ce929d0e0e4736";
+    let text = |s: &str| json!({"stringValue": s});
+    ingest(
+        &proxy,
+        json!([{"traceId": trace, "spanId": "4000000000000001", "name": "tool call",
+            "startTimeUnixNano": "1795000000000000000", "endTimeUnixNano": "1795000000100000000",
+            "status": {"code": 2},
+            "events": [
+                {"name": "retry", "timeUnixNano": "1795000000010000000", "attributes": [{"key": "attempt", "value": {"intValue": "2"}}]},
+                {"name": "exception", "timeUnixNano": "1795000000090000000", "attributes": [
+                    {"key": "exception.type", "value": text("ValueError")},
+                    {"key": "exception.message", "value": text("no such city")},
+                    {"key": "exception.stacktrace", "value": text(&"frame\n".repeat(10_000))},
+                ]},
+            ]}]),
+    )
+    .await;
+    let span = proxy.wait_spans(trace, 1).await.remove(0);
+    assert_eq!((&span["status"], &span["error"]), (&json!("error"), &json!("ValueError: no such city")));
+    let events = span["events"].as_array().expect("events are kept");
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[0],
+        json!({"name": "retry", "time_unix_nano": 1_795_000_000_010_000_000u64, "attributes": {"attempt": "2"}})
+    );
+    assert_eq!(
+        (&events[1]["name"], &events[1]["attributes"]["exception.type"]),
+        (&json!("exception"), &json!("ValueError"))
+    );
+    let stack = events[1]["attributes"]["exception.stacktrace"].as_str().unwrap();
+    assert!(stack.starts_with("frame\n") && stack.len() < 10_000, "a long attribute is cut: {} bytes", stack.len());
+}

@@ -1,7 +1,8 @@
 //! The web UI in a real headless Chromium (Debian's `chromium`, driven by playwright-core from
 //! tests/e2e/ui.mjs) against a real tracegate with real traffic from `mock-llm`: the list shows
-//! the traces, a click opens the waterfall with one bar per span, the usage page shows the API's
-//! totals, new calls appear live, and an admin token is asked for. Screenshots are written to
+//! the traces, a click opens the waterfall with one bar per span (an app span's panel shows its
+//! OpenTelemetry kind and events), the usage page shows the API's totals, new calls appear
+//! live, and an admin token is asked for. Screenshots are written to
 //! $TRACEGATE_SCREENSHOTS (docs/ holds the committed ones) or a temp dir.
 
 use std::path::PathBuf;
@@ -18,8 +19,10 @@ async fn traffic(proxy: &Proxy) -> String {
     let step = "3333333333333333";
     let now = tracegate::model::clock::unix_nanos();
     let ingest = serde_json::json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "support-agent"}}]},
-        "scopeSpans": [{"spans": [{"traceId": trace, "spanId": step, "name": "answer ticket", "kind": 1,
-            "startTimeUnixNano": (now - 5_000_000).to_string(), "endTimeUnixNano": (now + 900_000_000).to_string()}]}]}]});
+        "scopeSpans": [{"spans": [{"traceId": trace, "spanId": step, "name": "answer ticket", "kind": 2,
+            "startTimeUnixNano": (now - 5_000_000).to_string(), "endTimeUnixNano": (now + 900_000_000).to_string(),
+            "events": [{"name": "tickets retrieved", "timeUnixNano": now.to_string(),
+                "attributes": [{"key": "ticket.ids", "value": {"arrayValue": {"values": [{"stringValue": "T-1"}, {"stringValue": "T-2"}]}}}]}]}]}]}]});
     let (status, _, _) = post(&proxy.admin_url("/v1/traces"), &[], &ingest.to_string()).await;
     assert_eq!(status, 200);
     let traceparent = format!("00-{trace}-{step}-01");
@@ -79,6 +82,7 @@ async fn the_ui_shows_traces_waterfalls_and_usage_in_chromium() {
     let summary = run_browser(&proxy, &trace, None).await;
     assert_eq!(summary["traces"], 5, "one agent trace and four single calls: {summary}");
     assert_eq!(summary["bars"], 4, "the app span and its three LLM calls: {summary}");
+    assert_eq!(summary["app_span_events"], 1, "the app span's panel lists its event: {summary}");
     let (_, usage) = proxy.admin_get("/api/usage").await;
     assert_eq!(summary["requests"], usage["totals"]["requests"], "{summary}");
     assert_eq!(summary["live"], true);

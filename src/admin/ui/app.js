@@ -630,13 +630,15 @@ function traceSummary(spans) {
   const starts = spans.map((s) => Number(s.start_time_unix_nano));
   const t0 = Math.min(...starts);
   const end = Math.max(...spans.map((s, i) => starts[i] + (s.duration_ms ?? 0) * 1e6));
-  const sum = (key) => spans.reduce((acc, s) => (s[key] == null ? acc : (acc ?? 0) + s[key]), null);
+  const sum = (key, of = spans) => of.reduce((acc, s) => (s[key] == null ? acc : (acc ?? 0) + s[key]), null);
+  // Tokens of proxied calls only: an app's GenAI span may describe one of those very calls.
+  const calls = spans.filter((s) => s.kind === "llm");
   const statuses = new Set(spans.map((s) => s.status));
   return {
     start: t0,
     durationMs: (end - t0) / 1e6,
-    inputTokens: sum("input_tokens"),
-    outputTokens: sum("output_tokens"),
+    inputTokens: sum("input_tokens", calls),
+    outputTokens: sum("output_tokens", calls),
     cost: sum("cost_usd"),
     status: statuses.has("error") ? "error" : statuses.has("cancelled") ? "cancelled" : "ok",
     teams: [...new Set(spans.map((s) => s.team).filter(Boolean))],
@@ -784,6 +786,7 @@ const SPAN_FIELDS = [
   ["span_id", "Span id", "mono"],
   ["parent_span_id", "Parent", "mono"],
   ["kind", "Kind"],
+  ["span_kind", "OTel kind"],
   ["status", "Status", "status"],
   ["status_code", "HTTP status"],
   ["provider", "Provider"],
@@ -811,7 +814,7 @@ const SPAN_FIELDS = [
 
 function fieldValue(span, key, type) {
   const value = key === "request" ? [span.method, span.path].filter(Boolean).join(" ") || null : span[key];
-  if (type === "cost" && value == null && span.input_tokens != null && (span.response_model || span.request_model)) {
+  if (type === "cost" && value == null && span.kind === "llm" && span.input_tokens != null && (span.response_model || span.request_model)) {
     return fmtCostOrUnpriced(null, true);
   }
   if (value == null || value === "") return null;
@@ -834,13 +837,14 @@ function kvGrid(entries) {
   );
 }
 
-/** Fields that only mean something for proxied LLM calls. */
+/** Fields that only mean something for proxied LLM calls (usage source: or app spans with tokens). */
 const LLM_ONLY_FIELDS = new Set(["stream", "usage_source"]);
 
 function spanFieldEntries(span) {
   const entries = [];
+  const hasTokens = span.input_tokens != null || span.output_tokens != null;
   for (const [key, label, type] of SPAN_FIELDS) {
-    if (span.kind !== "llm" && LLM_ONLY_FIELDS.has(key)) continue;
+    if (span.kind !== "llm" && LLM_ONLY_FIELDS.has(key) && !(key === "usage_source" && hasTokens)) continue;
     const value = fieldValue(span, key, type);
     if (value == null) continue;
     const cls = type === "mono" ? "mono" : "";
@@ -851,6 +855,24 @@ function spanFieldEntries(span) {
 
 function propertyEntries(properties) {
   return Object.entries(properties ?? {}).map(([key, value]) => [key, typeof value === "string" ? value : JSON.stringify(value), "mono"]);
+}
+
+/** An ingested span's events: name and offset from the span's start, then their attributes. */
+function eventList(span) {
+  const events = span.events ?? [];
+  if (!events.length) return null;
+  const start = Number(span.start_time_unix_nano);
+  return [
+    el("h3", { class: "section-title" }, `Events (${events.length})`),
+    events.map((e) =>
+      el(
+        "div",
+        { class: `span-event${e.name === "exception" ? " span-event-exception" : ""}` },
+        el("div", { class: "span-event-head" }, el("span", {}, e.name || "(unnamed)"), el("span", { class: "muted" }, `+${fmtDuration((Number(e.time_unix_nano) - start) / 1e6)}`)),
+        Object.keys(e.attributes ?? {}).length ? kvGrid(propertyEntries(e.attributes)) : null,
+      ),
+    ),
+  ];
 }
 
 function showSpanPanel(panel, state, span) {
@@ -876,6 +898,7 @@ function showSpanPanel(panel, state, span) {
     span.error ? el("div", { class: "span-error" }, span.error) : null,
     kvGrid(spanFieldEntries(span)),
     properties.length ? [el("h3", { class: "section-title" }, "Properties"), kvGrid(properties)] : null,
+    eventList(span),
     bodies,
   );
   panel.hidden = false;
