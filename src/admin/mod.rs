@@ -37,7 +37,7 @@ use crate::model::span::SpanWrite;
 use crate::model::span::{SpanBodies, SpanStatus};
 use crate::record::metrics::Metrics;
 use crate::record::RecorderHandle;
-use crate::store::{Store, TraceFilter};
+use crate::store::{Store, TraceQuery};
 
 /// Largest OTLP request accepted (after decompression too).
 const MAX_INGEST_BYTES: usize = 16 << 20;
@@ -206,37 +206,65 @@ impl Admin {
     }
 
     async fn list_traces(&self, query: &str) -> Response<AdminBody> {
-        let mut filter = TraceFilter::default();
-        let mut limit = DEFAULT_TRACE_LIMIT;
+        let mut q = TraceQuery { limit: DEFAULT_TRACE_LIMIT, ..TraceQuery::default() };
         for (key, value) in parse_query(query) {
+            // An empty filter filters nothing.
+            if value.is_empty() && key != "limit" && key != "cursor" && TRACES_PARAMETERS.contains(&key.as_str()) {
+                continue;
+            }
+            let text = |field: &mut Option<String>| *field = Some(value.clone());
             match key.as_str() {
                 "limit" => match value.parse::<usize>() {
-                    Ok(n) if n > 0 => limit = n.min(MAX_TRACE_LIMIT),
-                    _ => return error(StatusCode::BAD_REQUEST, "limit must be a positive integer"),
+                    Ok(n) if n > 0 => q.limit = n.min(MAX_TRACE_LIMIT),
+                    _ => return error(StatusCode::BAD_REQUEST, "limit must be a positive integer (at most 1000)"),
                 },
-                "team" if !value.is_empty() => filter.team = Some(value),
-                "model" if !value.is_empty() => filter.model = Some(value),
-                "status" if !value.is_empty() => {
-                    filter.status = Some(match value.as_str() {
+                "cursor" if value.is_empty() => {}
+                "cursor" => match u64::from_str_radix(&value, 16) {
+                    Ok(c) => q.cursor = Some(c),
+                    Err(_) => return error(StatusCode::BAD_REQUEST, "cursor must be a next_cursor this API returned"),
+                },
+                "team" => text(&mut q.team),
+                "user" => text(&mut q.user),
+                "model" => text(&mut q.model),
+                "provider" => text(&mut q.provider),
+                "session" => text(&mut q.session),
+                "status" => {
+                    q.status = Some(match value.as_str() {
                         "ok" => SpanStatus::Ok,
                         "error" => SpanStatus::Error,
                         "cancelled" => SpanStatus::Cancelled,
                         _ => return error(StatusCode::BAD_REQUEST, "status must be ok, error or cancelled"),
                     })
                 }
-                "since" | "until" if !value.is_empty() => match value.parse::<u64>() {
-                    Ok(t) if key == "since" => filter.since_unix_nano = Some(t),
-                    Ok(t) => filter.until_unix_nano = Some(t),
-                    Err(_) => return error(StatusCode::BAD_REQUEST, "since/until are unix times in nanoseconds"),
+                "from" | "to" => {
+                    match crate::model::clock::parse_time(&value) {
+                        Some(t) if key == "from" => q.from_unix_nano = Some(t),
+                        Some(t) => q.to_unix_nano = Some(t),
+                        None => return error(
+                            StatusCode::BAD_REQUEST,
+                            &format!(
+                                "{key} must be an RFC 3339 time (2026-12-05T10:00:00Z), a day, or unix milliseconds"
+                            ),
+                        ),
+                    }
+                }
+                "min_duration_ms" | "min_cost_usd" => match value.parse::<f64>() {
+                    Ok(n) if n.is_finite() && n >= 0.0 && key == "min_duration_ms" => q.min_duration_ms = Some(n),
+                    Ok(n) if n.is_finite() && n >= 0.0 => q.min_cost_usd = Some(n),
+                    _ => return error(StatusCode::BAD_REQUEST, &format!("{key} must be a non-negative number")),
                 },
-                // An empty filter filters nothing.
-                "team" | "model" | "status" | "since" | "until" => {}
+                name if name.starts_with("property.") && name.len() > "property.".len() => {
+                    q.properties.push((name["property.".len()..].to_string(), value));
+                }
                 other => return unknown_parameter("/api/traces", other, TRACES_PARAMETERS),
             }
         }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.list_traces(&filter, limit)).await {
-            Ok(Ok(traces)) => json_response(StatusCode::OK, &json!({ "traces": traces })),
+        match tokio::task::spawn_blocking(move || store.find_traces(&q)).await {
+            Ok(Ok(page)) => json_response(
+                StatusCode::OK,
+                &json!({ "traces": page.traces, "next_cursor": page.next_cursor.map(|c| format!("{c:x}")) }),
+            ),
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
@@ -326,7 +354,21 @@ fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
 }
 
 /// The query parameters `/api/traces` accepts.
-const TRACES_PARAMETERS: &[&str] = &["limit", "team", "model", "status", "since", "until"];
+const TRACES_PARAMETERS: &[&str] = &[
+    "team",
+    "user",
+    "model",
+    "provider",
+    "status",
+    "session",
+    "property.<name>",
+    "from",
+    "to",
+    "min_duration_ms",
+    "min_cost_usd",
+    "limit",
+    "cursor",
+];
 /// The query parameters `/api/usage` accepts.
 const USAGE_PARAMETERS: &[&str] = &["from", "to", "group_by"];
 

@@ -44,6 +44,50 @@ pub fn parse_day(text: &str) -> Option<i64> {
     (civil_from_days(days) == (year, month, day)).then_some(days)
 }
 
+/// Parses a point in time as users write it: unix milliseconds (`1733400000000`), an RFC 3339
+/// time (`2026-12-05T11:30:00Z`, `2026-12-05T12:30:00.250+01:00`) or a day (`2026-12-05`,
+/// midnight UTC). Returns unix nanoseconds; `None` for anything else or before 1970.
+pub fn parse_time(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u64>().ok()?.checked_mul(1_000_000);
+    }
+    let (date, time) = match text.split_once(['T', 't', ' ']) {
+        Some((date, time)) => (date, Some(time)),
+        None => (text, None),
+    };
+    let days = parse_day(date)?;
+    let mut nanos: i128 = i128::from(days) * 86_400 * 1_000_000_000;
+    if let Some(time) = time {
+        let (clock, offset_secs) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
+            (clock, 0i64)
+        } else {
+            let at = time.rfind(['+', '-'])?;
+            let (clock, offset) = time.split_at(at);
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let (h, m) = offset[1..].split_once(':')?;
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            (clock, sign * (h * 3600 + m * 60))
+        };
+        let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+        let mut parts = hms.split(':');
+        let (h, m, s): (i64, i64, i64) =
+            (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+        if parts.next().is_some() || h > 23 || m > 59 || s > 60 || fraction.len() > 9 {
+            return None;
+        }
+        if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let frac_nanos: i64 = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().ok()? };
+        nanos += i128::from(((h * 60 + m) * 60 + s - offset_secs) * 1_000_000_000 + frac_nanos);
+    }
+    u64::try_from(nanos).ok()
+}
+
 /// `YYYY-MM-DD` of a day number.
 pub fn format_day(days: i64) -> String {
     let (y, m, d) = civil_from_days(days);
@@ -62,6 +106,26 @@ pub fn format_utc(unix_nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_as_unix_millis_rfc3339_or_days() {
+        assert_eq!(parse_time("1733400000000"), Some(1_733_400_000_000_000_000));
+        assert_eq!(parse_time("2024-12-05"), Some(1_733_356_800_000_000_000));
+        assert_eq!(parse_time("2024-12-05T00:00:01Z"), Some(1_733_356_801_000_000_000));
+        assert_eq!(parse_time("2024-12-05T01:00:01.5+01:00"), Some(1_733_356_801_500_000_000));
+        assert_eq!(parse_time("2024-12-04T23:00:00-01:00"), Some(1_733_356_800_000_000_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01",
+            "2024-12-05T25:00:00Z",
+            "2024-12-05T10:00",
+            "1969-12-31",
+            "2024-12-05T10:00:00.x1Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn known_dates() {

@@ -189,7 +189,12 @@ pub struct TraceSummary {
     pub cost_usd: Option<f64>,
     pub status: SpanStatus,
     pub teams: Vec<String>,
-    /// Models seen in the trace (response model, else request model); used by the `model` filter.
+    /// Users and sessions of the trace's spans, first seen first.
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub sessions: Vec<String>,
+    /// Models seen in the trace (response model, else request model).
     #[serde(default)]
     pub models: Vec<String>,
     #[serde(default)]
@@ -212,6 +217,8 @@ impl TraceSummary {
             cost_usd: None,
             status: SpanStatus::Ok,
             teams: Vec::new(),
+            users: Vec::new(),
+            sessions: Vec::new(),
             models: Vec::new(),
             end_time_unix_nano: span.start_time_unix_nano,
             has_true_root: false,
@@ -242,14 +249,17 @@ impl TraceSummary {
             self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
         }
         self.status = self.status.max(span.status);
-        if let Some(team) = &span.team {
-            if !self.teams.contains(team) {
-                self.teams.push(team.clone());
-            }
-        }
-        if let Some(model) = span.response_model.as_ref().or(span.request_model.as_ref()) {
-            if !self.models.contains(model) {
-                self.models.push(model.clone());
+        let model = span.response_model.as_ref().or(span.request_model.as_ref());
+        for (list, value) in [
+            (&mut self.teams, span.team.as_ref()),
+            (&mut self.users, span.user.as_ref()),
+            (&mut self.sessions, span.session.as_ref()),
+            (&mut self.models, model),
+        ] {
+            if let Some(v) = value {
+                if !list.contains(v) {
+                    list.push(v.clone());
+                }
             }
         }
     }

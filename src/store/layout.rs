@@ -22,31 +22,28 @@ pub(super) const MAX_EXPECTED_RATIO: f64 = 5.0;
 pub(super) const SPAN_SEGMENT: u8 = b'S';
 pub(super) const BODY_SEGMENT: u8 = b'B';
 pub(super) const INDEX_RUN: u8 = b'I';
-pub(super) const INDEX_PAGE: u8 = b'J';
+/// Format 3's trace index pages (removed at open: the search index replaced them).
+pub(super) const FORMAT3_INDEX_PAGE: u8 = b'J';
 pub(super) const LEDGER: u8 = b'L';
 pub(super) const FORMAT_KEY: &[u8] = b"Mformat";
-/// The last segment seq whose batch's index run has been merged into pages (and its ledger
-/// deltas into the ledger).
+/// The last segment seq whose batch's commit record has been merged into the ledger.
 pub(super) const MERGED_THROUGH_KEY: &[u8] = b"Mmerged_through";
-/// The layout this code reads and writes; format 1 (an index key per span) is converted at
-/// open; another value refuses to open.
-pub(super) const FORMAT_VERSION: u8 = 3;
+/// The layout this code reads and writes. Formats 2 and 3 differ only in their trace index
+/// (format 2 also in raw segments, which still read): it is dropped and the search index built
+/// at open. Format 1 (an index key per span) likewise. Another value refuses to open.
+pub(super) const FORMAT_VERSION: u8 = 4;
 /// Format 2 is format 3 without compressed segments: it reads unchanged (see `segment_codec`).
 pub(super) const FORMAT2: u8 = 2;
+pub(super) const FORMAT3: u8 = 3;
 /// Format 1's per-span index keys: `T` ‖ trace_id(16) ‖ seq(8) ‖ i(4).
 pub(super) const FORMAT1_TRACE_INDEX: u8 = b'T';
 pub(super) const FORMAT1_INDEXED_THROUGH_KEY: &[u8] = b"Mindexed_through";
 
-/// Bytes of one index entry: trace id, segment seq, position in the segment.
-pub(super) const INDEX_ENTRY_BYTES: usize = 26;
-/// Buckets the index pages are split into (a trace's bucket is a hash of its id).
-pub(super) const INDEX_BUCKETS: u8 = 64;
-/// Index pages are cut at this size (like segments, to stay out of sled's blobs).
-pub(super) const INDEX_PAGE_BYTES: usize = 6 * 1024;
-/// Entries the index runs may hold before they are merged into the bucket pages: bounds what
-/// a lookup scans linearly (~106 KB) and amortizes a merge over many spans (at 1,024 a merge
-/// every ~40 ms cost ~4% of the core; its cost is mostly rewriting the 64 buckets' last pages).
-pub const RUN_ENTRIES_BEFORE_MERGE: usize = 4096;
+/// Bytes of one entry of a format-3 commit record (`trace_id(16) seq(8) i(2)`); today's
+/// records hold none, older ones are read past.
+pub(super) const FORMAT3_ENTRY_BYTES: usize = 26;
+/// Commit records merged into the ledger at a time: bounds what a ledger read folds in.
+pub const RUNS_BEFORE_MERGE: usize = 64;
 
 pub(super) const BODIES_KEPT: u8 = 1;
 pub(super) const BODIES_TRUNCATED: u8 = 2;
@@ -65,75 +62,23 @@ pub(super) fn export_cursor_key(exporter: &str) -> Vec<u8> {
     [b"Mexport_cursor:".as_slice(), exporter.as_bytes()].concat()
 }
 
-/// One index entry: span `index` of segment `seq` belongs to `trace_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct IndexEntry {
-    pub(super) trace_id: TraceId,
-    pub(super) seq: u64,
-    pub(super) index: u16,
-}
-
-impl IndexEntry {
-    pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.trace_id.0);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.index.to_be_bytes());
-    }
-
-    pub(super) fn decode(bytes: &[u8]) -> IndexEntry {
-        IndexEntry {
-            trace_id: TraceId(bytes[..16].try_into().expect("16 bytes")),
-            seq: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
-            index: u16::from_be_bytes(bytes[24..26].try_into().expect("2 bytes")),
-        }
-    }
-
-    /// The entries of an index run or page (a cut-short tail is ignored).
-    pub(super) fn all(bytes: &[u8]) -> impl Iterator<Item = IndexEntry> + '_ {
-        bytes.chunks_exact(INDEX_ENTRY_BYTES).map(IndexEntry::decode)
-    }
-
-    /// The entries of `trace_id` in an index run or page, compared without decoding the rest.
-    pub(super) fn of_trace<'a>(bytes: &'a [u8], trace_id: &'a TraceId) -> impl Iterator<Item = IndexEntry> + 'a {
-        bytes.chunks_exact(INDEX_ENTRY_BYTES).filter(|e| e[..16] == trace_id.0).map(IndexEntry::decode)
-    }
-}
-
-/// The index bucket of a trace: a hash of its id, so that ids chosen by callers (not random)
-/// still spread over the buckets.
-pub(super) fn bucket_of(trace_id: &TraceId) -> u8 {
-    let (high, low) = trace_id.0.split_at(8);
-    let mixed =
-        u64::from_be_bytes(high.try_into().expect("8 bytes")) ^ u64::from_be_bytes(low.try_into().expect("8 bytes"));
-    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as u8 % INDEX_BUCKETS
-}
-
-pub(super) fn index_page_key(bucket: u8, page: u64) -> [u8; 10] {
-    let mut key = [0u8; 10];
-    key[0] = INDEX_PAGE;
-    key[1] = bucket;
-    key[2..].copy_from_slice(&page.to_be_bytes());
-    key
-}
-
-/// An index run: the commit record of one written batch. It lists the batch's last segment,
-/// its index entries and its usage-ledger deltas, and is written after the batch's segments:
-/// segments without a run after them are a batch cut short by a crash.
+/// A commit record (`I` key, "index run" in format 3): one per written batch. It names the
+/// batch's last segment and holds its usage-ledger deltas, and is written after the batch's
+/// segments: segments without a record after them are a batch cut short by a crash.
 ///
 /// Encoding: `last_seq(8) entry_count: u32 entries`, then per ledger delta
-/// `key_len: u32 key row_len: u32 row(JSON)`.
+/// `key_len: u32 key row_len: u32 row(JSON)`. Today's records have no entries; format 3's
+/// carried the batch's trace-index entries, which are skipped.
 pub(super) struct Run<'a> {
     pub(super) last_seq: u64,
-    pub(super) entries: &'a [u8],
     pub(super) ledger: &'a [u8],
 }
 
 impl<'a> Run<'a> {
-    pub(super) fn encode(last_seq: u64, entries: &[u8], ledger: &HashMap<Vec<u8>, LedgerRow>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + entries.len() + ledger.len() * 96);
+    pub(super) fn encode(last_seq: u64, ledger: &HashMap<Vec<u8>, LedgerRow>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + ledger.len() * 96);
         out.extend_from_slice(&last_seq.to_be_bytes());
-        out.extend_from_slice(&((entries.len() / INDEX_ENTRY_BYTES) as u32).to_be_bytes());
-        out.extend_from_slice(entries);
+        out.extend_from_slice(&0u32.to_be_bytes());
         for (key, row) in ledger {
             let row = serde_json::to_vec(row).expect("ledger rows serialize");
             for part in [key.as_slice(), row.as_slice()] {
@@ -148,9 +93,9 @@ impl<'a> Run<'a> {
         let cut = || StoreError::Corrupt("index run cut short".into());
         let last_seq = u64::from_be_bytes(bytes.get(..8).ok_or_else(cut)?.try_into().expect("8 bytes"));
         let (count, rest) = take_u32(&bytes[8..])?;
-        let entries_len = count as usize * INDEX_ENTRY_BYTES;
-        let entries = rest.get(..entries_len).ok_or_else(cut)?;
-        Ok(Run { last_seq, entries, ledger: &rest[entries_len..] })
+        let entries_len = count as usize * FORMAT3_ENTRY_BYTES;
+        rest.get(..entries_len).ok_or_else(cut)?;
+        Ok(Run { last_seq, ledger: &rest[entries_len..] })
     }
 
     /// The run's ledger deltas: encoded ledger key → counters.

@@ -45,8 +45,10 @@
 //! `ledger` (the usage ledger's keys and counters), `error`.
 
 pub mod error;
+pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod ledger;
+pub(crate) mod query;
 pub(crate) mod reader;
 pub(crate) mod segment_codec;
 pub(crate) mod writer;
@@ -55,27 +57,28 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
-use crate::model::ids::TraceId;
-use crate::model::span::{SpanStatus, TraceSummary};
 use crate::store::layout::*;
 use crate::store::segment_codec::SegmentCompressor;
 
 pub use error::StoreError;
+pub use query::{TracePage, TraceQuery};
 
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     next_seq: AtomicU64,
-    /// Entries in the index runs not yet merged into pages.
-    run_entries: AtomicUsize,
-    /// Held (write) while runs are merged into the ledger cells, (read) while the ledger is
-    /// read: reading runs and cells on either side of a merge would count its deltas twice,
-    /// or not at all.
+    /// Commit records not yet merged into the ledger.
+    unmerged_runs: AtomicUsize,
+    /// Held (write) while commit records are merged into the ledger cells, (read) while the
+    /// ledger is read: reading records and cells on either side of a merge would count its
+    /// deltas twice, or not at all.
     merging: RwLock<()>,
     /// The one writer's state: held for the whole of a batch.
     writer: std::sync::Mutex<Writer>,
     /// The last seq whose batch is committed (its run written): what exporters may read.
     committed_seq: AtomicU64,
+    /// Postings of every committed span by trace, team, user, model, ... (see `index`).
+    index: index::SearchIndex,
 }
 
 /// What [`Store::write_batch`] keeps from one batch to the next.
@@ -90,28 +93,6 @@ struct Writer {
     /// allocates nothing per segment but sled's own copies.
     segment: SegmentWriter,
     compressor: SegmentCompressor,
-}
-
-/// Filters of the trace listing.
-#[derive(Debug, Default, Clone)]
-pub struct TraceFilter {
-    pub team: Option<String>,
-    pub model: Option<String>,
-    pub status: Option<SpanStatus>,
-    /// Only traces that started at or after this time.
-    pub since_unix_nano: Option<u64>,
-    /// Only traces that started before this time.
-    pub until_unix_nano: Option<u64>,
-}
-
-impl TraceFilter {
-    fn matches(&self, s: &TraceSummary) -> bool {
-        self.team.as_ref().is_none_or(|t| s.teams.contains(t))
-            && self.model.as_ref().is_none_or(|m| s.models.iter().any(|x| x == m))
-            && self.status.is_none_or(|st| s.status == st)
-            && self.since_unix_nano.is_none_or(|t| s.start_time_unix_nano >= t)
-            && self.until_unix_nano.is_none_or(|t| s.start_time_unix_nano < t)
-    }
 }
 
 impl Store {
@@ -134,7 +115,7 @@ impl Store {
             db,
             tree,
             next_seq: AtomicU64::new(next_seq),
-            run_entries: AtomicUsize::new(0),
+            unmerged_runs: AtomicUsize::new(0),
             merging: RwLock::new(()),
             writer: std::sync::Mutex::new(Writer {
                 untaken: None,
@@ -143,16 +124,16 @@ impl Store {
                 compressor: SegmentCompressor::default(),
             }),
             committed_seq: AtomicU64::new(0),
+            index: index::SearchIndex::new(),
         };
         match format.as_deref() {
             None => {
                 store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             }
             Some([FORMAT_VERSION]) => {}
-            Some([FORMAT2]) => {
-                // From now on segments may be compressed, which a format-2 reader cannot read.
-                store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
-            }
+            // From now on segments may be compressed (which a format-2 reader cannot read), and
+            // the search index replaces the trace index.
+            Some([FORMAT2 | FORMAT3]) => store.drop_format3_trace_index()?,
             Some([1]) => store.convert_format1()?,
             Some(v) => {
                 return Err(StoreError::Format(format!(
@@ -161,7 +142,7 @@ impl Store {
                 )))
             }
         }
-        let mut run_entries = 0;
+        let mut unmerged_runs = 0;
         let mut committed_through = match store.tree.get(MERGED_THROUGH_KEY)? {
             Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
             None => 0,
@@ -169,15 +150,16 @@ impl Store {
         for entry in store.tree.scan_prefix([INDEX_RUN]) {
             let run = entry?.1;
             let run = Run::decode(&run)?;
-            run_entries += run.entries.len() / INDEX_ENTRY_BYTES;
+            unmerged_runs += 1;
             committed_through = committed_through.max(run.last_seq);
         }
-        store.run_entries.store(run_entries, Ordering::Relaxed);
+        store.unmerged_runs.store(unmerged_runs, Ordering::Relaxed);
         // Never hand out a seq at or below one already committed (retention may have deleted
         // every segment) or written (a torn batch's segments, removed below).
         store.next_seq.fetch_max(committed_through + 1, Ordering::Relaxed);
         store.committed_seq.store(committed_through, Ordering::Release);
         store.remove_uncommitted(committed_through)?;
+        store.index.load(&store.tree)?;
         Ok(store)
     }
 
@@ -199,42 +181,26 @@ impl Store {
         Ok(())
     }
 
-    /// Format 1 kept one index key per span: fold them into index pages, then drop them.
-    fn convert_format1(&self) -> Result<(), StoreError> {
-        let mut entries = Vec::new();
-        let mut old_keys = Vec::new();
-        for entry in self.tree.scan_prefix([FORMAT1_TRACE_INDEX]) {
-            let (key, _) = entry?;
-            if key.len() == 29 {
-                entries.push(IndexEntry {
-                    trace_id: TraceId(key[1..17].try_into().expect("16 bytes")),
-                    seq: u64::from_be_bytes(key[17..25].try_into().expect("8 bytes")),
-                    index: u32::from_be_bytes(key[25..29].try_into().expect("4 bytes")) as u16,
-                });
-            }
-            old_keys.push(key);
-        }
-        // Format 1 wrote a batch's index keys after the batch: segments past indexed_through
-        // (a crash or failed write in between) may lack some; its open repaired them, do it here.
-        let indexed_through = match self.tree.get(FORMAT1_INDEXED_THROUGH_KEY)? {
-            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
-            None => 0,
-        };
-        let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
-        for entry in self.tree.range(range) {
-            let (key, segment) = entry?;
-            // Format 1 never compressed; its tests build the store with today's writer.
-            let segment = RawSegment::of(segment)?;
-            for (index, span) in SpanSegment::new(&segment)?.enumerate() {
-                entries.push(IndexEntry { trace_id: span?.trace_id, seq: seq_of(&key), index: index as u16 });
-            }
-        }
-        entries.sort_unstable();
-        entries.dedup();
+    /// Format 3 (and 2) kept a trace index in bucket pages: remove them; the search index is
+    /// built from the segments when the store opens.
+    fn drop_format3_trace_index(&self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        self.add_to_pages(&mut batch, entries)?;
-        for key in old_keys {
-            batch.remove(key);
+        for key in self.tree.scan_prefix([FORMAT3_INDEX_PAGE]).keys() {
+            batch.remove(key?);
+        }
+        batch.insert(FORMAT_KEY, &[FORMAT_VERSION]);
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        tracing::info!("span store moved to format {FORMAT_VERSION}: the search index replaces the trace index");
+        Ok(())
+    }
+
+    /// Format 1 kept one index key per span and no commit records: drop the keys, and count
+    /// every segment as committed (format 1 had no torn-batch repair beyond its own index).
+    fn convert_format1(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.tree.scan_prefix([FORMAT1_TRACE_INDEX]).keys() {
+            batch.remove(key?);
         }
         batch.remove(FORMAT1_INDEXED_THROUGH_KEY);
         let last_seq = self.next_seq.load(Ordering::Relaxed).saturating_sub(1);

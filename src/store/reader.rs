@@ -2,19 +2,16 @@
 //! spans), one trace, one span with its bodies, span segments after an exporter's cursor, and
 //! the usage ledger (merged cells plus unmerged runs).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 use crate::model::ids::{SpanId, TraceId};
-use crate::model::span::{Span, SpanBodies, TraceSummary};
+use crate::model::span::{Span, SpanBodies};
+use crate::store::index;
 use crate::store::layout::*;
 use crate::store::ledger::{LedgerKey, LedgerRow};
-use crate::store::{Store, StoreError, TraceFilter};
+use crate::store::{Store, StoreError};
 
-/// How many spans a listing walks at most (newest first) before it stops looking for more
-/// matches. Every trace met is looked up whole (~17 µs), so a filter that matches nothing
-/// answers in ~0.4 s on this machine.
-const MAX_SPANS_SCANNED: usize = 25_000;
 impl Store {
     /// Span segments after `cursor` (in write order), whole segments, until at least
     /// `max_spans` spans are gathered (or none are left).
@@ -86,40 +83,6 @@ impl Store {
             .collect()
     }
 
-    /// Traces by latest finished call, newest first, filtered, at most `limit`.
-    pub fn list_traces(&self, filter: &TraceFilter, limit: usize) -> Result<Vec<TraceSummary>, StoreError> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        let mut cache = SegmentCache::default();
-        let mut scanned = 0;
-        for entry in self.tree.scan_prefix([SPAN_SEGMENT]).rev() {
-            if scanned >= MAX_SPANS_SCANNED {
-                break;
-            }
-            let segment = RawSegment::of(entry?.1)?;
-            let mut traces = Vec::new();
-            for span in SpanSegment::new(&segment)? {
-                traces.push(span?.trace_id);
-            }
-            scanned += traces.len();
-            for trace_id in traces.into_iter().rev() {
-                if !seen.insert(trace_id) {
-                    continue;
-                }
-                let spans = self.spans_of(&trace_id, &mut cache)?;
-                if let Some(summary) = summarize(&spans) {
-                    if filter.matches(&summary) {
-                        out.push(summary);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Every span of a trace, ordered by start time.
     pub fn trace_spans(&self, trace_id: &TraceId) -> Result<Vec<Span>, StoreError> {
         self.spans_of(trace_id, &mut SegmentCache::default())
@@ -142,32 +105,22 @@ impl Store {
         cache: &mut SegmentCache,
         mut visit: impl FnMut(&SpanRef<'_>, u64, usize) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        // Runs before pages: a merge running meanwhile can then only make an entry appear twice.
-        // The lock keeps retention from renumbering the bucket's pages under the scan.
-        let merging = self.merging.read().unwrap_or_else(|p| p.into_inner());
-        let mut entries = Vec::new();
-        for run in self.tree.scan_prefix([INDEX_RUN]) {
-            let run = run?.1;
-            entries.extend(IndexEntry::of_trace(Run::decode(&run)?.entries, trace_id));
-        }
-        for page in self.tree.scan_prefix([INDEX_PAGE, bucket_of(trace_id)]) {
-            entries.extend(IndexEntry::of_trace(&page?.1, trace_id));
-        }
-        drop(merging);
-        entries.sort_unstable();
-        entries.dedup();
-        for entry in entries {
+        let mut positions = self.index.trace_positions(&self.tree, trace_id)?;
+        positions.sort_unstable();
+        positions.dedup();
+        for position in positions {
+            let seq = index::seq_of_position(position);
             // A segment deleted by retention may still have entries until its index is pruned.
-            let Some(segment) = cache.get(&self.tree, entry.seq)? else { continue };
-            let index = usize::from(entry.index);
+            let Some(segment) = cache.get(&self.tree, seq)? else { continue };
+            let index = usize::from(index::index_of_position(position));
             let Some(span) = SpanSegment::new(segment)?.nth(index) else {
                 return Err(StoreError::Corrupt("index points past the end of its segment".into()));
             };
             let span = span?;
             if span.trace_id != *trace_id {
-                return Err(StoreError::Corrupt("index points at another trace's span".into()));
+                continue; // another trace whose id hashes to the same term
             }
-            if !visit(&span, entry.seq, index)? {
+            if !visit(&span, seq, index)? {
                 break;
             }
         }
@@ -198,7 +151,7 @@ impl Store {
 pub(super) struct SegmentCache(HashMap<u64, Option<RawSegment>>);
 
 impl SegmentCache {
-    fn get(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<&[u8]>, StoreError> {
+    pub(super) fn get(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<&[u8]>, StoreError> {
         if !self.0.contains_key(&seq) {
             if self.0.len() > 256 {
                 self.0.clear();
@@ -208,14 +161,4 @@ impl SegmentCache {
         }
         Ok(self.0.get(&seq).and_then(|v| v.as_deref()))
     }
-}
-
-/// Folds a trace's spans (start-ordered) into its summary.
-fn summarize(spans: &[Span]) -> Option<TraceSummary> {
-    let (first, rest) = spans.split_first()?;
-    let mut summary = TraceSummary::new(first);
-    for span in rest {
-        summary.add(span);
-    }
-    Some(summary)
 }

@@ -6,10 +6,11 @@ use std::sync::atomic::Ordering;
 
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{Span, SpanBodies, SpanWrite};
-use crate::model::span::{SpanKind, UsageSource};
+use crate::model::span::{SpanKind, SpanStatus, UsageSource};
+use crate::store::index;
 use crate::store::layout::*;
 use crate::store::reader::SegmentCache;
-use crate::store::{Store, StoreError, TraceFilter};
+use crate::store::{Store, StoreError, TraceQuery};
 
 /// Opens the store at `path` again in this process. sled's IO threads may still hold the
 /// previous handle's file (and its lock) for a moment after the drop; a new process never
@@ -68,7 +69,7 @@ fn spans_bodies_and_summaries_round_trip() {
     assert_eq!(found, writes[0].span);
     assert_eq!(got, bodies);
     assert_eq!(store.span(&trace, &writes[1].span.span_id).unwrap().unwrap().1, SpanBodies::default());
-    let listed = store.list_traces(&TraceFilter::default(), 10).unwrap();
+    let listed = store.find_traces(&TraceQuery { limit: 10, ..TraceQuery::default() }).unwrap().traces;
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[1].trace_id, trace);
     assert_eq!(listed[1].span_count, 2);
@@ -89,18 +90,20 @@ fn retention_deletes_old_segments_with_their_bodies_and_index() {
     assert_eq!(store.trace_spans(&new).unwrap().len(), 1);
     assert_eq!(store.span_count(), 1);
     assert!(store.tree.get(segment_key(BODY_SEGMENT, 1)).unwrap().is_none());
-    assert_eq!(store.list_traces(&TraceFilter::default(), 10).unwrap().len(), 1);
+    assert_eq!(store.find_traces(&TraceQuery { limit: 10, ..TraceQuery::default() }).unwrap().traces.len(), 1);
     assert_eq!(store.delete_older_than(1_000).unwrap(), 0, "nothing more to delete");
 }
 
 #[test]
-fn index_runs_merge_into_bucket_pages_and_traces_are_found_across_both() {
+fn search_index_runs_are_written_found_after_reopen_and_dropped_by_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s")).unwrap();
+    let path = dir.path().join("s");
+    let store = Store::open(&path).unwrap();
+    store.index.set_run_spans(1_000);
     let long_trace = TraceId::random();
     let mut others = Vec::new();
-    // Enough batches to merge twice; one trace gets a span in every batch.
-    const BATCHES: u64 = (2 * RUN_ENTRIES_BEFORE_MERGE as u64).div_ceil(100) + 5;
+    // 25 batches of 100: two runs and a half-full memtable; one trace has a span in each.
+    const BATCHES: u64 = 25;
     for batch_no in 0..BATCHES {
         let mut writes = vec![SpanWrite { span: span(long_trace, batch_no), bodies: None }];
         for i in 0..99 {
@@ -110,29 +113,26 @@ fn index_runs_merge_into_bucket_pages_and_traces_are_found_across_both() {
         }
         store.write_batch(&writes).unwrap();
     }
-    assert!(store.run_entries.load(Ordering::Relaxed) < RUN_ENTRIES_BEFORE_MERGE);
-    assert!(store.tree.scan_prefix([INDEX_PAGE]).count() > 0, "runs were merged into pages");
-    assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES, "found in pages and in runs");
+    assert_eq!(store.index.run_count(), 2);
+    assert_eq!(store.tree.scan_prefix([index::run::RUN_META]).count(), 2);
+    assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES, "found in runs and memtable");
     for trace in others.iter().step_by(97) {
         assert_eq!(store.trace_spans(trace).unwrap().len(), 1);
     }
     assert_eq!(store.span_count() as u64, BATCHES * 100);
-    // Reopened, the run count is known again and everything is still found.
+    assert!(store.unmerged_runs.load(Ordering::Relaxed) < RUNS_BEFORE_MERGE);
+    // Reopened: the runs are read back and the memtable rebuilt from the segments after them.
     drop(store);
-    let store = reopen(&dir.path().join("s"));
-    let runs: usize = store
-        .tree
-        .scan_prefix([INDEX_RUN])
-        .map(|e| Run::decode(&e.unwrap().1).unwrap().entries.len() / INDEX_ENTRY_BYTES)
-        .sum();
-    assert_eq!(store.run_entries.load(Ordering::Relaxed), runs);
+    let store = reopen(&path);
+    assert_eq!(store.index.run_count(), 2);
     assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES);
-    // Retention drops the deleted segments' entries from the pages.
-    let pages_before: usize = store.tree.scan_prefix([INDEX_PAGE]).map(|e| e.unwrap().1.len()).sum();
-    assert_eq!(store.delete_older_than(10_000).unwrap(), 1_000, "batches 0..10 are wholly older");
-    let pages_after: usize = store.tree.scan_prefix([INDEX_PAGE]).map(|e| e.unwrap().1.len()).sum();
-    assert!(pages_after < pages_before);
-    assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES - 10);
+    let all = TraceQuery { limit: 10_000, ..TraceQuery::default() };
+    assert_eq!(store.find_traces(&all).unwrap().traces.len(), others.len() + 1);
+    // Retention drops the run whose spans are all gone; the rest is still found.
+    assert_eq!(store.delete_older_than(11_000).unwrap(), 1_100, "batches 0..11 are wholly older");
+    assert_eq!(store.index.run_count(), 1);
+    assert_eq!(store.trace_spans(&long_trace).unwrap().len() as u64, BATCHES - 11);
+    assert_eq!(store.find_traces(&all).unwrap().traces.len(), others.len() + 1 - 11 * 99);
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn segments_of_a_batch_cut_short_by_a_crash_are_removed_at_open() {
     assert!(store.tree.get(segment_key(BODY_SEGMENT, 2)).unwrap().is_none());
     assert_eq!(store.trace_spans(&kept).unwrap().len(), 1);
     assert!(store.trace_spans(&cut).unwrap().is_empty());
-    assert_eq!(store.list_traces(&TraceFilter::default(), 10).unwrap().len(), 1);
+    assert_eq!(store.find_traces(&TraceQuery { limit: 10, ..TraceQuery::default() }).unwrap().traces.len(), 1);
     // The next batch reuses nothing it should not: it is found, and so is the old one.
     store.write_batch(&[SpanWrite { span: span(cut, 3), bodies: None }]).unwrap();
     assert_eq!(store.trace_spans(&cut).unwrap().len(), 1);
@@ -229,7 +229,7 @@ fn segments_are_stored_compressed_and_closed_near_the_target_size() {
 }
 
 #[test]
-fn a_format_2_store_with_raw_segments_reads_and_moves_to_format_3() {
+fn a_format_2_store_with_raw_segments_reads_and_moves_to_format_4() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
     let trace = TraceId::random();
@@ -256,13 +256,15 @@ fn a_format_2_store_with_raw_segments_reads_and_moves_to_format_3() {
         let (_, bodies) = store.span(&trace, &span.span_id).unwrap().unwrap();
         assert!(bodies.response_body.unwrap().starts_with(r#"{"choices""#));
     }
-    assert_eq!(store.list_traces(&TraceFilter::default(), 10).unwrap().len(), 1);
+    assert_eq!(store.find_traces(&TraceQuery { limit: 10, ..TraceQuery::default() }).unwrap().traces.len(), 1);
 }
 
 /// Rewrites the index of a store whose segments 1..=`indexed_through` each hold one span
 /// of `trace` the way format 1 kept it: no runs or pages, one key per span.
 fn as_format1(store: &Store, trace: &TraceId, indexed_through: u64) {
-    let format2_index = [[INDEX_RUN], [INDEX_PAGE]].into_iter().flat_map(|p| store.tree.scan_prefix(p).keys());
+    let format2_index = [INDEX_RUN, FORMAT3_INDEX_PAGE, index::run::RUN_CHUNK, index::run::RUN_META]
+        .into_iter()
+        .flat_map(|p| store.tree.scan_prefix([p]).keys());
     for key in format2_index.collect::<Vec<_>>() {
         store.tree.remove(key.unwrap()).unwrap();
     }
@@ -364,15 +366,6 @@ fn entries_of(store: &Store, trace_id: &TraceId) -> usize {
     n
 }
 
-fn id_in_bucket0() -> TraceId {
-    loop {
-        let t = TraceId::random();
-        if bucket_of(&t) == 0 {
-            return t;
-        }
-    }
-}
-
 #[test]
 fn review_reader_misses_entries_during_retention_rewrite() {
     let dir = tempfile::tempdir().unwrap();
@@ -383,19 +376,19 @@ fn review_reader_misses_entries_during_retention_rewrite() {
         for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
             let w: Vec<_> = chunk
                 .iter()
-                .map(|_| SpanWrite { span: span(trace.unwrap_or_else(id_in_bucket0), ts), bodies: None })
+                .map(|_| SpanWrite { span: span(trace.unwrap_or_else(TraceId::random), ts), bodies: None })
                 .collect();
             store.write_batch(&w).unwrap();
         }
     };
-    let mut target = id_in_bucket0();
+    let mut target = TraceId::random();
     write(&store, None, FILLER, 1);
     write(&store, Some(target), TARGET, 500);
     store.merge_runs().unwrap();
     let mut misses = 0;
     for c in 1..60u64 {
         write(&store, None, FILLER, c * 1000 + 1);
-        let next = id_in_bucket0();
+        let next = TraceId::random();
         write(&store, Some(next), TARGET, c * 1000 + 500);
         store.merge_runs().unwrap();
         assert_eq!(entries_of(&store, &next), TARGET);
@@ -441,4 +434,131 @@ fn review_retention_cycles_without_readers() {
         }
         store.delete_older_than(c * 1000).unwrap();
     }
+}
+
+/// A span of trace `t` numbered `i`, with fields that vary with `i` (for the query tests).
+fn varied_span(t: TraceId, i: u64) -> Span {
+    let mut s = span(t, 1_000_000 + i * 10);
+    s.team = Some(format!("team-{}", i % 5));
+    s.user = Some(format!("user-{}", i % 7));
+    s.session = (i % 3 == 0).then(|| format!("session-{}", i % 11));
+    s.provider = Some(if i % 4 == 0 { "anthropic" } else { "openai" }.into());
+    s.request_model = Some(format!("model-{}", i % 6));
+    s.response_model = Some(format!("model-{}-snapshot", i % 6));
+    s.status = if i % 50 == 7 { SpanStatus::Error } else { SpanStatus::Ok };
+    s.duration_ms = (i % 1000) as f64;
+    s.cost_usd = (i % 2 == 0).then(|| i as f64 * 1e-6);
+    s.properties.insert("env".into(), if i % 10 == 3 { "prod" } else { "dev" }.into());
+    s
+}
+
+#[test]
+fn find_traces_answers_every_filter_and_pages_with_no_duplicate_or_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.index.set_run_spans(300);
+    // 1,500 traces of 2 spans each (the second written 700 spans later), in 30 batches.
+    let traces: Vec<TraceId> = (0..1500).map(|_| TraceId::random()).collect();
+    let mut written: Vec<Span> = Vec::new();
+    for batch in 0..30u64 {
+        let writes: Vec<SpanWrite> = (0..100u64)
+            .map(|k| {
+                let i = batch * 100 + k;
+                let trace = if i < 1500 { traces[i as usize] } else { traces[(i - 700) as usize % 1500] };
+                let s = varied_span(trace, i);
+                written.push(s.clone());
+                SpanWrite { span: s, bodies: None }
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+    }
+    assert!(store.index.run_count() >= 9);
+    // What a page must hold: traces by their newest matching span, newest first.
+    let expected = |q: &TraceQuery| -> Vec<TraceId> {
+        let mut out = Vec::new();
+        for s in written.iter().rev() {
+            if q.matches(s) && !out.contains(&s.trace_id) {
+                out.push(s.trace_id);
+            }
+        }
+        out
+    };
+    let walk = |q: &TraceQuery| -> Vec<TraceId> {
+        let mut q = q.clone();
+        let mut out = Vec::new();
+        loop {
+            let page = store.find_traces(&q).unwrap();
+            assert!(page.traces.len() <= q.limit);
+            out.extend(page.traces.iter().map(|t| t.trace_id));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return out,
+            }
+        }
+    };
+    let q = |f: &dyn Fn(&mut TraceQuery)| {
+        let mut q = TraceQuery { limit: 50, ..TraceQuery::default() };
+        f(&mut q);
+        q
+    };
+    let queries = [
+        q(&|_| {}),
+        q(&|q| q.team = Some("team-3".into())),
+        q(&|q| q.user = Some("user-6".into())),
+        q(&|q| q.model = Some("model-2".into())),
+        q(&|q| q.model = Some("model-2-snapshot".into())),
+        q(&|q| q.provider = Some("anthropic".into())),
+        q(&|q| q.status = Some(SpanStatus::Error)),
+        q(&|q| q.session = Some("session-4".into())),
+        q(&|q| q.properties = vec![("env".into(), "prod".into())]),
+        q(&|q| q.min_duration_ms = Some(990.0)),
+        q(&|q| q.min_cost_usd = Some(0.002_9)),
+        q(&|q| (q.from_unix_nano, q.to_unix_nano) = (Some(1_000_000 + 1000 * 10), Some(1_000_000 + 1200 * 10))),
+        q(&|q| {
+            q.team = Some("team-1".into());
+            q.provider = Some("openai".into());
+            q.status = Some(SpanStatus::Ok);
+            q.min_duration_ms = Some(500.0);
+        }),
+        q(&|q| q.team = Some("nobody".into())),
+        q(&|q| {
+            q.team = Some("team-0".into());
+            q.user = Some("user-0".into());
+            q.limit = 7;
+        }),
+    ];
+    for query in &queries {
+        let want = expected(query);
+        let first = store.find_traces(query).unwrap();
+        let first_ids: Vec<TraceId> = first.traces.iter().map(|t| t.trace_id).collect();
+        assert_eq!(first_ids, want[..want.len().min(query.limit)], "{query:?}");
+        assert_eq!(first.next_cursor.is_some(), want.len() > query.limit, "{query:?}");
+        assert_eq!(walk(query), want, "walking every page of {query:?}");
+    }
+    // Summaries are whole: both spans, users and sessions of the trace.
+    let page = store.find_traces(&q(&|q| q.team = Some("team-3".into()))).unwrap();
+    let t = &page.traces[0];
+    assert_eq!(t.span_count, 2);
+    assert_eq!(t.users.len(), 2);
+
+    // Calls arriving between pages land above the cursor: the walk neither repeats nor skips.
+    let query = q(&|q| q.provider = Some("openai".into()));
+    let before = expected(&query);
+    let mut cursor_query = query.clone();
+    let mut seen = Vec::new();
+    let mut arrivals = 0u64;
+    loop {
+        let page = store.find_traces(&cursor_query).unwrap();
+        seen.extend(page.traces.iter().map(|t| t.trace_id));
+        let fresh: Vec<SpanWrite> = (0..20)
+            .map(|k| SpanWrite { span: varied_span(TraceId::random(), 10_000 + arrivals * 20 + k), bodies: None })
+            .collect();
+        arrivals += 1;
+        store.write_batch(&fresh).unwrap();
+        match page.next_cursor {
+            Some(c) => cursor_query.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, before);
 }

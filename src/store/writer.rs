@@ -1,20 +1,22 @@
 //! Writing the store — the recorder thread's side only: a batch's segments then its commit
-//! record (the index run with its ledger deltas), merges of runs into bucket pages and ledger
-//! cells, retention, and exporter cursors.
+//! record (with its ledger deltas), then its spans into the search index; merges of commit
+//! records into the ledger cells, retention, and exporter cursors.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::model::span::SpanWrite;
+use crate::store::index;
 use crate::store::layout::*;
 use crate::store::ledger::{LedgerKey, LedgerRow};
 use crate::store::{Store, StoreError};
 
 impl Store {
-    /// Writes a batch of spans (and their bodies): its segments, then its index run, which
-    /// commits the batch (see `layout::Run`); when the runs have grown enough, merges them into the
-    /// index pages and the ledger. Plain inserts, not a sled batch: sled writes its log buffer
-    /// out for every batch, which at hundreds of batches a second cost ~15% of the proxy's CPU.
+    /// Writes a batch of spans (and their bodies): its segments, then its commit record (see
+    /// `layout::Run`), then indexes its spans (in memory; a run to sled once the memtable is
+    /// full); when enough records have piled up, merges them into the ledger. Plain inserts, not
+    /// a sled batch: sled writes its log buffer out for every batch, which at hundreds of
+    /// batches a second cost ~15% of the proxy's CPU.
     pub fn write_batch(&self, writes: &[SpanWrite]) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let writer = &mut *writer;
@@ -29,12 +31,12 @@ impl Store {
         }
         let first_seq = self.next_seq.load(Ordering::Relaxed);
         let mut seq = first_seq;
-        let mut entries = Vec::with_capacity(writes.len() * INDEX_ENTRY_BYTES);
+        let mut positions = Vec::with_capacity(writes.len());
         let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
         let mut written = Ok(());
         for (i, write) in writes.iter().enumerate() {
             let segment = &mut writer.segment;
-            IndexEntry { trace_id: write.span.trace_id, seq, index: segment.count as u16 }.encode(&mut entries);
+            positions.push(index::position(seq, segment.count as u16));
             segment.push(write);
             if let Some(key) = LedgerKey::of(&write.span) {
                 ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
@@ -61,7 +63,7 @@ impl Store {
             }
         }
         let written = written.and_then(|()| {
-            let run = Run::encode(seq - 1, &entries, &ledger);
+            let run = Run::encode(seq - 1, &ledger);
             Ok(self.tree.insert(segment_key(INDEX_RUN, first_seq), run).map(drop)?)
         });
         if let Err(e) = written {
@@ -72,11 +74,17 @@ impl Store {
             return Err(e);
         }
         self.committed_seq.store(seq - 1, Ordering::Release);
-        let run_len = entries.len() / INDEX_ENTRY_BYTES;
-        if self.run_entries.fetch_add(run_len, Ordering::Relaxed) + run_len >= RUN_ENTRIES_BEFORE_MERGE {
+        self.index.add(positions.into_iter().zip(writes.iter().map(|w| &w.span)));
+        if self.index.is_full() {
+            // Derived data: a failed flush is retried with the next batch (or rebuilt at open).
+            if let Err(e) = self.index.flush(&self.tree) {
+                tracing::error!(error = %e, "writing a search-index run failed; retried with the next batch");
+            }
+        }
+        if self.unmerged_runs.fetch_add(1, Ordering::Relaxed) + 1 >= RUNS_BEFORE_MERGE {
             // The batch is committed whatever happens here; a failed merge is retried next batch.
             if let Err(e) = self.merge_runs() {
-                tracing::error!(error = %e, "merging the index runs failed; retried with the next batch");
+                tracing::error!(error = %e, "merging commit records into the ledger failed; retried with the next batch");
             }
         }
         Ok(())
@@ -90,11 +98,10 @@ impl Store {
         Ok(())
     }
 
-    /// Moves every index run's entries into the bucket pages and its ledger deltas into the
-    /// ledger, in one atomic sled batch.
+    /// Folds every commit record's ledger deltas into the ledger cells and removes the records,
+    /// in one atomic sled batch.
     pub(super) fn merge_runs(&self) -> Result<(), StoreError> {
         let _merging = self.merging.write().unwrap_or_else(|p| p.into_inner());
-        let mut entries = Vec::new();
         let mut ledger: HashMap<Vec<u8>, LedgerRow> = HashMap::new();
         let mut runs = Vec::new();
         let mut merged_through = match self.tree.get(MERGED_THROUGH_KEY)? {
@@ -104,7 +111,6 @@ impl Store {
         for entry in self.tree.scan_prefix([INDEX_RUN]) {
             let (key, value) = entry?;
             let run = Run::decode(&value)?;
-            entries.extend(IndexEntry::all(run.entries));
             for (key, delta) in run.ledger_deltas()? {
                 ledger.entry(key.to_vec()).or_default().add(&delta);
             }
@@ -115,7 +121,6 @@ impl Store {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        self.add_to_pages(&mut batch, entries)?;
         for (key, mut row) in ledger {
             if let Some(existing) = self.tree.get(&key)? {
                 row.add(&decode::<LedgerRow>(&existing)?);
@@ -127,37 +132,14 @@ impl Store {
         }
         batch.insert(MERGED_THROUGH_KEY, &merged_through.to_be_bytes());
         self.tree.apply_batch(batch)?;
-        self.run_entries.store(0, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Appends `entries` to their buckets' last pages (starting new pages when full), in `batch`.
-    pub(super) fn add_to_pages(&self, batch: &mut sled::Batch, mut entries: Vec<IndexEntry>) -> Result<(), StoreError> {
-        entries.sort_by_key(|e| bucket_of(&e.trace_id));
-        for group in entries.chunk_by(|a, b| bucket_of(&a.trace_id) == bucket_of(&b.trace_id)) {
-            let bucket = bucket_of(&group[0].trace_id);
-            let (mut page_no, mut page) = match self.tree.scan_prefix([INDEX_PAGE, bucket]).next_back() {
-                Some(last) => {
-                    let (key, value) = last?;
-                    (seq_of(&key[1..]), value.to_vec())
-                }
-                None => (0, Vec::new()),
-            };
-            for entry in group {
-                if page.len() + INDEX_ENTRY_BYTES > INDEX_PAGE_BYTES {
-                    batch.insert(&index_page_key(bucket, page_no), std::mem::take(&mut page));
-                    page_no += 1;
-                }
-                entry.encode(&mut page);
-            }
-            batch.insert(&index_page_key(bucket, page_no), page);
-        }
+        self.unmerged_runs.store(0, Ordering::Relaxed);
         Ok(())
     }
 
     /// Deletes the oldest span segments (their spans and bodies) whose spans all started before
-    /// `cutoff_unix_nano`; stops at the first segment holding a newer span, then drops the index
-    /// entries of what was deleted. Returns how many spans were deleted. The usage ledger keeps
+    /// `cutoff_unix_nano`; stops at the first segment holding a newer span, then drops the
+    /// search-index runs of what was deleted (postings of deleted spans in a run that also
+    /// holds kept ones are skipped when read). Returns how many spans were deleted. The usage ledger keeps
     /// its daily totals.
     pub fn delete_older_than(&self, cutoff_unix_nano: u64) -> Result<usize, StoreError> {
         let mut deleted = 0;
@@ -186,33 +168,9 @@ impl Store {
             deleted += spans;
         }
         if deleted > 0 {
-            self.drop_index_before(first_kept.unwrap_or(u64::MAX))?;
+            self.index.drop_runs_before(&self.tree, first_kept.unwrap_or(u64::MAX))?;
         }
         Ok(deleted)
-    }
-
-    /// Removes index entries of segments before `seq` (deleted by retention) from runs and pages.
-    pub(super) fn drop_index_before(&self, seq: u64) -> Result<(), StoreError> {
-        self.merge_runs()?;
-        for bucket in 0..INDEX_BUCKETS {
-            let mut kept = Vec::new();
-            let mut batch = sled::Batch::default();
-            for entry in self.tree.scan_prefix([INDEX_PAGE, bucket]) {
-                let (key, page) = entry?;
-                kept.extend(IndexEntry::all(&page).filter(|e| e.seq >= seq));
-                batch.remove(key);
-            }
-            for (page_no, entries) in kept.chunks(INDEX_PAGE_BYTES / INDEX_ENTRY_BYTES).enumerate() {
-                let mut page = Vec::with_capacity(entries.len() * INDEX_ENTRY_BYTES);
-                entries.iter().for_each(|e| e.encode(&mut page));
-                batch.insert(&index_page_key(bucket, page_no as u64), page);
-            }
-            // Renumbering pages moves entries to lower keys: a lookup scanning the bucket
-            // meanwhile would step over them.
-            let _merging = self.merging.write().unwrap_or_else(|p| p.into_inner());
-            self.tree.apply_batch(batch)?;
-        }
-        Ok(())
     }
 
     /// Moves an exporter's cursor (called by the recorder thread, the one writer).

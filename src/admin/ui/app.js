@@ -387,7 +387,7 @@ function tracesQuery() {
   }
   if (traceFilters.range) {
     const sinceMs = Date.now() - Number(traceFilters.range);
-    params.set("since", (BigInt(Math.floor(sinceMs)) * 1_000_000n).toString());
+    params.set("from", String(Math.floor(sinceMs)));
   }
   return `/api/traces?${params}`;
 }

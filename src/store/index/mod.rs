@@ -1,0 +1,306 @@
+//! The search index: every span's position (segment seq, place in the segment) under each term
+//! it can be found by (`terms`), newest first, so a page of `/api/traces` reads only the
+//! postings and spans it returns, however old its matches are.
+//!
+//! Shaped like a small LSM tree, all of it derived from the span segments:
+//! - the **memtable** holds the postings of the spans written since the last run, in memory
+//!   (a hash map from term to positions). Adding a batch costs a few hash-map pushes per span,
+//!   on the recorder thread, with no write to sled.
+//! - a **run** (`run.rs`) is the memtable written out once it holds [`RUN_SPANS`] spans: its
+//!   postings sorted by term in ~6 KB chunks, and a header kept in memory (seq and time ranges,
+//!   each chunk's first term, a Bloom filter of its traces). A term costs one binary search and
+//!   one chunk read per run; a trace, one chunk read in each of the few runs its filter admits.
+//!
+//! Nothing here is a commit record: after a crash, or for a store written before the index
+//! existed, [`SearchIndex::open`] re-reads the spans past the last run. Retention drops runs
+//! whose segments are all gone; positions of deleted segments are skipped when read.
+
+pub(crate) mod run;
+pub(crate) mod terms;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::model::ids::TraceId;
+use crate::model::span::Span;
+use crate::store::error::StoreError;
+use crate::store::layout::{decode, segment_key, seq_of, RawSegment, SpanSegment, SPAN_SEGMENT};
+use run::RunMeta;
+
+/// Spans per run: a run's header stays ~100 KB in memory, its postings ~1.5 MB on disk.
+pub const RUN_SPANS: u32 = 65_536;
+
+/// A span's place: its segment's seq and its index in the segment, as one sortable number.
+pub(crate) fn position(seq: u64, index: u16) -> u64 {
+    (seq << 16) | u64::from(index)
+}
+
+pub(crate) fn seq_of_position(position: u64) -> u64 {
+    position >> 16
+}
+
+pub(crate) fn index_of_position(position: u64) -> u16 {
+    (position & 0xffff) as u16
+}
+
+#[derive(Default)]
+struct Memtable {
+    /// term → positions, oldest first.
+    postings: HashMap<u64, Vec<u64>>,
+    /// The trace terms among `postings`' keys (for the run's Bloom filter).
+    traces: Vec<u64>,
+    spans: u32,
+    first_seq: u64,
+    last_seq: u64,
+    min_start: u64,
+    max_start: u64,
+}
+
+#[derive(Default)]
+struct State {
+    memtable: Memtable,
+    /// Oldest first.
+    runs: Vec<Arc<RunMeta>>,
+}
+
+/// Where the positions of one part of the store come from, for a query walking newest first.
+pub(crate) enum Source {
+    Memtable { min_start: u64, max_start: u64, first_seq: u64 },
+    Run(Arc<RunMeta>),
+}
+
+impl Source {
+    /// Whether any span here started in `[from, to)`.
+    pub(crate) fn overlaps(&self, from: u64, to: u64) -> bool {
+        let (min, max) = match self {
+            Source::Memtable { min_start, max_start, .. } => (*min_start, *max_start),
+            Source::Run(run) => (run.min_start, run.max_start),
+        };
+        max >= from && min < to
+    }
+
+    /// The lowest position here.
+    pub(crate) fn first_position(&self) -> u64 {
+        match self {
+            Source::Memtable { first_seq, .. } => position(*first_seq, 0),
+            Source::Run(run) => position(run.first_seq, 0),
+        }
+    }
+}
+
+pub(crate) struct SearchIndex {
+    state: RwLock<State>,
+    /// Spans a memtable holds before it is written out ([`RUN_SPANS`]; tests set less).
+    run_spans: AtomicU32,
+}
+
+impl SearchIndex {
+    pub(crate) fn new() -> SearchIndex {
+        SearchIndex { state: RwLock::new(State::default()), run_spans: AtomicU32::new(RUN_SPANS) }
+    }
+
+    /// Loads the runs' headers and re-reads the committed spans written after the last run
+    /// (all of them for a store written before the index existed, with progress in the log).
+    pub(crate) fn load(&self, tree: &sled::Tree) -> Result<(), StoreError> {
+        let mut runs = Vec::new();
+        for entry in tree.scan_prefix([run::RUN_META]) {
+            runs.push(Arc::new(RunMeta::decode(&entry?.1)?));
+        }
+        let indexed_through = runs.last().map(|r| r.id).unwrap_or(0);
+        *self.write() = State { memtable: Memtable::default(), runs };
+        let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
+        let mut replayed = 0u64;
+        for entry in tree.range(range) {
+            let (key, segment) = entry?;
+            let seq = seq_of(&key);
+            let segment = RawSegment::of(segment)?;
+            let mut spans = Vec::new();
+            for (i, span) in SpanSegment::new(&segment)?.enumerate() {
+                spans.push((position(seq, i as u16), decode::<Span>(span?.json)?));
+            }
+            replayed += spans.len() as u64;
+            self.add(spans.iter().map(|(p, s)| (*p, s)));
+            if self.is_full() {
+                self.flush(tree)?;
+                tracing::info!(
+                    spans = replayed,
+                    "search index: indexing spans stored before it, or since its last run"
+                );
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(spans = replayed, "search index: spans past its last run re-read");
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the memtable should be written out as a run.
+    pub(crate) fn is_full(&self) -> bool {
+        self.read().memtable.spans >= self.run_spans.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_run_spans(&self, spans: u32) {
+        self.run_spans.store(spans, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn run_count(&self) -> usize {
+        self.read().runs.len()
+    }
+
+    /// Indexes committed spans (in position order).
+    pub(crate) fn add<'a>(&self, spans: impl IntoIterator<Item = (u64, &'a Span)>) {
+        let spans: Vec<(u64, &Span, Vec<u64>)> =
+            spans.into_iter().map(|(p, span)| (p, span, terms::terms_of(span))).collect();
+        let mut state = self.write();
+        let m = &mut state.memtable;
+        for (position, span, terms) in spans {
+            let seq = seq_of_position(position);
+            if m.spans == 0 {
+                (m.first_seq, m.min_start, m.max_start) = (seq, span.start_time_unix_nano, span.start_time_unix_nano);
+            }
+            m.spans += 1;
+            m.last_seq = seq;
+            m.min_start = m.min_start.min(span.start_time_unix_nano);
+            m.max_start = m.max_start.max(span.start_time_unix_nano);
+            let trace = terms::trace_term(&span.trace_id);
+            for term in terms {
+                let list = m.postings.entry(term).or_default();
+                if list.is_empty() && term == trace {
+                    m.traces.push(term);
+                }
+                list.push(position);
+            }
+        }
+    }
+
+    /// Writes the memtable out as a run (atomically), then empties it. Only the one writer
+    /// calls this; queries go on meanwhile.
+    pub(crate) fn flush(&self, tree: &sled::Tree) -> Result<(), StoreError> {
+        let (meta, chunks) = {
+            let state = self.read();
+            let m = &state.memtable;
+            if m.spans == 0 {
+                return Ok(());
+            }
+            let mut entries: Vec<(u64, u64)> = Vec::with_capacity(m.postings.values().map(Vec::len).sum());
+            for (term, positions) in &m.postings {
+                entries.extend(positions.iter().rev().map(|p| (*term, *p)));
+            }
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            let (chunks, directory) = run::chunks(&entries);
+            let meta = RunMeta {
+                id: m.last_seq,
+                first_seq: m.first_seq,
+                min_start: m.min_start,
+                max_start: m.max_start,
+                spans: m.spans,
+                directory,
+                bloom: run::bloom_of(&m.traces),
+            };
+            (meta, chunks)
+        };
+        let mut batch = sled::Batch::default();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            batch.insert(&run::chunk_key(meta.id, i as u32), chunk);
+        }
+        batch.insert(&run::meta_key(meta.id), meta.encode());
+        tree.apply_batch(batch)?;
+        let mut state = self.write();
+        state.runs.push(Arc::new(meta));
+        state.memtable = Memtable::default();
+        Ok(())
+    }
+
+    /// Drops the runs whose spans are all in segments before `seq` (deleted by retention).
+    pub(crate) fn drop_runs_before(&self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
+        let gone: Vec<Arc<RunMeta>> = self.read().runs.iter().filter(|r| r.id < seq).cloned().collect();
+        for meta in &gone {
+            // The header first: a run without it is never read, and its chunks are removed below
+            // (or, after a crash, they are only dead bytes).
+            tree.remove(run::meta_key(meta.id))?;
+            self.write().runs.retain(|r| r.id != meta.id);
+            for chunk in 0..meta.directory.len() as u32 {
+                tree.remove(run::chunk_key(meta.id, chunk))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts of the index, newest first.
+    pub(crate) fn sources(&self) -> Vec<Source> {
+        let state = self.read();
+        let m = &state.memtable;
+        let mut sources = Vec::with_capacity(state.runs.len() + 1);
+        if m.spans > 0 {
+            sources.push(Source::Memtable { min_start: m.min_start, max_start: m.max_start, first_seq: m.first_seq });
+        }
+        sources.extend(state.runs.iter().rev().map(|r| Source::Run(r.clone())));
+        sources
+    }
+
+    /// About how many positions the terms have in `source` (for choosing which to walk).
+    pub(crate) fn estimate(&self, source: &Source, terms: &[u64]) -> usize {
+        match source {
+            Source::Memtable { .. } => {
+                let state = self.read();
+                terms.iter().map(|t| state.memtable.postings.get(t).map_or(0, Vec::len)).sum()
+            }
+            Source::Run(run) => terms.iter().map(|t| run.chunks_of(*t).len() * run::CHUNK_ENTRIES).sum(),
+        }
+    }
+
+    /// The positions in `source` of any of `terms`, newest first.
+    pub(crate) fn positions(&self, tree: &sled::Tree, source: &Source, terms: &[u64]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        match source {
+            Source::Memtable { .. } => {
+                let state = self.read();
+                for term in terms {
+                    if let Some(list) = state.memtable.postings.get(term) {
+                        out.extend(list.iter().rev());
+                    }
+                }
+            }
+            Source::Run(run) => {
+                for term in terms {
+                    for chunk in run.chunks_of(*term) {
+                        if let Some(bytes) = tree.get(run::chunk_key(run.id, chunk))? {
+                            out.extend(run::positions_in(&bytes, *term));
+                        }
+                    }
+                }
+            }
+        }
+        if terms.len() > 1 {
+            out.sort_unstable_by(|a, b| b.cmp(a));
+            out.dedup();
+        }
+        Ok(out)
+    }
+
+    /// Every position of the trace's spans, newest first.
+    pub(crate) fn trace_positions(&self, tree: &sled::Tree, trace_id: &TraceId) -> Result<Vec<u64>, StoreError> {
+        let term = terms::trace_term(trace_id);
+        let mut out = Vec::new();
+        for source in self.sources() {
+            if let Source::Run(run) = &source {
+                if !run.may_hold_trace(term) {
+                    continue;
+                }
+            }
+            out.extend(self.positions(tree, &source, &[term])?);
+        }
+        Ok(out)
+    }
+}
