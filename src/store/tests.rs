@@ -441,13 +441,13 @@ fn varied_span(t: TraceId, i: u64) -> Span {
     let mut s = span(t, 1_000_000 + i * 10);
     s.team = Some(format!("team-{}", i % 5));
     s.user = Some(format!("user-{}", i % 7));
-    s.session = (i % 3 == 0).then(|| format!("session-{}", i % 11));
-    s.provider = Some(if i % 4 == 0 { "anthropic" } else { "openai" }.into());
+    s.session = i.is_multiple_of(3).then(|| format!("session-{}", i % 11));
+    s.provider = Some(if i.is_multiple_of(4) { "anthropic" } else { "openai" }.into());
     s.request_model = Some(format!("model-{}", i % 6));
     s.response_model = Some(format!("model-{}-snapshot", i % 6));
     s.status = if i % 50 == 7 { SpanStatus::Error } else { SpanStatus::Ok };
     s.duration_ms = (i % 1000) as f64;
-    s.cost_usd = (i % 2 == 0).then(|| i as f64 * 1e-6);
+    s.cost_usd = i.is_multiple_of(2).then_some(i as f64 * 1e-6);
     s.properties.insert("env".into(), if i % 10 == 3 { "prod" } else { "dev" }.into());
     s
 }

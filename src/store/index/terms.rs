@@ -69,7 +69,7 @@ pub fn cost_bucket(cost_usd: f64) -> u8 {
 }
 
 fn log2_bucket(value: f64) -> u8 {
-    if !(value >= 1.0) {
+    if value.is_nan() || value < 1.0 {
         return 0;
     }
     (value.log2().floor() as u64).min(u64::from(BUCKETS - 1)) as u8
