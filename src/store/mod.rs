@@ -9,18 +9,15 @@
 //! - `S` ‖ seq(8)                 → span segment: spans (JSON) of one batch, ≤ ~6 KB
 //! - `B` ‖ seq(8)                 → body segment: the same spans' bodies, in the same order
 //! - `I` ‖ seq(8)                 → index run: the batch's commit record (see `layout::Run`)
-//! - `J` ‖ bucket(1) ‖ page(8)    → index page: the same entries, merged, for one bucket of traces
+//! - `X`/`Y` ‖ run(8) ...          → search-index runs (see `index/`): postings by trace, team, ...
 //! - `L` ‖ day(4) ‖ team 0 user 0 provider 0 model → usage ledger counters (see `ledger.rs`)
-//! - `M` format / merged_through   → the layout version; the last seq merged into pages
+//! - `M` format / merged_through   → the layout version; the last seq merged into the ledger
 //! - `M` export_cursor:{name}     → the last span segment an exporter delivered
 //!
-//! Integers are big-endian, so segments are in write order. A trace is found through the
-//! index: its entries are in the (few) recent runs and in the pages of its bucket (a hash of
-//! the trace id picks one of 64). Once runs hold `RUN_ENTRIES_BEFORE_MERGE` entries, the
-//! recorder merges them into the bucket pages in one atomic batch, so a span costs a small
-//! fraction of a sled write instead of an index key of its own (which cost ~20% of the
-//! proxy's throughput). Trace summaries are folded from the trace's spans when read; the
-//! listing walks span segments newest first and never reads bodies. Only the recorder thread
+//! Integers are big-endian, so segments are in write order. Traces and listings are found
+//! through the search index (`index/`, `query.rs`): its memtable costs no sled write per span,
+//! and a run is written once per 65,536 spans. Trace summaries are folded from the trace's
+//! spans when read; listings never read bodies. Only the recorder thread
 //! writes (sled 0.34 must not see concurrent flushes); the admin API reads concurrently.
 //!
 //! A batch's segments are written first and its index run last, as plain inserts (a sled batch
