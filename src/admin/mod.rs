@@ -236,18 +236,18 @@ impl Admin {
                         _ => return error(StatusCode::BAD_REQUEST, "status must be ok, error or cancelled"),
                     })
                 }
-                "from" | "to" => {
-                    match crate::model::clock::parse_time(&value) {
-                        Some(t) if key == "from" => q.from_unix_nano = Some(t),
-                        Some(t) => q.to_unix_nano = Some(t),
-                        None => return error(
+                "from" | "to" => match crate::model::clock::parse_time(&value) {
+                    Some(t) if key == "from" => q.from_unix_nano = Some(t),
+                    Some(t) => q.to_unix_nano = Some(t),
+                    None => {
+                        return error(
                             StatusCode::BAD_REQUEST,
                             &format!(
                                 "{key} must be an RFC 3339 time (2026-12-05T10:00:00Z), a day, or unix milliseconds"
                             ),
-                        ),
+                        )
                     }
-                }
+                },
                 "min_duration_ms" | "min_cost_usd" => match value.parse::<f64>() {
                     Ok(n) if n.is_finite() && n >= 0.0 && key == "min_duration_ms" => q.min_duration_ms = Some(n),
                     Ok(n) if n.is_finite() && n >= 0.0 => q.min_cost_usd = Some(n),

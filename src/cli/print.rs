@@ -286,15 +286,16 @@ pub fn price_list(book: &PriceBook) -> String {
     let catalog = catalog();
     let mut table =
         vec![["MODEL", "SOURCE", "INPUT", "CACHED", "CACHE WRITE", "OUTPUT", "REASONING"].map(String::from).to_vec()];
+    let optional = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let row = |model: &str, source: &str, p: &Price| {
         vec![
             printable(model).into_owned(),
             source.to_string(),
             format!("{}", p.input_per_mtok),
-            p.cached_input_per_mtok.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-            p.cache_write_per_mtok.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+            optional(p.cached_input_per_mtok),
+            optional(p.cache_write_per_mtok),
             format!("{}", p.output_per_mtok),
-            p.reasoning_per_mtok.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+            optional(p.reasoning_per_mtok),
         ]
     };
     for (model, price) in book.overrides() {
