@@ -10,6 +10,7 @@
 //! never `proxy`, `upstream` or `export`. `usage_report` groups the ledger for `/api/usage`
 //! and `tracegate usage`; `ui` serves the page.
 
+pub mod filters;
 pub mod ui;
 pub mod usage_report;
 
@@ -33,18 +34,14 @@ use prost::Message as _;
 use crate::admin::usage_report::{self as usage, GroupBy};
 use crate::formats::otlp;
 use crate::model::ids::{SpanId, TraceId};
+use crate::model::span::SpanBodies;
 use crate::model::span::SpanWrite;
-use crate::model::span::{SpanBodies, SpanStatus};
 use crate::record::metrics::Metrics;
 use crate::record::RecorderHandle;
-use crate::store::{Store, TraceQuery};
+use crate::store::Store;
 
 /// Largest OTLP request accepted (after decompression too).
 const MAX_INGEST_BYTES: usize = 16 << 20;
-
-/// Default and maximum `limit` of `/api/traces`.
-const DEFAULT_TRACE_LIMIT: usize = 50;
-const MAX_TRACE_LIMIT: usize = 1000;
 
 pub type AdminBody = Full<Bytes>;
 
@@ -97,7 +94,8 @@ impl Admin {
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 r
             }
-            ["api", "traces"] => self.list_traces(&query).await,
+            ["api", "traces"] => self.list("/api/traces", &query).await,
+            ["api", "sessions"] => self.list("/api/sessions", &query).await,
             ["api", "usage"] => self.usage(&query).await,
             ["api", "traces", id] => self.get_trace(id).await,
             ["api", "traces", id, "spans", span] => self.get_span(id, span).await,
@@ -205,66 +203,24 @@ impl Admin {
         ui::login_redirect(token)
     }
 
-    async fn list_traces(&self, query: &str) -> Response<AdminBody> {
-        let mut q = TraceQuery { limit: DEFAULT_TRACE_LIMIT, ..TraceQuery::default() };
-        for (key, value) in parse_query(query) {
-            // An empty filter filters nothing.
-            if value.is_empty() && key != "limit" && key != "cursor" && TRACES_PARAMETERS.contains(&key.as_str()) {
-                continue;
-            }
-            let text = |field: &mut Option<String>| *field = Some(value.clone());
-            match key.as_str() {
-                "limit" => match value.parse::<usize>() {
-                    Ok(n) if n > 0 => q.limit = n.min(MAX_TRACE_LIMIT),
-                    _ => return error(StatusCode::BAD_REQUEST, "limit must be a positive integer (at most 1000)"),
-                },
-                "cursor" if value.is_empty() => {}
-                "cursor" => match u64::from_str_radix(&value, 16) {
-                    Ok(c) => q.cursor = Some(c),
-                    Err(_) => return error(StatusCode::BAD_REQUEST, "cursor must be a next_cursor this API returned"),
-                },
-                "team" => text(&mut q.team),
-                "user" => text(&mut q.user),
-                "model" => text(&mut q.model),
-                "provider" => text(&mut q.provider),
-                "session" => text(&mut q.session),
-                "status" => {
-                    q.status = Some(match value.as_str() {
-                        "ok" => SpanStatus::Ok,
-                        "error" => SpanStatus::Error,
-                        "cancelled" => SpanStatus::Cancelled,
-                        _ => return error(StatusCode::BAD_REQUEST, "status must be ok, error or cancelled"),
-                    })
-                }
-                "from" | "to" => match crate::model::clock::parse_time(&value) {
-                    Some(t) if key == "from" => q.from_unix_nano = Some(t),
-                    Some(t) => q.to_unix_nano = Some(t),
-                    None => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            &format!(
-                                "{key} must be an RFC 3339 time (2026-12-05T10:00:00Z), a day, or unix milliseconds"
-                            ),
-                        )
-                    }
-                },
-                "min_duration_ms" | "min_cost_usd" => match value.parse::<f64>() {
-                    Ok(n) if n.is_finite() && n >= 0.0 && key == "min_duration_ms" => q.min_duration_ms = Some(n),
-                    Ok(n) if n.is_finite() && n >= 0.0 => q.min_cost_usd = Some(n),
-                    _ => return error(StatusCode::BAD_REQUEST, &format!("{key} must be a non-negative number")),
-                },
-                name if name.starts_with("property.") && name.len() > "property.".len() => {
-                    q.properties.push((name["property.".len()..].to_string(), value));
-                }
-                other => return unknown_parameter("/api/traces", other, TRACES_PARAMETERS),
-            }
-        }
+    /// `GET /api/traces` and `GET /api/sessions`: a page of traces or sessions with a span
+    /// matching every filter, newest first.
+    async fn list(&self, endpoint: &'static str, query: &str) -> Response<AdminBody> {
+        let q = match filters::parse(parse_query(query), endpoint, true, &[]) {
+            Ok((q, _)) => q,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        };
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.find_traces(&q)).await {
-            Ok(Ok(page)) => json_response(
-                StatusCode::OK,
-                &json!({ "traces": page.traces, "next_cursor": page.next_cursor.map(|c| format!("{c:x}")) }),
-            ),
+        let page = tokio::task::spawn_blocking(move || match endpoint {
+            "/api/sessions" => store
+                .find_sessions(&q)
+                .map(|page| json!({ "sessions": page.sessions, "next_cursor": page.next_cursor.map(|c| c.encode()) })),
+            _ => store
+                .find_traces(&q)
+                .map(|page| json!({ "traces": page.traces, "next_cursor": page.next_cursor.map(|c| c.encode()) })),
+        });
+        match page.await {
+            Ok(Ok(page)) => json_response(StatusCode::OK, &page),
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
@@ -353,22 +309,6 @@ fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
     json_response(status, &json!({ "error": { "message": message } }))
 }
 
-/// The query parameters `/api/traces` accepts.
-const TRACES_PARAMETERS: &[&str] = &[
-    "team",
-    "user",
-    "model",
-    "provider",
-    "status",
-    "session",
-    "property.<name>",
-    "from",
-    "to",
-    "min_duration_ms",
-    "min_cost_usd",
-    "limit",
-    "cursor",
-];
 /// The query parameters `/api/usage` accepts.
 const USAGE_PARAMETERS: &[&str] = &["from", "to", "group_by"];
 

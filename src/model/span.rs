@@ -265,6 +265,72 @@ impl TraceSummary {
     }
 }
 
+/// A session as `/api/sessions` lists it: totals over every stored span of the session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    pub session: String,
+    /// The user and team of the session's latest span that names one.
+    pub user: Option<String>,
+    pub team: Option<String>,
+    pub first_time_unix_nano: u64,
+    pub last_time_unix_nano: u64,
+    pub trace_count: u64,
+    pub span_count: u64,
+    /// Tokens of the session's proxied calls (`llm` spans), as in [`TraceSummary`].
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: Option<f64>,
+    /// Spans whose status is `error`.
+    pub errors: u64,
+}
+
+impl SessionSummary {
+    /// Folds a session's spans, in any order.
+    pub fn of<'a>(session: &str, spans: impl IntoIterator<Item = &'a Span>) -> Option<SessionSummary> {
+        let mut summary: Option<SessionSummary> = None;
+        let mut traces = std::collections::HashSet::new();
+        let mut latest_named = (0u64, 0u64);
+        for span in spans {
+            let s = summary.get_or_insert_with(|| SessionSummary {
+                session: session.to_string(),
+                user: None,
+                team: None,
+                first_time_unix_nano: u64::MAX,
+                last_time_unix_nano: 0,
+                trace_count: 0,
+                span_count: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: None,
+                errors: 0,
+            });
+            s.first_time_unix_nano = s.first_time_unix_nano.min(span.start_time_unix_nano);
+            s.last_time_unix_nano = s.last_time_unix_nano.max(span.end_time_unix_nano());
+            s.span_count += 1;
+            if traces.insert(span.trace_id) {
+                s.trace_count += 1;
+            }
+            if span.kind == SpanKind::Llm {
+                s.input_tokens = s.input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
+                s.output_tokens = s.output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
+            }
+            if let Some(cost) = span.cost_usd {
+                s.cost_usd = Some(s.cost_usd.unwrap_or(0.0) + cost);
+            }
+            s.errors += u64::from(span.status == SpanStatus::Error);
+            for (slot, value, latest) in
+                [(&mut s.user, &span.user, &mut latest_named.0), (&mut s.team, &span.team, &mut latest_named.1)]
+            {
+                if value.is_some() && (slot.is_none() || span.start_time_unix_nano >= *latest) {
+                    *slot = value.clone();
+                    *latest = span.start_time_unix_nano;
+                }
+            }
+        }
+        summary
+    }
+}
+
 /// A span ready to be written, with its bodies when they are kept.
 pub struct SpanWrite {
     pub span: Span,

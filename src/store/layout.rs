@@ -167,6 +167,18 @@ impl<'a> Iterator for SpanSegment<'a> {
 
 /// The bodies of span `index` in an encoded body segment.
 pub(super) fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
+    let Some((flags, request, response)) = raw_bodies_at(segment, index)? else { return Ok(SpanBodies::default()) };
+    let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
+    Ok(SpanBodies {
+        request_body: text(request),
+        response_body: text(response),
+        truncated: flags & BODIES_TRUNCATED != 0,
+    })
+}
+
+/// The raw request and response bodies of span `index` (with its flags), `None` when the
+/// span's bodies were not kept.
+pub(crate) fn raw_bodies_at(segment: &[u8], index: usize) -> Result<Option<(u8, &[u8], &[u8])>, StoreError> {
     let (count, mut rest) = take_u32(segment)?;
     if index >= count as usize {
         return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));
@@ -177,15 +189,7 @@ pub(super) fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, Stor
         let (request, after_request) = take_slice(after_flags)?;
         let (response, after_response) = take_slice(after_request)?;
         if i == index {
-            if flags & BODIES_KEPT == 0 {
-                return Ok(SpanBodies::default());
-            }
-            let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
-            return Ok(SpanBodies {
-                request_body: text(request),
-                response_body: text(response),
-                truncated: flags & BODIES_TRUNCATED != 0,
-            });
+            return Ok((flags & BODIES_KEPT != 0).then_some((flags, request, response)));
         }
         rest = after_response;
     }

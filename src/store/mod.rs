@@ -58,7 +58,7 @@ use crate::store::layout::*;
 use crate::store::segment_codec::SegmentCompressor;
 
 pub use error::StoreError;
-pub use query::{TracePage, TraceQuery};
+pub use query::{Cursor, SessionPage, TracePage, TraceQuery};
 
 pub struct Store {
     db: sled::Db,

@@ -1,23 +1,28 @@
-//! Finding traces: `/api/traces`' filters over the search index, newest first, a page at a
-//! time, however old the matches are.
+//! Finding calls: the filters of `/api/traces`, `/api/sessions`, `/api/export` and deletes
+//! over the search index, newest first, a page at a time, however old the matches are.
 //!
-//! A trace is listed when one of its spans matches every filter (span-level AND). It is listed
-//! once, at the position of its newest matching span; pages are cut by position, so a cursor
-//! (the last listed position) continues strictly below it: no trace twice, none skipped, and
-//! calls arriving meanwhile land above the cursor (seen by starting again from the top).
+//! [`Store::for_each_match`] walks the spans matching every filter (span-level AND), newest
+//! first. Per index source (the memtable, then each run, newest first; runs outside `from`/`to`
+//! are skipped by their time range) it walks the postings of the most selective filter and
+//! checks every other filter on the span itself (and `q` on its bodies), so a hash collision or
+//! a filter without an index (`from`, `to`, exact duration and cost) never gives a wrong answer.
 //!
-//! Per index source (the memtable, then each run, newest first; runs outside `from`/`to` are
-//! skipped by their time range) the query walks the postings of its most selective filter and
-//! checks every other filter on the span itself, so a hash collision or a filter without an
-//! index (`from`, `to`, exact duration and cost) never gives a wrong answer.
+//! A trace (or session) is listed once, at the position of its newest matching span; pages are
+//! cut by position, so a cursor continues strictly below the last listed position. The cursor
+//! also carries the first page's **horizon** (the first position not yet committed then):
+//! newest matches are taken below it, so a call that arrives between pages and joins a trace
+//! not listed yet neither lifts that trace above the cursor (a gap) nor lists it twice. Calls
+//! past the horizon are seen by starting again from the top.
 
 use std::collections::HashSet;
 
 use crate::model::ids::TraceId;
-use crate::model::span::{Span, SpanStatus, TraceSummary};
+use std::sync::atomic::Ordering;
+
+use crate::model::span::{SessionSummary, Span, SpanStatus, TraceSummary};
 use crate::store::index;
 use crate::store::index::terms::{self, Field};
-use crate::store::layout::{decode, SpanSegment};
+use crate::store::layout::{decode, raw_bodies_at, SpanSegment};
 use crate::store::reader::SegmentCache;
 use crate::store::{Store, StoreError};
 
@@ -39,17 +44,45 @@ pub struct TraceQuery {
     pub to_unix_nano: Option<u64>,
     pub min_duration_ms: Option<f64>,
     pub min_cost_usd: Option<f64>,
+    /// A phrase in the request or response body (ASCII case-insensitive).
+    pub text: Option<String>,
     /// Continue below this position (the previous page's `next_cursor`).
-    pub cursor: Option<u64>,
+    pub cursor: Option<Cursor>,
     pub limit: usize,
 }
 
-/// One page of a listing.
+/// Where a listing continues: below `below`, judging newest matches below `horizon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub below: u64,
+    pub horizon: u64,
+}
+
+impl Cursor {
+    /// `next_cursor` as the API shows it: two hex numbers.
+    pub fn encode(&self) -> String {
+        format!("{:x}-{:x}", self.below, self.horizon)
+    }
+
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (below, horizon) = text.split_once('-')?;
+        Some(Cursor { below: u64::from_str_radix(below, 16).ok()?, horizon: u64::from_str_radix(horizon, 16).ok()? })
+    }
+}
+
+/// One page of a trace listing.
 #[derive(Debug, Default)]
 pub struct TracePage {
     pub traces: Vec<TraceSummary>,
     /// Where the next page starts; `None` when this page holds the last match.
-    pub next_cursor: Option<u64>,
+    pub next_cursor: Option<Cursor>,
+}
+
+/// One page of a session listing.
+#[derive(Debug, Default)]
+pub struct SessionPage {
+    pub sessions: Vec<SessionSummary>,
+    pub next_cursor: Option<Cursor>,
 }
 
 impl TraceQuery {
@@ -83,7 +116,7 @@ impl TraceQuery {
         groups
     }
 
-    /// Whether `span` matches every filter (the cursor aside).
+    /// Whether `span` matches every filter but `text` (and the cursor).
     pub fn matches(&self, span: &Span) -> bool {
         let eq = |filter: &Option<String>, value: &Option<String>| filter.is_none() || filter == value;
         eq(&self.team, &span.team)
@@ -103,18 +136,39 @@ impl TraceQuery {
 /// Every status: with no filter that has postings, a source's spans are walked through these.
 const ALL_STATUSES: [SpanStatus; 3] = [SpanStatus::Ok, SpanStatus::Error, SpanStatus::Cancelled];
 
+/// What one walk reads more than once: span segments, body segments, the text to find.
+pub(crate) struct Walk {
+    pub(crate) spans: SegmentCache,
+    bodies: SegmentCache,
+    text: Option<Needle>,
+    horizon: u64,
+}
+
 impl Store {
-    /// One page of traces matching `query`, newest first.
-    pub fn find_traces(&self, query: &TraceQuery) -> Result<TracePage, StoreError> {
-        let limit = query.limit.max(1);
+    /// Calls `visit(walk, position, span)` with each span matching `query`, newest first,
+    /// below its cursor, until `visit` returns false. The horizon of a first page is the first
+    /// position not committed when the walk starts.
+    pub(crate) fn for_each_match(
+        &self,
+        query: &TraceQuery,
+        mut visit: impl FnMut(&mut Walk, u64, Span) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let groups = query.term_groups();
         let everything: Vec<u64> = ALL_STATUSES.iter().map(|s| terms::status_term(*s)).collect();
         let (from, to) = (query.from_unix_nano.unwrap_or(0), query.to_unix_nano.unwrap_or(u64::MAX));
-        let mut page: Vec<(u64, TraceSummary)> = Vec::new();
-        let mut seen: HashSet<TraceId> = HashSet::new();
-        let mut cache = SegmentCache::default();
-        'sources: for source in self.index.sources() {
-            if !source.overlaps(from, to) || query.cursor.is_some_and(|c| source.first_position() >= c) {
+        let horizon = match query.cursor {
+            Some(c) => c.horizon,
+            None => index::position(self.committed_seq.load(Ordering::Acquire) + 1, 0),
+        };
+        let below = query.cursor.map_or(horizon, |c| c.below.min(horizon));
+        let mut walk = Walk {
+            spans: SegmentCache::default(),
+            bodies: SegmentCache::bodies(),
+            text: query.text.as_deref().map(Needle::new),
+            horizon,
+        };
+        for source in self.index.sources() {
+            if !source.overlaps(from, to) || source.first_position() >= below {
                 continue;
             }
             let driving = match groups.iter().min_by_key(|g| self.index.estimate(&source, g)) {
@@ -122,42 +176,134 @@ impl Store {
                 None => everything.as_slice(),
             };
             for position in self.index.positions(&self.tree, &source, driving)? {
-                if query.cursor.is_some_and(|c| position >= c) {
+                if position >= below {
                     continue;
                 }
-                let Some(span) = self.span_at(&mut cache, position)? else { continue };
-                if !query.matches(&span) || !seen.insert(span.trace_id) {
+                let Some(span) = self.span_at(&mut walk.spans, position)? else { continue };
+                if !self.matches_fully(&mut walk, query, position, &span)? {
                     continue;
                 }
-                let mut spans = Vec::new();
-                let mut newest_match = position;
-                self.for_each_span(&span.trace_id, &mut cache, |s, seq, i| {
-                    let s: Span = decode(s.json)?;
-                    if query.matches(&s) {
-                        newest_match = newest_match.max(index::position(seq, i as u16));
-                    }
-                    spans.push(s);
-                    Ok(true)
-                })?;
-                // Listed at its newest match: above the cursor, on an earlier page.
-                if newest_match != position {
-                    continue;
-                }
-                spans.sort_by_key(|s| s.start_time_unix_nano);
-                let Some(summary) = summarize(&spans) else { continue };
-                page.push((position, summary));
-                if page.len() > limit {
-                    break 'sources;
+                if !visit(&mut walk, position, span)? {
+                    return Ok(());
                 }
             }
         }
-        let next_cursor = if page.len() > limit {
-            page.truncate(limit);
-            page.last().map(|(p, _)| *p)
-        } else {
-            None
-        };
+        Ok(())
+    }
+
+    /// Whether the span at `position` matches every filter, `text` included.
+    fn matches_fully(
+        &self,
+        walk: &mut Walk,
+        query: &TraceQuery,
+        position: u64,
+        span: &Span,
+    ) -> Result<bool, StoreError> {
+        if !query.matches(span) {
+            return Ok(false);
+        }
+        let Some(needle) = &walk.text else { return Ok(true) };
+        let Some(segment) = walk.bodies.get(&self.tree, index::seq_of_position(position))? else { return Ok(false) };
+        let index = usize::from(index::index_of_position(position));
+        Ok(match raw_bodies_at(segment, index)? {
+            Some((_, request, response)) => needle.found_in(request) || needle.found_in(response),
+            None => false,
+        })
+    }
+
+    /// The newest position below the walk's horizon of a span among `positions` that matches
+    /// `query`, calling `member` with every span there: it says whether the span belongs to the
+    /// trace or session (a term's postings may hold another's spans, whose hash collides).
+    fn newest_match(
+        &self,
+        walk: &mut Walk,
+        query: &TraceQuery,
+        positions: Vec<u64>,
+        mut member: impl FnMut(&Span) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut newest = None;
+        for position in positions {
+            let Some(span) = self.span_at(&mut walk.spans, position)? else { continue };
+            if !member(&span) {
+                continue;
+            }
+            if position < walk.horizon && newest < Some(position) && self.matches_fully(walk, query, position, &span)? {
+                newest = Some(position);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// One page of traces matching `query`, newest first.
+    pub fn find_traces(&self, query: &TraceQuery) -> Result<TracePage, StoreError> {
+        let limit = query.limit.max(1);
+        let mut page: Vec<(u64, TraceSummary)> = Vec::new();
+        let mut seen: HashSet<TraceId> = HashSet::new();
+        let mut horizon = 0;
+        self.for_each_match(query, |walk, position, span| {
+            horizon = walk.horizon;
+            if !seen.insert(span.trace_id) {
+                return Ok(true);
+            }
+            let mut positions = self.index.trace_positions(&self.tree, &span.trace_id)?;
+            positions.sort_unstable();
+            positions.dedup();
+            let mut spans = Vec::new();
+            let newest = self.newest_match(walk, query, positions, |s| {
+                let member = s.trace_id == span.trace_id;
+                if member {
+                    spans.push(s.clone());
+                }
+                member
+            })?;
+            // Listed at its newest match: above the cursor, on an earlier page.
+            if newest != Some(position) {
+                return Ok(true);
+            }
+            spans.sort_by_key(|s| s.start_time_unix_nano);
+            if let Some(summary) = summarize(&spans) {
+                page.push((position, summary));
+            }
+            Ok(page.len() <= limit)
+        })?;
+        let next_cursor = cut(&mut page, limit, horizon);
         Ok(TracePage { traces: page.into_iter().map(|(_, s)| s).collect(), next_cursor })
+    }
+
+    /// One page of sessions with a span matching `query`, newest first; each with its totals
+    /// over all of its stored spans.
+    pub fn find_sessions(&self, query: &TraceQuery) -> Result<SessionPage, StoreError> {
+        let limit = query.limit.max(1);
+        let mut page: Vec<(u64, SessionSummary)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut horizon = 0;
+        self.for_each_match(query, |walk, position, span| {
+            horizon = walk.horizon;
+            let Some(session) = span.session else { return Ok(true) };
+            if seen.contains(&session) {
+                return Ok(true);
+            }
+            let mut positions = self.index.session_positions(&self.tree, &session)?;
+            positions.sort_unstable();
+            positions.dedup();
+            let mut spans = Vec::new();
+            let newest = self.newest_match(walk, query, positions, |s| {
+                let member = s.session.as_ref() == Some(&session);
+                if member {
+                    spans.push(s.clone());
+                }
+                member
+            })?;
+            if newest == Some(position) {
+                if let Some(summary) = SessionSummary::of(&session, &spans) {
+                    page.push((position, summary));
+                }
+            }
+            seen.insert(session);
+            Ok(page.len() <= limit)
+        })?;
+        let next_cursor = cut(&mut page, limit, horizon);
+        Ok(SessionPage { sessions: page.into_iter().map(|(_, s)| s).collect(), next_cursor })
     }
 
     /// The span at `position`, or `None` when its segment is gone (retention).
@@ -167,6 +313,42 @@ impl Store {
             Some(span) => Ok(Some(decode(span?.json)?)),
             None => Err(StoreError::Corrupt("index points past the end of its segment".into())),
         }
+    }
+}
+
+/// Cuts a page gathered one past `limit` back to `limit`; the cursor after it, if more follow.
+fn cut<T>(page: &mut Vec<(u64, T)>, limit: usize, horizon: u64) -> Option<Cursor> {
+    if page.len() <= limit {
+        return None;
+    }
+    page.truncate(limit);
+    page.last().map(|(below, _)| Cursor { below: *below, horizon })
+}
+
+/// A phrase to find in bodies, ASCII case-insensitively: as typed, and as it reads inside a
+/// JSON string (quotes, backslashes and control characters escaped).
+struct Needle {
+    plain: memchr::memmem::Finder<'static>,
+    escaped: Option<memchr::memmem::Finder<'static>>,
+}
+
+impl Needle {
+    fn new(text: &str) -> Needle {
+        let lower = text.to_ascii_lowercase();
+        let json = serde_json::to_string(&lower).unwrap_or_default();
+        let json = json.get(1..json.len().saturating_sub(1)).unwrap_or("").to_string();
+        Needle {
+            escaped: (json != lower).then(|| memchr::memmem::Finder::new(json.as_bytes()).into_owned()),
+            plain: memchr::memmem::Finder::new(lower.as_bytes()).into_owned(),
+        }
+    }
+
+    fn found_in(&self, body: &[u8]) -> bool {
+        if body.is_empty() {
+            return false;
+        }
+        let lower = body.to_ascii_lowercase();
+        self.plain.find(&lower).is_some() || self.escaped.as_ref().is_some_and(|f| f.find(&lower).is_some())
     }
 }
 

@@ -146,19 +146,34 @@ impl Store {
     }
 }
 
-/// Span segments read during one query, so a trace spread over a few segments reads each once.
-#[derive(Default)]
-pub(super) struct SegmentCache(HashMap<u64, Option<RawSegment>>);
+/// Segments (span or body segments) read during one query, so a trace spread over a few
+/// segments reads each once.
+pub(crate) struct SegmentCache {
+    kind: u8,
+    segments: HashMap<u64, Option<RawSegment>>,
+}
+
+impl Default for SegmentCache {
+    /// A cache of span segments.
+    fn default() -> Self {
+        SegmentCache { kind: SPAN_SEGMENT, segments: HashMap::new() }
+    }
+}
 
 impl SegmentCache {
+    /// A cache of body segments.
+    pub(super) fn bodies() -> Self {
+        SegmentCache { kind: BODY_SEGMENT, segments: HashMap::new() }
+    }
+
     pub(super) fn get(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<&[u8]>, StoreError> {
-        if !self.0.contains_key(&seq) {
-            if self.0.len() > 256 {
-                self.0.clear();
+        if !self.segments.contains_key(&seq) {
+            if self.segments.len() > 256 {
+                self.segments.clear();
             }
-            let segment = tree.get(segment_key(SPAN_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
-            self.0.insert(seq, segment);
+            let segment = tree.get(segment_key(self.kind, seq))?.map(RawSegment::of).transpose()?;
+            self.segments.insert(seq, segment);
         }
-        Ok(self.0.get(&seq).and_then(|v| v.as_deref()))
+        Ok(self.segments.get(&seq).and_then(|v| v.as_deref()))
     }
 }

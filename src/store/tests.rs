@@ -562,3 +562,127 @@ fn find_traces_answers_every_filter_and_pages_with_no_duplicate_or_gap() {
     }
     assert_eq!(seen, before);
 }
+
+#[test]
+fn a_call_joining_an_unlisted_trace_between_pages_leaves_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.index.set_run_spans(64);
+    let traces: Vec<TraceId> = (0..200).map(|_| TraceId::random()).collect();
+    for chunk in traces.chunks(20) {
+        let writes: Vec<SpanWrite> =
+            chunk.iter().map(|t| SpanWrite { span: varied_span(*t, 0), bodies: None }).collect();
+        store.write_batch(&writes).unwrap();
+    }
+    let all = TraceQuery { limit: 30, ..TraceQuery::default() };
+    let before: Vec<TraceId> = traces.iter().rev().copied().collect();
+    let (mut query, mut seen, mut page_no) = (all.clone(), Vec::new(), 0);
+    loop {
+        let page = store.find_traces(&query).unwrap();
+        seen.extend(page.traces.iter().map(|t| t.trace_id));
+        // A new call joins the oldest trace, not listed yet: it lands above the cursor.
+        let mut joining = varied_span(traces[page_no], 1_000_000);
+        joining.parent_span_id = Some(SpanId::random());
+        store.write_batch(&[SpanWrite { span: joining, bodies: None }]).unwrap();
+        page_no += 1;
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, before);
+    // Starting again from the top shows the traces that grew first.
+    let fresh = store.find_traces(&all).unwrap();
+    assert_eq!(fresh.traces[0].trace_id, traces[page_no - 1]);
+    assert_eq!(fresh.traces[0].span_count, 2);
+}
+
+#[test]
+fn find_sessions_lists_each_session_once_with_totals_over_all_its_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.index.set_run_spans(100);
+    let mut written: Vec<Span> = Vec::new();
+    for batch in 0..12u64 {
+        let writes: Vec<SpanWrite> = (0..50u64)
+            .map(|k| {
+                let s = varied_span(TraceId::random(), batch * 50 + k);
+                written.push(s.clone());
+                SpanWrite { span: s, bodies: None }
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+    }
+    let walk = |q: &TraceQuery| {
+        let (mut q, mut out) = (q.clone(), Vec::new());
+        loop {
+            let page = store.find_sessions(&q).unwrap();
+            out.extend(page.sessions);
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return out,
+            }
+        }
+    };
+    for query in [
+        TraceQuery { limit: 4, ..TraceQuery::default() },
+        TraceQuery { limit: 2, team: Some("team-3".into()), ..TraceQuery::default() },
+        TraceQuery { limit: 3, user: Some("user-2".into()), ..TraceQuery::default() },
+    ] {
+        let mut want: Vec<String> = Vec::new();
+        for s in written.iter().rev() {
+            if let Some(session) = &s.session {
+                if query.matches(s) && !want.contains(session) {
+                    want.push(session.clone());
+                }
+            }
+        }
+        let got = walk(&query);
+        assert_eq!(got.iter().map(|s| s.session.clone()).collect::<Vec<_>>(), want, "{query:?}");
+        for summary in got {
+            let spans: Vec<&Span> = written.iter().filter(|s| s.session.as_ref() == Some(&summary.session)).collect();
+            assert_eq!(summary.span_count, spans.len() as u64);
+            assert_eq!(summary.trace_count, spans.len() as u64);
+            assert_eq!(summary.errors, spans.iter().filter(|s| s.status == SpanStatus::Error).count() as u64);
+            assert_eq!(summary.input_tokens, 3 * spans.len() as u64);
+            assert_eq!(summary.first_time_unix_nano, spans[0].start_time_unix_nano);
+            assert_eq!(summary.user, spans.last().unwrap().user);
+        }
+    }
+}
+
+#[test]
+fn text_search_finds_a_phrase_in_bodies_case_insensitively_and_inside_json_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.index.set_run_spans(40);
+    let bodies = |i: u64| SpanBodies {
+        request_body: Some(match i {
+            5 => r#"{"messages":[{"content":"Tell me about the Quantum Marmalade"}]}"#.to_string(),
+            17 => r#"{"messages":[{"content":"she said \"quantum marmalade\" twice"}]}"#.to_string(),
+            _ => format!(r#"{{"messages":[{{"content":"ordinary call {i}"}}]}}"#),
+        }),
+        response_body: Some(if i == 33 { "data: QUANTUM MARMALADE\n\n".into() } else { "data: ok\n\n".into() }),
+        truncated: false,
+    };
+    let mut traces = Vec::new();
+    for batch in 0..5u64 {
+        let writes: Vec<SpanWrite> = (0..20u64)
+            .map(|k| {
+                let i = batch * 20 + k;
+                let t = TraceId::random();
+                traces.push(t);
+                SpanWrite { span: varied_span(t, i), bodies: Some(bodies(i)) }
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+    }
+    let find = |text: &str| {
+        let q = TraceQuery { limit: 50, text: Some(text.into()), ..TraceQuery::default() };
+        store.find_traces(&q).unwrap().traces.iter().map(|t| t.trace_id).collect::<Vec<_>>()
+    };
+    assert_eq!(find("quantum marmalade"), vec![traces[33], traces[17], traces[5]]);
+    assert_eq!(find("\"Quantum Marmalade\""), vec![traces[17]]);
+    assert_eq!(find("ordinary call 42"), vec![traces[42]]);
+    assert!(find("no such phrase").is_empty());
+}

@@ -27,6 +27,7 @@ use crate::model::span::Span;
 use crate::store::error::StoreError;
 use crate::store::layout::{decode, segment_key, seq_of, RawSegment, SpanSegment, SPAN_SEGMENT};
 use run::RunMeta;
+use terms::Field;
 
 /// Spans per run: a run's header stays ~100 KB in memory, its postings ~1.5 MB on disk.
 pub const RUN_SPANS: u32 = 65_536;
@@ -48,8 +49,8 @@ pub(crate) fn index_of_position(position: u64) -> u16 {
 struct Memtable {
     /// term → positions, oldest first.
     postings: HashMap<u64, Vec<u64>>,
-    /// The trace terms among `postings`' keys (for the run's Bloom filter).
-    traces: Vec<u64>,
+    /// The trace and session terms among `postings`' keys (for the run's Bloom filter).
+    keyed: Vec<u64>,
     spans: u32,
     first_seq: u64,
     last_seq: u64,
@@ -104,8 +105,21 @@ impl SearchIndex {
     /// (all of them for a store written before the index existed, with progress in the log).
     pub(crate) fn load(&self, tree: &sled::Tree) -> Result<(), StoreError> {
         let mut runs = Vec::new();
+        let mut stale = Vec::new();
         for entry in tree.scan_prefix([run::RUN_META]) {
-            runs.push(Arc::new(RunMeta::decode(&entry?.1)?));
+            let (key, meta) = entry?;
+            match RunMeta::is_current(&meta) {
+                true => runs.push(Arc::new(RunMeta::decode(&meta)?)),
+                false => stale.push(seq_of(&key)),
+            }
+        }
+        if !stale.is_empty() {
+            // Written by an older tracegate: rebuilt from the segments, like a missing index.
+            tracing::info!(runs = stale.len(), "search index: rebuilding runs of an older index version");
+            runs.clear();
+            for key in tree.scan_prefix([run::RUN_META]).keys().chain(tree.scan_prefix([run::RUN_CHUNK]).keys()) {
+                tree.remove(key?)?;
+            }
         }
         let indexed_through = runs.last().map(|r| r.id).unwrap_or(0);
         *self.write() = State { memtable: Memtable::default(), runs };
@@ -174,10 +188,11 @@ impl SearchIndex {
             m.min_start = m.min_start.min(span.start_time_unix_nano);
             m.max_start = m.max_start.max(span.start_time_unix_nano);
             let trace = terms::trace_term(&span.trace_id);
+            let session = span.session.as_ref().map(|s| terms::term(Field::Session, s.as_bytes()));
             for term in terms {
                 let list = m.postings.entry(term).or_default();
-                if list.is_empty() && term == trace {
-                    m.traces.push(term);
+                if list.is_empty() && (term == trace || Some(term) == session) {
+                    m.keyed.push(term);
                 }
                 list.push(position);
             }
@@ -206,7 +221,7 @@ impl SearchIndex {
                 max_start: m.max_start,
                 spans: m.spans,
                 directory,
-                bloom: run::bloom_of(&m.traces),
+                bloom: run::bloom_of(&m.keyed),
             };
             (meta, chunks)
         };
@@ -291,11 +306,21 @@ impl SearchIndex {
 
     /// Every position of the trace's spans, newest first.
     pub(crate) fn trace_positions(&self, tree: &sled::Tree, trace_id: &TraceId) -> Result<Vec<u64>, StoreError> {
-        let term = terms::trace_term(trace_id);
+        self.keyed_positions(tree, terms::trace_term(trace_id))
+    }
+
+    /// Every position of the session's spans, newest first.
+    pub(crate) fn session_positions(&self, tree: &sled::Tree, session: &str) -> Result<Vec<u64>, StoreError> {
+        self.keyed_positions(tree, terms::term(Field::Session, session.as_bytes()))
+    }
+
+    /// Every position of a trace or session term, reading only the runs whose Bloom filter
+    /// admits it.
+    fn keyed_positions(&self, tree: &sled::Tree, term: u64) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
         for source in self.sources() {
             if let Source::Run(run) = &source {
-                if !run.may_hold_trace(term) {
+                if !run.may_hold(term) {
                     continue;
                 }
             }

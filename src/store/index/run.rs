@@ -4,7 +4,7 @@
 //!   term, then position descending (newest first)
 //! - `Y` ‖ run(8)            → the run's [`RunMeta`]: its seq and start-time ranges, the first
 //!   term of each chunk (to find a term's chunks without reading the others), and a Bloom
-//!   filter of its traces (a trace's spans are looked up in the few runs that hold it)
+//!   filter of its traces and sessions (whose spans are looked up in the few runs that hold them)
 //!
 //! A run is named by its last seq, so runs sort oldest first. Chunks stay under ~6 KB like
 //! segments, out of sled's blob path.
@@ -16,7 +16,8 @@ pub(crate) const RUN_META: u8 = b'Y';
 /// Bytes of one posting: term, position.
 pub(crate) const ENTRY_BYTES: usize = 16;
 pub(crate) const CHUNK_ENTRIES: usize = 384;
-const META_VERSION: u8 = 1;
+/// 2: the Bloom filter holds session terms too. Runs of an older version are rebuilt at open.
+const META_VERSION: u8 = 2;
 /// Bloom filter bits per trace, and probes per lookup: ~1% false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u64 = 6;
@@ -87,8 +88,14 @@ impl RunMeta {
         start as u32..through.max(start + 1).min(self.directory.len()) as u32
     }
 
-    /// Whether the run may hold spans of the trace whose term is `term` (false: surely not).
-    pub(crate) fn may_hold_trace(&self, term: u64) -> bool {
+    /// Whether a header was written by this version (else the run is rebuilt).
+    pub(crate) fn is_current(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&META_VERSION)
+    }
+
+    /// Whether the run may hold spans of the trace or session whose term is `term` (false:
+    /// surely not).
+    pub(crate) fn may_hold(&self, term: u64) -> bool {
         bloom_contains(&self.bloom, term)
     }
 }
