@@ -78,7 +78,23 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Command::Traces { limit, admin } => print_result(runtime().block_on(cli::traces(limit, &admin))),
+        Command::Traces { limit, filters, admin } => {
+            print_result(runtime().block_on(cli::traces(limit, &filters, &admin)))
+        }
+        Command::Export { filters, admin } => {
+            let mut out = std::io::stdout().lock();
+            match runtime().block_on(cli::export(&filters, &admin, &mut out)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) if e == cli::BROKEN_PIPE => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tracegate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Delete { filters, trace, dry_run, admin } => {
+            print_result(runtime().block_on(cli::delete(&filters, trace.as_deref(), dry_run, &admin)))
+        }
         Command::Trace { trace_id, admin } => print_result(runtime().block_on(cli::trace(&trace_id, &admin))),
         Command::Usage { query, admin } => print_result(runtime().block_on(cli::usage(&query, &admin))),
         Command::Prices { model, config } => print_result(cli::prices(model.as_deref(), &config)),

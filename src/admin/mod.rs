@@ -1,16 +1,20 @@
-//! The admin listener: health, the trace and usage API, Prometheus metrics, OTLP ingest and
-//! the web UI.
+//! The admin listener: health, the trace and usage API, export and deletes, Prometheus
+//! metrics, OTLP ingest and the web UI.
 //!
 //! Endpoints and JSON fields follow SPEC.md. Store reads run on tokio's blocking pool so a
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
 //! `/healthz` needs `Authorization: Bearer <token>`, compared in constant time.
 //!
-//! It reads the store and hands what must be written (ingested OTLP spans) to the recorder's
+//! It reads the store and hands what must be written (ingested OTLP spans, deletes) to the recorder's
 //! queue: it imports `store`, `record` (queue and metrics), `formats`, `config` and `model`;
 //! never `proxy`, `upstream` or `export`. `usage_report` groups the ledger for `/api/usage`
-//! and `tracegate usage`; `ui` serves the page.
+//! and `tracegate usage`; `ui` serves the page; `filters` parses the finding filters of every
+//! endpoint that takes them; `jsonl` streams `/api/export`; `delete` serves the `DELETE`s
+//! (chosen here, written by the recorder).
 
+mod delete;
 pub mod filters;
+pub mod jsonl;
 pub mod ui;
 pub mod usage_report;
 
@@ -43,7 +47,15 @@ use crate::store::Store;
 /// Largest OTLP request accepted (after decompression too).
 const MAX_INGEST_BYTES: usize = 16 << 20;
 
+/// The body of every buffered answer.
 pub type AdminBody = Full<Bytes>;
+/// What the listener serves: a buffered answer, or an export's stream (`jsonl`).
+pub type ServedBody = http_body_util::Either<AdminBody, jsonl::ExportBody>;
+
+/// A buffered answer as served.
+fn served(response: Response<AdminBody>) -> Response<ServedBody> {
+    response.map(http_body_util::Either::Left)
+}
 
 /// State shared by admin requests.
 pub struct Admin {
@@ -60,33 +72,50 @@ impl Admin {
         Admin { store, metrics, recorder, token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()) }
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ServedBody>, Infallible> {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         if path == "/healthz" {
-            return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+            return Ok(served(json_response(StatusCode::OK, &json!({"status": "ok"}))));
         }
         // OTLP ingest is a collector endpoint: apps send spans without the admin token (SPEC).
         if path == "/v1/traces" {
-            return Ok(self.ingest(req).await);
+            return Ok(served(self.ingest(req).await));
         }
         // The UI's static files hold no data; every API call behind them checks the token.
         if let Some(asset) = ui::asset(&path) {
-            return Ok(asset);
+            return Ok(served(asset));
         }
         if path == "/ui/login" && req.method() == Method::POST {
-            return Ok(self.login(req).await);
+            return Ok(served(self.login(req).await));
         }
         if !self.authorized(req.headers()) {
             let mut response =
                 error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer <token>)");
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Ok(response);
-        }
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Ok(error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported here"));
+            return Ok(served(response));
         }
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        if req.method() == Method::DELETE {
+            let (store, recorder) = (self.store.clone(), self.recorder.clone());
+            return Ok(served(match segments.as_slice() {
+                ["api", "traces", id] => delete::delete_trace(store, recorder, id, &query).await,
+                ["api", "spans"] => delete::delete_spans(store, recorder, &query).await,
+                _ => error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "DELETE is for /api/traces/{trace_id} and /api/spans; everything else takes GET",
+                ),
+            }));
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Ok(served(error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET (and DELETE of traces and spans) is supported here",
+            )));
+        }
+        if segments.as_slice() == ["api", "export"] {
+            return Ok(jsonl::export(self.store.clone(), &query));
+        }
         let response = match segments.as_slice() {
             ["metrics"] => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
@@ -99,9 +128,10 @@ impl Admin {
             ["api", "usage"] => self.usage(&query).await,
             ["api", "traces", id] => self.get_trace(id).await,
             ["api", "traces", id, "spans", span] => self.get_span(id, span).await,
+            ["api", "spans"] => error(StatusCode::METHOD_NOT_ALLOWED, "/api/spans takes DELETE"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
-        Ok(response)
+        Ok(served(response))
     }
 
     /// `POST /v1/traces`: OTLP/HTTP ingest, protobuf or JSON, optionally gzip-compressed.

@@ -1,6 +1,7 @@
 //! The CLI's client of the admin API: where it is (`--admin`, else the config's
-//! `server.admin_listen`), the admin token, one GET that returns JSON, and errors a user can
-//! act on (no server at that address: say to start `serve`).
+//! `server.admin_listen`), the admin token, a GET or DELETE that returns JSON, a GET whose
+//! streamed answer is copied out as it arrives (`export`), and errors a user can act on (no
+//! server at that address: say to start `serve`).
 
 use std::path::PathBuf;
 
@@ -26,17 +27,63 @@ pub struct AdminTarget {
 
 /// Fetches a JSON document from the admin API.
 pub(super) async fn get_json(target: &AdminTarget, path_and_query: &str) -> Result<Value, String> {
+    json_of(send(target, http::Method::GET, path_and_query).await?).await
+}
+
+/// Sends a DELETE to the admin API; its JSON answer.
+pub(super) async fn delete_json(target: &AdminTarget, path_and_query: &str) -> Result<Value, String> {
+    json_of(send(target, http::Method::DELETE, path_and_query).await?).await
+}
+
+/// Copies a streamed answer (JSON Lines) to `out` as it arrives; returns the bytes copied.
+/// An answer cut short (the server failed midway, or went away) is an error.
+pub(super) async fn stream(
+    target: &AdminTarget,
+    path_and_query: &str,
+    out: &mut impl std::io::Write,
+) -> Result<u64, String> {
+    let response = send(target, http::Method::GET, path_and_query).await?;
+    if !response.status().is_success() {
+        return json_of(response).await.map(|_| 0);
+    }
+    let mut body = response.into_body();
+    let mut copied = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the admin API's answer was cut short after {copied} bytes: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).and_then(|()| out.flush()).map_err(|e| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => BROKEN_PIPE.to_string(),
+                _ => format!("cannot write the output: {e}"),
+            })?;
+            copied += data.len() as u64;
+        }
+    }
+    Ok(copied)
+}
+
+/// The error [`stream`] returns when its reader closed the pipe (`| head`): not a failure.
+pub const BROKEN_PIPE: &str = "broken pipe";
+
+async fn send(
+    target: &AdminTarget,
+    method: http::Method,
+    path_and_query: &str,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
     let (base, token) = resolve_admin(target)?;
     let url = format!("{}{path_and_query}", base.trim_end_matches('/'));
     let uri: http::Uri = url.parse().map_err(|e| format!("bad admin URL {url:?}: {e}"))?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = http::Request::get(uri).body(Empty::new()).map_err(|e| e.to_string())?;
+    let mut request = http::Request::builder().method(method).uri(uri).body(Empty::new()).map_err(|e| e.to_string())?;
     if let Some(token) = token {
         let value =
             http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "admin token is not a valid header")?;
         request.headers_mut().insert(http::header::AUTHORIZATION, value);
     }
-    let response = client.request(request).await.map_err(|e| unreachable_admin(&base, &e))?;
+    client.request(request).await.map_err(|e| unreachable_admin(&base, &e))
+}
+
+/// The JSON of an answer; a failure status is an error carrying the API's message.
+async fn json_of(response: http::Response<hyper::body::Incoming>) -> Result<Value, String> {
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     let value: Value =

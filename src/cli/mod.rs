@@ -1,7 +1,7 @@
 //! The command line: what `tracegate` accepts (clap's derive API, so `--help`, `-h`,
 //! `--version`, `-V`, short aliases and one-line errors behave as users of other CLIs expect),
-//! and the commands that are clients of the admin API (`traces`, `trace`, `usage`) or read the
-//! config alone (`prices`). `serve`, `check-config` and `mock-llm` are dispatched from
+//! and the commands that are clients of the admin API (`traces`, `trace`, `usage`, `export`,
+//! `delete`) or read the config alone (`prices`). `serve`, `check-config` and `mock-llm` are dispatched from
 //! `main.rs`; their behaviour lives in `server`, `config` and `mock_llm`.
 //!
 //! `client` asks the admin API; `print` turns its JSON into text for people, every field
@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
-pub use client::AdminTarget;
+pub use client::{AdminTarget, BROKEN_PIPE};
 
 const AFTER_HELP: &str = "\
 Without --config: $TRACEGATE_CONFIG, else config/tracegate.toml, else built-in defaults.
@@ -54,11 +54,34 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = crate::mock_llm::DEFAULT_CHUNK_DELAY.as_millis() as u64)]
         chunk_delay_ms: u64,
     },
-    /// List recent traces, newest first, one line each.
+    /// List traces, newest first, one line each; the filters find calls however old.
     Traces {
         /// How many traces to show.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        #[command(flatten)]
+        filters: Filters,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Write every matching span with its bodies as JSON Lines to stdout, newest first.
+    Export {
+        #[command(flatten)]
+        filters: Filters,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Delete a trace, or every span matching the filters, with their bodies (the usage totals stay).
+    Delete {
+        /// Delete this trace (32 hex digits) instead of filtering.
+        #[arg(long, value_name = "TRACE_ID",
+              conflicts_with_all = ["team", "user", "model", "status", "session", "since", "from", "to", "search"])]
+        trace: Option<String>,
+        /// Only count what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        filters: Filters,
         #[command(flatten)]
         admin: AdminTarget,
     },
@@ -93,6 +116,101 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
+/// The filters of `traces`, `export` and `delete` (all combined with AND).
+#[derive(Debug, Default, PartialEq, Args)]
+pub struct Filters {
+    /// Only calls of this team.
+    #[arg(long, value_name = "TEAM")]
+    pub team: Option<String>,
+    /// Only calls of this user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Only calls that asked for or answered with this model.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Only calls with this status.
+    #[arg(long, value_name = "STATUS", value_parser = ["ok", "error", "cancelled"])]
+    pub status: Option<String>,
+    /// Only calls of this session.
+    #[arg(long, value_name = "SESSION")]
+    pub session: Option<String>,
+    /// Only calls of the last DURATION: 30m, 1h, 2d (s, m, h, d, w).
+    #[arg(long, value_name = "DURATION", conflicts_with = "from", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
+    /// Only calls from TIME on: RFC 3339 (2026-12-05T10:00:00Z), a day, or unix milliseconds.
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Only calls before TIME (same forms as --from).
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Only calls whose request or response body holds TEXT (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+}
+
+impl Filters {
+    /// The filters as the admin API's query parameters (`--since` as `from`, in unix ms).
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        for (name, value) in [
+            ("team", &self.team),
+            ("user", &self.user),
+            ("model", &self.model),
+            ("status", &self.status),
+            ("session", &self.session),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("q", &self.search),
+        ] {
+            if let Some(value) = value {
+                params.push((name, value.clone()));
+            }
+        }
+        if let Some(since) = self.since {
+            let now_ms = crate::model::clock::unix_nanos() / 1_000_000;
+            params.push(("from", now_ms.saturating_sub(since.as_millis() as u64).to_string()));
+        }
+        params
+    }
+
+    fn is_empty(&self) -> bool {
+        self.params().is_empty()
+    }
+}
+
+/// `30m`, `1h`, `2d`, `1w`, `45s`: a positive whole number and a unit.
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err("expected a number and a unit: 30m, 1h, 2d (s, m, h, d, w)".into()),
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n.saturating_mul(seconds))),
+        _ => Err("expected a number and a unit: 30m, 1h, 2d (s, m, h, d, w)".into()),
+    }
+}
+
+/// `a=1&b=x%20y`: parameters percent-encoded for a URL.
+fn query_string(params: &[(&str, String)]) -> String {
+    let encode = |text: &str| {
+        let mut out = String::with_capacity(text.len());
+        for byte in text.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+                _ => out.push_str(&format!("%{byte:02X}")),
+            }
+        }
+        out
+    };
+    params.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
 /// The options of `tracegate usage`.
 #[derive(Debug, Default, PartialEq, Args)]
 pub struct UsageQuery {
@@ -111,10 +229,52 @@ pub struct UsageQuery {
     pub csv: bool,
 }
 
-/// `tracegate traces`: one line per recent trace.
-pub async fn traces(limit: u32, admin: &AdminTarget) -> Result<String, String> {
-    let value = client::get_json(admin, &format!("/api/traces?limit={limit}")).await?;
+/// `tracegate traces`: one line per trace matching the filters, newest first.
+pub async fn traces(limit: u32, filters: &Filters, admin: &AdminTarget) -> Result<String, String> {
+    let mut params = vec![("limit", limit.to_string())];
+    params.extend(filters.params());
+    let value = client::get_json(admin, &format!("/api/traces?{}", query_string(&params))).await?;
     Ok(print::traces(&value))
+}
+
+/// `tracegate export`: the matching spans as JSON Lines, written to `out` as they arrive.
+/// Returns the bytes written.
+pub async fn export(filters: &Filters, admin: &AdminTarget, out: &mut impl std::io::Write) -> Result<u64, String> {
+    client::stream(admin, &format!("/api/export?{}", query_string(&filters.params())), out).await
+}
+
+/// `tracegate delete`: deletes a trace or the matching spans (or counts them, `--dry-run`).
+pub async fn delete(
+    filters: &Filters,
+    trace: Option<&str>,
+    dry_run: bool,
+    admin: &AdminTarget,
+) -> Result<String, String> {
+    let dry = if dry_run { "?dry_run=true" } else { "" };
+    let path = match trace {
+        Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => format!("/api/traces/{id}{dry}"),
+        Some(id) => return Err(format!("--trace: {:?} is not a trace id (32 hex digits)", print::printable(id))),
+        None if filters.is_empty() => {
+            return Err(
+                "say what to delete: --trace ID, or at least one filter (--team, --user, --session, --since, ...)"
+                    .into(),
+            )
+        }
+        None => {
+            let mut params = filters.params();
+            if dry_run {
+                params.push(("dry_run", "true".into()));
+            }
+            format!("/api/spans?{}", query_string(&params))
+        }
+    };
+    let value = client::delete_json(admin, &path).await?;
+    let n = value["deleted"].as_u64().ok_or("the admin API's answer has no \"deleted\" count")?;
+    let spans = if n == 1 { "span" } else { "spans" };
+    Ok(match dry_run {
+        true => format!("would delete {n} {spans}\n"),
+        false => format!("deleted {n} {spans}\n"),
+    })
 }
 
 /// `tracegate trace TRACE_ID`: the trace as a tree.

@@ -142,6 +142,14 @@ impl Exporter {
             let last_seq = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
             let spans: Vec<Span> = batch.into_iter().flat_map(|(_, spans)| spans).collect();
             let n = spans.len() as u64;
+            if n == 0 {
+                // Segments whose spans were all deleted: nothing to send, only the cursor moves.
+                cursor = last_seq;
+                let recorder = self.recorder.clone();
+                let name = self.name;
+                let _ = tokio::task::spawn_blocking(move || recorder.set_export_cursor(name, last_seq)).await;
+                continue;
+            }
             let body = self.encode(&spans);
             let mut backoff = FIRST_BACKOFF;
             loop {

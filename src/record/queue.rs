@@ -5,7 +5,7 @@
 //! hands it over with [`RecorderHandle::submit`], a `try_send` that never blocks: a full queue
 //! (or too many captured bytes waiting) drops the record and counts it
 //! (`tracegate_spans_dropped_total`). Admin (OTLP ingest) and the exporters (cursors) use the
-//! same queue, so the recorder thread stays the store's only writer.
+//! same queue, and so do admin's deletes, so the recorder thread stays the store's only writer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -21,6 +21,7 @@ use crate::model::span::SpanWrite;
 use crate::policy::budget::Reservation;
 use crate::policy::teams::TeamKeyMatch;
 use crate::record::metrics::Metrics;
+use crate::store::Position;
 
 /// Most captured bytes waiting in the queue; past it, new calls are dropped and counted.
 const MAX_QUEUED_BYTES: usize = 64 << 20;
@@ -87,6 +88,8 @@ pub(super) enum Message {
     Ingested(Vec<SpanWrite>),
     /// An exporter delivered everything up to this segment.
     ExportCursor(&'static str, u64),
+    /// Delete the spans at these positions (admin's `DELETE`), flush, then answer how many.
+    Delete(Vec<Position>, mpsc::Sender<Result<usize, String>>),
 }
 
 /// The proxy's side of the queue. Cheap to clone.
@@ -134,6 +137,15 @@ impl RecorderHandle {
     }
 
     /// Waits until everything queued so far is written and flushed (shutdown, tests).
+    /// Has the recorder delete the spans at `positions` (a batch chosen by
+    /// `Store::select`) and flush; answers how many it deleted. Blocks (a blocking-pool
+    /// thread's call): waits for room in the queue, then for the recorder.
+    pub fn delete(&self, positions: Vec<Position>) -> Result<usize, String> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Message::Delete(positions, tx)).map_err(|_| "the recorder has stopped".to_string())?;
+        rx.recv().map_err(|_| "the recorder stopped before deleting".to_string())?
+    }
+
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Message::Flush(tx)).is_ok() {

@@ -1,7 +1,7 @@
 //! The recorder thread: drains the queue, turns each call into a span (`span_builder`), settles
 //! its budget reservation, updates the metrics, and writes batches to the store — the store's
 //! only writer. Also applies retention, and writes what admin and the exporters hand it
-//! (ingested spans, exporter cursors), flushing at most every [`FLUSH_INTERVAL`].
+//! (ingested spans, exporter cursors, deletes), flushing at most every [`FLUSH_INTERVAL`].
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +44,9 @@ pub fn start(
     (handle, join)
 }
 
+/// A batch of positions to delete, and where to answer how many were.
+type Delete = (Vec<crate::store::Position>, mpsc::Sender<Result<usize, String>>);
+
 /// The recorder thread's state.
 struct Recorder {
     settings: RecorderSettings,
@@ -56,6 +59,8 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
     let mut batch: Vec<SpanWrite> = Vec::with_capacity(MAX_BATCH);
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
     let mut cursors: Vec<(&'static str, u64)> = Vec::new();
+    let mut deletes: Vec<Delete> = Vec::new();
+    let mut answers: Vec<(mpsc::Sender<Result<usize, String>>, Result<usize, String>)> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
     let mut busy = false;
     let mut next_retention = Instant::now();
@@ -78,7 +83,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
                 None => RETENTION_INTERVAL,
             };
             match rx.recv_timeout(timeout) {
-                Ok(message) => accept(message, &recorder, &mut batch, &mut waiters, &mut cursors),
+                Ok(message) => accept(message, &recorder, &mut batch, &mut waiters, &mut cursors, &mut deletes),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
@@ -92,7 +97,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
                 let before = batch.len();
                 match rx.try_recv() {
                     Ok(message) => {
-                        accept(message, &recorder, &mut batch, &mut waiters, &mut cursors);
+                        accept(message, &recorder, &mut batch, &mut waiters, &mut cursors, &mut deletes);
                         body_bytes += batch_bytes(&batch[before..]);
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
@@ -117,15 +122,33 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
             }
             dirty_since.get_or_insert_with(Instant::now);
         }
+        for (positions, answer) in deletes.drain(..) {
+            let deleted = store.delete_positions(&positions).map_err(|e| {
+                metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "deleting spans failed");
+                e.to_string()
+            });
+            answers.push((answer, deleted));
+            dirty_since.get_or_insert_with(Instant::now);
+        }
         let flush_due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
-        if flush_due || !waiters.is_empty() || disconnected {
-            if let Err(e) = store.flush() {
+        if flush_due || !waiters.is_empty() || !answers.is_empty() || disconnected {
+            let flushed = store.flush();
+            if let Err(e) = &flushed {
                 metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "span store flush failed");
             }
             dirty_since = None;
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(());
+            }
+            // A delete is answered once it is durable.
+            for (answer, deleted) in answers.drain(..) {
+                let deleted = match &flushed {
+                    Ok(()) => deleted,
+                    Err(e) => Err(format!("flushing the delete failed: {e}")),
+                };
+                let _ = answer.send(deleted);
             }
         }
         if disconnected {
@@ -140,6 +163,7 @@ fn accept(
     batch: &mut Vec<SpanWrite>,
     waiters: &mut Vec<mpsc::Sender<()>>,
     cursors: &mut Vec<(&'static str, u64)>,
+    deletes: &mut Vec<Delete>,
 ) {
     match message {
         Message::Call(mut record) => {
@@ -171,6 +195,7 @@ fn accept(
         Message::Flush(waiter) => waiters.push(waiter),
         Message::Ingested(spans) => batch.extend(spans),
         Message::ExportCursor(exporter, seq) => cursors.push((exporter, seq)),
+        Message::Delete(positions, answer) => deletes.push((positions, answer)),
     }
 }
 

@@ -325,3 +325,42 @@ impl SegmentWriter {
         self.any_bodies = false;
     }
 }
+
+/// A deleted span's record in its span segment: zero ids, start 0, an empty JSON. It keeps the
+/// segment's count and order, so every other span keeps its position (see `delete.rs`).
+pub(super) const TOMBSTONE: [u8; 36] = [0; 36];
+
+impl SpanRef<'_> {
+    /// Whether this record is a deleted span's tombstone (readers skip it).
+    pub(super) fn is_tombstone(&self) -> bool {
+        self.json.is_empty()
+    }
+}
+
+/// A body segment with the records at `indices` emptied (flags 0, no bytes): what is left of
+/// deleted spans' bodies. The count and every other record are kept.
+pub(super) fn without_bodies(segment: &[u8], indices: &[usize]) -> Result<Vec<u8>, StoreError> {
+    let (count, mut rest) = take_u32(segment)?;
+    let mut out = Vec::with_capacity(segment.len());
+    out.extend_from_slice(&count.to_be_bytes());
+    for i in 0..count as usize {
+        let (_, after_flags) = rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+        let (_, after_request) = take_slice(after_flags)?;
+        let (_, after_response) = take_slice(after_request)?;
+        match indices.contains(&i) {
+            true => out.extend_from_slice(&[0; 9]),
+            false => out.extend_from_slice(&rest[..rest.len() - after_response.len()]),
+        }
+        rest = after_response;
+    }
+    Ok(out)
+}
+
+/// The spans of a span segment that are not tombstones.
+pub(super) fn live_spans(segment: &[u8]) -> Result<u64, StoreError> {
+    let mut live = 0;
+    for span in SpanSegment::new(segment)? {
+        live += u64::from(!span?.is_tombstone());
+    }
+    Ok(live)
+}

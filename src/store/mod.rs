@@ -41,6 +41,7 @@
 //! `writer` (batches, merges, retention), `reader` (traces, spans, segments for exporters),
 //! `ledger` (the usage ledger's keys and counters), `error`.
 
+pub(crate) mod delete;
 pub mod error;
 pub(crate) mod index;
 pub(crate) mod layout;
@@ -57,6 +58,7 @@ use std::sync::RwLock;
 use crate::store::layout::*;
 use crate::store::segment_codec::SegmentCompressor;
 
+pub use delete::{Position, Selection, DELETE_BATCH};
 pub use error::StoreError;
 pub use query::{Cursor, SessionPage, TracePage, TraceQuery};
 
@@ -215,10 +217,10 @@ impl Store {
         Ok(())
     }
 
-    /// Number of spans stored (walks the segments; for tests and diagnostics).
+    /// Number of spans stored, deleted ones not (walks the segments; for tests and diagnostics).
     pub fn span_count(&self) -> usize {
         let segments = self.tree.scan_prefix([SPAN_SEGMENT]).filter_map(|e| e.ok());
-        let counts = segments.filter_map(|(_, segment)| Some(take_u32(&RawSegment::of(segment).ok()?).ok()?.0));
+        let counts = segments.filter_map(|(_, segment)| live_spans(&RawSegment::of(segment).ok()?).ok());
         counts.map(|n| n as usize).sum()
     }
 }

@@ -310,7 +310,14 @@ impl Store {
     fn span_at(&self, cache: &mut SegmentCache, position: u64) -> Result<Option<Span>, StoreError> {
         let Some(segment) = cache.get(&self.tree, index::seq_of_position(position))? else { return Ok(None) };
         match SpanSegment::new(segment)?.nth(usize::from(index::index_of_position(position))) {
-            Some(span) => Ok(Some(decode(span?.json)?)),
+            Some(span) => {
+                let span = span?;
+                // A deleted span (see `delete.rs`).
+                if span.is_tombstone() {
+                    return Ok(None);
+                }
+                Ok(Some(decode(span.json)?))
+            }
             None => Err(StoreError::Corrupt("index points past the end of its segment".into())),
         }
     }

@@ -25,7 +25,10 @@ impl Store {
             let segment = RawSegment::of(segment)?;
             let mut spans = Vec::new();
             for span in SpanSegment::new(&segment)? {
-                spans.push(decode::<Span>(span?.json)?);
+                let span = span?;
+                if !span.is_tombstone() {
+                    spans.push(decode::<Span>(span.json)?);
+                }
             }
             total += spans.len();
             out.push((seq_of(&key), spans));
@@ -36,13 +39,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Spans in the segments after `cursor` (counted up to `limit` segments).
+    /// Spans in the segments after `cursor` (counted up to `limit` segments; deleted ones not).
     pub fn spans_after(&self, cursor: u64, limit: usize) -> Result<u64, StoreError> {
         let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
         let mut total = 0u64;
         for entry in self.tree.range(range).take(limit) {
             let segment = RawSegment::of(entry?.1)?;
-            total += u64::from(take_u32(&segment)?.0);
+            total += live_spans(&segment)?;
         }
         Ok(total)
     }
@@ -117,8 +120,8 @@ impl Store {
                 return Err(StoreError::Corrupt("index points past the end of its segment".into()));
             };
             let span = span?;
-            if span.trace_id != *trace_id {
-                continue; // another trace whose id hashes to the same term
+            if span.trace_id != *trace_id || span.is_tombstone() {
+                continue; // another trace whose id hashes to the same term, or a deleted span
             }
             if !visit(&span, seq, index)? {
                 break;
@@ -175,5 +178,31 @@ impl SegmentCache {
             self.segments.insert(seq, segment);
         }
         Ok(self.segments.get(&seq).and_then(|v| v.as_deref()))
+    }
+}
+
+impl Store {
+    /// Calls `emit(span, bodies)` with each span matching `query` and its captured bodies,
+    /// newest first, until `emit` returns false: what `/api/export` streams. Holds one body
+    /// segment at a time (a walk visits a segment's spans together), so memory stays bounded
+    /// however many spans match.
+    pub fn for_each_match_with_bodies(
+        &self,
+        query: &crate::store::TraceQuery,
+        mut emit: impl FnMut(Span, SpanBodies) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut held: Option<(u64, Option<RawSegment>)> = None;
+        self.for_each_match(query, |_, position, span| {
+            let seq = index::seq_of_position(position);
+            if held.as_ref().is_none_or(|(s, _)| *s != seq) {
+                let segment = self.tree.get(segment_key(BODY_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
+                held = Some((seq, segment));
+            }
+            let bodies = match held.as_ref().and_then(|(_, s)| s.as_deref()) {
+                Some(segment) => bodies_at(segment, usize::from(index::index_of_position(position)))?,
+                None => SpanBodies::default(),
+            };
+            Ok(emit(span, bodies))
+        })
     }
 }

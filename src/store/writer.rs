@@ -151,11 +151,13 @@ impl Store {
             let mut spans = 0;
             let mut all_old = true;
             for span in SpanSegment::new(&segment)? {
-                if span?.start_time_unix_nano >= cutoff_unix_nano {
+                let span = span?;
+                if span.start_time_unix_nano >= cutoff_unix_nano {
                     all_old = false;
                     break;
                 }
-                spans += 1;
+                // A tombstone (start 0) is old: a segment of them goes with the next old one.
+                spans += usize::from(!span.is_tombstone());
             }
             if !all_old {
                 first_kept = Some(seq);

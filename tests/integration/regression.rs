@@ -317,7 +317,7 @@ async fn a_second_serve_on_the_same_store_spoke_of_wouldblock() {
 async fn the_cli_without_a_server_said_client_error_connect() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let target = tracegate::cli::AdminTarget { url: Some(url.clone()), config: None };
-    let message = tracegate::cli::traces(10, &target).await.unwrap_err();
+    let message = tracegate::cli::traces(10, &Default::default(), &target).await.unwrap_err();
     assert!(message.contains(&format!("no tracegate answers at {url}")), "{message}");
     assert!(message.contains("tracegate serve"), "{message}");
     assert!(!message.contains("client error"), "{message}");

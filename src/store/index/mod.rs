@@ -15,6 +15,7 @@
 //! existed, [`SearchIndex::open`] re-reads the spans past the last run. Retention drops runs
 //! whose segments are all gone; positions of deleted segments are skipped when read.
 
+mod erase;
 pub(crate) mod run;
 pub(crate) mod terms;
 
@@ -131,7 +132,10 @@ impl SearchIndex {
             let segment = RawSegment::of(segment)?;
             let mut spans = Vec::new();
             for (i, span) in SpanSegment::new(&segment)?.enumerate() {
-                spans.push((position(seq, i as u16), decode::<Span>(span?.json)?));
+                let span = span?;
+                if !span.is_tombstone() {
+                    spans.push((position(seq, i as u16), decode::<Span>(span.json)?));
+                }
             }
             replayed += spans.len() as u64;
             self.add(spans.iter().map(|(p, s)| (*p, s)));
