@@ -234,6 +234,9 @@ pub async fn traces(limit: u32, filters: &Filters, admin: &AdminTarget) -> Resul
     let mut params = vec![("limit", limit.to_string())];
     params.extend(filters.params());
     let value = client::get_json(admin, &format!("/api/traces?{}", query_string(&params))).await?;
+    if !filters.is_empty() && value["traces"].as_array().is_some_and(|t| t.is_empty()) {
+        return Ok("no traces match these filters\n".into());
+    }
     Ok(print::traces(&value))
 }
 

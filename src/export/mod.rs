@@ -141,7 +141,7 @@ impl Exporter {
             };
             let last_seq = batch.last().map(|(seq, _)| *seq).unwrap_or(cursor);
             let spans: Vec<Span> = batch.into_iter().flat_map(|(_, spans)| spans).collect();
-            let n = spans.len() as u64;
+            let mut n = spans.len() as u64;
             if n == 0 {
                 // Segments whose spans were all deleted: nothing to send, only the cursor moves.
                 cursor = last_seq;
@@ -150,7 +150,7 @@ impl Exporter {
                 let _ = tokio::task::spawn_blocking(move || recorder.set_export_cursor(name, last_seq)).await;
                 continue;
             }
-            let body = self.encode(&spans);
+            let mut body = self.encode(&spans);
             let mut backoff = FIRST_BACKOFF;
             loop {
                 match self.send(body.clone()).await {
@@ -174,6 +174,21 @@ impl Exporter {
                         );
                         tokio::time::sleep(wait).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
+                        // Spans deleted while the collector was away are not sent after all.
+                        let again =
+                            self.blocking(move |store, _| store.span_segments_after(cursor, MAX_BATCH_SPANS)).await;
+                        if let Some(again) = again {
+                            let spans: Vec<Span> = again
+                                .into_iter()
+                                .take_while(|(seq, _)| *seq <= last_seq)
+                                .flat_map(|(_, s)| s)
+                                .collect();
+                            if spans.is_empty() {
+                                break;
+                            }
+                            n = spans.len() as u64;
+                            body = self.encode(&spans);
+                        }
                     }
                 }
             }

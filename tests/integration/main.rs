@@ -3,7 +3,8 @@
 //! Modules by area: `forwarding` (bytes in, bytes out, errors), `trace_headers` (how calls join
 //! traces), `recording` (what the spans say, and that they survive a restart), `sdk` (the
 //! official OpenAI Python SDK as a client), `tokens` (counts against Python tiktoken),
-//! `architecture` (the layering rules of ARCHITECTURE.md, checked against the source).
+//! `jsonl_and_delete` (`/api/export`, the deletes and their CLI), `architecture` (the layering
+//! rules of ARCHITECTURE.md, checked against the source).
 
 mod architecture;
 mod bad_input;
@@ -11,6 +12,7 @@ mod crash;
 mod export;
 mod faults;
 mod forwarding;
+mod jsonl_and_delete;
 mod properties;
 mod recording;
 mod regression;
