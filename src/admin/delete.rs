@@ -60,7 +60,7 @@ pub(super) async fn delete_spans(
         Ok(d) => d,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    run(store, recorder, Selection::Matching(q), dry_run).await
+    run(store, recorder, Selection::Matching(Box::new(q)), dry_run).await
 }
 
 /// `dry_run=true|false` (also 1/0, or bare); any other parameter is an error.

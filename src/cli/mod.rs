@@ -396,6 +396,34 @@ mod tests {
     }
 
     #[test]
+    fn finding_flags_become_the_admin_apis_parameters() {
+        let Command::Traces { limit, filters, .. } =
+            parse("traces --team a --user u --model m --status error --session s --to 2026-12-01 --search x --limit 7")
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(limit, 7);
+        let params: Vec<(&str, String)> = filters.params();
+        let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["team", "user", "model", "status", "session", "to", "q"]);
+        assert_eq!(query_string(&[("q", "a b&c=é".into())]), "q=a%20b%26c%3D%C3%A9");
+        assert_eq!(parse_since("30m"), Ok(std::time::Duration::from_secs(1800)));
+        assert_eq!(parse_since("2d"), Ok(std::time::Duration::from_secs(172_800)));
+        for bad in ["", "h", "0h", "1y", "1.5h", "-1h"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+        let Command::Export { filters, .. } = parse("export --since 1h").unwrap() else { panic!() };
+        let from: u64 = filters.params()[0].1.parse().unwrap();
+        let now_ms = crate::model::clock::unix_nanos() / 1_000_000;
+        assert!((now_ms - 3_600_000..=now_ms - 3_599_000).contains(&from), "{from}");
+        assert!(matches!(parse("delete --trace abc --dry-run").unwrap(), Command::Delete { dry_run: true, .. }));
+        assert!(parse("delete --trace abc --team a").is_err(), "--trace or filters, not both");
+        assert!(parse("traces --since 1h --from 2026-12-01").is_err());
+        assert!(parse("traces --status fine").is_err());
+    }
+
+    #[test]
     fn days_are_checked_before_asking_the_server() {
         assert!(is_day("2026-11-01"));
         assert!(!is_day("2026-11-1"));

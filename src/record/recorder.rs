@@ -45,7 +45,8 @@ pub fn start(
 }
 
 /// A batch of positions to delete, and where to answer how many were.
-type Delete = (Vec<crate::store::Position>, mpsc::Sender<Result<usize, String>>);
+type Delete = (Vec<crate::store::Position>, DeleteAnswer);
+type DeleteAnswer = mpsc::Sender<Result<usize, String>>;
 
 /// The recorder thread's state.
 struct Recorder {
@@ -60,7 +61,7 @@ fn run(rx: Receiver<Message>, recorder: Recorder, store: Arc<Store>) {
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
     let mut cursors: Vec<(&'static str, u64)> = Vec::new();
     let mut deletes: Vec<Delete> = Vec::new();
-    let mut answers: Vec<(mpsc::Sender<Result<usize, String>>, Result<usize, String>)> = Vec::new();
+    let mut answers: Vec<(DeleteAnswer, Result<usize, String>)> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
     let mut busy = false;
     let mut next_retention = Instant::now();

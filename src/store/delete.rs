@@ -38,7 +38,7 @@ pub enum Selection {
     /// Every span of one trace.
     Trace(TraceId),
     /// Every span matching the filters (cursor and limit ignored).
-    Matching(TraceQuery),
+    Matching(Box<TraceQuery>),
 }
 
 /// A span's position, as the store's index names it (see `index::position`).
@@ -64,7 +64,7 @@ impl Store {
         let mut positions = Vec::new();
         match selection {
             Selection::Matching(query) => {
-                let query = TraceQuery { cursor: Some(cursor), ..query.clone() };
+                let query = TraceQuery { cursor: Some(cursor), ..(**query).clone() };
                 self.for_each_match(&query, |_, position, _| {
                     positions.push(position);
                     Ok(positions.len() < max)
@@ -91,7 +91,7 @@ impl Store {
         let mut count = 0u64;
         match selection {
             Selection::Matching(query) => {
-                let query = TraceQuery { cursor: Some(self.delete_start()), ..query.clone() };
+                let query = TraceQuery { cursor: Some(self.delete_start()), ..(**query).clone() };
                 self.for_each_match(&query, |_, _, _| {
                     count += 1;
                     Ok(true)

@@ -42,7 +42,7 @@ fn span_of(i: u64, traces: &mut Vec<TraceId>) -> Span {
         team: Some(format!("team-{}", i % 3)),
         user: Some(format!("user-{}", i % 5)),
         session: Some(format!("session-{}", i % 7)),
-        status: if i % 10 == 0 { SpanStatus::Error } else { SpanStatus::Ok },
+        status: if i.is_multiple_of(10) { SpanStatus::Error } else { SpanStatus::Ok },
         ..Span::new(trace, SpanId::random(), SpanKind::Llm, "chat m".into())
     }
 }
@@ -116,7 +116,7 @@ fn deleted_spans_become_tombstones_that_every_reader_skips_and_the_rest_keep_the
     let (store, written) = filled(&dir.path().join("s"), 300);
     assert!(store.index.run_count() >= 4, "some spans in runs, some in the memtable");
     let ledger_before = store.ledger(0, u32::MAX).unwrap();
-    let team = Selection::Matching(TraceQuery { team: Some("team-1".into()), ..TraceQuery::default() });
+    let team = Selection::Matching(Box::new(TraceQuery { team: Some("team-1".into()), ..TraceQuery::default() }));
     assert_eq!(store.count_selected(&team).unwrap(), 100);
     assert_eq!(delete(&store, &team, 7), 100);
     assert_eq!(store.count_selected(&team).unwrap(), 0);
@@ -174,7 +174,7 @@ fn a_trace_is_deleted_whole_and_a_reopened_store_rebuilds_without_tombstones() {
     assert!(store.trace_spans(&trace).unwrap().is_empty());
     let newest = &written[128]; // in the memtable
     assert_eq!(delete(&store, &Selection::Trace(newest.trace_id), 10), 1);
-    let user = Selection::Matching(TraceQuery { user: Some("user-4".into()), ..TraceQuery::default() });
+    let user = Selection::Matching(Box::new(TraceQuery { user: Some("user-4".into()), ..TraceQuery::default() }));
     let users = delete(&store, &user, 5);
     assert_eq!(
         users,
@@ -206,7 +206,7 @@ fn a_trace_is_deleted_whole_and_a_reopened_store_rebuilds_without_tombstones() {
 fn retention_still_deletes_segments_holding_tombstones() {
     let dir = tempfile::tempdir().unwrap();
     let (store, written) = filled(&dir.path().join("s"), 200);
-    let errors = Selection::Matching(TraceQuery { status: Some(SpanStatus::Error), ..TraceQuery::default() });
+    let errors = Selection::Matching(Box::new(TraceQuery { status: Some(SpanStatus::Error), ..TraceQuery::default() }));
     assert_eq!(delete(&store, &errors, 3), 20);
     // Everything before span 150 goes; the tombstones among them are not counted again.
     let deleted = store.delete_older_than(1_000_000 + 150).unwrap();
@@ -218,7 +218,11 @@ fn retention_still_deletes_segments_holding_tombstones() {
     assert!(left.contains(&199) && left.len() < 60 + 25);
     // A segment of nothing but tombstones goes too.
     assert_eq!(
-        delete(&store, &Selection::Matching(TraceQuery { from_unix_nano: Some(0), ..TraceQuery::default() }), 50),
+        delete(
+            &store,
+            &Selection::Matching(Box::new(TraceQuery { from_unix_nano: Some(0), ..TraceQuery::default() })),
+            50
+        ),
         left.len()
     );
     store.delete_older_than(u64::MAX).unwrap();
@@ -231,7 +235,7 @@ fn deleting_a_position_twice_or_of_a_segment_retention_removed_deletes_nothing()
     let (store, _) = filled(&dir.path().join("s"), 50);
     let (positions, _) = store
         .select(
-            &Selection::Matching(TraceQuery { user: Some("user-0".into()), ..TraceQuery::default() }),
+            &Selection::Matching(Box::new(TraceQuery { user: Some("user-0".into()), ..TraceQuery::default() })),
             store.delete_start(),
             100,
         )

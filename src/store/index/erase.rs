@@ -7,10 +7,14 @@
 //! the one writer calls this, so no run is written or dropped meanwhile.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::{run, seq_of_position, terms, SearchIndex};
 use crate::model::span::Span;
 use crate::store::error::StoreError;
+
+/// Term → the positions whose posting under it goes.
+type Gone = HashMap<u64, HashSet<u64>>;
 
 impl SearchIndex {
     /// Removes every posting of `spans` (each with its position).
@@ -18,8 +22,8 @@ impl SearchIndex {
         if spans.is_empty() {
             return Ok(());
         }
-        let mut in_memtable: HashMap<u64, HashSet<u64>> = HashMap::new();
-        let mut in_runs: Vec<(std::sync::Arc<run::RunMeta>, HashMap<u64, HashSet<u64>>)> = Vec::new();
+        let mut in_memtable: Gone = HashMap::new();
+        let mut in_runs: Vec<(Arc<run::RunMeta>, Gone)> = Vec::new();
         {
             let state = self.read();
             let memtable_from = (state.memtable.spans > 0).then_some(state.memtable.first_seq);
