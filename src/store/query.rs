@@ -174,12 +174,13 @@ impl Store {
                 continue;
             }
             let driving = groups.iter().map(|g| (self.index.estimate(&source, g), g.as_slice())).min();
-            let positions = if words.is_empty() {
+            let positions = if words.is_empty() && from == 0 && to == u64::MAX {
                 self.index.positions(&self.tree, &source, driving.map_or(everything.as_slice(), |(_, g)| g))?
             } else {
-                // A phrase: only the blocks holding all of its words, through the cheaper of
-                // their spans and the most selective filter's postings.
-                let ranges = self.index.word_ranges(&self.tree, &source, &words)?;
+                // A phrase or a time window: only the blocks holding all of the phrase's words
+                // and overlapping the window, through the cheaper of their spans and the most
+                // selective filter's postings.
+                let ranges = self.index.block_ranges(&self.tree, &source, &words, (from, to))?;
                 match driving {
                     _ if ranges.is_empty() => continue,
                     Some((n, group)) if n < ranges.len() * words::BLOCK_SPANS as usize => {
@@ -321,7 +322,7 @@ impl Store {
         Ok(SessionPage { sessions: page.into_iter().map(|(_, s)| s).collect(), next_cursor })
     }
 
-    /// Every position in `ranges` (newest first, as [`index::SearchIndex::word_ranges`] gives
+    /// Every position in `ranges` (newest first, as [`index::SearchIndex::block_ranges`] gives
     /// them) below `below`, newest first.
     fn positions_in(
         &self,

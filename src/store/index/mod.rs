@@ -216,7 +216,7 @@ impl SearchIndex {
             if m.spans == 0 {
                 (m.first_seq, m.min_start, m.max_start) = (seq, span.start_time_unix_nano, span.start_time_unix_nano);
             }
-            m.words.add(m.spans, position, &word_terms[words]);
+            m.words.add(m.spans, position, span.start_time_unix_nano, &word_terms[words]);
             m.spans += 1;
             m.last_seq = seq;
             m.min_start = m.min_start.min(span.start_time_unix_nano);
@@ -259,6 +259,7 @@ impl SearchIndex {
                 bloom: run::bloom_of(&m.keyed),
                 word_directory,
                 block_starts: m.words.block_starts.clone(),
+                block_times: m.words.block_times.clone(),
             };
             (meta, chunks, word_chunks)
         };
@@ -373,18 +374,21 @@ impl SearchIndex {
     }
 
     /// The stretches of positions `[start, end)` in `source` whose blocks hold every one of
-    /// `words` (word terms), newest first: where a phrase of these words may be.
-    pub(crate) fn word_ranges(
+    /// `words` (word terms) and have spans that started in `[from, to)`, newest first: where
+    /// a match may be.
+    pub(crate) fn block_ranges(
         &self,
         tree: &sled::Tree,
         source: &Source,
         words: &[u64],
+        (from, to): (u64, u64),
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        let (blocks, starts, end) = match source {
+        let (blocks, starts, times, end) = match source {
             Source::Memtable { .. } => {
                 let state = self.read();
                 let m = &state.memtable;
-                (m.words.blocks_of(words), m.words.block_starts.clone(), position(m.last_seq + 1, 0))
+                let end = position(m.last_seq + 1, 0);
+                (m.words.blocks_of(words), m.words.block_starts.clone(), m.words.block_times.clone(), end)
             }
             Source::Run(run) => {
                 let mut blocks = Blocks::ALL;
@@ -396,11 +400,13 @@ impl SearchIndex {
                         return Ok(Vec::new());
                     }
                 }
-                (blocks, run.block_starts.clone(), position(run.id + 1, 0))
+                (blocks, run.block_starts.clone(), run.block_times.clone(), position(run.id + 1, 0))
             }
         };
+        let in_window = |b: usize| times.get(2 * b..2 * b + 2).is_none_or(|t| t[1] >= from && t[0] < to);
         Ok(blocks
             .newest_first()
+            .filter(|b| in_window(*b))
             .filter_map(|b| Some((*starts.get(b)?, starts.get(b + 1).copied().unwrap_or(end))))
             .collect())
     }

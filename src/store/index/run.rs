@@ -16,9 +16,9 @@ pub(crate) const RUN_META: u8 = b'Y';
 /// Bytes of one posting: term, position.
 pub(crate) const ENTRY_BYTES: usize = 16;
 pub(crate) const CHUNK_ENTRIES: usize = 384;
-/// 2: the Bloom filter holds session terms too; 3: the word index (`words.rs`). Runs of an
-/// older version are rebuilt at open.
-const META_VERSION: u8 = 3;
+/// 2: the Bloom filter holds session terms too; 4: the word index and block times
+/// (`words.rs`). Runs of an older version are rebuilt at open.
+const META_VERSION: u8 = 4;
 /// Bloom filter bits per trace, and probes per lookup: ~1% false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u64 = 6;
@@ -54,11 +54,13 @@ pub(crate) struct RunMeta {
     pub(crate) word_directory: Vec<u64>,
     /// The first position of each block of the word index.
     pub(crate) block_starts: Vec<u64>,
+    /// Each block's earliest and latest start time, flattened.
+    pub(crate) block_times: Vec<u64>,
 }
 
 impl RunMeta {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let lists = [&self.directory, &self.bloom, &self.word_directory, &self.block_starts];
+        let lists = [&self.directory, &self.bloom, &self.word_directory, &self.block_starts, &self.block_times];
         let mut out = Vec::with_capacity(56 + 8 * lists.iter().map(|l| l.len()).sum::<usize>());
         out.push(META_VERSION);
         for n in [self.id, self.first_seq, self.min_start, self.max_start] {
@@ -81,7 +83,8 @@ impl RunMeta {
             let n = take_u32(&mut rest).ok_or_else(bad)? as usize;
             take_u64s(&mut rest, n).ok_or_else(bad)
         };
-        let (directory, bloom, word_directory, block_starts) = (list()?, list()?, list()?, list()?);
+        let (directory, bloom, word_directory) = (list()?, list()?, list()?);
+        let (block_starts, block_times) = (list()?, list()?);
         Ok(RunMeta {
             id: head[0],
             first_seq: head[1],
@@ -92,6 +95,7 @@ impl RunMeta {
             bloom,
             word_directory,
             block_starts,
+            block_times,
         })
     }
 
@@ -201,6 +205,7 @@ mod tests {
             bloom: bloom_of(&[1, 2, 3]),
             word_directory: vec![4, 8],
             block_starts: vec![1 << 16, 2 << 16],
+            block_times: vec![5, 6, 7, 8],
         };
         assert_eq!(RunMeta::decode(&meta.encode()).unwrap(), meta);
         assert!(RunMeta::decode(&meta.encode()[..20]).is_err());

@@ -148,16 +148,22 @@ pub(crate) struct WordTable {
     pub(crate) words: HashMap<u64, Blocks, BuildHasherDefault<TermHasher>>,
     /// The first position of each block begun so far.
     pub(crate) block_starts: Vec<u64>,
+    /// Each block's earliest and latest span start time, flattened (`min, max, min, max, ...`):
+    /// a `from`/`to` query reads only the blocks overlapping its window.
+    pub(crate) block_times: Vec<u64>,
 }
 
 impl WordTable {
     /// Adds one span's words (`terms`, any order, repeats allowed) as the memtable's
-    /// `ordinal`-th span, at `position`.
-    pub(crate) fn add(&mut self, ordinal: u32, position: u64, terms: &[u64]) {
+    /// `ordinal`-th span, at `position`, started at `start` (unix ns).
+    pub(crate) fn add(&mut self, ordinal: u32, position: u64, start: u64, terms: &[u64]) {
         let block = ((ordinal / BLOCK_SPANS) as usize).min(BLOCKS - 1);
         if self.block_starts.len() <= block {
             self.block_starts.push(position);
+            self.block_times.extend([start, start]);
         }
+        let times = &mut self.block_times[2 * block..2 * block + 2];
+        (times[0], times[1]) = (times[0].min(start), times[1].max(start));
         for term in terms {
             self.words.entry(*term).or_default().insert(block);
         }
@@ -257,10 +263,11 @@ mod tests {
             }
             // Many other words, so the table spans several chunks.
             t.push(terms::term(Field::Word, format!("w{}", ordinal % 2000).as_bytes()));
-            table.add(ordinal, u64::from(ordinal) << 4, &t);
+            table.add(ordinal, u64::from(ordinal) << 4, u64::from(ordinal), &t);
         }
         assert_eq!(table.block_starts.len(), 200);
         assert_eq!(table.block_starts[1], u64::from(BLOCK_SPANS) << 4);
+        assert_eq!(table.block_times[2..4], [u64::from(BLOCK_SPANS), u64::from(BLOCK_SPANS) * 2 - 1]);
         let (chunks, directory) = table.chunks();
         assert!(chunks.len() > 3);
         let find = |term: u64| {
