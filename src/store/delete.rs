@@ -10,7 +10,10 @@
 //! the query walk, exporters, the index rebuild at open, `span_count`); retention deletes a
 //! segment of tombstones like any old segment. The deleted spans' postings are removed from
 //! the memtable and from the run chunks that held them (`index::erase`); a posting left behind
-//! (a crash between the two) points at a tombstone, which readers skip.
+//! (a crash between the two) points at a tombstone, which readers skip. The word index behind
+//! `q` (`index/words.rs`) says only which blocks of 256 spans hold a word's hash: it is left
+//! as is (a block that held a deleted body's word costs a read of bodies that no longer hold
+//! it, never a match), until retention drops the run.
 //!
 //! Choosing what to delete is a read ([`Store::select`], [`Store::count_selected`]) and runs
 //! on any thread; applying it ([`Store::delete_positions`]) is a write, done by the recorder

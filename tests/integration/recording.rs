@@ -333,3 +333,52 @@ async fn retention_deletes_spans_older_than_retention_days_at_start() {
     assert!(proxy.spans(old_trace).await.is_empty(), "the 40-day-old span is gone");
     assert_eq!(proxy.spans(&new_trace).await.len(), 1, "today's span is kept");
 }
+
+#[tokio::test]
+async fn calls_are_found_by_user_session_property_and_words_of_their_bodies() {
+    let (_mock, proxy) = setup(Duration::ZERO).await;
+    let chat =
+        |content: &str| format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{content}"}}]}}"#);
+    let url = proxy.url("/openai/v1/chat/completions");
+    let mut traces = Vec::new();
+    for i in 0..6 {
+        let (session, user) = (format!("chat-{}", i % 2), format!("u{}", i % 3));
+        let env = if i == 4 { "prod" } else { "dev" };
+        let content =
+            if i == 3 { "Tell me about the Quantum Marmalade, please".to_string() } else { format!("call {i}") };
+        let headers = [
+            ("x-tracegate-session", session.as_str()),
+            ("x-tracegate-user", user.as_str()),
+            ("x-tracegate-team", "search"),
+            ("x-tracegate-property-env", env),
+        ];
+        let (status, headers, _) = post(&url, &headers, &chat(&content)).await;
+        assert_eq!(status, 200);
+        traces.push(header(&headers, "x-tracegate-trace-id").to_string());
+    }
+    // A session without trace context is one trace.
+    proxy.wait_spans(&traces[0], 3).await;
+    proxy.wait_spans(&traces[1], 3).await;
+
+    let (_, found) = proxy.admin_get("/api/traces?q=quantum%20marmalade").await;
+    assert_eq!(found["traces"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["traces"][0]["sessions"], serde_json::json!(["chat-1"]));
+    let (_, none) = proxy.admin_get("/api/traces?q=marmal").await;
+    assert!(none["traces"].as_array().unwrap().is_empty(), "whole words: {none}");
+    let (_, prod) = proxy.admin_get("/api/traces?property.env=prod&user=u1").await;
+    assert_eq!(prod["traces"][0]["users"].as_array().unwrap().len(), 3, "{prod}");
+
+    let (status, sessions) = proxy.admin_get("/api/sessions?team=search&limit=1").await;
+    assert_eq!(status, 200);
+    let first = &sessions["sessions"][0];
+    assert_eq!((first["session"].as_str(), first["span_count"].as_u64()), (Some("chat-1"), Some(3)), "{sessions}");
+    assert_eq!((first["team"].as_str(), first["errors"].as_u64()), (Some("search"), Some(0)));
+    assert!(first["input_tokens"].as_u64().unwrap() > 0 && first["cost_usd"].as_f64().unwrap() > 0.0);
+    assert!(first["first_time_unix_nano"].as_u64() <= first["last_time_unix_nano"].as_u64());
+    let cursor = sessions["next_cursor"].as_str().expect("a second page").to_string();
+    let (_, rest) = proxy.admin_get(&format!("/api/sessions?team=search&limit=1&cursor={cursor}")).await;
+    assert_eq!(rest["sessions"][0]["session"], "chat-0");
+    assert!(rest["next_cursor"].is_null());
+    let (status, bad) = proxy.admin_get("/api/sessions?cursor=zz").await;
+    assert_eq!(status, 400, "{bad}");
+}
