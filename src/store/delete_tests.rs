@@ -247,3 +247,27 @@ fn deleting_a_position_twice_or_of_a_segment_retention_removed_deletes_nothing()
     assert_eq!(store.span_count(), 0);
     assert_eq!(store.delete_positions(&[crate::store::index::position(1, 1)]).unwrap(), 0);
 }
+
+#[test]
+fn time_windows_and_phrases_read_blocks_of_positions_and_skip_the_tombstones_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, written) = filled(&dir.path().join("s"), 300);
+    let victim = &written[100];
+    let phrase = victim.span_id.to_string();
+    let by_phrase = Selection::Matching(Box::new(TraceQuery { text: Some(phrase.clone()), ..TraceQuery::default() }));
+    assert_eq!(store.count_selected(&by_phrase).unwrap(), 1);
+    let window = TraceQuery { from_unix_nano: Some(1_000_050), to_unix_nano: Some(1_000_150), ..TraceQuery::default() };
+    assert_eq!(store.count_selected(&Selection::Matching(Box::new(window.clone()))).unwrap(), 100);
+    assert_eq!(delete(&store, &by_phrase, 10), 1);
+    assert_eq!(store.count_selected(&by_phrase).unwrap(), 0);
+    let mut found = Vec::new();
+    store
+        .for_each_match_with_bodies(&window, |span, bodies| {
+            found.push((span.start_time_unix_nano, bodies));
+            true
+        })
+        .unwrap();
+    assert_eq!(found.len(), 99);
+    assert!(found.iter().all(|(start, _)| *start != victim.start_time_unix_nano));
+    assert!(found.iter().all(|(_, b)| !b.request_body.as_deref().unwrap_or("").contains(&phrase)));
+}
