@@ -184,12 +184,12 @@ try {
     await page.click('#main button.load-more');
     clicks++;
     await eventually('the next page', async () => (await rowIds('#trace-table')).length > before || !(await page.isVisible('#main button.load-more')));
+    if (clicks === 1) await page.screenshot({ path: `${shots}/ui-load-more.png`, fullPage: true });
     if (clicks > 50) fail('load more never ends');
   }
   const shown = await rowIds('#trace-table');
   if (shown.join(',') !== every.join(',')) fail(`load more shows ${JSON.stringify(shown)}, the API's pages ${JSON.stringify(every)}`);
   summary.load_more = { pages: clicks + 1, rows: shown.length };
-  await page.screenshot({ path: `${shots}/ui-load-more.png`, fullPage: true });
 
   // 7. The Sessions tab, filtered by user; a session's traces oldest first, and its totals.
   await page.goto(admin + '/#/traces');
@@ -198,6 +198,7 @@ try {
   await page.screenshot({ path: `${shots}/ui-sessions.png` });
   await page.fill('[data-filter=user]', 'grace');
   await rowsMatch('sessions of grace', '#session-table', '/api/sessions?user=grace&limit=1000', 'sessions', 'data-session');
+  await page.screenshot({ path: `${shots}/ui-sessions-filtered.png` });
   await page.click('[data-action=clear-filters]');
   await page.waitForSelector('#session-table tr[data-session="ada-chat-1"]');
   // Keyboard: focus the row, Enter opens the session.
