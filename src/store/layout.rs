@@ -176,9 +176,12 @@ pub(super) fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, Stor
     })
 }
 
+/// A span's body record: flags, request, response (raw bytes).
+pub(crate) type RawBodies<'a> = (u8, &'a [u8], &'a [u8]);
+
 /// The raw request and response bodies of span `index` (with its flags), `None` when the
 /// span's bodies were not kept.
-pub(crate) fn raw_bodies_at(segment: &[u8], index: usize) -> Result<Option<(u8, &[u8], &[u8])>, StoreError> {
+pub(crate) fn raw_bodies_at(segment: &[u8], index: usize) -> Result<Option<RawBodies<'_>>, StoreError> {
     let (count, mut rest) = take_u32(segment)?;
     if index >= count as usize {
         return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));

@@ -22,7 +22,8 @@ use std::sync::atomic::Ordering;
 use crate::model::span::{SessionSummary, Span, SpanStatus, TraceSummary};
 use crate::store::index;
 use crate::store::index::terms::{self, Field};
-use crate::store::layout::{decode, raw_bodies_at, SpanSegment};
+use crate::store::index::words;
+use crate::store::layout::{decode, raw_bodies_at, take_u32, SpanSegment};
 use crate::store::reader::SegmentCache;
 use crate::store::{Store, StoreError};
 
@@ -161,6 +162,7 @@ impl Store {
             None => index::position(self.committed_seq.load(Ordering::Acquire) + 1, 0),
         };
         let below = query.cursor.map_or(horizon, |c| c.below.min(horizon));
+        let words = query.text.as_deref().map(words::phrase_terms).unwrap_or_default();
         let mut walk = Walk {
             spans: SegmentCache::default(),
             bodies: SegmentCache::bodies(),
@@ -171,11 +173,25 @@ impl Store {
             if !source.overlaps(from, to) || source.first_position() >= below {
                 continue;
             }
-            let driving = match groups.iter().min_by_key(|g| self.index.estimate(&source, g)) {
-                Some(group) => group.as_slice(),
-                None => everything.as_slice(),
+            let driving = groups.iter().map(|g| (self.index.estimate(&source, g), g.as_slice())).min();
+            let positions = if words.is_empty() && from == 0 && to == u64::MAX {
+                self.index.positions(&self.tree, &source, driving.map_or(everything.as_slice(), |(_, g)| g))?
+            } else {
+                // A phrase or a time window: only the blocks holding all of the phrase's words
+                // and overlapping the window, through the cheaper of their spans and the most
+                // selective filter's postings.
+                let ranges = self.index.block_ranges(&self.tree, &source, &words, (from, to))?;
+                match driving {
+                    _ if ranges.is_empty() => continue,
+                    Some((n, group)) if n < ranges.len() * words::BLOCK_SPANS as usize => {
+                        let mut positions = self.index.positions(&self.tree, &source, group)?;
+                        positions.retain(|p| in_ranges(&ranges, *p));
+                        positions
+                    }
+                    _ => self.positions_in(&mut walk.spans, &ranges, below)?,
+                }
             };
-            for position in self.index.positions(&self.tree, &source, driving)? {
+            for position in positions {
                 if position >= below {
                     continue;
                 }
@@ -306,6 +322,30 @@ impl Store {
         Ok(SessionPage { sessions: page.into_iter().map(|(_, s)| s).collect(), next_cursor })
     }
 
+    /// Every position in `ranges` (newest first, as [`index::SearchIndex::block_ranges`] gives
+    /// them) below `below`, newest first.
+    fn positions_in(
+        &self,
+        cache: &mut SegmentCache,
+        ranges: &[(u64, u64)],
+        below: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for &(start, end) in ranges {
+            let end = end.min(below);
+            if start >= end {
+                continue;
+            }
+            for seq in (index::seq_of_position(start)..=index::seq_of_position(end - 1)).rev() {
+                let Some(segment) = cache.get(&self.tree, seq)? else { continue };
+                let count = take_u32(segment)?.0.min(u32::from(u16::MAX)) as u16;
+                let positions = (0..count).rev().map(|i| index::position(seq, i));
+                out.extend(positions.filter(|p| (start..end).contains(p)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The span at `position`, or `None` when its segment is gone (retention).
     fn span_at(&self, cache: &mut SegmentCache, position: u64) -> Result<Option<Span>, StoreError> {
         let Some(segment) = cache.get(&self.tree, index::seq_of_position(position))? else { return Ok(None) };
@@ -314,6 +354,12 @@ impl Store {
             None => Err(StoreError::Corrupt("index points past the end of its segment".into())),
         }
     }
+}
+
+/// Whether `position` lies in one of `ranges` (disjoint, newest first).
+fn in_ranges(ranges: &[(u64, u64)], position: u64) -> bool {
+    let i = ranges.partition_point(|(start, _)| *start > position);
+    ranges.get(i).is_some_and(|(start, end)| (*start..*end).contains(&position))
 }
 
 /// Cuts a page gathered one past `limit` back to `limit`; the cursor after it, if more follow.
@@ -325,11 +371,15 @@ fn cut<T>(page: &mut Vec<(u64, T)>, limit: usize, horizon: u64) -> Option<Cursor
     page.last().map(|(below, _)| Cursor { below: *below, horizon })
 }
 
-/// A phrase to find in bodies, ASCII case-insensitively: as typed, and as it reads inside a
-/// JSON string (quotes, backslashes and control characters escaped).
+/// A phrase to find in bodies: ASCII case-insensitively, as typed or as it reads inside a
+/// JSON string (quotes, backslashes and control characters escaped), and as whole words: a
+/// phrase that starts (ends) with a letter or digit must not start (end) inside a word, as in
+/// search engines (`marmalade` finds `Marmalade,` but not `marmalades`). This is what the word
+/// index can narrow; a JSON escape (`\n`) before the phrase counts as a word boundary.
 struct Needle {
-    plain: memchr::memmem::Finder<'static>,
-    escaped: Option<memchr::memmem::Finder<'static>>,
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Whether the phrase starts and ends with a word byte (so the match must be bounded there).
+    bounded: (bool, bool),
 }
 
 impl Needle {
@@ -337,10 +387,16 @@ impl Needle {
         let lower = text.to_ascii_lowercase();
         let json = serde_json::to_string(&lower).unwrap_or_default();
         let json = json.get(1..json.len().saturating_sub(1)).unwrap_or("").to_string();
-        Needle {
-            escaped: (json != lower).then(|| memchr::memmem::Finder::new(json.as_bytes()).into_owned()),
-            plain: memchr::memmem::Finder::new(lower.as_bytes()).into_owned(),
+        let mut finders = vec![memchr::memmem::Finder::new(lower.as_bytes()).into_owned()];
+        if json != lower {
+            finders.push(memchr::memmem::Finder::new(json.as_bytes()).into_owned());
         }
+        let bytes = lower.as_bytes();
+        let bounded = (
+            bytes.first().is_some_and(|b| words::is_word_byte(*b)),
+            bytes.last().is_some_and(|b| words::is_word_byte(*b)),
+        );
+        Needle { finders, bounded }
     }
 
     fn found_in(&self, body: &[u8]) -> bool {
@@ -348,7 +404,24 @@ impl Needle {
             return false;
         }
         let lower = body.to_ascii_lowercase();
-        self.plain.find(&lower).is_some() || self.escaped.as_ref().is_some_and(|f| f.find(&lower).is_some())
+        self.finders.iter().any(|finder| {
+            let n = finder.needle().len();
+            finder.find_iter(&lower).any(|at| {
+                (!self.bounded.0 || word_starts_at(&lower, at))
+                    && (!self.bounded.1 || !lower.get(at + n).is_some_and(|b| words::is_word_byte(*b)))
+            })
+        })
+    }
+}
+
+/// Whether no word runs into `at` from before it (a JSON escape such as `\n` ends one).
+fn word_starts_at(body: &[u8], at: usize) -> bool {
+    let before = &body[..at];
+    match before {
+        [] => true,
+        [.., b'\\', b'n' | b't' | b'r' | b'b' | b'f' | b'/' | b'"' | b'\\'] => true,
+        [.., b'\\', b'u', a, b, c, d] if [a, b, c, d].iter().all(|h| h.is_ascii_hexdigit()) => true,
+        [.., last] => !words::is_word_byte(*last),
     }
 }
 

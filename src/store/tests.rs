@@ -685,4 +685,54 @@ fn text_search_finds_a_phrase_in_bodies_case_insensitively_and_inside_json_escap
     assert_eq!(find("\"Quantum Marmalade\""), vec![traces[17]]);
     assert_eq!(find("ordinary call 42"), vec![traces[42]]);
     assert!(find("no such phrase").is_empty());
+    // Whole words at the phrase's edges, as search engines match.
+    assert!(find("marmal").is_empty());
+    assert!(find("uantum marmalade").is_empty());
+    assert_eq!(find("call 4"), vec![traces[4]]);
+}
+
+#[test]
+fn text_search_narrows_by_word_blocks_and_combines_with_other_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.index.set_run_spans(1000);
+    let mut written = Vec::new();
+    for batch in 0..25u64 {
+        let writes: Vec<SpanWrite> = (0..100u64)
+            .map(|k| {
+                let i = batch * 100 + k;
+                let s = varied_span(TraceId::random(), i);
+                let text =
+                    if i % 400 == 123 { "the rare zebra phrase".to_string() } else { format!("the usual {}", i % 97) };
+                let request_body = Some(format!(r#"{{"messages":[{{"content":"{text}"}}]}}"#));
+                written.push((s.clone(), text));
+                SpanWrite { span: s, bodies: Some(SpanBodies { request_body, response_body: None, truncated: false }) }
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+    }
+    assert_eq!(store.index.run_count(), 2, "two runs of several blocks, and the memtable");
+    for query in [
+        TraceQuery { text: Some("Rare Zebra".into()), ..TraceQuery::default() },
+        TraceQuery { text: Some("rare zebra".into()), team: Some("team-3".into()), ..TraceQuery::default() },
+        TraceQuery { text: Some("usual 5".into()), status: Some(SpanStatus::Error), ..TraceQuery::default() },
+        TraceQuery { text: Some("the".into()), user: Some("user-1".into()), ..TraceQuery::default() },
+    ] {
+        let query = TraceQuery { limit: 1000, ..query };
+        let phrase = query.text.clone().unwrap().to_lowercase();
+        let want: Vec<TraceId> = written
+            .iter()
+            .rev()
+            .filter(|(s, text)| query.matches(s) && format!("{text} ").contains(&format!("{phrase} ")))
+            .map(|(s, _)| s.trace_id)
+            .collect();
+        assert!(!want.is_empty(), "{query:?}");
+        let got: Vec<TraceId> = store.find_traces(&query).unwrap().traces.iter().map(|t| t.trace_id).collect();
+        assert_eq!(got, want, "{query:?}");
+    }
+    // The word index survives a reopen (runs read back, the memtable rebuilt from segments).
+    drop(store);
+    let store = reopen(&dir.path().join("s"));
+    let q = TraceQuery { limit: 100, text: Some("rare zebra".into()), ..TraceQuery::default() };
+    assert_eq!(store.find_traces(&q).unwrap().traces.len(), 6);
 }

@@ -74,7 +74,12 @@ impl Store {
             return Err(e);
         }
         self.committed_seq.store(seq - 1, Ordering::Release);
-        self.index.add(positions.into_iter().zip(writes.iter().map(|w| &w.span)));
+        self.index.add(positions.into_iter().zip(writes).map(|(position, w)| {
+            let bodies = w.bodies.as_ref();
+            let request = bodies.and_then(|b| b.request_body.as_deref()).unwrap_or("");
+            let response = bodies.and_then(|b| b.response_body.as_deref()).unwrap_or("");
+            index::Indexed { position, span: &w.span, bodies: [request.as_bytes(), response.as_bytes()] }
+        }));
         if self.index.is_full() {
             // Derived data: a failed flush is retried with the next batch (or rebuilt at open).
             if let Err(e) = self.index.flush(&self.tree) {

@@ -17,6 +17,7 @@
 
 pub(crate) mod run;
 pub(crate) mod terms;
+pub(crate) mod words;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,9 +26,11 @@ use std::sync::{Arc, RwLock};
 use crate::model::ids::TraceId;
 use crate::model::span::Span;
 use crate::store::error::StoreError;
-use crate::store::layout::{decode, segment_key, seq_of, RawSegment, SpanSegment, SPAN_SEGMENT};
+use crate::store::layout::SPAN_SEGMENT;
+use crate::store::layout::{decode, raw_bodies_at, segment_key, seq_of, RawSegment, SpanSegment, BODY_SEGMENT};
 use run::RunMeta;
 use terms::Field;
+use words::{Blocks, WordTable};
 
 /// Spans per run: a run's header stays ~100 KB in memory, its postings ~1.5 MB on disk.
 pub const RUN_SPANS: u32 = 65_536;
@@ -51,11 +54,20 @@ struct Memtable {
     postings: HashMap<u64, Vec<u64>>,
     /// The trace and session terms among `postings`' keys (for the run's Bloom filter).
     keyed: Vec<u64>,
+    /// The words of the spans' bodies, by block.
+    words: WordTable,
     spans: u32,
     first_seq: u64,
     last_seq: u64,
     min_start: u64,
     max_start: u64,
+}
+
+/// A committed span to index, with its bodies (empty when not kept).
+pub(crate) struct Indexed<'a> {
+    pub(crate) position: u64,
+    pub(crate) span: &'a Span,
+    pub(crate) bodies: [&'a [u8]; 2],
 }
 
 #[derive(Default)]
@@ -117,8 +129,10 @@ impl SearchIndex {
             // Written by an older tracegate: rebuilt from the segments, like a missing index.
             tracing::info!(runs = stale.len(), "search index: rebuilding runs of an older index version");
             runs.clear();
-            for key in tree.scan_prefix([run::RUN_META]).keys().chain(tree.scan_prefix([run::RUN_CHUNK]).keys()) {
-                tree.remove(key?)?;
+            for prefix in [run::RUN_META, run::RUN_CHUNK, words::WORD_CHUNK] {
+                for key in tree.scan_prefix([prefix]).keys() {
+                    tree.remove(key?)?;
+                }
             }
         }
         let indexed_through = runs.last().map(|r| r.id).unwrap_or(0);
@@ -129,12 +143,21 @@ impl SearchIndex {
             let (key, segment) = entry?;
             let seq = seq_of(&key);
             let segment = RawSegment::of(segment)?;
+            let bodies = tree.get(segment_key(BODY_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
             let mut spans = Vec::new();
             for (i, span) in SpanSegment::new(&segment)?.enumerate() {
-                spans.push((position(seq, i as u16), decode::<Span>(span?.json)?));
+                let (request, response) = match &bodies {
+                    Some(b) => raw_bodies_at(b, i)?.map_or((&[][..], &[][..]), |(_, q, r)| (q, r)),
+                    None => (&[][..], &[][..]),
+                };
+                spans.push((position(seq, i as u16), decode::<Span>(span?.json)?, [request, response]));
             }
             replayed += spans.len() as u64;
-            self.add(spans.iter().map(|(p, s)| (*p, s)));
+            self.add(spans.iter().map(|(position, span, bodies)| Indexed {
+                position: *position,
+                span,
+                bodies: *bodies,
+            }));
             if self.is_full() {
                 self.flush(tree)?;
                 tracing::info!(
@@ -172,17 +195,28 @@ impl SearchIndex {
         self.read().runs.len()
     }
 
-    /// Indexes committed spans (in position order).
-    pub(crate) fn add<'a>(&self, spans: impl IntoIterator<Item = (u64, &'a Span)>) {
-        let spans: Vec<(u64, &Span, Vec<u64>)> =
-            spans.into_iter().map(|(p, span)| (p, span, terms::terms_of(span))).collect();
+    /// Indexes committed spans (in position order). Their terms and words are found before the
+    /// lock is taken; under it, each costs a few hash-map updates.
+    pub(crate) fn add<'a>(&self, spans: impl IntoIterator<Item = Indexed<'a>>) {
+        let mut word_terms: Vec<u64> = Vec::new();
+        let spans: Vec<(u64, &Span, Vec<u64>, std::ops::Range<usize>)> = spans
+            .into_iter()
+            .map(|s| {
+                let start = word_terms.len();
+                for body in s.bodies {
+                    words::for_each_word(body, |w| word_terms.push(terms::term(Field::Word, w)));
+                }
+                (s.position, s.span, terms::terms_of(s.span), start..word_terms.len())
+            })
+            .collect();
         let mut state = self.write();
         let m = &mut state.memtable;
-        for (position, span, terms) in spans {
+        for (position, span, terms, words) in spans {
             let seq = seq_of_position(position);
             if m.spans == 0 {
                 (m.first_seq, m.min_start, m.max_start) = (seq, span.start_time_unix_nano, span.start_time_unix_nano);
             }
+            m.words.add(m.spans, position, span.start_time_unix_nano, &word_terms[words]);
             m.spans += 1;
             m.last_seq = seq;
             m.min_start = m.min_start.min(span.start_time_unix_nano);
@@ -202,7 +236,7 @@ impl SearchIndex {
     /// Writes the memtable out as a run (atomically), then empties it. Only the one writer
     /// calls this; queries go on meanwhile.
     pub(crate) fn flush(&self, tree: &sled::Tree) -> Result<(), StoreError> {
-        let (meta, chunks) = {
+        let (meta, chunks, word_chunks) = {
             let state = self.read();
             let m = &state.memtable;
             if m.spans == 0 {
@@ -214,6 +248,7 @@ impl SearchIndex {
             }
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             let (chunks, directory) = run::chunks(&entries);
+            let (word_chunks, word_directory) = m.words.chunks();
             let meta = RunMeta {
                 id: m.last_seq,
                 first_seq: m.first_seq,
@@ -222,12 +257,18 @@ impl SearchIndex {
                 spans: m.spans,
                 directory,
                 bloom: run::bloom_of(&m.keyed),
+                word_directory,
+                block_starts: m.words.block_starts.clone(),
+                block_times: m.words.block_times.clone(),
             };
-            (meta, chunks)
+            (meta, chunks, word_chunks)
         };
         let mut batch = sled::Batch::default();
         for (i, chunk) in chunks.into_iter().enumerate() {
             batch.insert(&run::chunk_key(meta.id, i as u32), chunk);
+        }
+        for (i, chunk) in word_chunks.into_iter().enumerate() {
+            batch.insert(&words::chunk_key(meta.id, i as u32), chunk);
         }
         batch.insert(&run::meta_key(meta.id), meta.encode());
         tree.apply_batch(batch)?;
@@ -247,6 +288,9 @@ impl SearchIndex {
             self.write().runs.retain(|r| r.id != meta.id);
             for chunk in 0..meta.directory.len() as u32 {
                 tree.remove(run::chunk_key(meta.id, chunk))?;
+            }
+            for chunk in 0..meta.word_directory.len() as u32 {
+                tree.remove(words::chunk_key(meta.id, chunk))?;
             }
         }
         Ok(())
@@ -327,5 +371,43 @@ impl SearchIndex {
             out.extend(self.positions(tree, &source, &[term])?);
         }
         Ok(out)
+    }
+
+    /// The stretches of positions `[start, end)` in `source` whose blocks hold every one of
+    /// `words` (word terms) and have spans that started in `[from, to)`, newest first: where
+    /// a match may be.
+    pub(crate) fn block_ranges(
+        &self,
+        tree: &sled::Tree,
+        source: &Source,
+        words: &[u64],
+        (from, to): (u64, u64),
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let (blocks, starts, times, end) = match source {
+            Source::Memtable { .. } => {
+                let state = self.read();
+                let m = &state.memtable;
+                let end = position(m.last_seq + 1, 0);
+                (m.words.blocks_of(words), m.words.block_starts.clone(), m.words.block_times.clone(), end)
+            }
+            Source::Run(run) => {
+                let mut blocks = Blocks::ALL;
+                for word in words {
+                    let Some(chunk) = run.word_chunk_of(*word) else { return Ok(Vec::new()) };
+                    let Some(bytes) = tree.get(words::chunk_key(run.id, chunk))? else { return Ok(Vec::new()) };
+                    blocks = blocks.and(words::blocks_in(&bytes, *word));
+                    if blocks.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                }
+                (blocks, run.block_starts.clone(), run.block_times.clone(), position(run.id + 1, 0))
+            }
+        };
+        let in_window = |b: usize| times.get(2 * b..2 * b + 2).is_none_or(|t| t[1] >= from && t[0] < to);
+        Ok(blocks
+            .newest_first()
+            .filter(|b| in_window(*b))
+            .filter_map(|b| Some((*starts.get(b)?, starts.get(b + 1).copied().unwrap_or(end))))
+            .collect())
     }
 }

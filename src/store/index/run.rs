@@ -16,8 +16,9 @@ pub(crate) const RUN_META: u8 = b'Y';
 /// Bytes of one posting: term, position.
 pub(crate) const ENTRY_BYTES: usize = 16;
 pub(crate) const CHUNK_ENTRIES: usize = 384;
-/// 2: the Bloom filter holds session terms too. Runs of an older version are rebuilt at open.
-const META_VERSION: u8 = 2;
+/// 2: the Bloom filter holds session terms too; 4: the word index and block times
+/// (`words.rs`). Runs of an older version are rebuilt at open.
+const META_VERSION: u8 = 4;
 /// Bloom filter bits per trace, and probes per lookup: ~1% false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u64 = 6;
@@ -49,17 +50,24 @@ pub(crate) struct RunMeta {
     /// The first term of each chunk.
     pub(crate) directory: Vec<u64>,
     pub(crate) bloom: Vec<u64>,
+    /// The first term of each word chunk (`words.rs`).
+    pub(crate) word_directory: Vec<u64>,
+    /// The first position of each block of the word index.
+    pub(crate) block_starts: Vec<u64>,
+    /// Each block's earliest and latest start time, flattened.
+    pub(crate) block_times: Vec<u64>,
 }
 
 impl RunMeta {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + 8 * (self.directory.len() + self.bloom.len()));
+        let lists = [&self.directory, &self.bloom, &self.word_directory, &self.block_starts, &self.block_times];
+        let mut out = Vec::with_capacity(56 + 8 * lists.iter().map(|l| l.len()).sum::<usize>());
         out.push(META_VERSION);
         for n in [self.id, self.first_seq, self.min_start, self.max_start] {
             out.extend_from_slice(&n.to_be_bytes());
         }
         out.extend_from_slice(&self.spans.to_be_bytes());
-        for list in [&self.directory, &self.bloom] {
+        for list in lists {
             out.extend_from_slice(&(list.len() as u32).to_be_bytes());
             list.iter().for_each(|n| out.extend_from_slice(&n.to_be_bytes()));
         }
@@ -71,11 +79,24 @@ impl RunMeta {
         let mut rest = bytes.strip_prefix(&[META_VERSION]).ok_or_else(bad)?;
         let head = take_u64s(&mut rest, 4).ok_or_else(bad)?;
         let spans = take_u32(&mut rest).ok_or_else(bad)?;
-        let n = take_u32(&mut rest).ok_or_else(bad)? as usize;
-        let directory = take_u64s(&mut rest, n).ok_or_else(bad)?;
-        let n = take_u32(&mut rest).ok_or_else(bad)? as usize;
-        let bloom = take_u64s(&mut rest, n).ok_or_else(bad)?;
-        Ok(RunMeta { id: head[0], first_seq: head[1], min_start: head[2], max_start: head[3], spans, directory, bloom })
+        let mut list = || {
+            let n = take_u32(&mut rest).ok_or_else(bad)? as usize;
+            take_u64s(&mut rest, n).ok_or_else(bad)
+        };
+        let (directory, bloom, word_directory) = (list()?, list()?, list()?);
+        let (block_starts, block_times) = (list()?, list()?);
+        Ok(RunMeta {
+            id: head[0],
+            first_seq: head[1],
+            min_start: head[2],
+            max_start: head[3],
+            spans,
+            directory,
+            bloom,
+            word_directory,
+            block_starts,
+            block_times,
+        })
     }
 
     /// The chunks that may hold `term`: from the last chunk starting below it through the last
@@ -86,6 +107,12 @@ impl RunMeta {
         let start = below.saturating_sub(1);
         // A term starting no chunk lies inside the chunk before it (if anywhere).
         start as u32..through.max(start + 1).min(self.directory.len()) as u32
+    }
+
+    /// The word chunk that may hold `term` (the last one starting at or below it).
+    pub(crate) fn word_chunk_of(&self, term: u64) -> Option<u32> {
+        let through = self.word_directory.partition_point(|first| *first <= term);
+        through.checked_sub(1).map(|c| c as u32)
     }
 
     /// Whether a header was written by this version (else the run is rebuilt).
@@ -176,6 +203,9 @@ mod tests {
             spans: 3000,
             directory,
             bloom: bloom_of(&[1, 2, 3]),
+            word_directory: vec![4, 8],
+            block_starts: vec![1 << 16, 2 << 16],
+            block_times: vec![5, 6, 7, 8],
         };
         assert_eq!(RunMeta::decode(&meta.encode()).unwrap(), meta);
         assert!(RunMeta::decode(&meta.encode()[..20]).is_err());

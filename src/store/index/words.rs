@@ -1,0 +1,283 @@
+//! The word index behind `q`: which **blocks** of 256 consecutive spans hold each word of
+//! their request or response bodies. A phrase query ANDs its words' blocks and reads only the
+//! bodies of the blocks left, where the phrase itself is checked (`query.rs`).
+//!
+//! Blocks, not spans: a body holds hundreds of words, so span-level postings would cost more
+//! than the bodies' own bytes; a block's set of words costs one bit per word. A run (at most
+//! [`BLOCKS`] blocks) stores each word's blocks as a short list of block numbers, or as a
+//! 256-bit bitmap when the word is common:
+//!
+//! - `W` ‖ run(8) ‖ chunk(4) → entries `term(8) n(1) blocks`, sorted by term: `n` block
+//!   numbers (u8) when `n` < [`LIST_MAX`], else `n` = 255 and a 32-byte bitmap
+//!
+//! and the run's header (`run.rs`) keeps each chunk's first term and the first position of
+//! each block. A word is a run of ASCII letters and digits and bytes ≥ 0x80 (UTF-8 text),
+//! ASCII-lowercased, 2 to [`MAX_WORD`] bytes long (shorter and longer ones are not indexed, and
+//! a query ignores them for narrowing). JSON escapes (`\n`, `\"`, `\u00e9`, ...) separate
+//! words, so a body's raw JSON and the text it encodes give the same words.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::store::index::terms::{self, Field};
+
+/// Spans per block.
+pub(crate) const BLOCK_SPANS: u32 = 256;
+/// Blocks per run (a run's later spans, if a batch overfilled it, go to its last block).
+pub(crate) const BLOCKS: usize = 256;
+/// Longest word indexed, in bytes.
+pub(crate) const MAX_WORD: usize = 32;
+/// A word in fewer blocks than this is stored as a list of block numbers.
+const LIST_MAX: usize = 32;
+const BITMAP_TAG: u8 = 255;
+/// Bytes after which a chunk is closed (like segments, under sled's blob path).
+const CHUNK_BYTES: usize = 6 * 1024;
+
+pub(crate) const WORD_CHUNK: u8 = b'W';
+
+pub(crate) fn chunk_key(run: u64, chunk: u32) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = WORD_CHUNK;
+    key[1..9].copy_from_slice(&run.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// A set of blocks of one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Blocks(pub(crate) [u64; 4]);
+
+impl Blocks {
+    pub(crate) const ALL: Blocks = Blocks([u64::MAX; 4]);
+
+    pub(crate) fn insert(&mut self, block: usize) {
+        self.0[block / 64] |= 1 << (block % 64);
+    }
+
+    pub(crate) fn contains(&self, block: usize) -> bool {
+        self.0[block / 64] & (1 << (block % 64)) != 0
+    }
+
+    pub(crate) fn and(self, other: Blocks) -> Blocks {
+        Blocks(std::array::from_fn(|i| self.0[i] & other.0[i]))
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Block numbers, highest (newest) first.
+    pub(crate) fn newest_first(self) -> impl Iterator<Item = usize> {
+        (0..BLOCKS).rev().filter(move |b| self.contains(*b))
+    }
+}
+
+/// Whether `b` is part of a word.
+pub(crate) fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b >= 0x80
+}
+
+/// Calls `f` with each indexable word of `text`, lowercased.
+pub(crate) fn for_each_word(text: &[u8], mut f: impl FnMut(&[u8])) {
+    let mut word = [0u8; MAX_WORD];
+    let (mut len, mut too_long) = (0usize, false);
+    let mut i = 0;
+    let mut end_word = |len: &mut usize, too_long: &mut bool, word: &[u8; MAX_WORD]| {
+        if *len >= 2 && !*too_long {
+            f(&word[..*len]);
+        }
+        (*len, *too_long) = (0, false);
+    };
+    while i < text.len() {
+        let b = text[i];
+        if is_word_byte(b) {
+            if len < MAX_WORD {
+                word[len] = b.to_ascii_lowercase();
+                len += 1;
+            } else {
+                too_long = true;
+            }
+            i += 1;
+            continue;
+        }
+        end_word(&mut len, &mut too_long, &word);
+        // A JSON escape is a separator as a whole: `\nHello` is the word `hello`.
+        i += match (b, text.get(i + 1)) {
+            (b'\\', Some(b'u')) => 6,
+            (b'\\', Some(_)) => 2,
+            _ => 1,
+        };
+    }
+    end_word(&mut len, &mut too_long, &word);
+}
+
+/// The terms of a phrase's indexable words.
+pub(crate) fn phrase_terms(phrase: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for_each_word(phrase.as_bytes(), |w| out.push(terms::term(Field::Word, w)));
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Terms are hashes already: the memtable's map uses them as they are.
+#[derive(Default)]
+pub(crate) struct TermHasher(u64);
+
+impl Hasher for TermHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The words of the memtable's spans: term → blocks, and where each block starts.
+#[derive(Default)]
+pub(crate) struct WordTable {
+    pub(crate) words: HashMap<u64, Blocks, BuildHasherDefault<TermHasher>>,
+    /// The first position of each block begun so far.
+    pub(crate) block_starts: Vec<u64>,
+    /// Each block's earliest and latest span start time, flattened (`min, max, min, max, ...`):
+    /// a `from`/`to` query reads only the blocks overlapping its window.
+    pub(crate) block_times: Vec<u64>,
+}
+
+impl WordTable {
+    /// Adds one span's words (`terms`, any order, repeats allowed) as the memtable's
+    /// `ordinal`-th span, at `position`, started at `start` (unix ns).
+    pub(crate) fn add(&mut self, ordinal: u32, position: u64, start: u64, terms: &[u64]) {
+        let block = ((ordinal / BLOCK_SPANS) as usize).min(BLOCKS - 1);
+        if self.block_starts.len() <= block {
+            self.block_starts.push(position);
+            self.block_times.extend([start, start]);
+        }
+        let times = &mut self.block_times[2 * block..2 * block + 2];
+        (times[0], times[1]) = (times[0].min(start), times[1].max(start));
+        for term in terms {
+            self.words.entry(*term).or_default().insert(block);
+        }
+    }
+
+    /// The blocks holding every one of `terms`.
+    pub(crate) fn blocks_of(&self, terms: &[u64]) -> Blocks {
+        terms.iter().fold(Blocks::ALL, |acc, t| acc.and(self.words.get(t).copied().unwrap_or_default()))
+    }
+
+    /// Encodes the table sorted by term, in chunks; returns the chunks and each one's first term.
+    pub(crate) fn chunks(&self) -> (Vec<Vec<u8>>, Vec<u64>) {
+        let mut words: Vec<(u64, Blocks)> = self.words.iter().map(|(t, b)| (*t, *b)).collect();
+        words.sort_unstable_by_key(|(t, _)| *t);
+        let (mut chunks, mut directory) = (Vec::new(), Vec::new());
+        let mut chunk: Vec<u8> = Vec::new();
+        for (term, blocks) in words {
+            if chunk.is_empty() {
+                directory.push(term);
+            }
+            chunk.extend_from_slice(&term.to_be_bytes());
+            let n = blocks.len();
+            if n < LIST_MAX {
+                chunk.push(n as u8);
+                chunk.extend(blocks.newest_first().map(|b| b as u8));
+            } else {
+                chunk.push(BITMAP_TAG);
+                blocks.0.iter().for_each(|w| chunk.extend_from_slice(&w.to_be_bytes()));
+            }
+            if chunk.len() >= CHUNK_BYTES {
+                chunks.push(std::mem::take(&mut chunk));
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        (chunks, directory)
+    }
+}
+
+/// The blocks of `term` in an encoded chunk (empty when it is not there).
+pub(crate) fn blocks_in(chunk: &[u8], term: u64) -> Blocks {
+    let mut rest = chunk;
+    while rest.len() >= 9 {
+        let t = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+        let n = rest[8];
+        let size = if n == BITMAP_TAG { 32 } else { usize::from(n) };
+        let Some(payload) = rest.get(9..9 + size) else { break };
+        if t == term {
+            let mut blocks = Blocks::default();
+            if n == BITMAP_TAG {
+                for (i, w) in payload.chunks_exact(8).enumerate() {
+                    blocks.0[i] = u64::from_be_bytes(w.try_into().expect("8 bytes"));
+                }
+            } else {
+                payload.iter().for_each(|b| blocks.insert(usize::from(*b)));
+            }
+            return blocks;
+        }
+        if t > term {
+            break;
+        }
+        rest = &rest[9 + size..];
+    }
+    Blocks::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for_each_word(text.as_bytes(), |w| out.push(String::from_utf8(w.to_vec()).unwrap()));
+        out
+    }
+
+    #[test]
+    fn words_are_lowercased_and_json_escapes_separate_them() {
+        assert_eq!(
+            words(r#"{"content":"Hi\nQuantum Marmalade\"x\u00e9tude, gpt-4o"}"#),
+            ["content", "hi", "quantum", "marmalade", "tude", "gpt", "4o"]
+        );
+        assert_eq!(words("a bb ccc"), ["bb", "ccc"]);
+        let long = "x".repeat(MAX_WORD + 1);
+        assert_eq!(words(&format!("{long} ok café")), ["ok", "café"]);
+    }
+
+    #[test]
+    fn tables_round_trip_through_chunks_as_lists_and_bitmaps() {
+        let mut table = WordTable::default();
+        let (rare, common) = (terms::term(Field::Word, b"rare"), terms::term(Field::Word, b"the"));
+        for ordinal in 0..(BLOCK_SPANS * 200) {
+            let mut t = vec![common];
+            if ordinal == 5 || ordinal == BLOCK_SPANS * 150 {
+                t.push(rare);
+            }
+            // Many other words, so the table spans several chunks.
+            t.push(terms::term(Field::Word, format!("w{}", ordinal % 2000).as_bytes()));
+            table.add(ordinal, u64::from(ordinal) << 4, u64::from(ordinal), &t);
+        }
+        assert_eq!(table.block_starts.len(), 200);
+        assert_eq!(table.block_starts[1], u64::from(BLOCK_SPANS) << 4);
+        assert_eq!(table.block_times[2..4], [u64::from(BLOCK_SPANS), u64::from(BLOCK_SPANS) * 2 - 1]);
+        let (chunks, directory) = table.chunks();
+        assert!(chunks.len() > 3);
+        let find = |term: u64| {
+            let i = directory.partition_point(|first| *first <= term).saturating_sub(1);
+            blocks_in(&chunks[i], term)
+        };
+        assert_eq!(find(rare).newest_first().collect::<Vec<_>>(), [150, 0]);
+        assert_eq!(find(common).newest_first().count(), 200);
+        assert_eq!(find(common).and(find(rare)), find(rare));
+        assert!(find(terms::term(Field::Word, b"absent")).is_empty());
+        assert_eq!(table.blocks_of(&[rare, common]), find(rare));
+    }
+}
