@@ -2,7 +2,9 @@
 //! tests/e2e/ui.mjs) against a real tracegate with real traffic from `mock-llm`: the list shows
 //! the traces, a click opens the waterfall with one bar per span (an app span's panel shows its
 //! OpenTelemetry kind and events), the usage page shows the API's totals, new calls appear
-//! live, and an admin token is asked for. Screenshots are written to
+//! live, and an admin token is asked for; then the user, session, property and text filters
+//! (kept in the URL), "Load more" by cursor, the Sessions tab with a session's traces and
+//! totals, and a user's page. Screenshots are written to
 //! $TRACEGATE_SCREENSHOTS (docs/ holds the committed ones) or a temp dir.
 
 use std::path::PathBuf;
@@ -35,7 +37,40 @@ async fn traffic(proxy: &Proxy) -> String {
     }
     post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-team", "ads"), ("x-mock-status", "500")], CHAT)
         .await;
+    finding_traffic(proxy).await;
     trace.to_string()
+}
+
+/// What the list's filters, the Sessions tab and the user page find: ada's session of three
+/// traces (each call with its own traceparent; the last one fails), grace's session of one
+/// trace of two calls under a name that needs escaping in a URL (with a property), and a rare
+/// phrase in one request body.
+async fn finding_traffic(proxy: &Proxy) {
+    let chat = proxy.url("/openai/v1/chat/completions");
+    for i in 0..3u32 {
+        let traceparent = format!("00-{:032x}-{:016x}-01", 0xada0 + i, 0x51 + i);
+        let mut headers = vec![
+            ("traceparent", traceparent.as_str()),
+            ("x-tracegate-team", "support"),
+            ("x-tracegate-user", "ada"),
+            ("x-tracegate-session", "ada-chat-1"),
+        ];
+        if i == 2 {
+            headers.push(("x-mock-status", "500"));
+        }
+        post(&chat, &headers, CHAT).await;
+    }
+    let grace = [
+        ("x-tracegate-team", "search"),
+        ("x-tracegate-user", "grace"),
+        ("x-tracegate-session", "grace/week 1"),
+        ("x-tracegate-property-env", "staging"),
+    ];
+    post(&chat, &grace, CHAT).await;
+    post(&chat, &grace, CHAT_STREAM_USAGE).await;
+    let elephant =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Where is the purple Elephant today?"}]}"#;
+    post(&chat, &[("x-tracegate-user", "grace")], elephant).await;
 }
 
 fn screenshot_dir() -> (PathBuf, Option<tempfile::TempDir>) {
@@ -80,12 +115,28 @@ async fn the_ui_shows_traces_waterfalls_and_usage_in_chromium() {
     let proxy = Proxy::start(&providers(&mock)).await;
     let trace = traffic(&proxy).await;
     let summary = run_browser(&proxy, &trace, None).await;
-    assert_eq!(summary["traces"], 5, "one agent trace and four single calls: {summary}");
+    assert_eq!(summary["traces"], 10, "one agent trace, four single calls and five of finding_traffic: {summary}");
     assert_eq!(summary["bars"], 4, "the app span and its three LLM calls: {summary}");
     assert_eq!(summary["app_span_events"], 1, "the app span's panel lists its event: {summary}");
     let (_, usage) = proxy.admin_get("/api/usage").await;
     assert_eq!(summary["requests"], usage["totals"]["requests"], "{summary}");
     assert_eq!(summary["live"], true);
+    // The finding features, each checked by ui.mjs against the API's own answer.
+    assert_eq!(summary["filter_user"], 4, "ada's agent trace and her session's three: {summary}");
+    assert_eq!(summary["filter_user_session"], 3, "{summary}");
+    assert_eq!(summary["filter_property"], 1, "grace's session: {summary}");
+    assert_eq!(summary["filter_text"], 1, "the one body with the phrase: {summary}");
+    assert_eq!(summary["filter_user_errors"], 1, "{summary}");
+    assert_eq!(summary["load_more"]["pages"], 4, "11 traces by pages of 3: {summary}");
+    assert_eq!(summary["load_more"]["rows"], 11, "{summary}");
+    assert_eq!(summary["sessions"], 2, "{summary}");
+    assert_eq!(summary["session_traces"], 3, "{summary}");
+    assert_eq!(summary["session_spans"], 3, "{summary}");
+    assert_eq!(summary["session_errors"], 1, "{summary}");
+    assert_eq!(summary["user_sessions"], 1, "{summary}");
+    assert_eq!(summary["user_errors"], 1, "{summary}");
+    assert_eq!(summary["user_traces"], 4, "{summary}");
+    assert_eq!(summary["user_link"], true, "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,8 @@
 // tracegate web UI: a hash-routed single-page app over the admin JSON API.
-// Pages: #/traces (live trace list), #/traces/<id> (waterfall + span panel), #/usage (dashboard).
+// Pages: #/traces (live trace list: filters in the URL, "load more" by cursor), #/traces/<id>
+// (waterfall + span panel), #/sessions (live session list), #/sessions/<name> (a session's
+// traces in time order, its totals), #/users/<name> (a user's spend, sessions, errors, traces),
+// #/usage (dashboard).
 // Plain ES module, no dependencies, works offline. Every piece of API data reaches the DOM
 // through textContent / setAttribute only (never innerHTML): spans and bodies are untrusted.
 //
@@ -11,7 +14,6 @@ const API_BASE = (
   new URLSearchParams(location.search).get("api") ?? window.TRACEGATE_API_BASE ?? ""
 ).replace(/\/+$/, "");
 const POLL_MS = 2000;
-const TRACE_LIMIT = 100;
 const MAX_RICH_JSON_CHARS = 300_000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -294,27 +296,54 @@ function setActiveTab(name) {
   }
 }
 
+/** A tab leads back to its list as last filtered (the Clear button empties the filters). */
+function setTabHref(name, hash) {
+  document.querySelector(`.tab[data-tab="${name}"]`)?.setAttribute("href", hash);
+}
+
 function stopCurrentPage() {
   if (currentCleanup) currentCleanup();
   currentCleanup = null;
 }
 
+function safeDecode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+/**
+ * Routes: #/traces?filters, #/traces/<id>, #/sessions?filters, #/sessions/<session>,
+ * #/users/<user>, #/usage. Path segments are URI-encoded (a session name may hold "/").
+ */
 function route() {
   if (loginShown) return;
   stopCurrentPage();
-  const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
+  const { parts, query } = parseHash();
   const main = mainNode();
   main.replaceChildren();
   window.scrollTo(0, 0);
-  if (parts[0] === "usage") {
+  const [page, id] = [parts[0], parts[1] == null ? null : safeDecode(parts[1])];
+  if (page === "usage") {
     setActiveTab("usage");
     currentCleanup = usagePage(main);
-  } else if (parts[0] === "traces" && parts[1]) {
+  } else if (page === "traces" && id) {
     setActiveTab("traces");
-    currentCleanup = tracePage(main, decodeURIComponent(parts[1]));
-  } else if (parts[0] === "traces") {
+    currentCleanup = tracePage(main, id);
+  } else if (page === "traces") {
     setActiveTab("traces");
-    currentCleanup = tracesPage(main);
+    currentCleanup = tracesPage(main, query);
+  } else if (page === "sessions" && id) {
+    setActiveTab("sessions");
+    currentCleanup = sessionPage(main, id);
+  } else if (page === "sessions") {
+    setActiveTab("sessions");
+    currentCleanup = sessionsPage(main, query);
+  } else if (page === "users" && id) {
+    setActiveTab(null);
+    currentCleanup = userPage(main, id);
   } else {
     location.replace("#/traces");
   }
@@ -367,92 +396,366 @@ async function submitLogin(token, button, error) {
   }
 }
 
-/* ------------------------------------------------------------------ traces list page */
+/* ------------------------------------------------------------------ URL state and filters */
 
-const TIME_RANGES = [
-  ["", "All time"],
-  ["900000", "Last 15 min"],
-  ["3600000", "Last 1 h"],
-  ["86400000", "Last 24 h"],
-  ["604800000", "Last 7 d"],
-];
-
-/** Filters survive navigation between the list and a trace. */
-const traceFilters = { team: "", model: "", status: "", range: "" };
-
-function tracesQuery() {
-  const params = new URLSearchParams({ limit: String(TRACE_LIMIT) });
-  for (const key of ["team", "model", "status"]) {
-    if (traceFilters[key].trim()) params.set(key, traceFilters[key].trim());
-  }
-  if (traceFilters.range) {
-    const sinceMs = Date.now() - Number(traceFilters.range);
-    params.set("from", String(Math.floor(sinceMs)));
-  }
-  return `/api/traces?${params}`;
+/** "#/traces?team=a" → { parts: ["traces"], query: URLSearchParams("team=a") }. */
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const mark = raw.indexOf("?");
+  const path = mark < 0 ? raw : raw.slice(0, mark);
+  return { parts: path.split("/").filter(Boolean), query: new URLSearchParams(mark < 0 ? "" : raw.slice(mark + 1)) };
 }
 
-function hasFilters() {
-  return Object.values(traceFilters).some((v) => v.trim() !== "");
+/** "#/traces?team=a&q=x": a page and its state, empty values left out. */
+function routeHash(path, state) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(state ?? {})) {
+    if (String(value ?? "").trim() !== "") params.set(key, String(value).trim());
+  }
+  const qs = params.toString();
+  return qs ? `#/${path}?${qs}` : `#/${path}`;
+}
+
+/** Rewrites the address bar (no history entry, no hashchange): a filtered view is a link. */
+function reflectInUrl(hash) {
+  if (location.hash !== hash) history.replaceState(null, "", hash);
+}
+
+function userHref(user) {
+  return `#/users/${encodeURIComponent(user)}`;
+}
+
+function sessionHref(session) {
+  return `#/sessions/${encodeURIComponent(session)}`;
 }
 
 function openTrace(traceId) {
   location.hash = `#/traces/${encodeURIComponent(traceId)}`;
 }
 
-function tracesPage(main) {
+/** A link inside a clickable row: follows its own href, not the row's. */
+function rowLink(href, text, attrs = {}) {
+  return el("a", { ...attrs, href, onclick: (event) => event.stopPropagation() }, text);
+}
+
+function userLink(user) {
+  return rowLink(userHref(user), user, { class: "chip chip-link", "data-user": user, title: `User ${user}` });
+}
+
+function sessionLink(session) {
+  return rowLink(sessionHref(session), session, { class: "chip chip-link mono", "data-session": session, title: `Session ${session}` });
+}
+
+/** Links for a list of users or sessions, or a dash. */
+function linkList(values, make) {
+  return values?.length ? values.map(make) : el("span", { class: "muted" }, DASH);
+}
+
+/** Row behaviour: click or Enter on the row itself (not on a link inside it) opens it. */
+function rowOpens(open) {
+  return {
+    tabindex: "0",
+    onclick: open,
+    onkeydown: (event) => event.key === "Enter" && event.target === event.currentTarget && open(),
+  };
+}
+
+const PAGE_LIMIT = 50;
+
+const TIME_RANGES = [
+  ["", "All time"],
+  ["15m", "Last 15 min", 900_000],
+  ["1h", "Last 1 h", 3_600_000],
+  ["24h", "Last 24 h", 86_400_000],
+  ["7d", "Last 7 d", 604_800_000],
+  ["custom", "Custom…"],
+];
+
+/**
+ * The state a list page keeps in its URL: filters (sent to the API) and `limit`, the page
+ * size (default PAGE_LIMIT). `since` is a relative range, or "custom" for `from`/`to`
+ * (local date-times).
+ */
+const STATE_KEYS = ["q", "team", "user", "session", "model", "property", "status", "since", "from", "to", "limit"];
+
+const TEXT_FILTERS = {
+  q: { label: "Search", placeholder: "text in request or response", type: "search", cls: "input-wide" },
+  team: { label: "Team", placeholder: "any" },
+  user: { label: "User", placeholder: "any" },
+  session: { label: "Session", placeholder: "any" },
+  model: { label: "Model", placeholder: "any" },
+  property: { label: "Property", placeholder: "name=value" },
+};
+
+function readState(query) {
+  const state = {};
+  for (const key of STATE_KEYS) state[key] = query.get(key) ?? "";
+  if ((state.from || state.to) && !state.since) state.since = "custom";
+  return state;
+}
+
+function hasActiveFilters(state) {
+  return STATE_KEYS.some((key) => key !== "limit" && state[key].trim() !== "");
+}
+
+/** "env=prod" → ["env", "prod"]; null when there is no name before "=". */
+function parseProperty(text) {
+  const at = text.indexOf("=");
+  if (at <= 0 || !text.slice(0, at).trim()) return null;
+  return [text.slice(0, at).trim(), text.slice(at + 1).trim()];
+}
+
+/** A local "2026-12-05T10:00" (datetime-local) as unix milliseconds, or null. */
+function localToMs(value) {
+  const ms = value ? new Date(value).getTime() : NaN;
+  return Number.isFinite(ms) ? String(ms) : null;
+}
+
+/** The API query of a page's state. */
+function apiParams(state) {
+  const params = new URLSearchParams();
+  for (const key of ["q", "team", "user", "session", "model", "status"]) {
+    if (state[key]?.trim()) params.set(key, state[key].trim());
+  }
+  const property = state.property?.trim() ? parseProperty(state.property) : null;
+  if (property) params.set(`property.${property[0]}`, property[1]);
+  const range = TIME_RANGES.find(([key]) => key && key === state.since)?.[2];
+  if (range) {
+    params.set("from", String(Math.floor(Date.now() - range)));
+  } else if (state.since === "custom") {
+    const from = localToMs(state.from);
+    const to = localToMs(state.to);
+    if (from) params.set("from", from);
+    if (to) params.set("to", to);
+  }
+  const limit = Number(state.limit);
+  params.set("limit", String(Number.isInteger(limit) && limit > 0 ? Math.min(limit, 1000) : PAGE_LIMIT));
+  return params;
+}
+
+/**
+ * The filter controls of a list page: `keys` among TEXT_FILTERS, "status" and "time". Each
+ * change updates `state` and calls onChange (typing is debounced); Clear goes to `path` with
+ * no filters.
+ */
+function filterBar(state, keys, path, onChange) {
+  const changed = debounce(onChange, 350);
+  const controls = [];
+  for (const key of keys) {
+    if (TEXT_FILTERS[key]) {
+      const def = TEXT_FILTERS[key];
+      const input = el("input", { type: def.type ?? "text", class: def.cls, value: state[key], placeholder: def.placeholder, spellcheck: "false", "data-filter": key });
+      input.addEventListener("input", () => {
+        if (key === "property" && input.value.trim() && !parseProperty(input.value)) {
+          input.setCustomValidity("A property filter is name=value.");
+          input.reportValidity();
+          return;
+        }
+        input.setCustomValidity("");
+        state[key] = input.value;
+        changed();
+      });
+      controls.push(field(def.label, input));
+    } else if (key === "status") {
+      const select = el("select", { "data-filter": "status" }, [["", "Any"], ["ok", "OK"], ["error", "Error"], ["cancelled", "Cancelled"]].map(([value, label]) => el("option", { value }, label)));
+      select.value = state.status;
+      select.addEventListener("change", () => {
+        state.status = select.value;
+        onChange();
+      });
+      controls.push(field("Status", select));
+    } else if (key === "time") {
+      controls.push(...timeControls(state, onChange));
+    }
+  }
+  const clear = el("button", { type: "button", class: "btn btn-ghost", "data-action": "clear-filters", disabled: !hasActiveFilters(state) }, "Clear");
+  clear.addEventListener("click", () => (location.hash = routeHash(path, { limit: state.limit })));
+  return el("div", { class: "filters" }, controls, clear);
+}
+
+/** The time select, and From/To date-times when it is "Custom…". */
+function timeControls(state, onChange) {
+  const select = el("select", { "data-filter": "since" }, TIME_RANGES.map(([value, label]) => el("option", { value }, label)));
+  select.value = TIME_RANGES.some(([key]) => key === state.since) ? state.since : "";
+  const dateTime = (key, label) => {
+    const input = el("input", { type: "datetime-local", value: state[key], "data-filter": key, "aria-label": label });
+    input.addEventListener("change", () => {
+      state[key] = input.value;
+      onChange();
+    });
+    return field(label, input);
+  };
+  const from = dateTime("from", "From");
+  const to = dateTime("to", "To");
+  const showCustom = () => {
+    from.hidden = to.hidden = select.value !== "custom";
+  };
+  select.addEventListener("change", () => {
+    state.since = select.value;
+    if (select.value !== "custom") state.from = state.to = "";
+    showCustom();
+    onChange();
+  });
+  showCustom();
+  return [field("Time", select), from, to];
+}
+
+function countText(n, noun, hasMore) {
+  return `${fmtInt(n)} ${noun}${n === 1 ? "" : "s"}${hasMore ? " · more available" : ""}`;
+}
+
+/* ------------------------------------------------------------------ paged lists */
+
+/**
+ * A list read page by page through next_cursor. The first page is polled when `live` (new
+ * items appear on top); "Load more" appends the page after the last one loaded, and whatever
+ * was shown stays shown while the first page is polled, so nothing falls between pages.
+ * fetchPage(cursor) answers { items, next }.
+ */
+function createPagedList({ fetchPage, keyOf, onUpdate, onError, live = true }) {
+  let first = [];
+  let kept = [];
+  let cursor = null;
+  let extended = false;
+  let generation = 0;
+  let loading = false;
+  const button = el("button", { type: "button", class: "btn load-more", hidden: true }, "Load more");
+  button.addEventListener("click", () => loadMore());
+
+  const items = () => {
+    const seen = new Set();
+    return [...first, ...kept].filter((item) => {
+      const key = keyOf(item);
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    });
+  };
+  const emit = () => {
+    button.hidden = cursor == null;
+    onUpdate(items(), { hasMore: cursor != null });
+  };
+
+  async function loadFirst() {
+    const g = generation;
+    try {
+      const page = await fetchPage(null);
+      if (g !== generation) return;
+      first = page.items;
+      if (!extended) cursor = page.next;
+      emit();
+    } catch (e) {
+      if (g === generation) onError(e);
+    }
+  }
+
+  async function loadMore() {
+    if (cursor == null || loading) return;
+    const g = generation;
+    loading = true;
+    button.disabled = true;
+    button.textContent = "Loading…";
+    try {
+      const page = await fetchPage(cursor);
+      if (g !== generation) return;
+      kept = [...items(), ...page.items];
+      extended = true;
+      cursor = page.next;
+      emit();
+    } catch (e) {
+      if (g === generation) onError(e);
+    } finally {
+      loading = false;
+      button.disabled = false;
+      button.textContent = "Load more";
+    }
+  }
+
+  const poller = live ? createPoller(loadFirst, POLL_MS) : null;
+  if (!live) loadFirst();
+  return {
+    button,
+    reset() {
+      generation++;
+      [first, kept, cursor, extended] = [[], [], null, false];
+      if (poller) poller.refresh();
+      else loadFirst();
+    },
+    stop() {
+      generation++;
+      poller?.stop();
+    },
+  };
+}
+
+/** fetchPage for createPagedList over a listing endpoint ("traces" or "sessions"). */
+function pageFetcher(endpoint, params) {
+  return async (cursor) => {
+    const query = new URLSearchParams(typeof params === "function" ? params() : params);
+    if (cursor) query.set("cursor", cursor);
+    const data = await api(`/api/${endpoint}?${query}`);
+    return { items: data?.[endpoint] ?? [], next: data?.next_cursor ?? null };
+  };
+}
+
+/* ------------------------------------------------------------------ traces list page */
+
+const TRACE_FILTER_KEYS = ["q", "team", "user", "session", "model", "property", "status", "time"];
+
+/** The list as last filtered: the trace page's way back. */
+let lastTracesHash = "#/traces";
+
+function tracesPage(main, query) {
+  const state = readState(query);
   const notice = createNotice();
   const live = liveIndicator();
-  const count = el("span", { class: "muted small" });
+  const count = el("span", { class: "muted small", id: "trace-count" });
   const tbody = el("tbody");
   const empty = el("div", { class: "empty", hidden: true });
   const rowCache = new Map();
   let firstLoad = true;
+  lastTracesHash = routeHash("traces", state);
+  setTabHref("traces", lastTracesHash);
 
-  const poller = createPoller(load, POLL_MS);
+  const list = createPagedList({
+    fetchPage: pageFetcher("traces", () => apiParams(state)),
+    keyOf: (trace) => trace.trace_id,
+    onUpdate(traces, { hasMore }) {
+      updateTraceRows(tbody, traces, rowCache, !firstLoad);
+      firstLoad = false;
+      renderTracesEmpty(empty, traces.length === 0, hasActiveFilters(state));
+      count.textContent = countText(traces.length, "trace", hasMore);
+      notice.clear();
+      live.set(true);
+    },
+    onError(e) {
+      live.set(false);
+      if (e.status !== 401) notice.show("error", `Could not load traces: ${e.message}`);
+    },
+  });
   const refilter = () => {
+    lastTracesHash = routeHash("traces", state);
+    setTabHref("traces", lastTracesHash);
+    reflectInUrl(lastTracesHash);
+    clear.disabled = !hasActiveFilters(state);
     rowCache.clear();
-    poller.refresh();
+    firstLoad = true;
+    list.reset();
   };
+  const filters = filterBar(state, TRACE_FILTER_KEYS, "traces", refilter);
+  const clear = filters.querySelector('[data-action="clear-filters"]');
 
   main.append(
     el(
       "section",
       { class: "page" },
-      el(
-        "div",
-        { class: "toolbar" },
-        traceSearchBox(),
-        el("div", { class: "toolbar-sep" }),
-        filterControls(refilter),
-        el("div", { class: "toolbar-spacer" }),
-        count,
-        live.node,
-      ),
+      el("div", { class: "toolbar" }, filters, el("div", { class: "toolbar-spacer" }), traceSearchBox(), count, live.node),
       notice.node,
-      el("div", { class: "card table-card" }, traceTable(tbody), empty),
+      el("div", { class: "card table-card" }, traceTable(tbody, "trace-table"), empty),
+      el("div", { class: "more-row" }, list.button),
     ),
   );
-
-  async function load() {
-    const filters = JSON.stringify(traceFilters);
-    try {
-      const data = await api(tracesQuery());
-      if (filters !== JSON.stringify(traceFilters)) return; // changed meanwhile; the next run renders
-      const traces = data?.traces ?? [];
-      updateTraceRows(tbody, traces, rowCache, !firstLoad);
-      firstLoad = false;
-      renderTracesEmpty(empty, traces.length === 0);
-      count.textContent = traces.length === TRACE_LIMIT ? `latest ${TRACE_LIMIT} traces` : `${traces.length} trace${traces.length === 1 ? "" : "s"}`;
-      notice.clear();
-      live.set(true);
-    } catch (e) {
-      live.set(false);
-      if (e.status !== 401) notice.show("error", `Could not load traces: ${e.message}`);
-    }
-  }
-
-  return () => poller.stop();
+  return () => list.stop();
 }
 
 function traceSearchBox() {
@@ -472,58 +775,23 @@ function traceSearchBox() {
   return form;
 }
 
-function filterControls(onChange) {
-  const changed = debounce(onChange, 300);
-  const text = (key, placeholder) => {
-    const input = el("input", { type: "text", value: traceFilters[key], placeholder, spellcheck: "false" });
-    input.addEventListener("input", () => {
-      traceFilters[key] = input.value;
-      changed();
-    });
-    return input;
-  };
-  const select = (key, options) => {
-    const node = el("select", {}, options.map(([value, label]) => el("option", { value }, label)));
-    node.value = traceFilters[key];
-    node.addEventListener("change", () => {
-      traceFilters[key] = node.value;
-      onChange();
-    });
-    return node;
-  };
-  return el(
-    "div",
-    { class: "filters" },
-    field("Team", text("team", "any")),
-    field("Model", text("model", "any")),
-    field("Status", select("status", [["", "Any"], ["ok", "OK"], ["error", "Error"], ["cancelled", "Cancelled"]])),
-    field("Time", select("range", TIME_RANGES)),
-  );
-}
-
-function traceTable(tbody) {
-  const head = ["Root", "Start", "Duration", "Spans", "Tokens in / out", "Cost", "Status", "Teams"];
+function traceTable(tbody, id) {
+  const head = ["Root", "Start", "Duration", "Spans", "Tokens in / out", "Cost", "Status", "Teams", "Users", "Session"];
   const numeric = new Set(["Duration", "Spans", "Tokens in / out", "Cost"]);
   return el(
     "table",
-    { id: "trace-table", class: "table table-hover" },
+    { id, class: "table table-hover" },
     el("thead", {}, el("tr", {}, head.map((h) => el("th", { class: numeric.has(h) ? "num" : null }, h)))),
     tbody,
   );
 }
 
 function traceRow(trace) {
-  const open = () => openTrace(trace.trace_id);
   const models = trace.models ?? [];
   const teams = trace.teams ?? [];
   return el(
     "tr",
-    {
-      "data-trace-id": trace.trace_id,
-      tabindex: "0",
-      onclick: open,
-      onkeydown: (event) => event.key === "Enter" && open(),
-    },
+    { "data-trace-id": trace.trace_id, ...rowOpens(() => openTrace(trace.trace_id)) },
     el(
       "td",
       { class: "cell-root" },
@@ -537,6 +805,8 @@ function traceRow(trace) {
     el("td", { class: "num" }, fmtCostOrUnpriced(trace.cost_usd, (trace.input_tokens ?? 0) + (trace.output_tokens ?? 0) > 0)),
     el("td", {}, statusBadge(trace.status)),
     el("td", { class: "cell-teams" }, teams.length ? teams.map((t) => chip(t)) : el("span", { class: "muted" }, DASH)),
+    el("td", { class: "cell-teams" }, linkList(trace.users, userLink)),
+    el("td", { class: "cell-teams" }, linkList(trace.sessions, sessionLink)),
   );
 }
 
@@ -558,12 +828,12 @@ function updateTraceRows(tbody, traces, cache, markNew) {
   if (!unchanged) tbody.replaceChildren(...rows);
 }
 
-function renderTracesEmpty(node, isEmpty) {
+function renderTracesEmpty(node, isEmpty, filtered) {
   node.hidden = !isEmpty;
   node.parentElement.querySelector("table").hidden = isEmpty;
   if (!isEmpty) return;
   node.replaceChildren(
-    hasFilters()
+    filtered
       ? el("div", {}, el("strong", {}, "No traces match these filters."), el("p", { class: "muted" }, "Widen the time range or clear a filter."))
       : el(
           "div",
@@ -572,6 +842,310 @@ function renderTracesEmpty(node, isEmpty) {
           el("p", { class: "muted" }, "e.g. set your OpenAI client's base URL to ", el("code", {}, "http://<proxy>/openai/v1"), ". Calls appear here within a couple of seconds."),
         ),
   );
+}
+
+/* ------------------------------------------------------------------ sessions list page */
+
+const SESSION_FILTER_KEYS = ["q", "team", "user", "time"];
+
+let lastSessionsHash = "#/sessions";
+
+function sessionsPage(main, query) {
+  const state = readState(query);
+  const notice = createNotice();
+  const live = liveIndicator();
+  const count = el("span", { class: "muted small", id: "session-count" });
+  const tbody = el("tbody");
+  const empty = el("div", { class: "empty", hidden: true });
+  lastSessionsHash = routeHash("sessions", state);
+  setTabHref("sessions", lastSessionsHash);
+
+  const list = createPagedList({
+    fetchPage: pageFetcher("sessions", () => apiParams(state)),
+    keyOf: (s) => s.session,
+    onUpdate(sessions, { hasMore }) {
+      updateKeyedRows(tbody, sessions, (s) => s.session, sessionRow);
+      empty.hidden = sessions.length > 0;
+      table.hidden = sessions.length === 0;
+      fill(
+        empty,
+        el("strong", {}, hasActiveFilters(state) ? "No sessions match these filters." : "No sessions yet"),
+        el("p", { class: "muted" }, "Calls that send ", el("code", {}, "x-tracegate-session: <name>"), " are grouped into sessions."),
+      );
+      count.textContent = countText(sessions.length, "session", hasMore);
+      notice.clear();
+      live.set(true);
+    },
+    onError(e) {
+      live.set(false);
+      if (e.status !== 401) notice.show("error", `Could not load sessions: ${e.message}`);
+    },
+  });
+  const refilter = () => {
+    lastSessionsHash = routeHash("sessions", state);
+    setTabHref("sessions", lastSessionsHash);
+    reflectInUrl(lastSessionsHash);
+    clear.disabled = !hasActiveFilters(state);
+    list.reset();
+  };
+  const filters = filterBar(state, SESSION_FILTER_KEYS, "sessions", refilter);
+  const clear = filters.querySelector('[data-action="clear-filters"]');
+  const table = sessionTable(tbody, "session-table");
+
+  main.append(
+    el(
+      "section",
+      { class: "page" },
+      el("div", { class: "toolbar" }, filters, el("div", { class: "toolbar-spacer" }), count, live.node),
+      notice.node,
+      el("div", { class: "card table-card" }, table, empty),
+      el("div", { class: "more-row" }, list.button),
+    ),
+  );
+  return () => list.stop();
+}
+
+function sessionTable(tbody, id) {
+  const head = ["Session", "User", "Team", "First call", "Duration", "Traces", "Spans", "Tokens in / out", "Cost", "Errors"];
+  const numeric = new Set(["Duration", "Traces", "Spans", "Tokens in / out", "Cost", "Errors"]);
+  return el(
+    "table",
+    { id, class: "table table-hover" },
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", { class: numeric.has(h) ? "num" : null }, h)))),
+    tbody,
+  );
+}
+
+function sessionRow(s) {
+  const tokensKnown = (s.input_tokens ?? 0) + (s.output_tokens ?? 0) > 0;
+  return el(
+    "tr",
+    { "data-session": s.session, ...rowOpens(() => (location.hash = sessionHref(s.session))) },
+    el("td", { class: "cell-root" }, el("div", { class: "root-name mono" }, s.session)),
+    el("td", { class: "cell-teams" }, s.user ? userLink(s.user) : el("span", { class: "muted" }, DASH)),
+    el("td", { class: "cell-teams" }, s.team ? chip(s.team) : el("span", { class: "muted" }, DASH)),
+    el("td", { class: "nowrap", title: nsToDate(s.first_time_unix_nano).toISOString() }, fmtTime(s.first_time_unix_nano)),
+    el("td", { class: "num" }, fmtDuration((Number(s.last_time_unix_nano) - Number(s.first_time_unix_nano)) / 1e6)),
+    el("td", { class: "num" }, fmtInt(s.trace_count)),
+    el("td", { class: "num" }, fmtInt(s.span_count)),
+    el("td", { class: "num" }, fmtTokens(s.input_tokens, s.output_tokens)),
+    el("td", { class: "num" }, fmtCostOrUnpriced(s.cost_usd, tokensKnown)),
+    el("td", { class: "num" }, s.errors ? el("span", { class: "err-count" }, fmtInt(s.errors)) : "0"),
+  );
+}
+
+/** Keyed row update for any list (rows rebuilt only when their item changed). */
+function updateKeyedRows(tbody, items, keyOf, makeRow) {
+  const cache = (tbody._rows ??= new Map());
+  const seen = new Set();
+  const rows = items.map((item) => {
+    const key = keyOf(item);
+    seen.add(key);
+    const signature = JSON.stringify(item);
+    const cached = cache.get(key);
+    if (cached && cached.signature === signature) return cached.row;
+    const row = makeRow(item);
+    cache.set(key, { signature, row });
+    return row;
+  });
+  for (const key of [...cache.keys()]) if (!seen.has(key)) cache.delete(key);
+  const unchanged = rows.length === tbody.children.length && rows.every((row, i) => tbody.children[i] === row);
+  if (!unchanged) tbody.replaceChildren(...rows);
+}
+
+/* ------------------------------------------------------------------ session page */
+
+/** Pages of one session's traces read at most (1000 traces each). */
+const SESSION_MAX_PAGES = 20;
+
+function sessionPage(main, session) {
+  const notice = createNotice();
+  const header = el("div", { class: "trace-header" });
+  const stats = el("div", { class: "stats", id: "session-totals" });
+  const tbody = el("tbody");
+  const note = el("p", { class: "muted small", hidden: true });
+  const refresh = el("button", { type: "button", class: "btn" }, "Refresh");
+  let generation = 0;
+
+  header.append(
+    el("div", { class: "trace-title-row" }, el("span", { class: "page-kind" }, "Session"), el("h1", { class: "trace-title mono", id: "session-name" }, session), copyButton(() => session, "Copy")),
+    el("div", { class: "trace-id-row" }, rowLink(routeHash("traces", { session }), "Open in the trace list →"), note),
+  );
+  main.append(
+    el(
+      "section",
+      { class: "page" },
+      el("div", { class: "crumbs" }, el("a", { href: lastSessionsHash }, "← Sessions")),
+      header,
+      stats,
+      notice.node,
+      el(
+        "div",
+        { class: "card table-card" },
+        el("div", { class: "card-head" }, el("h2", { class: "card-title" }, "Traces, oldest first"), refresh),
+        traceTable(tbody, "session-traces"),
+      ),
+    ),
+  );
+
+  async function load() {
+    const g = ++generation;
+    refresh.disabled = true;
+    try {
+      const [totals, traces] = await Promise.all([sessionTotals(session), sessionTraces(session)]);
+      if (g !== generation) return;
+      notice.clear();
+      stats.replaceChildren(...sessionStats(totals));
+      fill(
+        header.querySelector(".trace-id-row"),
+        rowLink(routeHash("traces", { session }), "Open in the trace list →"),
+        totals?.user ? [el("span", {}, " · user "), userLink(totals.user)] : null,
+        totals?.team ? [el("span", {}, " · team "), chip(totals.team)] : null,
+        traces.truncated ? el("span", { class: "muted small" }, ` · the first ${fmtInt(traces.items.length)} traces`) : null,
+      );
+      updateTraceRows(tbody, traces.items, new Map(), false);
+      if (!traces.items.length) tbody.replaceChildren(el("tr", {}, el("td", { colspan: "10", class: "empty-cell" }, "No traces in this session.")));
+    } catch (e) {
+      if (g === generation && e.status !== 401) notice.show("error", `Could not load the session: ${e.message}`);
+    } finally {
+      if (g === generation) refresh.disabled = false;
+    }
+  }
+  refresh.addEventListener("click", load);
+  load();
+  return () => generation++;
+}
+
+/** The session's row of /api/sessions (totals over all its spans), or null. */
+async function sessionTotals(session) {
+  const data = await api(`/api/sessions?${new URLSearchParams({ session, limit: "10" })}`);
+  return (data?.sessions ?? []).find((s) => s.session === session) ?? null;
+}
+
+/** Every trace of the session (up to SESSION_MAX_PAGES pages), oldest first. */
+async function sessionTraces(session) {
+  const byId = new Map();
+  let cursor = null;
+  for (let page = 0; page < SESSION_MAX_PAGES; page++) {
+    const params = new URLSearchParams({ session, limit: "1000" });
+    if (cursor) params.set("cursor", cursor);
+    const data = await api(`/api/traces?${params}`);
+    for (const trace of data?.traces ?? []) byId.set(trace.trace_id, trace);
+    cursor = data?.next_cursor ?? null;
+    if (!cursor) break;
+  }
+  const items = [...byId.values()].sort(
+    (a, b) => Number(a.start_time_unix_nano) - Number(b.start_time_unix_nano) || String(a.trace_id).localeCompare(String(b.trace_id)),
+  );
+  return { items, truncated: cursor != null };
+}
+
+function sessionStats(s) {
+  const stat = (key, label, value, cls = "") =>
+    el("div", { class: "stat", "data-stat": key }, el("div", { class: "stat-label" }, label), el("div", { class: `stat-value ${cls}` }, value));
+  if (!s) return [stat("none", "Session", "No spans recorded for this session.")];
+  const tokensKnown = (s.input_tokens ?? 0) + (s.output_tokens ?? 0) > 0;
+  return [
+    stat("traces", "Traces", fmtInt(s.trace_count)),
+    stat("spans", "Spans", fmtInt(s.span_count)),
+    stat("tokens", "Tokens in / out", fmtTokens(s.input_tokens, s.output_tokens)),
+    stat("cost", "Cost", fmtCostOrUnpriced(s.cost_usd, tokensKnown)),
+    stat("errors", "Errors", fmtInt(s.errors), s.errors ? "err-count" : ""),
+    stat("first", "First call", fmtTime(s.first_time_unix_nano)),
+    stat("last", "Last call", fmtTime(s.last_time_unix_nano)),
+    stat("span", "Duration", fmtDuration((Number(s.last_time_unix_nano) - Number(s.first_time_unix_nano)) / 1e6)),
+  ];
+}
+
+/* ------------------------------------------------------------------ user page */
+
+const USER_SPEND_DAYS = 30;
+const USER_LIST_LIMIT = 10;
+
+function userPage(main, user) {
+  const spendNotice = createNotice();
+  const cards = el("div", { class: "cards", id: "user-spend" });
+  const models = el("div", { class: "card table-card" });
+  const sections = [
+    pagedSection({ title: "Sessions", id: "user-sessions", endpoint: "sessions", params: { user }, head: sessionTable, row: sessionRow, keyOf: (s) => s.session, empty: "No sessions for this user." }),
+    pagedSection({ title: "Errors", id: "user-errors", endpoint: "traces", params: { user, status: "error" }, head: traceTable, row: traceRow, keyOf: (t) => t.trace_id, empty: "No failed calls for this user." }),
+    pagedSection({ title: "Recent traces", id: "user-traces", endpoint: "traces", params: { user }, head: traceTable, row: traceRow, keyOf: (t) => t.trace_id, empty: "No traces for this user." }),
+  ];
+  let stopped = false;
+
+  main.append(
+    el(
+      "section",
+      { class: "page" },
+      el("div", { class: "crumbs" }, el("a", { href: lastTracesHash }, "← Traces")),
+      el(
+        "div",
+        { class: "trace-header" },
+        el("div", { class: "trace-title-row" }, el("span", { class: "page-kind" }, "User"), el("h1", { class: "trace-title", id: "user-name" }, user)),
+        el(
+          "div",
+          { class: "trace-id-row" },
+          el("a", { href: routeHash("traces", { user }) }, "All traces →"),
+          el("span", {}, " · "),
+          el("a", { href: routeHash("sessions", { user }) }, "All sessions →"),
+        ),
+      ),
+      el("h2", { class: "section-heading" }, `Spend, last ${USER_SPEND_DAYS} days (UTC)`),
+      spendNotice.node,
+      cards,
+      models,
+      sections.map((s) => s.node),
+    ),
+  );
+
+  (async () => {
+    const range = `from=${isoDay(1 - USER_SPEND_DAYS)}&to=${isoDay(0)}`;
+    try {
+      const [byUser, byModel] = await Promise.all([api(`/api/usage?${range}&group_by=user`), api(`/api/usage?${range}&group_by=user,model`)]);
+      if (stopped) return;
+      const totals = (byUser?.rows ?? []).find((r) => r.user === user) ?? { requests: 0, input_tokens: 0, output_tokens: 0, cost_usd: 0, errors: 0 };
+      const rows = sortGroupRows((byModel?.rows ?? []).filter((r) => r.user === user), "model");
+      cards.replaceChildren(...totalCards(totals));
+      models.replaceChildren(usageTable(rows, totals, "model", seriesColors(rows.map((r) => groupKey(r.model))), "user-models"));
+    } catch (e) {
+      if (!stopped && e.status !== 401) spendNotice.show("error", `Could not load spend: ${e.message}`);
+    }
+  })();
+
+  return () => {
+    stopped = true;
+    sections.forEach((s) => s.stop());
+  };
+}
+
+/** A titled table read by pages of USER_LIST_LIMIT with its own "Load more". */
+function pagedSection({ title, id, endpoint, params, head, row, keyOf, empty }) {
+  const tbody = el("tbody");
+  const count = el("span", { class: "muted small" });
+  const notice = createNotice();
+  const list = createPagedList({
+    fetchPage: pageFetcher(endpoint, { ...params, limit: String(USER_LIST_LIMIT) }),
+    keyOf,
+    live: false,
+    onUpdate(items, { hasMore }) {
+      notice.clear();
+      count.textContent = countText(items.length, endpoint === "sessions" ? "session" : "trace", hasMore);
+      if (items.length) updateKeyedRows(tbody, items, keyOf, row);
+      else tbody.replaceChildren(el("tr", { class: "empty-row" }, el("td", { colspan: "10", class: "empty-cell" }, empty)));
+    },
+    onError(e) {
+      if (e.status !== 401) notice.show("error", `Could not load ${title.toLowerCase()}: ${e.message}`);
+    },
+  });
+  const node = el(
+    "section",
+    { class: "list-section", id },
+    el("div", { class: "section-head" }, el("h2", { class: "section-heading" }, title), count),
+    notice.node,
+    el("div", { class: "card table-card" }, head(tbody, `${id}-table`)),
+    el("div", { class: "more-row" }, list.button),
+  );
+  return { node, stop: () => list.stop() };
 }
 
 /* ------------------------------------------------------------------ trace page */
@@ -587,7 +1161,7 @@ function tracePage(main, traceId) {
     el(
       "section",
       { class: "page" },
-      el("div", { class: "crumbs" }, el("a", { href: "#/traces" }, "← Traces")),
+      el("div", { class: "crumbs" }, el("a", { href: lastTracesHash }, "← Traces")),
       header,
       notice.node,
       el("div", { class: "trace-layout" }, waterfall, panel),
@@ -642,6 +1216,8 @@ function traceSummary(spans) {
     cost: sum("cost_usd"),
     status: statuses.has("error") ? "error" : statuses.has("cancelled") ? "cancelled" : "ok",
     teams: [...new Set(spans.map((s) => s.team).filter(Boolean))],
+    users: [...new Set(spans.map((s) => s.user).filter(Boolean))],
+    sessions: [...new Set(spans.map((s) => s.session).filter(Boolean))],
   };
 }
 
@@ -666,6 +1242,8 @@ function traceHeader(traceId, spans) {
       stat("Tokens in / out", fmtTokens(summary.inputTokens, summary.outputTokens)),
       stat("Cost", fmtCostOrUnpriced(summary.cost, (summary.inputTokens ?? 0) + (summary.outputTokens ?? 0) > 0)),
       stat("Teams", summary.teams.length ? summary.teams.join(", ") : DASH),
+      summary.users.length ? stat("Users", summary.users.map(userLink)) : null,
+      summary.sessions.length ? stat("Session", summary.sessions.map(sessionLink)) : null,
     ),
   ];
 }
@@ -807,9 +1385,9 @@ const SPAN_FIELDS = [
   ["finish_reason", "Finish reason"],
   ["cost_usd", "Cost", "cost"],
   ["team", "Team"],
-  ["user", "User"],
+  ["user", "User", "user"],
   ["key_fingerprint", "Key", "mono"],
-  ["session", "Session", "mono"],
+  ["session", "Session", "session"],
 ];
 
 function fieldValue(span, key, type) {
@@ -825,6 +1403,8 @@ function fieldValue(span, key, type) {
     case "duration": return fmtDuration(value);
     case "int": return fmtInt(value);
     case "cost": return fmtCost(value);
+    case "user": return el("a", { href: userHref(String(value)), "data-user": String(value) }, String(value));
+    case "session": return el("a", { href: sessionHref(String(value)), class: "mono", "data-session": String(value) }, String(value));
     default: return String(value);
   }
 }
@@ -1277,7 +1857,7 @@ function shortDay(day) {
   return `${names[month - 1]} ${date}`;
 }
 
-function usageTable(rows, totals, group, colors) {
+function usageTable(rows, totals, group, colors, id = "usage-table") {
   const numCell = (value, text) => el("td", { class: "num", "data-value": String(value ?? 0) }, text);
   const counters = (r) => [
     numCell(r.requests, fmtInt(r.requests ?? 0)),
@@ -1298,7 +1878,7 @@ function usageTable(rows, totals, group, colors) {
   const heading = group === "team" ? "Team" : "Model";
   return el(
     "table",
-    { id: "usage-table", class: "table" },
+    { id, class: "table" },
     el("thead", {}, el("tr", {}, el("th", {}, heading), ["Requests", "Input tokens", "Output tokens", "Cost", "Errors"].map((h) => el("th", { class: "num" }, h)))),
     el("tbody", {}, body.length ? body : el("tr", {}, el("td", { colspan: "6", class: "empty-cell" }, "No usage recorded in this range."))),
     el("tfoot", {}, el("tr", { id: "usage-totals" }, el("td", {}, "Total"), counters(totals))),
