@@ -260,8 +260,13 @@ impl Admin {
     async fn usage(&self, query: &str) -> Response<AdminBody> {
         let today = (crate::model::clock::unix_nanos() / 86_400_000_000_000) as i64;
         let (mut from, mut to, mut group_by) = (today - 29, today, vec![GroupBy::Team]);
+        let (mut team, mut user) = (None, None);
         for (key, value) in parse_query(query) {
             match key.as_str() {
+                // Only one team's or one user's rows (a user's page needs no other user's).
+                "team" if !value.is_empty() => team = Some(value),
+                "user" if !value.is_empty() => user = Some(value),
+                "team" | "user" => {}
                 "from" | "to" => match crate::model::clock::parse_day(&value) {
                     Some(day) if key == "from" => from = day,
                     Some(day) => to = day,
@@ -279,7 +284,12 @@ impl Admin {
         }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.ledger(from as u32, to.min(u32::MAX as i64) as u32)).await {
-            Ok(Ok(cells)) => json_response(StatusCode::OK, &usage::report(&cells, &group_by)),
+            Ok(Ok(mut cells)) => {
+                cells.retain(|(key, _)| {
+                    team.as_ref().is_none_or(|t| *t == key.team) && user.as_ref().is_none_or(|u| *u == key.user)
+                });
+                json_response(StatusCode::OK, &usage::report(&cells, &group_by))
+            }
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
@@ -340,7 +350,7 @@ fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
 }
 
 /// The query parameters `/api/usage` accepts.
-const USAGE_PARAMETERS: &[&str] = &["from", "to", "group_by"];
+const USAGE_PARAMETERS: &[&str] = &["from", "to", "group_by", "team", "user"];
 
 /// 400 for a parameter an endpoint does not know: a filter that silently matched everything
 /// would answer a question nobody asked.

@@ -736,3 +736,29 @@ fn text_search_narrows_by_word_blocks_and_combines_with_other_filters() {
     let q = TraceQuery { limit: 100, text: Some("rare zebra".into()), ..TraceQuery::default() };
     assert_eq!(store.find_traces(&q).unwrap().traces.len(), 6);
 }
+
+#[test]
+fn a_memtable_flushed_during_a_walk_hides_no_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.index.set_run_spans(50);
+    let first: Vec<SpanWrite> =
+        (0..30).map(|i| SpanWrite { span: varied_span(TraceId::random(), i), bodies: None }).collect();
+    store.write_batch(&first).unwrap();
+    // A query takes its sources: the memtable, 30 spans.
+    let sources = store.index.sources();
+    assert_eq!(sources.len(), 1);
+    let team = vec![index::terms::term(index::terms::Field::Team, b"team-1")];
+    let before = store.index.positions(&store.tree, &sources[0], &team).unwrap();
+    // Meanwhile the memtable fills and is written out as a run.
+    let more: Vec<SpanWrite> =
+        (30..60).map(|i| SpanWrite { span: varied_span(TraceId::random(), i), bodies: None }).collect();
+    store.write_batch(&more).unwrap();
+    assert_eq!(store.index.run_count(), 1);
+    // The old source now reads the run it became: nothing of it is hidden.
+    let after = store.index.positions(&store.tree, &sources[0], &team).unwrap();
+    assert!(before.iter().all(|p| after.contains(p)), "{before:?} ⊄ {after:?}");
+    assert_eq!(store.index.estimate(&sources[0], &team) > 0, true);
+    let ranges = store.index.block_ranges(&store.tree, &sources[0], &[], (0, u64::MAX)).unwrap();
+    assert!(!ranges.is_empty());
+}

@@ -381,4 +381,10 @@ async fn calls_are_found_by_user_session_property_and_words_of_their_bodies() {
     assert!(rest["next_cursor"].is_null());
     let (status, bad) = proxy.admin_get("/api/sessions?cursor=zz").await;
     assert_eq!(status, 400, "{bad}");
+
+    // One user's usage, without every other user's rows.
+    let (_, usage) = proxy.admin_get("/api/usage?user=u1&group_by=user,model").await;
+    let rows = usage["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{usage}");
+    assert_eq!((rows[0]["user"].as_str(), rows[0]["requests"].as_u64()), (Some("u1"), Some(2)));
 }

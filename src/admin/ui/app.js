@@ -1099,7 +1099,7 @@ function userPage(main, user) {
   );
 
   (async () => {
-    const range = `from=${isoDay(1 - USER_SPEND_DAYS)}&to=${isoDay(0)}`;
+    const range = `from=${isoDay(1 - USER_SPEND_DAYS)}&to=${isoDay(0)}&user=${encodeURIComponent(user)}`;
     try {
       const [byUser, byModel] = await Promise.all([api(`/api/usage?${range}&group_by=user`), api(`/api/usage?${range}&group_by=user,model`)]);
       if (stopped) return;

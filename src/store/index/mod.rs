@@ -78,6 +78,19 @@ struct State {
     runs: Vec<Arc<RunMeta>>,
 }
 
+impl State {
+    /// When the memtable that began at `first_seq` was written out as a run since a query took
+    /// its sources: `Some` of that run (`Some(None)` if retention dropped it too). A query reads
+    /// the memtable and this check under one lock, so a flush between taking the sources and
+    /// reading them hides nothing.
+    fn flushed(&self, first_seq: u64) -> Option<Option<Source>> {
+        if self.memtable.spans > 0 && self.memtable.first_seq == first_seq {
+            return None;
+        }
+        Some(self.runs.iter().find(|r| r.first_seq == first_seq).map(|run| Source::Run(run.clone())))
+    }
+}
+
 /// Where the positions of one part of the store come from, for a query walking newest first.
 pub(crate) enum Source {
     Memtable { min_start: u64, max_start: u64, first_seq: u64 },
@@ -316,8 +329,12 @@ impl SearchIndex {
     /// About how many positions the terms have in `source` (for choosing which to walk).
     pub(crate) fn estimate(&self, source: &Source, terms: &[u64]) -> usize {
         match source {
-            Source::Memtable { .. } => {
+            Source::Memtable { first_seq, .. } => {
                 let state = self.read();
+                if let Some(flushed) = state.flushed(*first_seq) {
+                    drop(state);
+                    return flushed.map_or(0, |run| self.estimate(&run, terms));
+                }
                 terms.iter().map(|t| state.memtable.postings.get(t).map_or(0, Vec::len)).sum()
             }
             Source::Run(run) => terms.iter().map(|t| run.chunks_of(*t).len() * run::CHUNK_ENTRIES).sum(),
@@ -328,8 +345,12 @@ impl SearchIndex {
     pub(crate) fn positions(&self, tree: &sled::Tree, source: &Source, terms: &[u64]) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
         match source {
-            Source::Memtable { .. } => {
+            Source::Memtable { first_seq, .. } => {
                 let state = self.read();
+                if let Some(flushed) = state.flushed(*first_seq) {
+                    drop(state);
+                    return flushed.map_or(Ok(Vec::new()), |run| self.positions(tree, &run, terms));
+                }
                 for term in terms {
                     if let Some(list) = state.memtable.postings.get(term) {
                         out.extend(list.iter().rev());
@@ -389,8 +410,12 @@ impl SearchIndex {
         (from, to): (u64, u64),
     ) -> Result<Vec<(u64, u64)>, StoreError> {
         let (blocks, starts, times, end) = match source {
-            Source::Memtable { .. } => {
+            Source::Memtable { first_seq, .. } => {
                 let state = self.read();
+                if let Some(flushed) = state.flushed(*first_seq) {
+                    drop(state);
+                    return flushed.map_or(Ok(Vec::new()), |run| self.block_ranges(tree, &run, words, (from, to)));
+                }
                 let m = &state.memtable;
                 let end = position(m.last_seq + 1, 0);
                 (m.words.blocks_of(words), m.words.block_starts.clone(), m.words.block_times.clone(), end)
