@@ -137,6 +137,10 @@ impl TraceQuery {
 /// Every status: with no filter that has postings, a source's spans are walked through these.
 const ALL_STATUSES: [SpanStatus; 3] = [SpanStatus::Ok, SpanStatus::Error, SpanStatus::Cancelled];
 
+/// A filter's postings are intersected with the candidates when it has at most this many times
+/// as many postings as there are candidates.
+const INTERSECT_RATIO: usize = 64;
+
 /// What one walk reads more than once: span segments, body segments, the text to find.
 pub(crate) struct Walk {
     pub(crate) spans: SegmentCache,
@@ -173,9 +177,14 @@ impl Store {
             if !source.overlaps(from, to) || source.first_position() >= below {
                 continue;
             }
-            let driving = groups.iter().map(|g| (self.index.estimate(&source, g), g.as_slice())).min();
-            let positions = if words.is_empty() && from == 0 && to == u64::MAX {
-                self.index.positions(&self.tree, &source, driving.map_or(everything.as_slice(), |(_, g)| g))?
+            // The filters by how many postings they have here, fewest first.
+            let mut estimates: Vec<(usize, usize)> =
+                groups.iter().enumerate().map(|(i, g)| (self.index.estimate(&source, g), i)).collect();
+            estimates.sort_unstable();
+            let driving = estimates.first().map(|&(n, i)| (n, i));
+            let (mut positions, used) = if words.is_empty() && from == 0 && to == u64::MAX {
+                let group = driving.map_or(everything.as_slice(), |(_, i)| groups[i].as_slice());
+                (self.index.positions(&self.tree, &source, group)?, driving.map(|(_, i)| i))
             } else {
                 // A phrase or a time window: only the blocks holding all of the phrase's words
                 // and overlapping the window, through the cheaper of their spans and the most
@@ -183,14 +192,27 @@ impl Store {
                 let ranges = self.index.block_ranges(&self.tree, &source, &words, (from, to))?;
                 match driving {
                     _ if ranges.is_empty() => continue,
-                    Some((n, group)) if n < ranges.len() * words::BLOCK_SPANS as usize => {
-                        let mut positions = self.index.positions(&self.tree, &source, group)?;
+                    Some((n, i)) if n < ranges.len() * words::BLOCK_SPANS as usize => {
+                        let mut positions = self.index.positions(&self.tree, &source, &groups[i])?;
                         positions.retain(|p| in_ranges(&ranges, *p));
-                        positions
+                        (positions, Some(i))
                     }
-                    _ => self.positions_in(&mut walk.spans, &ranges, below)?,
+                    _ => (self.positions_in(&mut walk.spans, &ranges, below)?, None),
                 }
             };
+            // Narrowed by the other filters' postings where reading them costs less than reading
+            // the spans they would rule out (a chunk read holds 384 postings; a span read, one).
+            for &(n, i) in &estimates {
+                if positions.is_empty() || n > positions.len().saturating_mul(INTERSECT_RATIO) {
+                    break;
+                }
+                if Some(i) == used {
+                    continue;
+                }
+                let mut other = self.index.positions(&self.tree, &source, &groups[i])?;
+                other.sort_unstable();
+                positions.retain(|p| other.binary_search(p).is_ok());
+            }
             for position in positions {
                 if position >= below {
                     continue;
