@@ -9,21 +9,8 @@ use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{Span, SpanBodies, SpanKind, SpanStatus, SpanWrite, UsageSource};
 use crate::store::index::terms::{self, Field};
 use crate::store::layout::*;
-use crate::store::{Position, Selection, Store, StoreError, TraceQuery};
-
-fn reopen(path: &Path) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(path) {
-            Err(StoreError::Sled(sled::Error::Io(e)))
-                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
+use crate::store::tests::reopen;
+use crate::store::{Position, Selection, Store, TraceQuery};
 
 /// Span `i`: team-(i % 3), user-(i % 5), its own trace except every 4th joins the one before.
 fn span_of(i: u64, traces: &mut Vec<TraceId>) -> Span {

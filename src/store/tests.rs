@@ -15,13 +15,12 @@ use crate::store::{Store, StoreError, TraceQuery};
 /// Opens the store at `path` again in this process. sled's IO threads may still hold the
 /// previous handle's file (and its lock) for a moment after the drop; a new process never
 /// meets this.
-fn reopen(path: &Path) -> Store {
+pub(super) fn reopen(path: &Path) -> Store {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match Store::open(path) {
-            Err(StoreError::Sled(sled::Error::Io(e)))
-                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-            {
+            // sled's lock error is reported as `InUse` (it was an Io error before: flaky reopens).
+            Err(StoreError::InUse) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other.unwrap(),

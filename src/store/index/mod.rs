@@ -222,7 +222,7 @@ impl SearchIndex {
             .map(|s| {
                 let start = word_terms.len();
                 for body in s.bodies {
-                    words::for_each_word(body, |w| word_terms.push(terms::term(Field::Word, w)));
+                    words::for_each_word(body, |w| word_terms.push(words::word_term(w)));
                 }
                 (s.position, s.span, terms::terms_of(s.span), start..word_terms.len())
             })

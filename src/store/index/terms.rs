@@ -26,8 +26,6 @@ pub enum Field {
     DurationBucket = 9,
     /// log2 of the cost in nano-dollars.
     CostBucket = 10,
-    /// A word of the request or response body (see `words.rs`; block postings, not spans).
-    Word = 11,
 }
 
 /// The term of `field` = `value`.

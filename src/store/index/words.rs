@@ -19,8 +19,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::store::index::terms::{self, Field};
-
 /// Spans per block.
 pub(crate) const BLOCK_SPANS: u32 = 256;
 /// Blocks per run (a run's later spans, if a batch overfilled it, go to its last block).
@@ -76,49 +74,65 @@ impl Blocks {
     }
 }
 
+/// Per byte: 0 when it separates words, else the byte ASCII-lowercased.
+const WORD_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c >= 0x80 {
+            table[b] = c.to_ascii_lowercase();
+        }
+        b += 1;
+    }
+    table
+};
+
 /// Whether `b` is part of a word.
 pub(crate) fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80
+    WORD_BYTES[usize::from(b)] != 0
 }
 
-/// Calls `f` with each indexable word of `text`, lowercased.
+/// Calls `f` with each indexable word of `text`, as it is there (`word_term` lowercases).
 pub(crate) fn for_each_word(text: &[u8], mut f: impl FnMut(&[u8])) {
-    let mut word = [0u8; MAX_WORD];
-    let (mut len, mut too_long) = (0usize, false);
     let mut i = 0;
-    let mut end_word = |len: &mut usize, too_long: &mut bool, word: &[u8; MAX_WORD]| {
-        if *len >= 2 && !*too_long {
-            f(&word[..*len]);
-        }
-        (*len, *too_long) = (0, false);
-    };
     while i < text.len() {
-        let b = text[i];
-        if is_word_byte(b) {
-            if len < MAX_WORD {
-                word[len] = b.to_ascii_lowercase();
-                len += 1;
-            } else {
-                too_long = true;
-            }
-            i += 1;
+        if !is_word_byte(text[i]) {
+            // A JSON escape is a separator as a whole: `\nHello` is the word `hello`.
+            i += match (text[i], text.get(i + 1)) {
+                (b'\\', Some(b'u')) => 6,
+                (b'\\', Some(_)) => 2,
+                _ => 1,
+            };
             continue;
         }
-        end_word(&mut len, &mut too_long, &word);
-        // A JSON escape is a separator as a whole: `\nHello` is the word `hello`.
-        i += match (b, text.get(i + 1)) {
-            (b'\\', Some(b'u')) => 6,
-            (b'\\', Some(_)) => 2,
-            _ => 1,
-        };
+        let start = i;
+        while i < text.len() && is_word_byte(text[i]) {
+            i += 1;
+        }
+        if (2..=MAX_WORD).contains(&(i - start)) {
+            f(&text[start..i]);
+        }
     }
-    end_word(&mut len, &mut too_long, &word);
+}
+
+/// The term of a word, ASCII-lowercased as it is hashed: eight bytes at a time, one multiply
+/// each (most words are one step), so hashing a body costs about a cycle per byte. Word terms
+/// live in their own chunks, apart from the other fields' terms (`terms.rs`).
+pub(crate) fn word_term(word: &[u8]) -> u64 {
+    let mut hash = 0x9e37_79b9_7f4a_7c15 ^ word.len() as u64;
+    for chunk in word.chunks(8) {
+        let v = chunk.iter().fold(0u64, |v, b| (v << 8) | u64::from(WORD_BYTES[usize::from(*b)]));
+        hash = (hash ^ v).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash ^= hash >> 31;
+    }
+    hash ^ (hash >> 29)
 }
 
 /// The terms of a phrase's indexable words.
 pub(crate) fn phrase_terms(phrase: &str) -> Vec<u64> {
     let mut out = Vec::new();
-    for_each_word(phrase.as_bytes(), |w| out.push(terms::term(Field::Word, w)));
+    for_each_word(phrase.as_bytes(), |w| out.push(word_term(w)));
     out.sort_unstable();
     out.dedup();
     out
@@ -142,10 +156,19 @@ impl Hasher for TermHasher {
     }
 }
 
+/// Slots of [`WordTable`]'s cache of the words already recorded in the current block.
+const RECENT_SLOTS: usize = 8192;
+
 /// The words of the memtable's spans: term → blocks, and where each block starts.
 #[derive(Default)]
 pub(crate) struct WordTable {
     pub(crate) words: HashMap<u64, Blocks, BuildHasherDefault<TermHasher>>,
+    /// Words recorded in the current block, direct-mapped by hash (64 KB, cache-resident): a
+    /// word a block repeats (an agent resends its whole conversation every step) is found
+    /// here instead of in `words`, whose lookups miss the CPU's caches once it is large. Exact:
+    /// a word is skipped only when its own term sits in its slot.
+    recent: Vec<u64>,
+    recent_block: Option<usize>,
     /// The first position of each block begun so far.
     pub(crate) block_starts: Vec<u64>,
     /// Each block's earliest and latest span start time, flattened (`min, max, min, max, ...`):
@@ -164,8 +187,18 @@ impl WordTable {
         }
         let times = &mut self.block_times[2 * block..2 * block + 2];
         (times[0], times[1]) = (times[0].min(start), times[1].max(start));
-        for term in terms {
-            self.words.entry(*term).or_default().insert(block);
+        if self.recent_block != Some(block) {
+            self.recent.clear();
+            self.recent.resize(RECENT_SLOTS, 0);
+            self.recent_block = Some(block);
+        }
+        for &term in terms {
+            let slot = &mut self.recent[(term as usize) % RECENT_SLOTS];
+            if *slot == term && term != 0 {
+                continue;
+            }
+            *slot = term;
+            self.words.entry(term).or_default().insert(block);
         }
     }
 
@@ -237,7 +270,7 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for_each_word(text.as_bytes(), |w| out.push(String::from_utf8(w.to_vec()).unwrap()));
+        for_each_word(text.as_bytes(), |w| out.push(String::from_utf8(w.to_ascii_lowercase()).unwrap()));
         out
     }
 
@@ -250,19 +283,25 @@ mod tests {
         assert_eq!(words("a bb ccc"), ["bb", "ccc"]);
         let long = "x".repeat(MAX_WORD + 1);
         assert_eq!(words(&format!("{long} ok café")), ["ok", "café"]);
+        // Terms ignore ASCII case, and differ by every byte, past eight too.
+        assert_eq!(word_term(b"Marmalade"), word_term(b"marmalade"));
+        assert_ne!(word_term(b"marmalade"), word_term(b"marmalada"));
+        assert_ne!(word_term(b"ab"), word_term(b"ba"));
+        // Stored on disk: the function must never change.
+        assert_eq!(word_term(b"quantum"), 0xad22_f7ea_7e3d_2763);
     }
 
     #[test]
     fn tables_round_trip_through_chunks_as_lists_and_bitmaps() {
         let mut table = WordTable::default();
-        let (rare, common) = (terms::term(Field::Word, b"rare"), terms::term(Field::Word, b"the"));
+        let (rare, common) = (word_term(b"rare"), word_term(b"the"));
         for ordinal in 0..(BLOCK_SPANS * 200) {
             let mut t = vec![common];
             if ordinal == 5 || ordinal == BLOCK_SPANS * 150 {
                 t.push(rare);
             }
             // Many other words, so the table spans several chunks.
-            t.push(terms::term(Field::Word, format!("w{}", ordinal % 2000).as_bytes()));
+            t.push(word_term(format!("w{}", ordinal % 2000).as_bytes()));
             table.add(ordinal, u64::from(ordinal) << 4, u64::from(ordinal), &t);
         }
         assert_eq!(table.block_starts.len(), 200);
@@ -277,7 +316,7 @@ mod tests {
         assert_eq!(find(rare).newest_first().collect::<Vec<_>>(), [150, 0]);
         assert_eq!(find(common).newest_first().count(), 200);
         assert_eq!(find(common).and(find(rare)), find(rare));
-        assert!(find(terms::term(Field::Word, b"absent")).is_empty());
+        assert!(find(word_term(b"absent")).is_empty());
         assert_eq!(table.blocks_of(&[rare, common]), find(rare));
     }
 }
