@@ -17,8 +17,9 @@ pub(crate) const RUN_META: u8 = b'Y';
 pub(crate) const ENTRY_BYTES: usize = 16;
 pub(crate) const CHUNK_ENTRIES: usize = 384;
 /// 2: the Bloom filter holds session terms too; 4: the word index and block times
-/// (`words.rs`). Runs of an older version are rebuilt at open.
-const META_VERSION: u8 = 4;
+/// (`words.rs`); 5: word terms hashed by `words::word_term`. Runs of an older version are
+/// rebuilt at open.
+const META_VERSION: u8 = 5;
 /// Bloom filter bits per trace, and probes per lookup: ~1% false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u64 = 6;
