@@ -46,11 +46,12 @@ pub fn parse_day(text: &str) -> Option<i64> {
 
 /// Parses a point in time as users write it: unix milliseconds (`1733400000000`), an RFC 3339
 /// time (`2026-12-05T11:30:00Z`, `2026-12-05T12:30:00.250+01:00`) or a day (`2026-12-05`,
-/// midnight UTC). Returns unix nanoseconds; `None` for anything else or before 1970.
+/// midnight UTC). Returns unix nanoseconds; `None` for anything else or before 1970. A time
+/// past what u64 nanoseconds hold (2554-07-21) is `u64::MAX`: later than every span.
 pub fn parse_time(text: &str) -> Option<u64> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse::<u64>().ok()?.checked_mul(1_000_000);
+        return text.parse::<u64>().ok().map(|ms| ms.saturating_mul(1_000_000));
     }
     let (date, time) = match text.split_once(['T', 't', ' ']) {
         Some((date, time)) => (date, Some(time)),
@@ -84,6 +85,9 @@ pub fn parse_time(text: &str) -> Option<u64> {
         }
         let frac_nanos: i64 = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().ok()? };
         nanos += i128::from(((h * 60 + m) * 60 + s - offset_secs) * 1_000_000_000 + frac_nanos);
+    }
+    if nanos > i128::from(u64::MAX) {
+        return Some(u64::MAX);
     }
     u64::try_from(nanos).ok()
 }
@@ -125,6 +129,15 @@ mod tests {
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_time_after_2554_was_refused_as_malformed() {
+        // u64 nanoseconds end in July 2554: later times are later than every span, not errors.
+        assert_eq!(parse_time("2999-01-01T00:00:00Z"), Some(u64::MAX));
+        assert_eq!(parse_time("2999-01-01"), Some(u64::MAX));
+        assert_eq!(parse_time("99999999999999999"), Some(u64::MAX));
+        assert_eq!(parse_time("2554-07-21"), Some(18_446_659_200_000_000_000), "the last whole day still fits");
     }
 
     #[test]
