@@ -1,8 +1,10 @@
 //! Wire formats, read and written: the providers' request and response bodies (JSON and SSE),
 //! trace-context headers (W3C, B3), tracegate's own `x-tracegate-*` headers, OTLP and Zipkin
-//! spans, and token counts of a request's text. Pure functions over bytes: they import only
-//! `model`, never the proxy, the recorder or the store, and do no I/O.
+//! spans, AWS event-stream frames (Bedrock streams), and token counts of a request's text.
+//! Pure functions over bytes: they import only `model`, never the proxy, the recorder or the
+//! store, and do no I/O.
 
+pub mod eventstream;
 pub(crate) mod headers;
 pub(crate) mod otlp;
 pub mod providers;
