@@ -6,9 +6,11 @@
 //! and return whatever facts could be found. OpenAI's formats (Chat Completions, legacy
 //! Completions, Embeddings, Responses; also OpenAI-compatible servers) live in [`openai`],
 //! Anthropic's (Messages, legacy Complete) in [`anthropic`]; this module dispatches and
-//! holds the lenient JSON helpers both use.
+//! holds the lenient JSON helpers both use. [`gemini`] reads Google's Gemini bodies (not yet
+//! dispatched: issue 19 routes `api = "gemini"`).
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 mod openai_typed;
 
