@@ -6,10 +6,12 @@
 //! and return whatever facts could be found. OpenAI's formats (Chat Completions, legacy
 //! Completions, Embeddings, Responses; also OpenAI-compatible servers) live in [`openai`],
 //! Anthropic's (Messages, legacy Complete) in [`anthropic`]; this module dispatches and
-//! holds the lenient JSON helpers both use. [`gemini`] reads Google's Gemini bodies (not yet
-//! dispatched: issue 19 routes `api = "gemini"`).
+//! holds the lenient JSON helpers both use. [`gemini`] and [`bedrock`] read Google's Gemini and
+//! AWS Bedrock Converse bodies (not dispatched yet: issue 19 routes `api = "gemini"` and
+//! `"bedrock"`).
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 mod openai_typed;
