@@ -591,6 +591,29 @@ mod tests {
     }
 
     #[test]
+    fn azure_streams_open_with_a_content_filter_chunk_of_no_choices() {
+        // Azure OpenAI's first chunk carries `prompt_filter_results` and `choices: []` (a
+        // parser indexing choices[0] breaks on it); content-filter results ride along later.
+        let chunks = [
+            r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}}}]}"#,
+            r#"{"choices":[{"content_filter_results":{},"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0}],"created":1,"id":"c1","model":"gpt-4o-2024-11-20","object":"chat.completion.chunk"}"#,
+            r#"{"choices":[{"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}},"delta":{"content":"Hi"},"finish_reason":null,"index":0}],"created":1,"id":"c1","model":"gpt-4o-2024-11-20","object":"chat.completion.chunk"}"#,
+            r#"{"choices":[{"content_filter_results":{},"delta":{},"finish_reason":"stop","index":0}],"created":1,"id":"c1","model":"gpt-4o-2024-11-20","object":"chat.completion.chunk","usage":{"prompt_tokens":8,"completion_tokens":1,"total_tokens":9}}"#,
+        ];
+        let body = stream(&chunks, "\n");
+        let facts = chat_stream(&body);
+        assert_eq!(facts.output_text, "Hi");
+        assert_eq!(
+            facts.model.as_deref(),
+            Some("gpt-4o-2024-11-20"),
+            "the empty model of the filter chunk is not the model"
+        );
+        assert_eq!(facts.first_content_end, Some(end_after(&body, "\"Hi\"", "\n")), "TTFT from the first content");
+        assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((8, 1)));
+        assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
     fn chat_stream_error_mid_stream() {
         let body = stream(
             &[
