@@ -167,13 +167,14 @@ impl<'a> Iterator for SpanSegment<'a> {
 
 /// The bodies of span `index` in an encoded body segment.
 pub(super) fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
-    let Some((flags, request, response)) = raw_bodies_at(segment, index)? else { return Ok(SpanBodies::default()) };
+    Ok(span_bodies(raw_bodies_at(segment, index)?))
+}
+
+/// A body record as text (none when the bodies were not kept).
+pub(super) fn span_bodies(raw: Option<RawBodies<'_>>) -> SpanBodies {
+    let Some((flags, request, response)) = raw else { return SpanBodies::default() };
     let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
-    Ok(SpanBodies {
-        request_body: text(request),
-        response_body: text(response),
-        truncated: flags & BODIES_TRUNCATED != 0,
-    })
+    SpanBodies { request_body: text(request), response_body: text(response), truncated: flags & BODIES_TRUNCATED != 0 }
 }
 
 /// A span's body record: flags, request, response (raw bytes).

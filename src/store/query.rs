@@ -23,7 +23,7 @@ use crate::model::span::{SessionSummary, Span, SpanStatus, TraceSummary};
 use crate::store::index;
 use crate::store::index::terms::{self, Field};
 use crate::store::index::words;
-use crate::store::layout::{decode, raw_bodies_at, take_u32, SpanSegment};
+use crate::store::layout::{decode, take_u32, SpanSegment};
 use crate::store::reader::SegmentCache;
 use crate::store::{Store, StoreError};
 
@@ -144,7 +144,7 @@ const INTERSECT_RATIO: usize = 64;
 /// What one walk reads more than once: span segments, body segments, the text to find.
 pub(crate) struct Walk {
     pub(crate) spans: SegmentCache,
-    bodies: SegmentCache,
+    pub(crate) bodies: SegmentCache,
     text: Option<Needle>,
     horizon: u64,
 }
@@ -181,7 +181,7 @@ impl Store {
             let mut estimates: Vec<(usize, usize)> =
                 groups.iter().enumerate().map(|(i, g)| (self.index.estimate(&source, g), i)).collect();
             estimates.sort_unstable();
-            let driving = estimates.first().map(|&(n, i)| (n, i));
+            let driving = estimates.first().copied();
             let (mut positions, used) = if words.is_empty() && from == 0 && to == u64::MAX {
                 let group = driving.map_or(everything.as_slice(), |(_, i)| groups[i].as_slice());
                 (self.index.positions(&self.tree, &source, group)?, driving.map(|(_, i)| i))
@@ -241,35 +241,36 @@ impl Store {
             return Ok(false);
         }
         let Some(needle) = &walk.text else { return Ok(true) };
-        let Some(segment) = walk.bodies.get(&self.tree, index::seq_of_position(position))? else { return Ok(false) };
-        let index = usize::from(index::index_of_position(position));
-        Ok(match raw_bodies_at(segment, index)? {
+        Ok(match walk.bodies.raw_bodies(&self.tree, position)? {
             Some((_, request, response)) => needle.found_in(request) || needle.found_in(response),
             None => false,
         })
     }
 
-    /// The newest position below the walk's horizon of a span among `positions` that matches
-    /// `query`, calling `member` with every span there: it says whether the span belongs to the
-    /// trace or session (a term's postings may hold another's spans, whose hash collides).
-    fn newest_match(
+    /// The spans at `positions` that `member` admits (a term's postings may hold another
+    /// trace's or session's spans, whose hash collides), in position order, and the newest
+    /// position below the walk's horizon of one that matches `query`.
+    fn gather(
         &self,
         walk: &mut Walk,
         query: &TraceQuery,
-        positions: Vec<u64>,
-        mut member: impl FnMut(&Span) -> bool,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut newest = None;
+        mut positions: Vec<u64>,
+        member: impl Fn(&Span) -> bool,
+    ) -> Result<(Vec<Span>, Option<u64>), StoreError> {
+        positions.sort_unstable();
+        positions.dedup();
+        let (mut spans, mut newest) = (Vec::new(), None);
         for position in positions {
             let Some(span) = self.span_at(&mut walk.spans, position)? else { continue };
             if !member(&span) {
                 continue;
             }
-            if position < walk.horizon && newest < Some(position) && self.matches_fully(walk, query, position, &span)? {
+            if position < walk.horizon && self.matches_fully(walk, query, position, &span)? {
                 newest = Some(position);
             }
+            spans.push(span);
         }
-        Ok(newest)
+        Ok((spans, newest))
     }
 
     /// One page of traces matching `query`, newest first.
@@ -283,17 +284,8 @@ impl Store {
             if !seen.insert(span.trace_id) {
                 return Ok(true);
             }
-            let mut positions = self.index.trace_positions(&self.tree, &span.trace_id)?;
-            positions.sort_unstable();
-            positions.dedup();
-            let mut spans = Vec::new();
-            let newest = self.newest_match(walk, query, positions, |s| {
-                let member = s.trace_id == span.trace_id;
-                if member {
-                    spans.push(s.clone());
-                }
-                member
-            })?;
+            let positions = self.index.trace_positions(&self.tree, &span.trace_id)?;
+            let (mut spans, newest) = self.gather(walk, query, positions, |s| s.trace_id == span.trace_id)?;
             // Listed at its newest match: above the cursor, on an earlier page.
             if newest != Some(position) {
                 return Ok(true);
@@ -321,17 +313,8 @@ impl Store {
             if seen.contains(&session) {
                 return Ok(true);
             }
-            let mut positions = self.index.session_positions(&self.tree, &session)?;
-            positions.sort_unstable();
-            positions.dedup();
-            let mut spans = Vec::new();
-            let newest = self.newest_match(walk, query, positions, |s| {
-                let member = s.session.as_ref() == Some(&session);
-                if member {
-                    spans.push(s.clone());
-                }
-                member
-            })?;
+            let positions = self.index.session_positions(&self.tree, &session)?;
+            let (spans, newest) = self.gather(walk, query, positions, |s| s.session.as_ref() == Some(&session))?;
             if newest == Some(position) {
                 if let Some(summary) = SessionSummary::of(&session, &spans) {
                     page.push((position, summary));

@@ -179,29 +179,26 @@ impl SegmentCache {
         }
         Ok(self.segments.get(&seq).and_then(|v| v.as_deref()))
     }
+
+    /// (A cache of body segments.) The raw bodies of the span at `position`; `None` when they
+    /// were not kept or their segment is gone.
+    pub(crate) fn raw_bodies(&mut self, tree: &sled::Tree, position: u64) -> Result<Option<RawBodies<'_>>, StoreError> {
+        let Some(segment) = self.get(tree, index::seq_of_position(position))? else { return Ok(None) };
+        raw_bodies_at(segment, usize::from(index::index_of_position(position)))
+    }
 }
 
 impl Store {
     /// Calls `emit(span, bodies)` with each span matching `query` and its captured bodies,
-    /// newest first, until `emit` returns false: what `/api/export` streams. Holds one body
-    /// segment at a time (a walk visits a segment's spans together), so memory stays bounded
-    /// however many spans match.
+    /// newest first, until `emit` returns false: what `/api/export` streams. Bodies are read
+    /// through the walk's own cache of body segments (bounded, and shared with `q`'s checks).
     pub fn for_each_match_with_bodies(
         &self,
         query: &crate::store::TraceQuery,
         mut emit: impl FnMut(Span, SpanBodies) -> bool,
     ) -> Result<(), StoreError> {
-        let mut held: Option<(u64, Option<RawSegment>)> = None;
-        self.for_each_match(query, |_, position, span| {
-            let seq = index::seq_of_position(position);
-            if held.as_ref().is_none_or(|(s, _)| *s != seq) {
-                let segment = self.tree.get(segment_key(BODY_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
-                held = Some((seq, segment));
-            }
-            let bodies = match held.as_ref().and_then(|(_, s)| s.as_deref()) {
-                Some(segment) => bodies_at(segment, usize::from(index::index_of_position(position)))?,
-                None => SpanBodies::default(),
-            };
+        self.for_each_match(query, |walk, position, span| {
+            let bodies = span_bodies(walk.bodies.raw_bodies(&self.tree, position)?);
             Ok(emit(span, bodies))
         })
     }
