@@ -7,9 +7,8 @@
 //! committed when the delete began) and hands each batch to the recorder
 //! (`RecorderHandle::delete`), which tombstones it and flushes before answering. So a delete of
 //! a whole team holds one batch in memory, calls keep being recorded between batches, and the
-//! answer comes once the delete is durable. A walk during which the index wrote a run may have
-//! missed the spans that moved into it, so the delete walks again until a walk finds nothing
-//! more or the index stayed still.
+//! answer comes once the delete is durable. (A walk reads a memtable written out meanwhile
+//! as the run it became, so one walk finds every selected span.)
 
 use http::{Response, StatusCode};
 use serde_json::json;
@@ -18,9 +17,6 @@ use super::{error, filters, json_response, parse_query, AdminBody};
 use crate::model::ids::TraceId;
 use crate::record::RecorderHandle;
 use crate::store::{Selection, Store, DELETE_BATCH};
-
-/// Most walks of one delete (the index writes a run per 65,536 spans: two suffice in practice).
-const MAX_WALKS: usize = 4;
 
 /// `DELETE /api/traces/{trace_id}`.
 pub(super) async fn delete_trace(
@@ -87,27 +83,17 @@ async fn run(
         if dry_run {
             return store.count_selected(&selection).map_err(|e| e.to_string());
         }
-        let start = store.delete_start();
-        let mut deleted = 0u64;
-        for _ in 0..MAX_WALKS {
-            let generation = store.index_generation();
-            let (mut cursor, mut found) = (start, 0);
-            loop {
-                let (positions, next) = store.select(&selection, cursor, DELETE_BATCH).map_err(|e| e.to_string())?;
-                found += positions.len();
-                if !positions.is_empty() {
-                    deleted += recorder.delete(positions)? as u64;
-                }
-                match next {
-                    Some(next) => cursor = next,
-                    None => break,
-                }
+        let (mut cursor, mut deleted) = (store.delete_start(), 0u64);
+        loop {
+            let (positions, next) = store.select(&selection, cursor, DELETE_BATCH).map_err(|e| e.to_string())?;
+            if !positions.is_empty() {
+                deleted += recorder.delete(positions)? as u64;
             }
-            if found == 0 || store.index_generation() == generation {
-                break;
+            match next {
+                Some(next) => cursor = next,
+                None => return Ok(deleted),
             }
         }
-        Ok(deleted)
     });
     match done.await {
         Ok(Ok(deleted)) => json_response(StatusCode::OK, &json!({ "deleted": deleted })),

@@ -108,12 +108,6 @@ impl Store {
         Ok(count)
     }
 
-    /// A number that changes whenever the index writes a run: a walk during which it changed
-    /// may have missed the spans that moved from the memtable into the new run.
-    pub fn index_generation(&self) -> u64 {
-        self.index.newest_run().unwrap_or(0)
-    }
-
     /// Deletes the spans at `positions` (at most [`DELETE_BATCH`] at a time is the intent):
     /// each becomes a tombstone, its bodies are emptied and its postings removed. Positions
     /// already deleted, or whose segment retention removed, are skipped. Returns how many spans

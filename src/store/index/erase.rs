@@ -81,9 +81,4 @@ impl SearchIndex {
         }
         Ok(())
     }
-
-    /// The name (last seq) of the newest run, if any: changes whenever a run is written.
-    pub(crate) fn newest_run(&self) -> Option<u64> {
-        self.read().runs.last().map(|r| r.id)
-    }
 }
