@@ -190,16 +190,19 @@ pub fn encode_frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Encodes one JSON event of a Bedrock stream, named by its `:event-type` (`messageStart`,
+/// `contentBlockDelta`, `metadata`, `chunk`, ...).
+pub fn encode_event(event_type: &str, json: &str) -> Vec<u8> {
+    encode_frame(
+        &[(":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")],
+        json.as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use super::encode_event as event;
     use super::*;
-
-    fn event(kind: &str, payload: &str) -> Vec<u8> {
-        encode_frame(
-            &[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")],
-            payload.as_bytes(),
-        )
-    }
 
     #[test]
     fn frames_round_trip_and_name_their_events() {

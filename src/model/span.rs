@@ -239,15 +239,7 @@ impl TraceSummary {
         self.end_time_unix_nano = self.end_time_unix_nano.max(span.end_time_unix_nano());
         self.duration_ms = self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano) as f64 / 1e6;
         self.span_count += 1;
-        // Only proxied calls count: an app's GenAI span may describe the very call that also
-        // went through the proxy, and its tokens would be counted twice.
-        if span.kind == SpanKind::Llm {
-            self.input_tokens = self.input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
-            self.output_tokens = self.output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
-        }
-        if let Some(cost) = span.cost_usd {
-            self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
-        }
+        add_usage(span, &mut self.input_tokens, &mut self.output_tokens, &mut self.cost_usd);
         self.status = self.status.max(span.status);
         let model = span.response_model.as_ref().or(span.request_model.as_ref());
         for (list, value) in [
@@ -262,6 +254,19 @@ impl TraceSummary {
                 }
             }
         }
+    }
+}
+
+/// Adds a span's tokens and cost to a trace's or a session's totals. Only proxied calls' tokens
+/// count: an app's GenAI span may describe the very call that also went through the proxy, and
+/// its tokens would be counted twice. Cost is only ever on proxied calls.
+fn add_usage(span: &Span, input_tokens: &mut u64, output_tokens: &mut u64, cost_usd: &mut Option<f64>) {
+    if span.kind == SpanKind::Llm {
+        *input_tokens = input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
+        *output_tokens = output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
+    }
+    if let Some(cost) = span.cost_usd {
+        *cost_usd = Some(cost_usd.unwrap_or(0.0) + cost);
     }
 }
 
@@ -310,13 +315,7 @@ impl SessionSummary {
             if traces.insert(span.trace_id) {
                 s.trace_count += 1;
             }
-            if span.kind == SpanKind::Llm {
-                s.input_tokens = s.input_tokens.saturating_add(span.input_tokens.unwrap_or(0));
-                s.output_tokens = s.output_tokens.saturating_add(span.output_tokens.unwrap_or(0));
-            }
-            if let Some(cost) = span.cost_usd {
-                s.cost_usd = Some(s.cost_usd.unwrap_or(0.0) + cost);
-            }
+            add_usage(span, &mut s.input_tokens, &mut s.output_tokens, &mut s.cost_usd);
             s.errors += u64::from(span.status == SpanStatus::Error);
             for (slot, value, latest) in
                 [(&mut s.user, &span.user, &mut latest_named.0), (&mut s.team, &span.team, &mut latest_named.1)]

@@ -15,7 +15,7 @@
 use serde_json::Value;
 
 use super::{count, non_empty, str_at, top_level, Generated, Operation, ResponseFacts, Usage};
-use crate::formats::eventstream;
+use crate::formats::{eventstream, percent};
 
 /// The model id and action of a Bedrock runtime path, the id percent-decoded:
 /// `/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse` →
@@ -24,7 +24,7 @@ pub fn model_and_action(path: &str) -> Option<(String, &str)> {
     let path = path.split(['?', '#']).next()?;
     let (_, after) = path.split_once("/model/")?;
     let (model, action) = after.rsplit_once('/')?;
-    (!model.is_empty() && !action.is_empty()).then(|| (percent_decode(model), action))
+    (!model.is_empty() && !action.is_empty()).then(|| (percent::decode(model, false), action))
 }
 
 /// The operation of an action: every one of them generates (Converse, Invoke, and their
@@ -34,26 +34,6 @@ pub fn operation(action: &str) -> Operation {
         "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream" => Operation::Chat,
         other => Operation::Other(other.to_string()),
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Facts of a Converse answer (or of Bedrock's error body, `{"message": ...}`).
@@ -143,14 +123,7 @@ fn usage_of(usage: &Value) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::eventstream::encode_frame;
-
-    fn event(kind: &str, payload: &str) -> Vec<u8> {
-        encode_frame(
-            &[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")],
-            payload.as_bytes(),
-        )
-    }
+    use crate::formats::eventstream::{encode_event as event, encode_frame};
 
     #[test]
     fn paths_name_the_model_percent_decoded() {
