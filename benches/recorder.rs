@@ -43,6 +43,7 @@ fn record(config: &Config) -> CallRecord {
         response_body: capture(RESPONSE),
         response_is_sse: false,
         response_encoding: None,
+        response_token_counts: None,
     }
 }
 

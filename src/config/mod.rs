@@ -115,6 +115,28 @@ pub struct Provider {
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Ask OpenAI streams for usage on the app's behalf and hide the difference from it.
     pub inject_stream_usage: bool,
+    /// Bedrock only: the AWS credentials tracegate signs team-key calls with (SigV4).
+    pub aws: Option<AwsSigning>,
+}
+
+/// What SigV4 signing of a Bedrock route needs: the region and the credentials.
+#[derive(Clone)]
+pub struct AwsSigning {
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AwsSigning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsSigning")
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<set>")
+            .field("session_token", &self.session_token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl fmt::Debug for Provider {
@@ -125,6 +147,7 @@ impl fmt::Debug for Provider {
             .field("upstream", &self.upstream.to_string())
             .field("api", &self.api)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("aws", &self.aws)
             .finish()
     }
 }
@@ -286,12 +309,13 @@ impl Config {
                 return Err(ConfigError::new(field("prefix"), format!("duplicate prefix {prefix:?}")));
             }
             let upstream = parse_upstream(&p.upstream).map_err(|m| ConfigError::new(field("upstream"), m))?;
-            if p.inject_stream_usage && p.api != Api::Openai {
+            if p.inject_stream_usage && !matches!(p.api, Api::Openai | Api::Azure) {
                 return Err(ConfigError::new(
                     field("inject_stream_usage"),
-                    "only OpenAI-format providers stream usage",
+                    "only OpenAI-format providers (openai, azure) stream usage",
                 ));
             }
+            let aws = aws_signing(&p, &upstream, &field)?;
             let api_key = p.api_key.filter(|k| !k.is_empty());
             if let Some(key) = &api_key {
                 http::HeaderValue::from_str(key)
@@ -315,6 +339,7 @@ impl Config {
                 )?,
                 idle_timeout: parse_secs(&field("idle_timeout_secs"), p.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS)?,
                 inject_stream_usage: p.inject_stream_usage,
+                aws,
                 ca_certs: match &p.ca_file {
                     Some(path) => load_certs(path).map_err(|m| ConfigError::new(field("ca_file"), m))?,
                     None => Vec::new(),
@@ -585,6 +610,54 @@ fn normalize_prefix(prefix: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
+/// A Bedrock route's SigV4 settings: both keys or neither, the region given or read from a
+/// `bedrock-runtime.{region}.amazonaws.com` upstream; `aws_*` keys on another route are errors.
+fn aws_signing(
+    p: &raw::RawProvider,
+    upstream: &Upstream,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<AwsSigning>, ConfigError> {
+    let set = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty()).map(str::to_owned);
+    let (region, id, secret, token) =
+        (set(&p.aws_region), set(&p.aws_access_key_id), set(&p.aws_secret_access_key), set(&p.aws_session_token));
+    if p.api != Api::Bedrock {
+        for (name, value) in [
+            ("aws_region", &region),
+            ("aws_access_key_id", &id),
+            ("aws_secret_access_key", &secret),
+            ("aws_session_token", &token),
+        ] {
+            if value.is_some() {
+                return Err(ConfigError::new(field(name), "only bedrock providers sign requests with AWS credentials"));
+            }
+        }
+        return Ok(None);
+    }
+    let (id, secret) = match (id, secret) {
+        (Some(id), Some(secret)) => (id, secret),
+        (None, None) if token.is_none() => return Ok(None),
+        (None, _) => return Err(ConfigError::new(field("aws_access_key_id"), "missing: the AWS keys come as a pair")),
+        (Some(_), None) => {
+            return Err(ConfigError::new(field("aws_secret_access_key"), "missing: the AWS keys come as a pair"))
+        }
+    };
+    let host = upstream.authority.host();
+    let from_host = host
+        .strip_prefix("bedrock-runtime.")
+        .and_then(|rest| rest.split('.').next())
+        .filter(|r| !r.is_empty() && host.ends_with(".amazonaws.com"))
+        .map(str::to_owned);
+    let region = region.or(from_host).ok_or_else(|| {
+        ConfigError::new(field("aws_region"), "required to sign requests (the upstream host does not name a region)")
+    })?;
+    for (name, value) in [("aws_access_key_id", &id), ("aws_secret_access_key", &secret), ("aws_region", &region)] {
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(field(name), "must be printable ASCII without spaces"));
+        }
+    }
+    Ok(Some(AwsSigning { region, access_key_id: id, secret_access_key: secret, session_token: token }))
+}
+
 fn parse_upstream(value: &str) -> Result<Upstream, String> {
     let uri: http::Uri = value.parse().map_err(|e| format!("{value:?} is not a URL: {e}"))?;
     let scheme = uri.scheme().cloned().ok_or_else(|| format!("{value:?} needs http:// or https://"))?;
@@ -725,8 +798,41 @@ mod tests {
             let e = load(text).unwrap_err();
             assert_eq!(e.field, field, "{text} -> {e}");
         }
-        let e = load("[[providers]]\nname='a'\nprefix='/a'\nupstream='http://x'\napi='gemini'").unwrap_err();
+        let e = load("[[providers]]\nname='a'\nprefix='/a'\nupstream='http://x'\napi='vertex'").unwrap_err();
         assert_eq!(e.field, "providers[0].api", "{e}");
+    }
+
+    #[test]
+    fn bedrock_signing_settings() {
+        let bedrock = |extra: &str| {
+            load(&format!(
+                "[[providers]]\nname='b'\nprefix='/b'\nupstream='https://bedrock-runtime.eu-west-3.amazonaws.com'\napi='bedrock'\n{extra}"
+            ))
+        };
+        let c = bedrock("aws_access_key_id='AKIDEXAMPLE'\naws_secret_access_key='secret/key'").unwrap();
+        let aws = c.providers[0].aws.as_ref().expect("signing is set");
+        assert_eq!(
+            (aws.region.as_str(), aws.session_token.as_deref()),
+            ("eu-west-3", None),
+            "the region from the host"
+        );
+        assert!(!format!("{:?}", c.providers[0]).contains("secret/key"), "the secret never shows in Debug");
+        assert!(bedrock("").unwrap().providers[0].aws.is_none());
+        let e = bedrock("aws_access_key_id='AKIDEXAMPLE'").unwrap_err();
+        assert_eq!(e.field, "providers[0].aws_secret_access_key", "{e}");
+        let local = "[[providers]]\nname='b'\nprefix='/b'\nupstream='http://127.0.0.1:9'\napi='bedrock'\naws_access_key_id='A'\naws_secret_access_key='s'";
+        assert_eq!(load(local).unwrap_err().field, "providers[0].aws_region");
+        assert_eq!(
+            load(&format!("{local}\naws_region='us-east-1'")).unwrap().providers[0].aws.as_ref().unwrap().region,
+            "us-east-1"
+        );
+        let e = load("[[providers]]\nname='o'\nprefix='/o'\nupstream='http://x'\napi='openai'\naws_region='us-east-1'")
+            .unwrap_err();
+        assert_eq!(e.field, "providers[0].aws_region", "{e}");
+        for api in ["gemini", "azure", "bedrock"] {
+            let c = load(&format!("[[providers]]\nname='p'\nprefix='/p'\nupstream='http://x'\napi='{api}'")).unwrap();
+            assert_eq!(c.providers[0].api.as_str(), api);
+        }
     }
 
     #[test]

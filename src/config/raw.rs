@@ -111,6 +111,10 @@ pub(super) struct RawProvider {
     pub(super) ca_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) inject_stream_usage: bool,
+    pub(super) aws_region: Option<String>,
+    pub(super) aws_access_key_id: Option<String>,
+    pub(super) aws_secret_access_key: Option<String>,
+    pub(super) aws_session_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,15 @@ impl std::fmt::Display for FrameError {
     }
 }
 
+/// Whether `body` starts with a sound event-stream prelude (lengths that can be a frame, and
+/// their CRC): how a Bedrock answer is told apart from JSON.
+pub fn starts_with_frame(body: &[u8]) -> bool {
+    body.len() >= 12 && crc32fast::hash(&body[..8]) == be32(&body[8..12]) && {
+        let (total, headers_len) = (be32(&body[..4]) as usize, be32(&body[4..8]) as usize);
+        (OVERHEAD..=MAX_FRAME).contains(&total) && headers_len <= total - OVERHEAD
+    }
+}
+
 /// The frames of `body`, in order. After `Truncated`, `PreludeCrc` or `Malformed` lengths the
 /// iterator ends; after `MessageCrc` it goes on.
 pub fn frames(body: &[u8]) -> Frames<'_> {

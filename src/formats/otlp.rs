@@ -34,6 +34,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::Event as OtlpEvent, span::SpanKind as OtlpKind, status::StatusCode, ResourceSpans, ScopeSpans, Status,
 };
 
+use crate::formats::providers::Api;
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{OtelSpanKind, Span, SpanEvent, SpanKind, SpanStatus, UsageSource};
 
@@ -55,15 +56,15 @@ fn double(key: &str, value: f64) -> KeyValue {
 
 /// The GenAI provider name of the semantic conventions.
 fn provider_name(span: &Span, api_hint: Option<&str>) -> String {
-    match api_hint {
-        Some("anthropic") => "anthropic".into(),
-        Some("openai") => "openai".into(),
-        _ => span.provider.clone().unwrap_or_default(),
+    match api_hint.and_then(Api::from_name) {
+        Some(api) => api.genai_provider_name().into(),
+        None => span.provider.clone().unwrap_or_default(),
     }
 }
 
 /// One tracegate span as an OTLP span. `upstream_host` fills `server.address`; `api` is the
-/// provider's wire format (`openai`/`anthropic`), used for `gen_ai.provider.name`.
+/// provider's wire format (`openai`, `anthropic`, `gemini`, `azure`, `bedrock`), named in
+/// `gen_ai.provider.name` as the conventions do (`gcp.gemini`, `azure.ai.openai`, `aws.bedrock`).
 pub fn to_otlp(
     span: &Span,
     upstream_host: Option<(&str, Option<u16>)>,

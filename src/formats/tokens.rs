@@ -144,6 +144,8 @@ fn count_input(encoding: Encoding, input: &Value) -> u64 {
 /// module understands (or was cut short by the capture limit).
 pub fn estimate_input(api: Api, operation: &Operation, request: &[u8], encoding: Encoding) -> Option<u64> {
     let request: Value = serde_json::from_slice(request).ok()?;
+    // Azure OpenAI's bodies are OpenAI's.
+    let api = if api == Api::Azure { Api::Openai } else { api };
     let count = match (api, operation) {
         (Api::Openai, Operation::Embeddings) => count_input(encoding, request.get("input")?),
         (Api::Openai, Operation::TextCompletion) => count_input(encoding, request.get("prompt")?),
@@ -167,9 +169,78 @@ pub fn estimate_input(api: Api, operation: &Operation, request: &[u8], encoding:
             count_chat_messages(encoding, messages) + system + count_tools(encoding, &request)
         }
         (Api::Anthropic, Operation::TextCompletion) => count_input(encoding, request.get("prompt")?),
+        (Api::Gemini, _) => count_gemini(encoding, &request)?,
+        (Api::Bedrock, _) => count_bedrock(encoding, &request)?,
         _ => return None,
     };
     Some(count)
+}
+
+/// The text of a Gemini request: `contents[].parts[].text` (generate, count tokens), a
+/// `content` (embedContent) or `requests[].content` (batchEmbedContents), the system
+/// instruction, and the tools' declarations as JSON; function calls and responses as JSON.
+fn count_gemini(encoding: Encoding, request: &Value) -> Option<u64> {
+    let parts_of = |content: &Value| -> u64 {
+        let parts = content.get("parts").and_then(Value::as_array);
+        parts
+            .into_iter()
+            .flatten()
+            .map(|part| match part.get("text").and_then(Value::as_str) {
+                Some(text) => encoding.count(text),
+                None => {
+                    part.get("functionCall").or(part.get("functionResponse")).map_or(0, |v| count_value(encoding, v))
+                }
+            })
+            .sum()
+    };
+    let mut total = 0;
+    let mut found = false;
+    if let Some(contents) = request.get("contents").and_then(Value::as_array) {
+        // A content's role costs a few tokens, as a chat message's does.
+        total += contents.iter().map(|c| parts_of(c) + 3).sum::<u64>();
+        found = true;
+    }
+    if let Some(content) = request.get("content") {
+        total += parts_of(content);
+        found = true;
+    }
+    if let Some(requests) = request.get("requests").and_then(Value::as_array) {
+        total += requests.iter().filter_map(|r| r.get("content")).map(parts_of).sum::<u64>();
+        found = true;
+    }
+    let instruction = request.get("systemInstruction").or(request.get("system_instruction"));
+    total += instruction.map_or(0, parts_of);
+    total += request.get("tools").map_or(0, |t| encoding.count(&t.to_string()));
+    found.then_some(total)
+}
+
+/// The text of a Bedrock request: Converse's `messages[].content[]` (text, tool uses and
+/// results as JSON) and `system[].text`, or an Invoke body: Anthropic's Messages, Llama's
+/// `prompt`, Titan's `inputText`.
+fn count_bedrock(encoding: Encoding, request: &Value) -> Option<u64> {
+    let blocks = |content: Option<&Value>| -> u64 {
+        content
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|block| match block.get("text").and_then(Value::as_str) {
+                Some(text) => encoding.count(text),
+                None => block.get("toolUse").or(block.get("toolResult")).map_or(0, |v| count_value(encoding, v)),
+            })
+            .sum()
+    };
+    if request.get("anthropic_version").is_some() {
+        let messages = request.get("messages").and_then(Value::as_array)?;
+        let system = request.get("system").map_or(0, |s| count_value(encoding, s));
+        return Some(count_chat_messages(encoding, messages) + system + count_tools(encoding, request));
+    }
+    if let Some(messages) = request.get("messages").and_then(Value::as_array) {
+        let system = blocks(request.get("system"));
+        let tools = request.get("toolConfig").map_or(0, |t| encoding.count(&t.to_string()));
+        return Some(messages.iter().map(|m| blocks(m.get("content")) + 3).sum::<u64>() + system + tools);
+    }
+    let prompt = request.get("prompt").or(request.get("inputText")).and_then(Value::as_str)?;
+    Some(encoding.count(prompt))
 }
 
 #[cfg(test)]
@@ -219,5 +290,28 @@ mod tests {
         let with_tools = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello world"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
         assert!(estimate_input(Api::Openai, &Operation::Chat, with_tools, e).unwrap() > n + 5);
         assert!(estimate_input(Api::Openai, &Operation::Chat, b"{\"model\":", e).is_none());
+    }
+
+    #[test]
+    fn gemini_bedrock_and_azure_requests_are_counted() {
+        let e = Encoding::O200kBase;
+        let hello = e.count("hello world");
+        let gemini = br#"{"contents":[{"role":"user","parts":[{"text":"hello world"}]}],"systemInstruction":{"parts":[{"text":"hello world"}]}}"#;
+        assert_eq!(estimate_input(Api::Gemini, &Operation::Chat, gemini, e), Some(2 * hello + 3));
+        let embed = br#"{"content":{"parts":[{"text":"hello world"}]}}"#;
+        assert_eq!(estimate_input(Api::Gemini, &Operation::Embeddings, embed, e), Some(hello));
+        let converse =
+            br#"{"messages":[{"role":"user","content":[{"text":"hello world"}]}],"system":[{"text":"hello world"}]}"#;
+        assert_eq!(estimate_input(Api::Bedrock, &Operation::Chat, converse, e), Some(2 * hello + 3));
+        let llama = br#"{"prompt":"hello world","max_gen_len":20}"#;
+        assert_eq!(estimate_input(Api::Bedrock, &Operation::Chat, llama, e), Some(hello));
+        let claude = br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":9,"messages":[{"role":"user","content":"hello world"}]}"#;
+        assert!(estimate_input(Api::Bedrock, &Operation::Chat, claude, e).unwrap() > hello);
+        let azure = br#"{"messages":[{"role":"user","content":"hello world"}]}"#;
+        assert_eq!(
+            estimate_input(Api::Azure, &Operation::Chat, azure, e),
+            estimate_input(Api::Openai, &Operation::Chat, azure, e)
+        );
+        assert_eq!(estimate_input(Api::Gemini, &Operation::Chat, b"{}", e), None);
     }
 }

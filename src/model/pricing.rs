@@ -103,11 +103,15 @@ impl PriceBook {
 /// Bedrock's cross-region inference profiles put a geography before the model id.
 const BEDROCK_REGION_PREFIXES: &[&str] = &["global.", "us.", "us-gov.", "eu.", "apac.", "au.", "jp.", "ca.", "in."];
 
-/// `model` itself, then without a router's `vendor/` part, then without a Bedrock region.
+/// `model` itself, then without a router's `vendor/` part (or a Bedrock ARN's
+/// `arn:aws:bedrock:…:inference-profile/`), then either without a Bedrock region.
 fn names_to_try(model: &str) -> impl Iterator<Item = &str> {
     let unrouted = model.rsplit_once('/').map(|(_, m)| m).filter(|m| !m.is_empty());
-    let unregioned = BEDROCK_REGION_PREFIXES.iter().find_map(|p| model.strip_prefix(p));
-    std::iter::once(model).chain(unrouted).chain(unregioned)
+    fn unregioned(name: &str) -> Option<&str> {
+        BEDROCK_REGION_PREFIXES.iter().find_map(|p| name.strip_prefix(p))
+    }
+    let (bare, routed_bare) = (unregioned(model), unrouted.and_then(unregioned));
+    std::iter::once(model).chain(unrouted).chain(bare).chain(routed_bare)
 }
 
 /// The entry for `name` (exact), else the one for its longest prefix: one look-up per
@@ -254,6 +258,23 @@ mod tests {
         // A router's vendor part and a Bedrock region the catalog does not list are looked through.
         assert_eq!(b.lookup("openai/gpt-4o-mini").unwrap().key, "gpt-4o-mini");
         assert_eq!(b.lookup("ca.amazon.nova-pro-v1:0").unwrap().key, "amazon.nova-pro-v1:0");
+        // Bedrock ids as they arrive in paths: plain, inference profiles, ARNs of profiles.
+        for (model, key) in [
+            ("anthropic.claude-haiku-4-5-20251001-v1:0", "anthropic.claude-haiku-4-5-20251001-v1:0"),
+            ("us.anthropic.claude-haiku-4-5-20251001-v1:0", "us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            ("meta.llama3-2-1b-instruct-v1:0", "meta.llama3-2-1b-instruct-v1:0"),
+            ("amazon.titan-text-express-v1", "amazon.titan-text-express-v1"),
+            (
+                "arn:aws:bedrock:ca-central-1:123456789012:inference-profile/ca.amazon.nova-pro-v1:0",
+                "amazon.nova-pro-v1:0",
+            ),
+        ] {
+            assert_eq!(b.lookup(model).map(|m| m.key), Some(key), "{model}");
+        }
+        // Gemini and Azure: the model names their APIs report.
+        for model in ["gemini-2.5-flash-lite", "gemini-2.5-pro", "gemini-embedding-001", "gpt-4o-mini-2024-07-18"] {
+            assert!(b.lookup(model).is_some(), "{model} is not priced");
+        }
     }
 
     #[test]

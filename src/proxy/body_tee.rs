@@ -175,6 +175,8 @@ pub struct ResponseTee {
     status_code: u16,
     is_sse: bool,
     encoding: Option<http::HeaderValue>,
+    /// Bedrock Invoke's `x-amzn-bedrock-{input,output}-token-count` headers.
+    token_counts: Option<(u64, u64)>,
     idle_timeout: Duration,
     /// Armed the first time the upstream makes us wait; reset by every frame.
     idle: Option<Pin<Box<Sleep>>>,
@@ -219,11 +221,18 @@ impl ResponseTee {
             status_code,
             is_sse,
             encoding,
+            token_counts: None,
             idle_timeout,
             idle: None,
             stripper: None,
             cut: None,
         }
+    }
+
+    /// The token counts the response's headers reported (Bedrock Invoke).
+    pub fn with_token_counts(mut self, counts: Option<(u64, u64)>) -> Self {
+        self.token_counts = counts;
+        self
     }
 
     /// Strips what an injected `include_usage` adds to the stream before the client sees it.
@@ -239,6 +248,7 @@ impl ResponseTee {
                 capture: self.capture.take(),
                 is_sse: self.is_sse,
                 encoding: self.encoding.take(),
+                token_counts: self.token_counts,
             };
             call.finish(facts, outcome);
         }

@@ -65,11 +65,13 @@ pub struct ResponseFacts {
     pub capture: Option<Capture>,
     pub is_sse: bool,
     pub encoding: Option<HeaderValue>,
+    /// Token counts from the response headers (Bedrock Invoke).
+    pub token_counts: Option<(u64, u64)>,
 }
 
 impl ResponseFacts {
     pub fn none() -> Self {
-        ResponseFacts { status_code: None, capture: None, is_sse: false, encoding: None }
+        ResponseFacts { status_code: None, capture: None, is_sse: false, encoding: None, token_counts: None }
     }
 }
 
@@ -93,6 +95,7 @@ impl CallContext {
             response_body: response.capture.map(Capture::finish).unwrap_or_default(),
             response_is_sse: response.is_sse,
             response_encoding: response.encoding,
+            response_token_counts: response.token_counts,
         };
         self.recorder.submit(record);
     }

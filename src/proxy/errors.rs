@@ -2,8 +2,10 @@
 //!
 //! A client SDK parses a tracegate error exactly like one from the provider: OpenAI routes get
 //! `{"error":{"message","type","param","code"}}`, Anthropic routes get
-//! `{"type":"error","error":{"type","message"}}`. Each error knows its HTTP status and a short
-//! stable label (`code`) usable in metrics and logs.
+//! `{"type":"error","error":{"type","message"}}`, Gemini routes Google's
+//! `{"error":{"code","message","status"}}`, Azure routes OpenAI's, and Bedrock routes AWS's
+//! `{"message"}` with the error's type in `x-amzn-errortype` (where boto3 reads it). Each error
+//! knows its HTTP status and a short stable label (`code`) usable in metrics and logs.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -11,6 +13,9 @@ use http_body_util::Full;
 
 use crate::formats::headers as tracegate_headers;
 use crate::formats::providers::Api;
+
+/// Where AWS services name an error's type (boto3's `ClientError` code).
+const AMZN_ERROR_TYPE: http::HeaderName = http::HeaderName::from_static("x-amzn-errortype");
 
 /// An error produced by tracegate (not relayed from the upstream).
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +69,20 @@ impl ProxyError {
         ProxyError::new(
             StatusCode::UNAUTHORIZED,
             "team_key_required",
-            "tracegate: this proxy requires a team key (Authorization: Bearer <team key> or x-api-key)",
+            "tracegate: this proxy requires a team key (Authorization: Bearer <team key>, x-api-key, api-key or x-goog-api-key)",
+        )
+    }
+
+    pub fn client_signed_sigv4(provider: &str) -> Self {
+        ProxyError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_signed_request",
+            format!(
+                "tracegate: this request is SigV4-signed for tracegate's own host, which AWS would reject; \
+                 send a tracegate team key as a bearer token instead (boto3: set AWS_BEARER_TOKEN_BEDROCK to the \
+                 team key) and tracegate signs the call to {provider:?} with its configured AWS credentials, \
+                 or send a Bedrock API key the same way to have it forwarded unchanged"
+            ),
         )
     }
 
@@ -131,13 +149,30 @@ impl ProxyError {
         )
     }
 
-    /// The provider's error `type` for this status.
+    /// The provider's error `type` for this status (Gemini: its `status`, Bedrock: the
+    /// exception name).
     fn error_type(&self, api: Api) -> &'static str {
         match (api, self.status.as_u16()) {
-            (Api::Openai, 400 | 404 | 405 | 408 | 413 | 431) => "invalid_request_error",
-            (Api::Openai, 401) => "authentication_error",
-            (Api::Openai, 429) => "rate_limit_error",
-            (Api::Openai, _) => "api_error",
+            (Api::Openai | Api::Azure, 400 | 404 | 405 | 408 | 413 | 431) => "invalid_request_error",
+            (Api::Openai | Api::Azure, 401) => "authentication_error",
+            (Api::Openai | Api::Azure, 429) => "rate_limit_error",
+            (Api::Openai | Api::Azure, _) => "api_error",
+            (Api::Gemini, 400 | 405 | 408 | 413 | 431) => "INVALID_ARGUMENT",
+            (Api::Gemini, 401) => "UNAUTHENTICATED",
+            (Api::Gemini, 403) => "PERMISSION_DENIED",
+            (Api::Gemini, 404) => "NOT_FOUND",
+            (Api::Gemini, 429) => "RESOURCE_EXHAUSTED",
+            (Api::Gemini, 502 | 503) => "UNAVAILABLE",
+            (Api::Gemini, 504) => "DEADLINE_EXCEEDED",
+            (Api::Gemini, _) => "INTERNAL",
+            (Api::Bedrock, 400 | 405 | 413 | 431) => "ValidationException",
+            (Api::Bedrock, 401) => "UnrecognizedClientException",
+            (Api::Bedrock, 403) => "AccessDeniedException",
+            (Api::Bedrock, 404) => "ResourceNotFoundException",
+            (Api::Bedrock, 408 | 504) => "ModelTimeoutException",
+            (Api::Bedrock, 429) => "ThrottlingException",
+            (Api::Bedrock, 502 | 503) => "ServiceUnavailableException",
+            (Api::Bedrock, _) => "InternalServerException",
             (Api::Anthropic, 413) => "request_too_large",
             (Api::Anthropic, 400 | 405 | 408 | 431) => "invalid_request_error",
             (Api::Anthropic, 401) => "authentication_error",
@@ -151,13 +186,17 @@ impl ProxyError {
     /// The JSON body in the provider's error shape.
     pub fn body(&self, api: Api) -> String {
         let value = match api {
-            Api::Openai => serde_json::json!({
+            Api::Openai | Api::Azure => serde_json::json!({
                 "error": {"message": self.message, "type": self.error_type(api), "param": null, "code": self.code}
             }),
             Api::Anthropic => serde_json::json!({
                 "type": "error",
                 "error": {"type": self.error_type(api), "message": self.message}
             }),
+            Api::Gemini => serde_json::json!({
+                "error": {"code": self.status.as_u16(), "message": self.message, "status": self.error_type(api)}
+            }),
+            Api::Bedrock => serde_json::json!({"message": self.message}),
         };
         value.to_string()
     }
@@ -169,6 +208,9 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(tracegate_headers::ERROR, HeaderValue::from_static(self.code));
+        if api == Api::Bedrock {
+            headers.insert(AMZN_ERROR_TYPE, HeaderValue::from_static(self.error_type(api)));
+        }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -197,6 +239,22 @@ mod tests {
             message.contains("\"/x\"") && message.contains("the configured prefixes are /anthropic, /openai"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn gemini_and_bedrock_shapes() {
+        let e = ProxyError::limited("tracegate: over budget".into(), 30);
+        let body: serde_json::Value = serde_json::from_str(&e.body(Api::Gemini)).unwrap();
+        assert_eq!(body["error"]["code"], 429);
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(body["error"]["message"], "tracegate: over budget");
+        let response = ProxyError::client_signed_sigv4("bedrock").to_response(Api::Bedrock);
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["x-amzn-errortype"], "UnrecognizedClientException");
+        let body: serde_json::Value =
+            serde_json::from_str(&ProxyError::client_signed_sigv4("bedrock").body(Api::Bedrock)).unwrap();
+        assert!(body["message"].as_str().unwrap().contains("AWS_BEARER_TOKEN_BEDROCK"));
+        assert_eq!(ProxyError::no_route("/x", &[]).body(Api::Azure), ProxyError::no_route("/x", &[]).body(Api::Openai));
     }
 
     #[test]

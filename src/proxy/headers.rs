@@ -127,6 +127,12 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// Bedrock InvokeModel's `x-amzn-bedrock-input-token-count` and `-output-token-count`.
+pub fn bedrock_token_counts(headers: &HeaderMap) -> Option<(u64, u64)> {
+    let count = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+    Some((count("x-amzn-bedrock-input-token-count")?, count("x-amzn-bedrock-output-token-count")?))
+}
+
 /// True when the content type is `text/event-stream` (any parameters, any case).
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {

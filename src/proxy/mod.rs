@@ -5,8 +5,9 @@
 //! Nothing on this path counts tokens, computes a price from a response or touches the store:
 //! it forwards bytes and copies them into bounded captures (`body_tee`); a finished call goes
 //! to the recorder through `record::queue`, the only part of `record` this floor names. The one
-//! body it reads is a request's first bytes, for a team with limits (the budget estimate) or
-//! an opt-in usage injection (see ARCHITECTURE.md, "invariants"). It imports `upstream`,
+//! body it reads is a request's first bytes, for a team with limits (the budget estimate), an
+//! opt-in usage injection, or a Bedrock call it signs for a team key (`sigv4`: the signature
+//! covers the body's hash; see ARCHITECTURE.md, "invariants"). It imports `upstream`,
 //! `policy`, `config`, `formats`, `model` and `record::queue`; never `store`, `admin` or
 //! `export`, and nothing below names it.
 
@@ -16,6 +17,7 @@ pub(crate) mod errors;
 pub(crate) mod headers;
 pub(crate) mod phases;
 pub(crate) mod routing;
+pub(crate) mod sigv4;
 pub mod usage_injection;
 
 pub use phases::{Proxy, ProxyBody};

@@ -9,9 +9,11 @@
 //! 3. **trace_context** — the caller's trace (W3C, B3, session) or a new one; a new span id;
 //!    then the call opens: team key matched, `x-tracegate-*` headers taken off the request;
 //! 4. **read_ahead** — the body's first bytes (all of it for a limited team or an injection);
-//! 5. **team** — a team key required or swapped for the provider's key; the team's budget;
-//! 6. **upstream_request** — `traceparent` (and `b3`) to the upstream, the upstream URI, an
-//!    injected `include_usage`;
+//! 5. **team** — a client-signed SigV4 request refused (Bedrock); a team key required or swapped
+//!    for the provider's key; the team's budget;
+//! 6. **upstream_request** — `traceparent` (and `b3`) to the upstream, the upstream URI (a
+//!    `?key=` team key taken out), an injected `include_usage`, a SigV4 signature (Bedrock, team
+//!    key);
 //! 7. **send** — through the provider's client within its response timeout;
 //! 8. **respond** — status and headers relayed with the call's ids, the body through a
 //!    [`ResponseTee`] that finishes the call when the body ends.
@@ -36,12 +38,13 @@ use crate::model::clock::unix_nanos;
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::pricing::{BilledTokens, PriceBook};
 use crate::policy::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
-use crate::policy::teams::{swap_in_provider_key, TeamDirectory};
+use crate::policy::teams::{query_without_key, swap_in_provider_key, KeyCarrier, TeamDirectory};
 use crate::proxy::body_tee::{RequestTee, ResponseTee};
 use crate::proxy::call::{CallContext, PendingCall, RequestShared, ResponseFacts};
 use crate::proxy::errors::ProxyError;
 use crate::proxy::headers::{self, B3, TRACEPARENT, TRACESTATE};
 use crate::proxy::routing::Router;
+use crate::proxy::sigv4;
 use crate::proxy::usage_injection;
 use crate::record::queue::{CallInfo, Outcome, RecorderHandle};
 use crate::upstream::h1::{H1Error, H1Upstream};
@@ -133,6 +136,17 @@ impl Proxy {
     }
 }
 
+/// How much of a request body phase 4 reads before the upstream is contacted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ReadAhead {
+    /// The first frame: enough to record what was asked.
+    First,
+    /// Up to `usage_injection::MAX_REWRITE_BYTES`: a budget estimate or a usage injection.
+    Bounded,
+    /// All of it: a body tracegate signs.
+    All,
+}
+
 /// How a provider's upstream is reached.
 enum UpstreamRoute {
     /// hyper's pooled client (HTTPS: ALPN picks HTTP/2 or HTTP/1.1); an index into `clients`.
@@ -195,12 +209,33 @@ impl Proxy {
             && parts.method == Method::POST
             // `/chat/completions` and legacy `/completions` both end so.
             && routed.path.ends_with("/completions");
+        // A Bedrock call made with a team key is signed here, and the signature covers the body.
+        let sign = routed.provider.aws.is_some() && pending.get().info.team_key.is_some();
         let declared_length = headers::content_length(&parts.headers);
-        pending = self.read_ahead(pending, &mut body, declared_length, team.limited || inject).await?;
+        let read = match (sign, team.limited || inject) {
+            (true, _) => ReadAhead::All,
+            (false, true) => ReadAhead::Bounded,
+            (false, false) => ReadAhead::First,
+        };
+        pending = self.read_ahead(pending, &mut body, declared_length, read).await?;
         let (ahead, whole) = body.read_ahead_bytes();
-        let (pending, remaining) = self.team(pending, &mut parts.headers, team, (ahead, whole), declared_length)?;
-        let rewritten = self.upstream_request(&mut parts, routed.uri, &trace, inject.then_some((ahead, whole)));
+        let (pending, remaining) = self.team(pending, &mut parts, team, (ahead, whole), declared_length)?;
+        let key_in_query = pending.get().info.team_key.as_ref().is_some_and(|m| m.carrier == KeyCarrier::Query);
+        let uri = if key_in_query { without_query_key(routed.uri) } else { routed.uri };
+        let rewritten = self.upstream_request(&mut parts, uri, &trace, inject.then_some((ahead, whole)));
         let injected = rewritten.is_some();
+        if sign {
+            let signed = match &rewritten {
+                Some(bytes) => sigv4::sign_request(&mut parts, bytes, routed.provider.aws.as_ref().expect("sign")),
+                None if whole => sigv4::sign_request(&mut parts, ahead, routed.provider.aws.as_ref().expect("sign")),
+                None => Err("the request body did not arrive whole".to_string()),
+            };
+            if let Err(why) = signed {
+                let error =
+                    ProxyError::upstream_unreachable(&routed.provider.name, &format!("SigV4 signing failed: {why}"));
+                return Err(fail(pending.take(), error, routed.provider.api));
+            }
+        }
         if let Some(body_bytes) = rewritten {
             body.replace_read_ahead(body_bytes);
         }
@@ -279,7 +314,9 @@ impl Proxy {
         started: Instant,
         start_time_unix_nano: u64,
     ) -> (PendingCall, RequestTee) {
-        let team_key = self.teams.authenticate(&parts.headers);
+        // Only Gemini takes a key in the query (`?key=`); elsewhere a `key` parameter is the app's.
+        let query = if routed.provider.api == Api::Gemini { parts.uri.query() } else { None };
+        let team_key = self.teams.authenticate(&parts.headers, query);
         let tracegate_headers = headers::strip_request_headers(&mut parts.headers);
         let session =
             tracegate_headers.iter().find(|(name, _)| name.as_str() == tracegate::SESSION).map(|(_, v)| v.clone());
@@ -319,19 +356,24 @@ impl Proxy {
 
     /// Phase 4: reads the body's first bytes before the upstream is contacted — one frame, so
     /// that even a call whose upstream cannot be reached records what was asked; the whole body
-    /// (up to a bound) when `whole` (a limited team's estimate, a usage injection).
+    /// up to a bound for a limited team's estimate or a usage injection; all of it (up to
+    /// `max_request_bytes`) for a body tracegate signs.
     async fn read_ahead(
         &self,
         pending: PendingCall,
         body: &mut RequestTee,
         declared_length: Option<u64>,
-        whole: bool,
+        read: ReadAhead,
     ) -> Result<PendingCall, Early> {
         let api = pending.get().info.provider.api;
         if declared_length.is_some_and(|len| len > self.max_request_bytes) {
             return Err(fail(pending.take(), ProxyError::body_too_large(self.max_request_bytes), api));
         }
-        let limit = if whole { usage_injection::MAX_REWRITE_BYTES } else { 1 };
+        let limit = match read {
+            ReadAhead::First => 1,
+            ReadAhead::Bounded => usage_injection::MAX_REWRITE_BYTES,
+            ReadAhead::All => usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX).saturating_add(1),
+        };
         match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_ahead(limit)).await {
             Ok(Ok(())) => Ok(pending),
             Ok(Err(_)) if pending.get().request.too_large() => {
@@ -351,12 +393,16 @@ impl Proxy {
     pub fn team(
         &self,
         mut pending: PendingCall,
-        headers: &mut HeaderMap,
+        parts: &mut Parts,
         team: TeamOf,
         ahead: (&[u8], bool),
         declared_length: Option<u64>,
     ) -> Result<(PendingCall, Option<Remaining>), Early> {
         let provider = pending.get().info.provider.clone();
+        if provider.api == Api::Bedrock && sigv4::is_client_signed(&parts.headers, parts.uri.query()) {
+            return Err(fail(pending.take(), ProxyError::client_signed_sigv4(&provider.name), provider.api));
+        }
+        let headers = &mut parts.headers;
         if self.require_team_key && pending.get().info.team_key.is_none() {
             return Err(fail(pending.take(), ProxyError::team_key_required(), provider.api));
         }
@@ -388,7 +434,7 @@ impl Proxy {
     fn estimate(&self, provider: &Provider, path: &str, ahead: (&[u8], bool), declared: Option<u64>) -> Estimate {
         let operation = providers::operation_for(provider.api, path);
         let (ahead, whole) = ahead;
-        let facts = providers::parse_request(provider.api, &operation, ahead);
+        let facts = providers::parse_call_request(provider.api, &operation, path, ahead);
         let body_len = if whole { ahead.len() as u64 } else { declared.unwrap_or(ahead.len() as u64) };
         let input = body_len / 3 + 1;
         // `max_tokens` is the caller's number: a huge one must make the estimate huge, not wrap.
@@ -504,7 +550,10 @@ impl Proxy {
             headers::limit_headers(&mut parts.headers, left, tracegate::RATELIMIT_PREFIX);
         }
         let status = parts.status.as_u16();
-        let mut body = ResponseTee::new(body, call, capture, status, is_sse, encoding);
+        let token_counts =
+            (call.info.provider.api == Api::Bedrock).then(|| headers::bedrock_token_counts(&parts.headers));
+        let mut body =
+            ResponseTee::new(body, call, capture, status, is_sse, encoding).with_token_counts(token_counts.flatten());
         if injected && is_sse && parts.status.is_success() {
             // The client must not see what asking for usage added (and its length changes).
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -527,6 +576,23 @@ fn fail(call: CallContext, error: ProxyError, api: Api) -> Early {
 /// An error tracegate answers itself, in the provider's error shape.
 fn own_response(error: ProxyError, api: Api) -> Early {
     Box::new(error.to_response(api).map(Either::Right))
+}
+
+/// The upstream URI without its `key` query parameters (a Gemini team key that came there).
+fn without_query_key(uri: Uri) -> Uri {
+    let Some(query) = uri.query() else { return uri };
+    let path_and_query = match query_without_key(query) {
+        Some(kept) => format!("{}?{kept}", uri.path()),
+        None => uri.path().to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => {
+            parts.path_and_query = Some(pq);
+            Uri::from_parts(parts).unwrap_or(uri)
+        }
+        Err(_) => uri,
+    }
 }
 
 /// `{upstream}{base_path}{path}?{query}`.
@@ -625,11 +691,18 @@ mod tests {
         (response.status().as_u16(), code.unwrap_or_default())
     }
 
+    /// A request head carrying `headers`.
+    fn parts_with(headers: HeaderMap) -> Parts {
+        let (mut parts, ()) = request("POST", "/openai/v1/chat/completions", &[]).into_parts();
+        parts.headers = headers;
+        parts
+    }
+
     /// An open call of `proxy` for `headers` (as the phases before `team` leave it).
     fn open(proxy: &Proxy, headers: &mut HeaderMap) -> PendingCall {
         let routed = proxy.route(&request("POST", "/openai/v1/chat/completions", &[])).unwrap();
         let trace = Proxy::trace_context(headers);
-        let team_key = proxy.teams.authenticate(headers);
+        let team_key = proxy.teams.authenticate(headers, None);
         let info = CallInfo {
             trace_id: trace.trace_id,
             span_id: trace.span_id,
@@ -701,7 +774,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         let pending = open(&proxy, &mut headers);
         let team = proxy.team_of(&pending.get().info);
-        let Err(refused) = proxy.team(pending, &mut headers, team, (b"{}", true), Some(2)) else {
+        let mut parts = parts_with(headers);
+        let Err(refused) = proxy.team(pending, &mut parts, team, (b"{}", true), Some(2)) else {
             panic!("a call without a team key must be refused")
         };
         assert_eq!(error_code(&refused).0, 401);
@@ -719,9 +793,10 @@ mod tests {
             let team = proxy.team_of(&pending.get().info);
             assert_eq!(team, TeamOf { index: Some(0), limited: true });
             let body = br#"{"model":"gpt-4o-mini","max_tokens":5}"#;
-            let result = proxy.team(pending, &mut headers, team, (body, true), None);
+            let mut parts = parts_with(headers);
+            let result = proxy.team(pending, &mut parts, team, (body, true), None);
             let _ = queue.next_call();
-            (result.map(|(_pending, left)| left), headers)
+            (result.map(|(_pending, left)| left), parts.headers)
         };
         let (first, headers) = call(&queue);
         let left = first.expect("the first call fits the limit").expect("a limited team is told what is left");

@@ -70,6 +70,9 @@ pub struct CallRecord {
     pub response_body: Captured,
     pub response_is_sse: bool,
     pub response_encoding: Option<HeaderValue>,
+    /// Input and output tokens the response headers reported (Bedrock Invoke's
+    /// `x-amzn-bedrock-*-token-count`), used when the body names none.
+    pub response_token_counts: Option<(u64, u64)>,
 }
 
 impl CallRecord {

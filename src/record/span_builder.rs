@@ -27,7 +27,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     let operation = providers::operation_for(api, &info.path);
 
     let request_bytes = record.request_body.joined(TRUNCATION_MARK.as_bytes());
-    let request = providers::parse_request(api, &operation, &request_bytes);
+    let request = providers::parse_call_request(api, &operation, &info.path, &request_bytes);
     let response_bytes =
         decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
     let mut response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);
@@ -36,8 +36,18 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         // sits at the end, in the tail the capture keeps.
         response.usage = providers::usage_in_tail(api, &operation, &record.response_body.tail);
     }
+    if response.usage.is_none() {
+        // Bedrock Invoke's headers count what the body of an unknown model family does not.
+        if let Some((input, output)) = record.response_token_counts {
+            response.usage =
+                Some(providers::Usage { input_tokens: input, output_tokens: output, ..Default::default() });
+        }
+    }
 
-    let ttft_ms = if record.response_is_sse && record.response_encoding.is_none() {
+    // Streams: SSE, and Gemini's JSON arrays and Bedrock's event-stream frames, which the
+    // request's path says are streams.
+    let streamed = record.response_is_sse || request.stream;
+    let ttft_ms = if streamed && record.response_encoding.is_none() {
         response.first_content_end.and_then(|offset| {
             record
                 .response_body
@@ -381,6 +391,7 @@ mod tests {
             response_body: capture(response, 64 * 1024),
             response_is_sse: sse,
             response_encoding: None,
+            response_token_counts: None,
         }
     }
 

@@ -74,18 +74,45 @@ const EVENT_KEYS: &[&str] =
 /// alone holds the input side and a placeholder output count, so a stream cut before its
 /// end gives `usage: None`. Events that are not JSON objects are skipped.
 pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
-    let mut facts = ResponseFacts::default();
-    let mut gen = Generated::default();
-    let mut usage = RawUsage::default();
-    let mut final_usage = false;
+    let mut reader = StreamReader::new(generates);
     for ev in sse::events(body) {
-        let f = top_level(ev.data.as_bytes(), EVENT_KEYS);
-        if f.is_empty() {
-            continue;
+        reader.event(ev.data.as_bytes(), ev.event, ev.end_offset);
+    }
+    reader.finish()
+}
+
+/// Reads a Messages stream event by event, wherever the events come from: SSE here, AWS
+/// event-stream chunks on Bedrock's `invoke-with-response-stream` (`bedrock`).
+pub(super) struct StreamReader {
+    generates: bool,
+    facts: ResponseFacts,
+    gen: Generated,
+    usage: RawUsage,
+    final_usage: bool,
+}
+
+impl StreamReader {
+    pub(super) fn new(generates: bool) -> Self {
+        StreamReader {
+            generates,
+            facts: ResponseFacts::default(),
+            gen: Generated::default(),
+            usage: RawUsage::default(),
+            final_usage: false,
         }
-        let end = Some(ev.end_offset);
-        read_error(&f, &mut facts);
-        match f.get("type").and_then(Value::as_str).or(ev.event) {
+    }
+
+    /// One event's JSON `data`, its SSE event name if any, and where it ends in the body.
+    pub(super) fn event(&mut self, data: &[u8], name: Option<&str>, end_offset: usize) {
+        let generates = self.generates;
+        let (facts, gen, usage) = (&mut self.facts, &mut self.gen, &mut self.usage);
+        let f = top_level(data, EVENT_KEYS);
+        if f.is_empty() {
+            return;
+        }
+        let end = Some(end_offset);
+        read_error(&f, facts);
+        match f.get("type").and_then(Value::as_str).or(name) {
             Some("message_start") => {
                 if let Some(message) = f.get("message") {
                     if let Some(model) = non_empty(str_at(message, "model")) {
@@ -122,7 +149,7 @@ pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
                 }
                 if let Some(u) = f.get("usage") {
                     usage.merge(u);
-                    final_usage |= count(u.get("output_tokens")).is_some();
+                    self.final_usage |= count(u.get("output_tokens")).is_some();
                 }
             }
             Some("completion") => {
@@ -139,12 +166,15 @@ pub(super) fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
             _ => {} // ping, content_block_stop, message_stop, error (read above)
         }
     }
-    if final_usage {
-        facts.usage = usage.finish();
+
+    pub(super) fn finish(mut self) -> ResponseFacts {
+        if self.final_usage {
+            self.facts.usage = self.usage.finish();
+        }
+        self.facts.output_text = self.gen.text;
+        self.facts.first_content_end = self.gen.first_end;
+        self.facts
     }
-    facts.output_text = gen.text;
-    facts.first_content_end = gen.first_end;
-    facts
 }
 
 /// The message of an error body or `error` event (`{"type":"error","error":{…}}`).

@@ -1,6 +1,5 @@
-//! AWS Bedrock runtime's Converse API (`/model/{modelId}/converse`, `/converse-stream`): what
-//! its paths and bodies say. Groundwork of issue 19: read here, dispatched from `providers`
-//! once `api = "bedrock"` is routed.
+//! AWS Bedrock runtime: the Converse API (`/model/{modelId}/converse`, `/converse-stream`) and
+//! InvokeModel (`/invoke`, `/invoke-with-response-stream`), what their paths and bodies say.
 //!
 //! The model is in the path, URL-encoded when it is an ARN or an inference profile
 //! (`arn%3Aaws%3Abedrock%3A...%2F...`). A Converse answer is `{"output":{"message":{"content":
@@ -11,10 +10,22 @@
 //! `inputTokens` leaves out the prompt-cache tokens (`cacheReadInputTokens`,
 //! `cacheWriteInputTokens`, counted beside it in `totalTokens`), so input is their sum — the
 //! peers' defects were leaving them out or adding them twice (Portkey #1210, LiteLLM #9812).
+//!
+//! InvokeModel's bodies are the model family's own: Anthropic Messages (read by `anthropic`),
+//! Meta Llama (`generation`, `prompt_token_count`, `generation_token_count`), Amazon Titan
+//! (`results[].outputText`, `inputTextTokenCount`, `tokenCount`; embeddings' `embedding`).
+//! Its stream is event-stream frames of `:event-type` `chunk`, each payload `{"bytes":
+//! base64}` of the family's own chunk JSON; the last carries
+//! `amazon-bedrock-invocationMetrics` (input and output counts). A non-streamed answer has the
+//! counts in `x-amzn-bedrock-input-token-count` / `-output-token-count` headers too, which the
+//! recorder uses when the body names none. Which of the four a body is, is told from the body
+//! (frames or JSON, and which members), not from the path.
 
+use base64::Engine as _;
 use serde_json::Value;
 
-use super::{count, non_empty, str_at, top_level, Generated, Operation, ResponseFacts, Usage};
+use super::anthropic::StreamReader;
+use super::{anthropic, count, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage};
 use crate::formats::{eventstream, percent};
 
 /// The model id and action of a Bedrock runtime path, the id percent-decoded:
@@ -34,6 +45,85 @@ pub fn operation(action: &str) -> Operation {
         "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream" => Operation::Chat,
         other => Operation::Other(other.to_string()),
     }
+}
+
+/// The output limit of a Converse (`inferenceConfig.maxTokens`) or Invoke body (Anthropic's
+/// `max_tokens`, Llama's `max_gen_len`, Titan's `textGenerationConfig.maxTokenCount`); the
+/// model and streaming are the path's.
+pub fn parse_request(body: &[u8]) -> RequestFacts {
+    let f = top_level(body, &["inferenceConfig", "max_tokens", "max_gen_len", "textGenerationConfig"]);
+    let max_tokens = f
+        .get("inferenceConfig")
+        .and_then(|c| count(c.get("maxTokens")))
+        .or_else(|| count(f.get("max_tokens")))
+        .or_else(|| count(f.get("max_gen_len")))
+        .or_else(|| f.get("textGenerationConfig").and_then(|c| count(c.get("maxTokenCount"))));
+    RequestFacts { max_tokens, ..RequestFacts::default() }
+}
+
+/// Facts of any Bedrock answer: event-stream frames (ConverseStream or an Invoke stream), a
+/// Converse answer, an Invoke answer of a known family, or an error body.
+pub fn parse_response(body: &[u8], generates: bool) -> ResponseFacts {
+    if eventstream::starts_with_frame(body) {
+        return parse_stream(body, generates);
+    }
+    let f = top_level(body, &["output", "generation", "results", "embedding", "inputTextTokenCount"]);
+    if f.contains_key("output") {
+        parse_converse(body, generates)
+    } else if f.contains_key("generation") || f.contains_key("results") || f.contains_key("inputTextTokenCount") {
+        parse_invoke_family(body, generates)
+    } else {
+        let mut facts = anthropic::parse_body(body, generates);
+        if facts.error.is_none() && facts.usage.is_none() && facts.model.is_none() {
+            // Neither a message nor a family we know: Bedrock's own error shape, if it is one.
+            let f = top_level(body, &["message", "Message"]);
+            facts.error = non_empty(f.get("message").or(f.get("Message")).and_then(Value::as_str));
+        }
+        facts
+    }
+}
+
+/// Facts of a Llama or Titan Invoke answer (text or embeddings).
+fn parse_invoke_family(body: &[u8], generates: bool) -> ResponseFacts {
+    let f = top_level(
+        body,
+        &[
+            "generation",
+            "prompt_token_count",
+            "generation_token_count",
+            "stop_reason",
+            "results",
+            "inputTextTokenCount",
+        ],
+    );
+    let mut facts = ResponseFacts::default();
+    let mut generated = Generated::default();
+    if f.contains_key("generation") {
+        let (input, output) = (count(f.get("prompt_token_count")), count(f.get("generation_token_count")));
+        facts.usage = input.zip(output).map(|(i, o)| plain_usage(i, o));
+        generated.push(f.get("generation").and_then(Value::as_str).unwrap_or_default(), None);
+        facts.finish_reason = non_empty(f.get("stop_reason").and_then(Value::as_str));
+    } else {
+        let results = f.get("results").and_then(Value::as_array);
+        let output = results.map(|r| r.iter().filter_map(|r| count(r.get("tokenCount"))).sum::<u64>());
+        facts.usage = count(f.get("inputTextTokenCount")).map(|i| plain_usage(i, output.unwrap_or(0)));
+        for result in results.into_iter().flatten() {
+            generated.push(str_at(result, "outputText").unwrap_or_default(), None);
+            if let Some(reason) = non_empty(str_at(result, "completionReason")) {
+                facts.finish_reason = Some(reason);
+            }
+        }
+    }
+    if generates {
+        facts.output_text = generated.text;
+    } else {
+        facts.finish_reason = None;
+    }
+    facts
+}
+
+fn plain_usage(input: u64, output: u64) -> Usage {
+    Usage { input_tokens: input, output_tokens: output, ..Usage::default() }
 }
 
 /// Facts of a Converse answer (or of Bedrock's error body, `{"message": ...}`).
@@ -60,11 +150,13 @@ pub fn parse_converse(body: &[u8], generates: bool) -> ResponseFacts {
     facts
 }
 
-/// Facts of a ConverseStream body (event-stream frames). A frame that fails its checks is
-/// named in `error` (the client received the same bytes); the frames around it still count.
-pub fn parse_converse_stream(body: &[u8], generates: bool) -> ResponseFacts {
+/// Facts of a ConverseStream or InvokeModelWithResponseStream body (event-stream frames). A
+/// frame that fails its checks is named in `error` (the client received the same bytes); the
+/// frames around it still count.
+pub fn parse_stream(body: &[u8], generates: bool) -> ResponseFacts {
     let mut facts = ResponseFacts::default();
     let mut generated = Generated::default();
+    let mut invoke = InvokeStream::new(generates);
     let mut offset = 0;
     for frame in eventstream::frames(body) {
         let frame = match frame {
@@ -97,12 +189,100 @@ pub fn parse_converse_stream(body: &[u8], generates: bool) -> ResponseFacts {
             }
             Some("messageStop") if generates => facts.finish_reason = non_empty(str_at(&payload, "stopReason")),
             Some("metadata") => facts.usage = payload.get("usage").and_then(usage_of),
+            Some("chunk") => invoke.chunk(&payload, offset),
             _ => {}
         }
+    }
+    if invoke.chunks > 0 {
+        return invoke.finish(facts.error);
     }
     facts.output_text = generated.text;
     facts.first_content_end = generated.first_end;
     facts
+}
+
+/// The chunks of an InvokeModelWithResponseStream: each `{"bytes": base64}` decoded to the
+/// family's chunk JSON. Anthropic's are Messages stream events; Llama's carry `generation`,
+/// Titan's `outputText`. The last chunk's `amazon-bedrock-invocationMetrics` counts the call.
+struct InvokeStream {
+    chunks: usize,
+    anthropic: StreamReader,
+    anthropic_seen: bool,
+    generated: Generated,
+    finish_reason: Option<String>,
+    metrics: Option<Usage>,
+    generates: bool,
+}
+
+impl InvokeStream {
+    fn new(generates: bool) -> Self {
+        InvokeStream {
+            chunks: 0,
+            anthropic: StreamReader::new(generates),
+            anthropic_seen: false,
+            generated: Generated::default(),
+            finish_reason: None,
+            metrics: None,
+            generates,
+        }
+    }
+
+    fn chunk(&mut self, payload: &Value, end: usize) {
+        self.chunks += 1;
+        let Some(encoded) = str_at(payload, "bytes") else { return };
+        let Ok(json) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return };
+        let chunk: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
+        if let Some(m) = chunk.get("amazon-bedrock-invocationMetrics") {
+            if let (Some(input), Some(output)) = (count(m.get("inputTokenCount")), count(m.get("outputTokenCount"))) {
+                let read = count(m.get("cacheReadInputTokenCount"));
+                let write = count(m.get("cacheWriteInputTokenCount"));
+                self.metrics = Some(Usage {
+                    input_tokens: input.saturating_add(read.unwrap_or(0)).saturating_add(write.unwrap_or(0)),
+                    output_tokens: output,
+                    cache_read_input_tokens: read,
+                    cache_creation_input_tokens: write,
+                    reasoning_tokens: None,
+                });
+            }
+        }
+        if str_at(&chunk, "type").is_some() {
+            self.anthropic_seen = true;
+            self.anthropic.event(&json, None, end);
+            return;
+        }
+        if !self.generates {
+            return;
+        }
+        for key in ["generation", "outputText"] {
+            self.generated.push(str_at(&chunk, key).unwrap_or_default(), Some(end));
+        }
+        for key in ["stop_reason", "completionReason"] {
+            if let Some(reason) = non_empty(str_at(&chunk, key)) {
+                self.finish_reason = Some(reason);
+            }
+        }
+    }
+
+    fn finish(self, frame_error: Option<String>) -> ResponseFacts {
+        let mut facts = if self.anthropic_seen {
+            self.anthropic.finish()
+        } else {
+            ResponseFacts {
+                finish_reason: self.finish_reason,
+                output_text: self.generated.text,
+                first_content_end: self.generated.first_end,
+                ..ResponseFacts::default()
+            }
+        };
+        // The event-level counts (Anthropic's, with its cache fields) over the metrics.
+        if facts.usage.is_none() {
+            facts.usage = self.metrics;
+        }
+        if frame_error.is_some() {
+            facts.error = frame_error;
+        }
+        facts
+    }
 }
 
 /// Converse `usage` as [`Usage`]: input is `inputTokens` plus the cache's reads and writes.
@@ -124,6 +304,7 @@ fn usage_of(usage: &Value) -> Option<Usage> {
 mod tests {
     use super::*;
     use crate::formats::eventstream::{encode_event as event, encode_frame};
+    use base64::Engine as _;
 
     #[test]
     fn paths_name_the_model_percent_decoded() {
@@ -165,7 +346,7 @@ mod tests {
             ),
         ];
         let body = frames.concat();
-        let facts = parse_converse_stream(&body, true);
+        let facts = parse_stream(&body, true);
         assert_eq!(facts.output_text, "Hello");
         assert_eq!(facts.first_content_end, Some(frames[0].len() + frames[1].len()));
         assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((9, 2)));
@@ -174,12 +355,68 @@ mod tests {
     }
 
     #[test]
+    fn invoke_bodies_of_each_family_give_their_usage_and_text() {
+        let claude = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-haiku-4-5-20251001","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"cache_read_input_tokens":90,"output_tokens":3}}"#;
+        let facts = parse_response(claude, true);
+        assert_eq!(facts.usage.as_ref().map(|u| (u.input_tokens, u.output_tokens)), Some((100, 3)));
+        assert_eq!(facts.output_text, "Hi");
+        let llama =
+            br#"{"generation":"Hello there","prompt_token_count":12,"generation_token_count":4,"stop_reason":"stop"}"#;
+        let facts = parse_response(llama, true);
+        assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((12, 4)));
+        assert_eq!((facts.output_text.as_str(), facts.finish_reason.as_deref()), ("Hello there", Some("stop")));
+        let titan = br#"{"inputTextTokenCount":7,"results":[{"tokenCount":5,"outputText":"Bonjour","completionReason":"FINISH"}]}"#;
+        let facts = parse_response(titan, true);
+        assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((7, 5)));
+        assert_eq!(facts.output_text, "Bonjour");
+        let embedding = br#"{"embedding":[0.1,0.2],"inputTextTokenCount":6}"#;
+        let facts = parse_response(embedding, false);
+        assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((6, 0)));
+        let error = parse_response(br#"{"message":"Malformed input request"}"#, true);
+        assert_eq!(error.error.as_deref(), Some("Malformed input request"));
+        // A family this module does not know: no usage from the body (the headers count it).
+        assert_eq!(parse_response(br#"{"outputs":[{"text":"x"}]}"#, true).usage, None);
+    }
+
+    #[test]
+    fn an_invoke_stream_decodes_its_chunks_and_counts_once() {
+        let b64 = |json: &str| base64::engine::general_purpose::STANDARD.encode(json);
+        let chunk = |json: &str| event("chunk", &format!(r#"{{"bytes":"{}"}}"#, b64(json)));
+        let frames = [
+            chunk(
+                r#"{"type":"message_start","message":{"model":"claude-haiku-4-5-20251001","usage":{"input_tokens":9,"output_tokens":1}}}"#,
+            ),
+            chunk(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#),
+            chunk(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lo"}}"#),
+            chunk(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}"#),
+            chunk(
+                r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":9,"outputTokenCount":2,"invocationLatency":90,"firstByteLatency":20}}"#,
+            ),
+        ];
+        let body = frames.concat();
+        let facts = parse_response(&body, true);
+        assert_eq!(facts.output_text, "Hello");
+        assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((9, 2)));
+        assert_eq!(facts.first_content_end, Some(frames[0].len() + frames[1].len()));
+        assert_eq!(facts.model.as_deref(), Some("claude-haiku-4-5-20251001"));
+
+        let llama = [
+            chunk(r#"{"generation":"Hi","prompt_token_count":5,"generation_token_count":1,"stop_reason":null}"#),
+            chunk(r#"{"generation":" you","prompt_token_count":null,"generation_token_count":2,"stop_reason":"stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":5,"outputTokenCount":2}}"#),
+        ]
+        .concat();
+        let facts = parse_response(&llama, true);
+        assert_eq!((facts.output_text.as_str(), facts.finish_reason.as_deref()), ("Hi you", Some("stop")));
+        assert_eq!(facts.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((5, 2)));
+    }
+
+    #[test]
     fn a_corrupt_frame_or_an_exception_is_named_in_the_error() {
         let mut corrupt = event("contentBlockDelta", r#"{"delta":{"text":"lost"}}"#);
         let at = corrupt.len() - 8;
         corrupt[at] ^= 1;
         let body = [corrupt, event("metadata", r#"{"usage":{"inputTokens":1,"outputTokens":1}}"#)].concat();
-        let facts = parse_converse_stream(&body, true);
+        let facts = parse_stream(&body, true);
         assert_eq!(facts.error.as_deref(), Some("event-stream frame with a wrong message CRC"));
         assert!(facts.usage.is_some(), "the frames after it still count");
 
@@ -191,7 +428,7 @@ mod tests {
             ],
             br#"{"message":"Too many requests"}"#,
         );
-        let facts = parse_converse_stream(&exception, true);
+        let facts = parse_stream(&exception, true);
         assert_eq!(facts.error.as_deref(), Some("throttlingException: Too many requests"));
     }
 }

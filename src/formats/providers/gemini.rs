@@ -1,6 +1,5 @@
 //! Google's Gemini API (`generateContent`, `streamGenerateContent`, `countTokens`,
-//! `embedContent`, `batchEmbedContents`): what its paths and bodies say. Groundwork of issue 19:
-//! read here, dispatched from `providers` once `api = "gemini"` is routed.
+//! `embedContent`, `batchEmbedContents`): what its paths and bodies say.
 //!
 //! The model is in the path (`/v1beta/models/{model}:{method}`), not the body. A response is
 //! `{"candidates":[{"content":{"parts":[{"text"}...]},"finishReason"}],"usageMetadata",
@@ -14,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::{count, non_empty, str_at, top_level, Generated, Operation, ResponseFacts, Usage};
+use super::{count, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage};
 use crate::formats::sse;
 
 /// The model and method of a Gemini path: `…/models/gemini-2.5-flash:generateContent` →
@@ -34,6 +33,14 @@ pub fn operation(method: &str) -> Operation {
         "embedContent" | "batchEmbedContents" => Operation::Embeddings,
         other => Operation::Other(other.to_string()),
     }
+}
+
+/// The output limit of a request (`generationConfig.maxOutputTokens`); the model and
+/// streaming are the path's.
+pub fn parse_request(body: &[u8]) -> RequestFacts {
+    let f = top_level(body, &["generationConfig"]);
+    let max_tokens = f.get("generationConfig").and_then(|c| count(c.get("maxOutputTokens")));
+    RequestFacts { max_tokens, ..RequestFacts::default() }
 }
 
 const KEYS: &[&str] = &["candidates", "usageMetadata", "modelVersion", "error"];

@@ -6,9 +6,11 @@
 //! and return whatever facts could be found. OpenAI's formats (Chat Completions, legacy
 //! Completions, Embeddings, Responses; also OpenAI-compatible servers) live in [`openai`],
 //! Anthropic's (Messages, legacy Complete) in [`anthropic`]; this module dispatches and
-//! holds the lenient JSON helpers both use. [`gemini`] and [`bedrock`] read Google's Gemini and
-//! AWS Bedrock Converse bodies (not dispatched yet: issue 19 routes `api = "gemini"` and
-//! `"bedrock"`).
+//! holds the lenient JSON helpers all use. [`gemini`] reads Google's Gemini API, [`bedrock`] AWS
+//! Bedrock's Converse and InvokeModel (whose bodies are the model family's own: Anthropic,
+//! Llama, Titan). Azure OpenAI speaks OpenAI's formats; only its paths differ (the deployment
+//! names the model). Gemini and Bedrock name the model in the path, so [`path_facts`] reads
+//! what a path says before any body is parsed.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -20,7 +22,10 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// Wire format spoken by an upstream, as named in the config (`"openai"`, `"anthropic"`).
+use crate::formats::percent;
+
+/// Wire format spoken by an upstream, as named in the config (`"openai"`, `"anthropic"`,
+/// `"gemini"`, `"azure"`, `"bedrock"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Api {
@@ -28,6 +33,12 @@ pub enum Api {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Google's Gemini API (`generativelanguage.googleapis.com`).
+    Gemini,
+    /// Azure OpenAI: OpenAI's bodies under deployment paths (or Azure's v1 API).
+    Azure,
+    /// AWS Bedrock runtime: Converse and InvokeModel, streams as AWS event-stream frames.
+    Bedrock,
 }
 
 impl Api {
@@ -36,6 +47,25 @@ impl Api {
         match self {
             Api::Openai => "openai",
             Api::Anthropic => "anthropic",
+            Api::Gemini => "gemini",
+            Api::Azure => "azure",
+            Api::Bedrock => "bedrock",
+        }
+    }
+
+    /// The wire format of a config name.
+    pub fn from_name(name: &str) -> Option<Api> {
+        [Api::Openai, Api::Anthropic, Api::Gemini, Api::Azure, Api::Bedrock].into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// The provider's name in OpenTelemetry's GenAI conventions (`gen_ai.provider.name`).
+    pub fn genai_provider_name(self) -> &'static str {
+        match self {
+            Api::Openai => "openai",
+            Api::Anthropic => "anthropic",
+            Api::Gemini => "gcp.gemini",
+            Api::Azure => "azure.ai.openai",
+            Api::Bedrock => "aws.bedrock",
         }
     }
 }
@@ -84,6 +114,19 @@ impl Operation {
 /// segment gives `Other` of its last segment, or `Other("unknown")` when it has none.
 pub fn operation_for(api: Api, path: &str) -> Operation {
     let path = path.split(['?', '#']).next().unwrap_or_default();
+    match api {
+        Api::Gemini => {
+            if let Some((_, method)) = gemini::model_and_method(path) {
+                return gemini::operation(method);
+            }
+        }
+        Api::Bedrock => {
+            if let Some((_, action)) = bedrock::model_and_action(path) {
+                return bedrock::operation(action);
+            }
+        }
+        _ => {}
+    }
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let meaningful =
         segments.iter().rposition(|s| s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-'));
@@ -92,10 +135,44 @@ pub fn operation_for(api: Api, path: &str) -> Operation {
     };
     let previous = i.checked_sub(1).and_then(|p| segments.get(p)).copied();
     let op = match api {
-        Api::Openai => openai::operation(segments[i], previous),
+        Api::Openai | Api::Azure => openai::operation(segments[i], previous),
         Api::Anthropic => anthropic::operation(segments[i]),
+        Api::Gemini | Api::Bedrock => None,
     };
     op.unwrap_or_else(|| Operation::Other(segments[i].to_owned()))
+}
+
+/// What a request's path says, before its body is read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PathFacts {
+    /// The model the path names: Gemini's `models/{model}:…`, Bedrock's `/model/{id}/…`
+    /// (percent-decoded), Azure's `/deployments/{deployment}/…`.
+    pub model: Option<String>,
+    /// The path asks for a stream (`:streamGenerateContent`, `/converse-stream`,
+    /// `/invoke-with-response-stream`).
+    pub stream: bool,
+}
+
+/// The model and streaming a path names (nothing for OpenAI and Anthropic, whose bodies say).
+pub fn path_facts(api: Api, path: &str) -> PathFacts {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    match api {
+        Api::Gemini => match gemini::model_and_method(path) {
+            Some((model, method)) => {
+                PathFacts { model: non_empty(Some(model)), stream: method == "streamGenerateContent" }
+            }
+            None => PathFacts::default(),
+        },
+        Api::Bedrock => match bedrock::model_and_action(path) {
+            Some((model, action)) => PathFacts { stream: action.ends_with("-stream"), model: Some(model) },
+            None => PathFacts::default(),
+        },
+        Api::Azure => {
+            let deployment = path.split_once("/deployments/").and_then(|(_, rest)| rest.split('/').next());
+            PathFacts { model: non_empty(deployment).map(|d| percent::decode(&d, false)), stream: false }
+        }
+        Api::Openai | Api::Anthropic => PathFacts::default(),
+    }
 }
 
 /// Facts read from a request body.
@@ -117,9 +194,24 @@ pub struct RequestFacts {
 /// [`Operation::Embeddings`] only the model is read.
 pub fn parse_request(api: Api, op: &Operation, body: &[u8]) -> RequestFacts {
     match api {
-        Api::Openai => openai::parse_request(op, body),
+        Api::Openai | Api::Azure => openai::parse_request(op, body),
         Api::Anthropic => anthropic::parse_request(body),
+        Api::Gemini => gemini::parse_request(body),
+        Api::Bedrock => bedrock::parse_request(body),
     }
+}
+
+/// A call's request facts: the body's, with the model and streaming its path names (the path
+/// wins for the model: Gemini and Bedrock bodies carry none, Azure's deployment is what the
+/// caller asked for).
+pub fn parse_call_request(api: Api, op: &Operation, path: &str, body: &[u8]) -> RequestFacts {
+    let mut facts = parse_request(api, op, body);
+    let from_path = path_facts(api, path);
+    if from_path.model.is_some() {
+        facts.model = from_path.model;
+    }
+    facts.stream |= from_path.stream;
+    facts
 }
 
 /// Token counts reported by the provider, normalised across formats.
@@ -167,13 +259,24 @@ pub struct ResponseFacts {
 /// Generated text is only collected for [`Operation::Chat`] and
 /// [`Operation::TextCompletion`].
 pub fn parse_response(api: Api, op: &Operation, body: &[u8], sse: bool) -> ResponseFacts {
-    let sse = looks_like_sse(body).unwrap_or(sse);
     let generates = op.generates();
+    if api == Api::Bedrock {
+        // Bedrock's streams are binary event-stream frames, never SSE.
+        return bedrock::parse_response(body, generates);
+    }
+    if api == Api::Gemini && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        // `streamGenerateContent` without `alt=sse`: one JSON array, element by element.
+        return gemini::parse_array_stream(body, generates);
+    }
+    let sse = looks_like_sse(body).unwrap_or(sse);
     match (api, sse) {
-        (Api::Openai, true) => openai::parse_stream(body, generates),
-        (Api::Openai, false) => openai::parse_body(body, generates),
+        (Api::Openai | Api::Azure, true) => openai::parse_stream(body, generates),
+        (Api::Openai | Api::Azure, false) => openai::parse_body(body, generates),
         (Api::Anthropic, true) => anthropic::parse_stream(body, generates),
         (Api::Anthropic, false) => anthropic::parse_body(body, generates),
+        (Api::Gemini, true) => gemini::parse_sse(body, generates),
+        (Api::Gemini, false) => gemini::parse_body(body, generates),
+        (Api::Bedrock, _) => unreachable!("Bedrock answered above"),
     }
 }
 
@@ -181,14 +284,20 @@ pub fn parse_response(api: Api, op: &Operation, body: &[u8], sse: bool) -> Respo
 /// `"usage": {...}` object there (where OpenAI and Anthropic put it, after the content), read
 /// as if it were the whole body. `None` when the tail holds no complete usage object.
 pub fn usage_in_tail(api: Api, op: &Operation, tail: &[u8]) -> Option<Usage> {
-    let key = memchr::memmem::rfind(tail, b"\"usage\"")?;
-    let rest = &tail[key + b"\"usage\"".len()..];
+    let name: &[u8] = match api {
+        Api::Gemini => b"\"usageMetadata\"",
+        _ => b"\"usage\"",
+    };
+    let key = memchr::memmem::rfind(tail, name)?;
+    let rest = &tail[key + name.len()..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     let rest = rest[colon..].strip_prefix(b":")?;
     let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     let object = balanced_object(&rest[start..])?;
-    let mut body = Vec::with_capacity(object.len() + 10);
-    body.extend_from_slice(b"{\"usage\":");
+    let mut body = Vec::with_capacity(object.len() + 20);
+    body.push(b'{');
+    body.extend_from_slice(name);
+    body.push(b':');
     body.extend_from_slice(object);
     body.push(b'}');
     parse_response(api, op, &body, false).usage
@@ -383,6 +492,12 @@ mod tests {
         assert_eq!(serde_json::from_str::<Api>("\"anthropic\"").unwrap(), Api::Anthropic);
         assert_eq!(serde_json::to_string(&Api::Anthropic).unwrap(), "\"anthropic\"");
         assert!(serde_json::from_str::<Api>("\"OpenAI\"").is_err());
+        for api in [Api::Openai, Api::Anthropic, Api::Gemini, Api::Azure, Api::Bedrock] {
+            let name = serde_json::to_string(&api).unwrap();
+            assert_eq!(name, format!("\"{}\"", api.as_str()));
+            assert_eq!(Api::from_name(api.as_str()), Some(api));
+        }
+        assert_eq!(Api::Bedrock.genai_provider_name(), "aws.bedrock");
     }
 
     #[test]
@@ -440,6 +555,52 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(operation_for(Api::Anthropic, path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn paths_name_the_model_for_gemini_bedrock_and_azure() {
+        let facts = path_facts(Api::Gemini, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+        assert_eq!(facts, PathFacts { model: Some("gemini-2.5-flash".into()), stream: true });
+        assert_eq!(operation_for(Api::Gemini, "/v1beta/models/gemini-2.5-flash:countTokens").as_str(), "countTokens");
+        assert_eq!(operation_for(Api::Gemini, "/v1/models/gemini-embedding-001:embedContent"), Operation::Embeddings);
+        let facts = path_facts(
+            Api::Bedrock,
+            "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke-with-response-stream",
+        );
+        assert_eq!(
+            facts,
+            PathFacts { model: Some("us.anthropic.claude-haiku-4-5-20251001-v1:0".into()), stream: true }
+        );
+        assert_eq!(operation_for(Api::Bedrock, "/model/meta.llama3-2-1b-instruct-v1%3A0/converse"), Operation::Chat);
+        let facts = path_facts(Api::Azure, "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21");
+        assert_eq!(facts.model.as_deref(), Some("gpt4o-prod"));
+        assert_eq!(operation_for(Api::Azure, "/openai/deployments/gpt4o-prod/embeddings"), Operation::Embeddings);
+        assert_eq!(
+            path_facts(Api::Azure, "/openai/v1/chat/completions").model,
+            None,
+            "the v1 API's model is the body's"
+        );
+        assert_eq!(path_facts(Api::Openai, "/v1/models/gpt-4o:x"), PathFacts::default());
+        // The path's model wins over the body's (Azure: the deployment is what was asked for).
+        let request = parse_call_request(
+            Api::Azure,
+            &Operation::Chat,
+            "/openai/deployments/prod/chat/completions",
+            br#"{"model":"gpt-4o-mini","stream":true}"#,
+        );
+        assert_eq!((request.model.as_deref(), request.stream), (Some("prod"), true));
+    }
+
+    #[test]
+    fn gemini_array_streams_and_bedrock_frames_are_told_from_their_bodies() {
+        let array = br#"[{"candidates":[{"content":{"parts":[{"text":"Hi"}]}}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":1}}]"#;
+        let facts = parse_response(Api::Gemini, &Operation::Chat, array, false);
+        assert_eq!((facts.output_text.as_str(), facts.usage.map(|u| u.output_tokens)), ("Hi", Some(1)));
+        let frames = crate::formats::eventstream::encode_event("contentBlockDelta", r#"{"delta":{"text":"Hi"}}"#);
+        let facts = parse_response(Api::Bedrock, &Operation::Chat, &frames, false);
+        assert_eq!(facts.output_text, "Hi");
+        let tail = br#"...","finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":9}}"#;
+        assert_eq!(usage_in_tail(Api::Gemini, &Operation::Chat, tail).map(|u| u.output_tokens), Some(9));
     }
 
     #[test]
