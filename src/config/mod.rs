@@ -538,12 +538,16 @@ impl Config {
             let default = if self.server.default_provider == Some(i) { " (default for un-prefixed paths)" } else { "" };
             let _ = writeln!(
                 out,
-                "  {}/* -> {}/*  [{} api={}, provider key {}]{default}",
+                "  {}/* -> {}/*  [{} api={}, provider key {}{}]{default}",
                 p.prefix,
                 p.upstream,
                 p.name,
                 p.api.as_str(),
-                if p.api_key.is_some() { "set" } else { "not set" }
+                if p.api_key.is_some() { "set" } else { "not set" },
+                match &p.aws {
+                    Some(aws) => format!(", team-key calls SigV4-signed for {} as {}", aws.region, aws.access_key_id),
+                    None => String::new(),
+                }
             );
         }
         let _ = writeln!(out, "teams: {}", if self.teams.is_empty() { "none" } else { "" });

@@ -304,7 +304,6 @@ fn usage_of(usage: &Value) -> Option<Usage> {
 mod tests {
     use super::*;
     use crate::formats::eventstream::{encode_event as event, encode_frame};
-    use base64::Engine as _;
 
     #[test]
     fn paths_name_the_model_percent_decoded() {
