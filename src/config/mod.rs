@@ -132,7 +132,7 @@ impl fmt::Debug for AwsSigning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsSigning")
             .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
+            .field("access_key_id", &"<set>")
             .field("secret_access_key", &"<set>")
             .field("session_token", &self.session_token.as_ref().map(|_| "<set>"))
             .finish()
@@ -545,7 +545,7 @@ impl Config {
                 p.api.as_str(),
                 if p.api_key.is_some() { "set" } else { "not set" },
                 match &p.aws {
-                    Some(aws) => format!(", team-key calls SigV4-signed for {} as {}", aws.region, aws.access_key_id),
+                    Some(aws) => format!(", team-key calls SigV4-signed for {}", aws.region),
                     None => String::new(),
                 }
             );
