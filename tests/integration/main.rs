@@ -23,3 +23,4 @@ mod teams;
 mod tokens;
 mod trace_headers;
 mod ui;
+mod wire_formats;
