@@ -169,8 +169,9 @@ pub fn estimate_input(api: Api, operation: &Operation, request: &[u8], encoding:
             count_chat_messages(encoding, messages) + system + count_tools(encoding, &request)
         }
         (Api::Anthropic, Operation::TextCompletion) => count_input(encoding, request.get("prompt")?),
-        (Api::Gemini, _) => count_gemini(encoding, &request)?,
-        (Api::Bedrock, _) => count_bedrock(encoding, &request)?,
+        // Not countTokens and the like: they bill nothing.
+        (Api::Gemini, Operation::Chat | Operation::Embeddings) => count_gemini(encoding, &request)?,
+        (Api::Bedrock, Operation::Chat | Operation::Embeddings) => count_bedrock(encoding, &request)?,
         _ => return None,
     };
     Some(count)
@@ -313,5 +314,7 @@ mod tests {
             estimate_input(Api::Openai, &Operation::Chat, azure, e)
         );
         assert_eq!(estimate_input(Api::Gemini, &Operation::Chat, b"{}", e), None);
+        let count_tokens = Operation::Other("countTokens".into());
+        assert_eq!(estimate_input(Api::Gemini, &count_tokens, gemini, e), None, "counting tokens bills none");
     }
 }

@@ -38,10 +38,11 @@ pub fn model_and_action(path: &str) -> Option<(String, &str)> {
     (!model.is_empty() && !action.is_empty()).then(|| (percent::decode(model, false), action))
 }
 
-/// The operation of an action: every one of them generates (Converse, Invoke, and their
-/// streams).
-pub fn operation(action: &str) -> Operation {
+/// The operation of an action on a model: Converse and Invoke (and their streams) generate,
+/// but an embedding model invoked (`amazon.titan-embed-…`, `cohere.embed-…`) embeds.
+pub fn operation(model: &str, action: &str) -> Operation {
     match action {
+        "invoke" if model.contains(".embed") || model.contains("-embed") => Operation::Embeddings,
         "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream" => Operation::Chat,
         other => Operation::Other(other.to_string()),
     }
@@ -314,7 +315,7 @@ mod tests {
         let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123%3Ainference-profile%2Fus.meta.llama3-2-1b-instruct-v1%3A0/converse-stream";
         let (model, action) = model_and_action(arn).unwrap();
         assert_eq!(model, "arn:aws:bedrock:us-east-1:123:inference-profile/us.meta.llama3-2-1b-instruct-v1:0");
-        assert_eq!(operation(action), Operation::Chat);
+        assert_eq!(operation(&model, action), Operation::Chat);
         assert_eq!(model_and_action("/model/x"), None);
     }
 

@@ -121,8 +121,8 @@ pub fn operation_for(api: Api, path: &str) -> Operation {
             }
         }
         Api::Bedrock => {
-            if let Some((_, action)) = bedrock::model_and_action(path) {
-                return bedrock::operation(action);
+            if let Some((model, action)) = bedrock::model_and_action(path) {
+                return bedrock::operation(&model, action);
             }
         }
         _ => {}
@@ -572,6 +572,7 @@ mod tests {
             PathFacts { model: Some("us.anthropic.claude-haiku-4-5-20251001-v1:0".into()), stream: true }
         );
         assert_eq!(operation_for(Api::Bedrock, "/model/meta.llama3-2-1b-instruct-v1%3A0/converse"), Operation::Chat);
+        assert_eq!(operation_for(Api::Bedrock, "/model/amazon.titan-embed-text-v2%3A0/invoke"), Operation::Embeddings);
         let facts = path_facts(Api::Azure, "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21");
         assert_eq!(facts.model.as_deref(), Some("gpt4o-prod"));
         assert_eq!(operation_for(Api::Azure, "/openai/deployments/gpt4o-prod/embeddings"), Operation::Embeddings);
