@@ -77,7 +77,13 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         },
     };
 
-    let model = response.model.clone().or_else(|| request.model.clone());
+    // The model a call is priced and counted as: the one that answered, except on Bedrock,
+    // which bills by the id asked for (an inference profile costs more than the bare model
+    // its answer names).
+    let model = match api {
+        providers::Api::Bedrock => request.model.clone().or_else(|| response.model.clone()),
+        _ => response.model.clone().or_else(|| request.model.clone()),
+    };
     let name = match request.model.as_ref().or(model.as_ref()) {
         Some(m) => format!("{} {m}", operation.as_str()),
         None => operation.as_str().to_string(),
@@ -105,17 +111,22 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
             None => (None, None, UsageSource::Missing, None, None, None),
         },
     };
-    let cost_usd = match (&model, input_tokens, output_tokens) {
-        (Some(m), Some(input), Some(output)) => settings.pricing.cost_usd(
-            m,
-            BilledTokens {
+    let cost_usd = match (input_tokens, output_tokens) {
+        (Some(input), Some(output)) => {
+            let billed = BilledTokens {
                 input_tokens: input,
                 output_tokens: output,
                 cache_read_input_tokens: cache_read.unwrap_or(0),
                 cache_creation_input_tokens: cache_write.unwrap_or(0),
                 reasoning_tokens: reasoning.unwrap_or(0),
-            },
-        ),
+            };
+            // A Bedrock id the catalog cannot name (an application inference profile's ARN)
+            // is priced as the model that answered.
+            [model.as_deref(), response.model.as_deref()]
+                .into_iter()
+                .flatten()
+                .find_map(|m| settings.pricing.cost_usd(m, billed))
+        }
         _ => None,
     };
 
