@@ -10,6 +10,7 @@
 
 pub(crate) mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub(crate) mod export;
 pub mod formats;

@@ -84,7 +84,23 @@ impl Server {
         let proxy_addr = proxy_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
         let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
 
-        let exporters = crate::export::start(&config, store.clone(), recorder.clone(), &metrics);
+        let mut exporters = crate::export::start(&config, store.clone(), recorder.clone(), &metrics);
+        let postgres = match config.cluster.as_ref().and_then(|c| c.postgres.as_deref()) {
+            Some(url) => {
+                Some(crate::cluster::postgres::pool(url).map_err(|e| StartError(format!("cluster.postgres: {e}")))?)
+            }
+            None => None,
+        };
+        if let Some(pool) = &postgres {
+            // The sync task owns its pool handle; admin reads through the same pool.
+            exporters.push(crate::cluster::postgres::start(
+                &config,
+                pool.clone(),
+                store.clone(),
+                recorder.clone(),
+                &metrics,
+            ));
+        }
         let (shutdown, shutdown_rx) = watch::channel(None);
         let budgets = seed_budgets(&config, &store)?;
         let proxy = Arc::new(Proxy::new(&config, recorder.clone(), budgets));

@@ -51,6 +51,86 @@ pub struct Config {
     pub default_encoding: Encoding,
     /// The file this was loaded from; `None` for the built-in defaults.
     pub source: Option<PathBuf>,
+    /// `[cluster]`, when this instance shares a store and limits with others.
+    pub cluster: Option<ClusterConfig>,
+}
+
+pub use raw::RedisUnavailable;
+
+/// `[cluster]`: this instance's name and the engines it shares with the others.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// Stored on every span this instance records.
+    pub instance: String,
+    /// `postgres://…`: the shared span store and ledger.
+    pub postgres: Option<String>,
+    /// `redis://…`: shared budgets and rate limits.
+    pub redis: Option<String>,
+    pub redis_unavailable: RedisUnavailable,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords.
+        f.debug_struct("ClusterConfig")
+            .field("instance", &self.instance)
+            .field("postgres", &self.postgres.as_deref().map(redact_url))
+            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("redis_unavailable", &self.redis_unavailable)
+            .finish()
+    }
+}
+
+/// A connection URL with its password replaced (`postgres://user:***@host/db`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+            format!("{scheme}://{hidden}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// This machine's host name: the default instance name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tracegate".to_string())
+}
+
+fn load_cluster(raw: Option<raw::RawCluster>) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let instance = match raw.instance {
+        Some(name) if name.trim().is_empty() => return Err(ConfigError::new("cluster.instance", "must not be empty")),
+        Some(name) if name.len() > 64 || name.chars().any(|c| c.is_control()) => {
+            return Err(ConfigError::new("cluster.instance", "at most 64 printable characters"))
+        }
+        Some(name) => name.trim().to_string(),
+        None => host_name(),
+    };
+    let url = |field: &str, value: Option<String>, schemes: &[&str]| -> Result<Option<String>, ConfigError> {
+        match value.filter(|v| !v.trim().is_empty()) {
+            None => Ok(None),
+            Some(v) if schemes.iter().any(|s| v.starts_with(&format!("{s}://"))) => Ok(Some(v)),
+            Some(_) => {
+                Err(ConfigError::new(field, format!("must be a URL starting with {}://", schemes.join(":// or "))))
+            }
+        }
+    };
+    let postgres = url("cluster.postgres", raw.postgres, &["postgres", "postgresql"])?;
+    if let Some(p) = &postgres {
+        p.parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::new("cluster.postgres", format!("not a PostgreSQL URL: {e}")))?;
+    }
+    let redis = url("cluster.redis", raw.redis, &["redis", "rediss"])?;
+    Ok(Some(ClusterConfig { instance, postgres, redis, redis_unavailable: raw.redis_unavailable.unwrap_or_default() }))
 }
 
 #[derive(Debug, Clone)]
@@ -488,7 +568,9 @@ impl Config {
                 return Err(ConfigError::new("server.header_read_timeout_secs", format!("{secs} is outside (0, 3600]")))
             }
         };
+        let cluster = load_cluster(raw.cluster)?;
         Ok(Config {
+            cluster,
             server: ServerConfig {
                 listen,
                 admin_listen,

@@ -54,6 +54,28 @@ pub(super) struct RawConfig {
     pub(super) export: RawExport,
     #[serde(default)]
     pub(super) tokens: RawTokens,
+    pub(super) cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: several instances sharing PostgreSQL (spans, ledger) and Redis (limits).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) instance: Option<String>,
+    pub(super) postgres: Option<String>,
+    pub(super) redis: Option<String>,
+    pub(super) redis_unavailable: Option<RedisUnavailable>,
+}
+
+/// What limits do while Redis cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisUnavailable {
+    /// Each instance enforces the limits alone until Redis is back.
+    #[default]
+    Local,
+    /// Calls of limited teams are refused (429) until Redis is back.
+    Refuse,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -117,6 +117,10 @@ pub struct Span {
     /// proxied calls.
     #[serde(default)]
     pub events: Vec<SpanEvent>,
+    /// The tracegate instance that recorded the span (`[cluster] instance`); absent on one
+    /// instance without `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl Span {
@@ -157,6 +161,7 @@ impl Span {
             properties: BTreeMap::new(),
             error: None,
             events: Vec::new(),
+            instance: None,
         }
     }
 

@@ -25,6 +25,19 @@ pub struct Metrics {
     pub spans_ingested: AtomicU64,
     labelled: Mutex<Labelled>,
     exporters: Mutex<BTreeMap<&'static str, std::sync::Arc<ExportCounters>>>,
+    /// `[cluster]`: the PostgreSQL sync and the Redis limits (shown once a cluster is set).
+    pub cluster: std::sync::Arc<ClusterCounters>,
+}
+
+/// Counters of the cluster's sync to PostgreSQL and of its Redis limits.
+#[derive(Default)]
+pub struct ClusterCounters {
+    /// Set when `[cluster]` is configured: the series below are shown.
+    pub enabled: std::sync::atomic::AtomicBool,
+    pub backlog_spans: AtomicU64,
+    pub synced_spans: AtomicU64,
+    pub sync_errors: AtomicU64,
+    pub redis_errors: AtomicU64,
 }
 
 /// Delivery counters of one exporter (`otlp`, `zipkin`).
@@ -106,6 +119,12 @@ impl Metrics {
         self.exporters.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().clone()
     }
 
+    /// The cluster's counters, shown from now on.
+    pub fn cluster_counters(&self) -> std::sync::Arc<ClusterCounters> {
+        self.cluster.enabled.store(true, Ordering::Relaxed);
+        self.cluster.clone()
+    }
+
     /// Counts one recorded proxied call in the labelled series.
     pub fn observe_call(&self, span: &Span) {
         let provider = span.provider.as_deref().unwrap_or_default();
@@ -181,6 +200,23 @@ impl Metrics {
             "Application spans received on POST /v1/traces.",
             self.spans_ingested.load(Ordering::Relaxed),
         );
+        if self.cluster.enabled.load(Ordering::Relaxed) {
+            let c = &self.cluster;
+            header(
+                &mut out,
+                "tracegate_cluster_backlog_spans",
+                "gauge",
+                "Spans stored here and not yet in PostgreSQL.",
+            );
+            let _ = writeln!(out, "tracegate_cluster_backlog_spans {}", c.backlog_spans.load(Ordering::Relaxed));
+            for (metric, help, value) in [
+                ("tracegate_cluster_synced_spans_total", "Spans this instance wrote to PostgreSQL.", &c.synced_spans),
+                ("tracegate_cluster_sync_errors_total", "Failed attempts to ship spans to PostgreSQL.", &c.sync_errors),
+                ("tracegate_redis_errors_total", "Failed Redis operations of the shared limits.", &c.redis_errors),
+            ] {
+                counter(&mut out, metric, help, value.load(Ordering::Relaxed));
+            }
+        }
         {
             let exporters = self.exporters.lock().unwrap_or_else(|p| p.into_inner());
             for (metric, kind, help, get) in [

@@ -169,7 +169,7 @@ fn accept(
     match message {
         Message::Call(mut record) => {
             recorder.queued_bytes.fetch_sub(record.captured_bytes(), Ordering::Relaxed);
-            let write = match guarded_build(&record, &recorder.settings) {
+            let mut write = match guarded_build(&record, &recorder.settings) {
                 Ok(write) => write,
                 Err(panic) => {
                     // A body no parser expected must not stop recording: keep what is known, and
@@ -191,10 +191,16 @@ fn accept(
                 reservation.settle(span.cost_usd.unwrap_or(0.0), tokens);
             }
             recorder.metrics.observe_call(&write.span);
+            write.span.instance.clone_from(&recorder.settings.instance);
             batch.push(write);
         }
         Message::Flush(waiter) => waiters.push(waiter),
-        Message::Ingested(spans) => batch.extend(spans),
+        Message::Ingested(mut spans) => {
+            for write in &mut spans {
+                write.span.instance.clone_from(&recorder.settings.instance);
+            }
+            batch.extend(spans)
+        }
         Message::ExportCursor(exporter, seq) => cursors.push((exporter, seq)),
         Message::Delete(positions, answer) => deletes.push((positions, answer)),
     }

@@ -15,6 +15,8 @@ pub struct RecorderSettings {
     pub default_encoding: Encoding,
     /// Spans older than this many days are deleted (0 keeps everything).
     pub retention_days: u32,
+    /// `[cluster] instance`: written on every span recorded here.
+    pub instance: Option<String>,
 }
 
 impl RecorderSettings {
@@ -25,6 +27,7 @@ impl RecorderSettings {
             pricing: config.pricing.clone(),
             default_encoding: config.default_encoding,
             retention_days: config.storage.retention_days,
+            instance: config.cluster.as_ref().map(|c| c.instance.clone()),
         }
     }
 }

@@ -39,6 +39,44 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::span_segments_after`], each span with its captured bodies (empty when
+    /// none were kept): what the cluster sync ships to PostgreSQL.
+    #[allow(clippy::type_complexity)]
+    pub fn segments_with_bodies_after(
+        &self,
+        cursor: u64,
+        max_spans: usize,
+    ) -> Result<Vec<(u64, Vec<(Span, SpanBodies)>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        let committed = self.committed_seq.load(Ordering::Acquire);
+        let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..=segment_key(SPAN_SEGMENT, committed);
+        for entry in self.tree.range(range) {
+            let (key, segment) = entry?;
+            let seq = seq_of(&key);
+            let segment = RawSegment::of(segment)?;
+            let bodies = self.tree.get(segment_key(BODY_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
+            let mut spans = Vec::new();
+            for (index, span) in SpanSegment::new(&segment)?.enumerate() {
+                let span = span?;
+                if span.is_tombstone() {
+                    continue;
+                }
+                let kept = match &bodies {
+                    Some(b) => bodies_at(b, index)?,
+                    None => SpanBodies::default(),
+                };
+                spans.push((decode::<Span>(span.json)?, kept));
+            }
+            total += spans.len();
+            out.push((seq, spans));
+            if total >= max_spans {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Spans in the segments after `cursor` (counted up to `limit` segments; deleted ones not).
     pub fn spans_after(&self, cursor: u64, limit: usize) -> Result<u64, StoreError> {
         let range = segment_key(SPAN_SEGMENT, cursor.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);

@@ -8,7 +8,9 @@
 
 mod architecture;
 mod bad_input;
+mod cluster;
 mod crash;
+mod engines;
 mod export;
 mod faults;
 mod forwarding;
