@@ -104,8 +104,11 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(None);
         let budgets = seed_budgets(&config, &store)?;
         let proxy = Arc::new(Proxy::new(&config, recorder.clone(), budgets));
-        let admin =
-            Arc::new(Admin::new(store.clone(), metrics.clone(), recorder.clone(), config.admin.token.as_deref()));
+        let mut admin = Admin::new(store.clone(), metrics.clone(), recorder.clone(), config.admin.token.as_deref());
+        if let Some(pool) = postgres {
+            admin = admin.reading_shared(pool);
+        }
+        let admin = Arc::new(admin);
 
         let header_timeout = config.server.header_read_timeout;
         let proxy_task =

@@ -51,6 +51,51 @@ impl http_body::Body for ExportBody {
     }
 }
 
+/// `GET /api/export?<filters>` over the shared store (`[cluster] postgres`): pages of spans
+/// read in turn, each sent as its lines are ready, so memory stays bounded.
+pub(super) fn export_shared(pool: deadpool_postgres::Pool, query: &str) -> Response<ServedBody> {
+    let q = match filters::parse(parse_query(query), "/api/export", false, &[]) {
+        Ok((q, _)) => q,
+        Err(message) => return served(error(StatusCode::BAD_REQUEST, &message)),
+    };
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    tokio::spawn(async move {
+        let mut mark = None;
+        loop {
+            let page = crate::cluster::postgres::read::export_page(&pool, &q, mark.as_ref(), 500).await;
+            let (spans, next) = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "export failed midway; the response is cut short");
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            let mut lines = Vec::with_capacity(CHUNK_BYTES + 4096);
+            for (span, bodies) in spans {
+                serde_json::to_writer(&mut lines, &span_with_bodies(&span, bodies)).expect("JSON values serialize");
+                lines.push(b'\n');
+                if lines.len() >= CHUNK_BYTES {
+                    let chunk = Bytes::from(std::mem::replace(&mut lines, Vec::with_capacity(CHUNK_BYTES + 4096)));
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !lines.is_empty() && tx.send(Ok(Bytes::from(lines))).await.is_err() {
+                return;
+            }
+            match next {
+                Some(n) => mark = Some(n),
+                None => return,
+            }
+        }
+    });
+    let mut response = Response::new(http_body_util::Either::Right(ExportBody { chunks: rx }));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
 /// `GET /api/export?<filters>`.
 pub(super) fn export(store: std::sync::Arc<Store>, query: &str) -> Response<ServedBody> {
     let q = match filters::parse(parse_query(query), "/api/export", false, &[]) {

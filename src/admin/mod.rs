@@ -5,8 +5,10 @@
 //! long listing never stalls the runtime. When `[admin] token` is set, everything but
 //! `/healthz` needs `Authorization: Bearer <token>`, compared in constant time.
 //!
-//! It reads the store and hands what must be written (ingested OTLP spans, deletes) to the recorder's
-//! queue: it imports `store`, `record` (queue and metrics), `formats`, `config` and `model`;
+//! It reads the store — or, with `[cluster] postgres`, the shared store in PostgreSQL
+//! (`cluster::postgres::read`), so every instance shows the calls of all — and hands what must
+//! be written (ingested OTLP spans, deletes) to the recorder's queue: it imports `store`,
+//! `record` (queue and metrics), `cluster` (the shared reads), `formats`, `config` and `model`;
 //! never `proxy`, `upstream` or `export`. `usage_report` groups the ledger for `/api/usage`
 //! and `tracegate usage`; `ui` serves the page; `filters` parses the finding filters of every
 //! endpoint that takes them; `jsonl` streams `/api/export`; `delete` serves the `DELETE`s
@@ -36,6 +38,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message as _;
 
 use crate::admin::usage_report::{self as usage, GroupBy};
+use crate::cluster::postgres::read as shared;
 use crate::formats::{otlp, percent};
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::SpanBodies;
@@ -65,11 +68,25 @@ pub struct Admin {
     recorder: RecorderHandle,
     /// SHA-256 of the admin token, when one is required.
     token_digest: Option<[u8; 32]>,
+    /// `[cluster] postgres`: reads come from the shared store.
+    shared: Option<deadpool_postgres::Pool>,
 }
 
 impl Admin {
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, recorder: RecorderHandle, token: Option<&str>) -> Self {
-        Admin { store, metrics, recorder, token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()) }
+        Admin {
+            store,
+            metrics,
+            recorder,
+            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            shared: None,
+        }
+    }
+
+    /// Reads from PostgreSQL, the calls of every instance, instead of the local store.
+    pub fn reading_shared(mut self, pool: deadpool_postgres::Pool) -> Self {
+        self.shared = Some(pool);
+        self
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ServedBody>, Infallible> {
@@ -114,7 +131,10 @@ impl Admin {
             )));
         }
         if segments.as_slice() == ["api", "export"] {
-            return Ok(jsonl::export(self.store.clone(), &query));
+            return Ok(match &self.shared {
+                Some(pool) => jsonl::export_shared(pool.clone(), &query),
+                None => jsonl::export(self.store.clone(), &query),
+            });
         }
         let response = match segments.as_slice() {
             ["metrics"] => {
@@ -240,6 +260,20 @@ impl Admin {
             Ok((q, _)) => q,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
+        if let Some(pool) = &self.shared {
+            let page = match endpoint {
+                "/api/sessions" => shared::find_sessions(pool, &q).await.map(
+                    |page| json!({ "sessions": page.sessions, "next_cursor": page.next_cursor.map(|c| c.encode()) }),
+                ),
+                _ => shared::find_traces(pool, &q)
+                    .await
+                    .map(|page| json!({ "traces": page.traces, "next_cursor": page.next_cursor.map(|c| c.encode()) })),
+            };
+            return match page {
+                Ok(page) => json_response(StatusCode::OK, &page),
+                Err(e) => shared_unavailable(&e),
+            };
+        }
         let store = self.store.clone();
         let page = tokio::task::spawn_blocking(move || match endpoint {
             "/api/sessions" => store
@@ -282,8 +316,18 @@ impl Admin {
         if from > to || from < 0 {
             return error(StatusCode::BAD_REQUEST, "from must not be after to");
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.ledger(from as u32, to.min(u32::MAX as i64) as u32)).await {
+        let (from, to) = (from as u32, to.min(u32::MAX as i64) as u32);
+        let cells = match &self.shared {
+            Some(pool) => match shared::ledger(pool, from, to).await {
+                Ok(cells) => Ok(Ok(cells)),
+                Err(e) => return shared_unavailable(&e),
+            },
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.ledger(from, to)).await
+            }
+        };
+        match cells {
             Ok(Ok(mut cells)) => {
                 cells.retain(|(key, _)| {
                     team.as_ref().is_none_or(|t| *t == key.team) && user.as_ref().is_none_or(|u| *u == key.user)
@@ -299,6 +343,13 @@ impl Admin {
         let Some(trace_id) = TraceId::from_hex(id) else {
             return error(StatusCode::BAD_REQUEST, "trace id must be 32 hex digits");
         };
+        if let Some(pool) = &self.shared {
+            return match shared::trace_spans(pool, &trace_id).await {
+                Ok(spans) if spans.is_empty() => error(StatusCode::NOT_FOUND, "unknown trace"),
+                Ok(spans) => json_response(StatusCode::OK, &json!({ "trace_id": trace_id, "spans": spans })),
+                Err(e) => shared_unavailable(&e),
+            };
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.trace_spans(&trace_id)).await {
             Ok(Ok(spans)) if spans.is_empty() => error(StatusCode::NOT_FOUND, "unknown trace"),
@@ -312,6 +363,13 @@ impl Admin {
         let (Some(trace_id), Some(span_id)) = (TraceId::from_hex(id), SpanId::from_hex(span)) else {
             return error(StatusCode::BAD_REQUEST, "ids must be 32 (trace) and 16 (span) hex digits");
         };
+        if let Some(pool) = &self.shared {
+            return match shared::span(pool, &trace_id, &span_id).await {
+                Ok(Some((span, bodies))) => json_response(StatusCode::OK, &span_with_bodies(&span, bodies)),
+                Ok(None) => error(StatusCode::NOT_FOUND, "unknown span"),
+                Err(e) => shared_unavailable(&e),
+            };
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.span(&trace_id, &span_id)).await {
             Ok(Ok(Some((span, bodies)))) => json_response(StatusCode::OK, &span_with_bodies(&span, bodies)),
@@ -342,6 +400,14 @@ fn json_response(status: StatusCode, value: &Value) -> Response<AdminBody> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// 503 while the shared store cannot be read (the proxy goes on recording locally).
+fn shared_unavailable(e: &shared::ReadError) -> Response<AdminBody> {
+    tracing::warn!(error = %e, "admin read from PostgreSQL failed");
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
     r
 }
 

@@ -62,6 +62,7 @@ use crate::store::segment_codec::SegmentCompressor;
 
 pub use delete::{Position, Selection, DELETE_BATCH};
 pub use error::StoreError;
+pub(crate) use query::summarize;
 pub use query::{Cursor, SessionPage, TracePage, TraceQuery};
 
 pub struct Store {

@@ -16,7 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("upstream", &["model", "config"]),
     ("record", &["model", "formats", "config", "policy", "store"]),
     ("proxy", &["model", "formats", "config", "policy", "upstream", "record"]),
-    ("admin", &["model", "formats", "config", "store", "record"]),
+    ("admin", &["model", "formats", "config", "store", "record", "cluster"]),
     ("export", &["model", "formats", "config", "store", "record", "upstream"]),
     ("cluster", &["model", "config", "store", "record"]),
     ("mock_llm", &[]),

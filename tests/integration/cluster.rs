@@ -87,3 +87,99 @@ async fn the_cluster_sync_ships_every_span_once_through_an_outage_and_a_replay()
     assert_eq!(ledger.get::<_, i64>(0), 30);
     let _ = proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_shows_the_calls_of_all_with_every_filter() {
+    let pg = Postgres::start();
+    let mock = Mock::start(Duration::ZERO).await;
+    let route = provider("openai", "/openai", mock.addr, "openai");
+    let a = Proxy::start(&format!("{route}{}", cluster(&pg, "tg-a"))).await;
+    let b = Proxy::start(&format!("{route}{}", cluster(&pg, "tg-b"))).await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let rare = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Quince marmalade, please"}]}"#;
+    let (status, _, _) = post(
+        &b.url("/openai/v1/chat/completions"),
+        &[
+            ("traceparent", &traceparent),
+            ("x-tracegate-team", "ads"),
+            ("x-tracegate-user", "u-7"),
+            ("x-tracegate-session", "s-1"),
+            ("x-tracegate-property-env", "prod"),
+        ],
+        rare,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for proxy in [&a, &b] {
+        for i in 0..3 {
+            let team = if i == 0 { "ads" } else { "search" };
+            post(&proxy.url("/openai/v1/chat/completions"), &[("x-tracegate-team", team)], CHAT).await;
+        }
+    }
+    pg.wait_count(SPANS, 7).await;
+
+    // Through A: the call made through B, with its instance, found by every filter.
+    let (status, one) = a.admin_get(&format!("/api/traces/{trace}")).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["spans"][0]["instance"], "tg-b");
+    let span_id = one["spans"][0]["span_id"].as_str().unwrap().to_string();
+    let (_, span) = a.admin_get(&format!("/api/traces/{trace}/spans/{span_id}")).await;
+    assert_eq!(span["request_body"]["messages"][0]["content"], "Quince marmalade, please");
+    for filter in [
+        "team=ads&user=u-7",
+        "session=s-1",
+        "property.env=prod",
+        "q=marmalade",
+        "q=Quince%20Marmalade",
+        "model=gpt-4o-mini&team=ads&status=ok&q=quince",
+    ] {
+        let (status, page) = a.admin_get(&format!("/api/traces?{filter}")).await;
+        assert_eq!(status, 200, "{filter}: {page}");
+        let ids: Vec<&str> =
+            page["traces"].as_array().unwrap().iter().map(|t| t["trace_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec![trace], "{filter}");
+    }
+    let (_, ads) = a.admin_get("/api/traces?team=ads&min_duration_ms=0").await;
+    assert_eq!(ads["traces"].as_array().unwrap().len(), 3);
+    let (_, none) = a.admin_get("/api/traces?q=marmalades").await;
+    assert_eq!(none["traces"].as_array().unwrap().len(), 0, "q matches whole words");
+    let (_, all) = a.admin_get("/api/traces?limit=1000").await;
+    assert_eq!(all["traces"].as_array().unwrap().len(), 7);
+
+    // Pages by cursor: every trace once.
+    let mut seen = std::collections::HashSet::new();
+    let mut path = "/api/traces?limit=3".to_string();
+    loop {
+        let (_, page) = a.admin_get(&path).await;
+        for t in page["traces"].as_array().unwrap() {
+            assert!(seen.insert(t["trace_id"].as_str().unwrap().to_string()), "a trace listed twice");
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/api/traces?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+
+    let (_, sessions) = a.admin_get("/api/sessions").await;
+    assert_eq!(sessions["sessions"][0]["session"], "s-1");
+    let (_, usage) = a.admin_get("/api/usage?group_by=team").await;
+    let requests: Vec<(String, u64)> = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["team"].as_str().unwrap().to_string(), r["requests"].as_u64().unwrap()))
+        .collect();
+    assert!(requests.contains(&("ads".into(), 3)) && requests.contains(&("search".into(), 4)), "{requests:?}");
+    let (status, _, lines) = get(&a.admin_url("/api/export?team=ads")).await;
+    assert_eq!(status, 200);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&lines).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["response_body"]["object"] == "chat.completion"));
+    let instances: std::collections::BTreeSet<&str> = lines.iter().map(|l| l["instance"].as_str().unwrap()).collect();
+    assert_eq!(instances.into_iter().collect::<Vec<_>>(), vec!["tg-a", "tg-b"]);
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
+}

@@ -29,6 +29,7 @@ CREATE TABLE tracegate_spans (
     duration_ms double precision NOT NULL,
     provider text,
     model text,
+    request_model text,
     status text NOT NULL,
     team text,
     "user" text,
@@ -45,6 +46,8 @@ CREATE INDEX tracegate_spans_start ON tracegate_spans (start_ns DESC);
 CREATE INDEX tracegate_spans_team ON tracegate_spans (team, start_ns DESC);
 CREATE INDEX tracegate_spans_user ON tracegate_spans ("user", start_ns DESC);
 CREATE INDEX tracegate_spans_model ON tracegate_spans (model, start_ns DESC);
+CREATE INDEX tracegate_spans_request_model ON tracegate_spans (request_model, start_ns DESC);
+CREATE INDEX tracegate_spans_trace ON tracegate_spans (trace_id);
 CREATE INDEX tracegate_spans_provider ON tracegate_spans (provider, start_ns DESC);
 CREATE INDEX tracegate_spans_status ON tracegate_spans (status, start_ns DESC);
 CREATE INDEX tracegate_spans_session ON tracegate_spans (session, start_ns DESC);

@@ -137,13 +137,13 @@ impl Sync {
         let inserted = tx
             .query(
                 "INSERT INTO tracegate_spans (trace_id, span_id, day, start_ns, parent_span_id, kind, name, duration_ms,
-                    provider, model, status, team, \"user\", session, instance, input_tokens, output_tokens, cost_usd,
-                    properties, span)
-                 SELECT t, s, date '1970-01-01' + d, st, p, k, n, du, pr, m, stt, te, u, se, i, it, ot, c, pp, j
+                    provider, model, request_model, status, team, \"user\", session, instance, input_tokens,
+                    output_tokens, cost_usd, properties, span)
+                 SELECT t, s, date '1970-01-01' + d, st, p, k, n, du, pr, m, rm, stt, te, u, se, i, it, ot, c, pp, j
                  FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[],
                     $8::float8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                    $15::text[], $16::bigint[], $17::bigint[], $18::float8[], $19::jsonb[], $20::text[])
-                    AS x(t, s, d, st, p, k, n, du, pr, m, stt, te, u, se, i, it, ot, c, pp, j)
+                    $15::text[], $16::bigint[], $17::bigint[], $18::float8[], $19::jsonb[], $20::text[], $21::text[])
+                    AS x(t, s, d, st, p, k, n, du, pr, m, stt, te, u, se, i, it, ot, c, pp, j, rm)
                  ON CONFLICT DO NOTHING
                  RETURNING trace_id, span_id",
                 &[
@@ -167,6 +167,7 @@ impl Sync {
                     &rows.cost_usd,
                     &rows.properties,
                     &rows.json,
+                    &rows.request_model,
                 ],
             )
             .await
@@ -286,6 +287,7 @@ struct Rows {
     duration_ms: Vec<f64>,
     provider: Vec<Option<String>>,
     model: Vec<Option<String>>,
+    request_model: Vec<Option<String>>,
     status: Vec<String>,
     team: Vec<Option<String>>,
     user: Vec<Option<String>>,
@@ -316,6 +318,7 @@ impl Rows {
             r.duration_ms.push(if span.duration_ms.is_finite() { span.duration_ms } else { 0.0 });
             r.provider.push(clean_opt(&span.provider));
             r.model.push(clean_opt(&span.response_model.clone().or_else(|| span.request_model.clone())));
+            r.request_model.push(clean_opt(&span.request_model));
             r.status.push(as_text(&serde_json::to_value(span.status).unwrap_or_default()));
             r.team.push(clean_opt(&span.team));
             r.user.push(clean_opt(&span.user));
