@@ -103,7 +103,27 @@ impl Server {
         }
         let (shutdown, shutdown_rx) = watch::channel(None);
         let budgets = seed_budgets(&config, &store)?;
-        let proxy = Arc::new(Proxy::new(&config, recorder.clone(), budgets));
+        let mut proxy = Proxy::new(&config, recorder.clone(), budgets.clone());
+        if let Some(cluster) = &config.cluster {
+            if let Some(url) = &cluster.redis {
+                let counters = metrics.cluster_counters();
+                let limits = crate::policy::shared_limits::SharedLimits::new(
+                    url,
+                    &config.teams,
+                    cluster.redis_unavailable,
+                    &cluster.instance,
+                    counters.redis_errors.clone(),
+                )
+                .map_err(|e| StartError(format!("cluster.redis: {e}")))?;
+                match &postgres {
+                    Some(pool) => exporters.push(crate::cluster::postgres::seed_limits(pool.clone(), limits.clone())),
+                    // Without a shared ledger, Redis starts from what this instance's ledger says.
+                    None => limits.set_seeds(budgets.spent_by_team()),
+                }
+                proxy = proxy.with_shared_limits(limits);
+            }
+        }
+        let proxy = Arc::new(proxy);
         let mut admin = Admin::new(store.clone(), metrics.clone(), recorder.clone(), config.admin.token.as_deref());
         if let Some(pool) = postgres {
             admin = admin.reading_shared(pool);

@@ -30,7 +30,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    fn of(team: &Team) -> Self {
+    pub(crate) fn of(team: &Team) -> Self {
         Limits {
             daily_budget_usd: team.daily_budget_usd,
             monthly_budget_usd: team.monthly_budget_usd,
@@ -39,7 +39,7 @@ impl Limits {
         }
     }
 
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         *self != Limits::default()
     }
 }
@@ -138,20 +138,21 @@ struct TeamState {
 /// Budgets and limits of every team (by team index; `None` for unlimited teams).
 pub struct Budgets {
     teams: Vec<Option<Mutex<TeamState>>>,
+    names: Vec<String>,
 }
 
 /// UTC calendar position of a unix time in seconds.
-fn day_and_month(unix_secs: u64) -> (u64, u64) {
+pub(crate) fn day_and_month(unix_secs: u64) -> (u64, u64) {
     let day = unix_secs / 86_400;
     let (year, month, _) = crate::model::clock::civil_from_days(day as i64);
     (day, (year as u64) * 12 + u64::from(month))
 }
 
-fn seconds_to_next_day(unix_secs: u64) -> u64 {
+pub(crate) fn seconds_to_next_day(unix_secs: u64) -> u64 {
     86_400 - unix_secs % 86_400
 }
 
-fn seconds_to_next_month(unix_secs: u64) -> u64 {
+pub(crate) fn seconds_to_next_month(unix_secs: u64) -> u64 {
     let day = (unix_secs / 86_400) as i64;
     let (year, month, _) = crate::model::clock::civil_from_days(day);
     let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
@@ -164,6 +165,7 @@ impl Budgets {
     /// the ledger), so limits hold across restarts.
     pub fn new(teams: &[Team], now_secs: u64, spent: impl Fn(&str, u64, u64) -> (f64, f64)) -> Arc<Self> {
         let (day, month) = day_and_month(now_secs);
+        let names = teams.iter().map(|t| t.name.clone()).collect();
         let teams = teams
             .iter()
             .map(|team| {
@@ -182,7 +184,19 @@ impl Budgets {
                 })
             })
             .collect();
-        Arc::new(Budgets { teams })
+        Arc::new(Budgets { teams, names })
+    }
+
+    /// What each limited team spent today and this month, as this instance counts it.
+    pub fn spent_by_team(&self) -> std::collections::HashMap<String, (f64, f64)> {
+        self.names
+            .iter()
+            .zip(&self.teams)
+            .filter_map(|(name, state)| {
+                let s = state.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+                Some((name.clone(), (s.spent_day, s.spent_month)))
+            })
+            .collect()
     }
 
     pub fn is_limited(&self, team_index: usize) -> bool {
@@ -261,8 +275,14 @@ impl Budgets {
         if let Some(b) = &mut remaining.budget_usd {
             *b = (*b - estimate.cost_usd).max(0.0);
         }
-        let reservation =
-            Reservation { budgets: Some(self.clone()), team_index, estimate, second: now_secs, settled: false };
+        let reservation = Reservation {
+            shared: None,
+            budgets: Some(self.clone()),
+            team_index,
+            estimate,
+            second: now_secs,
+            settled: false,
+        };
         Ok((reservation, remaining))
     }
 
@@ -286,6 +306,8 @@ impl Budgets {
 
 /// An admitted call's claim on its team's budget; settle it with the real cost.
 pub struct Reservation {
+    /// A claim made in Redis (`[cluster] redis`) instead of here.
+    shared: Option<crate::policy::shared_limits::Claim>,
     budgets: Option<Arc<Budgets>>,
     team_index: usize,
     estimate: Estimate,
@@ -302,13 +324,29 @@ impl std::fmt::Debug for Reservation {
 impl Reservation {
     /// A reservation for a team without limits: settling it does nothing.
     pub fn none() -> Self {
-        Reservation { budgets: None, team_index: 0, estimate: Estimate::default(), second: 0, settled: true }
+        Reservation {
+            shared: None,
+            budgets: None,
+            team_index: 0,
+            estimate: Estimate::default(),
+            second: 0,
+            settled: true,
+        }
+    }
+
+    /// A reservation made in Redis: settling it settles there.
+    pub fn shared(claim: crate::policy::shared_limits::Claim) -> Self {
+        let estimate = claim.estimate();
+        Reservation { shared: Some(claim), budgets: None, team_index: 0, estimate, second: 0, settled: false }
     }
 
     /// Replaces the estimate with what the call really cost.
     pub fn settle(mut self, cost_usd: f64, tokens: u64) {
         if let Some(budgets) = self.budgets.take() {
             budgets.settle(&self, cost_usd, tokens);
+        }
+        if let Some(claim) = self.shared.take() {
+            claim.settle(cost_usd, tokens);
         }
         self.settled = true;
     }
@@ -320,6 +358,9 @@ impl Drop for Reservation {
         if !self.settled {
             if let Some(budgets) = self.budgets.take() {
                 budgets.settle(self, self.estimate.cost_usd, self.estimate.tokens);
+            }
+            if let Some(claim) = self.shared.take() {
+                claim.settle(self.estimate.cost_usd, self.estimate.tokens);
             }
         }
     }

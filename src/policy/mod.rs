@@ -3,4 +3,5 @@
 //! provider's API, for where a key goes) and `model`; never the proxy, the recorder or the store.
 
 pub mod budget;
+pub mod shared_limits;
 pub mod teams;

@@ -29,6 +29,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::config::RedisUnavailable;
 use crate::config::{Config, Provider};
 use crate::formats::headers as tracegate;
 use crate::formats::providers::{self, Api, Operation};
@@ -37,7 +38,8 @@ use crate::model::capture::Capture;
 use crate::model::clock::unix_nanos;
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::pricing::{BilledTokens, PriceBook};
-use crate::policy::budget::{Budgets, Estimate, Remaining, DEFAULT_MAX_OUTPUT_TOKENS};
+use crate::policy::budget::{Budgets, Estimate, Remaining, Reservation, DEFAULT_MAX_OUTPUT_TOKENS};
+use crate::policy::shared_limits::{Shared, SharedLimits};
 use crate::policy::teams::{query_without_key, swap_in_provider_key, KeyCarrier, TeamDirectory};
 use crate::proxy::body_tee::{RequestTee, ResponseTee};
 use crate::proxy::call::{CallContext, PendingCall, RequestShared, ResponseFacts};
@@ -77,6 +79,8 @@ pub struct Proxy {
     team_names: Vec<String>,
     require_team_key: bool,
     budgets: Arc<Budgets>,
+    /// `[cluster] redis`: limits shared by every instance.
+    shared_limits: Option<Arc<SharedLimits>>,
     pricing: PriceBook,
 }
 
@@ -115,8 +119,15 @@ impl Proxy {
             team_names: config.teams.iter().map(|t| t.name.clone()).collect(),
             require_team_key: config.server.require_team_key,
             budgets,
+            shared_limits: None,
             pricing: config.pricing.clone(),
         }
+    }
+
+    /// Budgets and rate limits checked in Redis, shared with the other instances.
+    pub fn with_shared_limits(mut self, limits: Arc<SharedLimits>) -> Self {
+        self.shared_limits = Some(limits);
+        self
     }
 
     /// Handles one request; never fails (errors become provider-shaped responses).
@@ -219,7 +230,7 @@ impl Proxy {
         };
         pending = self.read_ahead(pending, &mut body, declared_length, read).await?;
         let (ahead, whole) = body.read_ahead_bytes();
-        let (pending, remaining) = self.team(pending, &mut parts, team, (ahead, whole), declared_length)?;
+        let (pending, remaining) = self.team(pending, &mut parts, team, (ahead, whole), declared_length).await?;
         let key_in_query = pending.get().info.team_key.as_ref().is_some_and(|m| m.carrier == KeyCarrier::Query);
         let uri = if key_in_query { without_query_key(routed.uri) } else { routed.uri };
         let rewritten = self.upstream_request(&mut parts, uri, &trace, inject.then_some((ahead, whole)));
@@ -390,7 +401,7 @@ impl Proxy {
     /// provider's own; the team's budget and rate limits (a reservation of a deliberately high
     /// estimate, settled by the recorder). `Ok` carries what the team has left, for the
     /// `x-tracegate-ratelimit-*` headers of the answer.
-    pub fn team(
+    pub async fn team(
         &self,
         mut pending: PendingCall,
         parts: &mut Parts,
@@ -413,7 +424,24 @@ impl Proxy {
         }
         let (Some(index), true) = (team.index, team.limited) else { return Ok((pending, None)) };
         let estimate = self.estimate(&provider, &pending.get().info.path, ahead, declared_length);
-        match self.budgets.admit(index, estimate, unix_nanos() / 1_000_000_000) {
+        let now = unix_nanos() / 1_000_000_000;
+        let admitted = match &self.shared_limits {
+            Some(shared) => match shared.admit(index, estimate, now).await {
+                Shared::Admitted(claim, left) => Ok((Reservation::shared(claim), left)),
+                Shared::Refused(refused) => Err(refused),
+                Shared::Unavailable if shared.mode == RedisUnavailable::Refuse => {
+                    let message = format!(
+                        "tracegate: the shared limits of team {:?} cannot be checked (Redis is unreachable)",
+                        self.team_names[index]
+                    );
+                    return Err(fail(pending.take(), ProxyError::limited(message, 1), provider.api));
+                }
+                // `local`: this instance enforces the limits alone while Redis is away.
+                Shared::Unavailable => self.budgets.admit(index, estimate, now),
+            },
+            None => self.budgets.admit(index, estimate, now),
+        };
+        match admitted {
             Ok((reservation, left)) => {
                 pending.get_mut().info.reservation = Some(reservation);
                 Ok((pending, Some(left)))
@@ -768,14 +796,14 @@ mod tests {
         assert_ne!(fresh.trace_id, joined.trace_id);
     }
 
-    #[test]
-    fn team_refuses_a_call_without_a_required_key_and_records_it() {
+    #[tokio::test]
+    async fn team_refuses_a_call_without_a_required_key_and_records_it() {
         let (proxy, queue) = proxy("[server]\nrequire_team_key = true\n[[teams]]\nname='search'\nkeys=['tk-search']");
         let mut headers = HeaderMap::new();
         let pending = open(&proxy, &mut headers);
         let team = proxy.team_of(&pending.get().info);
         let mut parts = parts_with(headers);
-        let Err(refused) = proxy.team(pending, &mut parts, team, (b"{}", true), Some(2)) else {
+        let Err(refused) = proxy.team(pending, &mut parts, team, (b"{}", true), Some(2)).await else {
             panic!("a call without a team key must be refused")
         };
         assert_eq!(error_code(&refused).0, 401);
@@ -783,10 +811,10 @@ mod tests {
         assert_eq!((record.status_code, matches!(record.outcome, Outcome::Failed(_))), (Some(401), true));
     }
 
-    #[test]
-    fn team_swaps_the_team_key_and_holds_the_rate_limit() {
+    #[tokio::test]
+    async fn team_swaps_the_team_key_and_holds_the_rate_limit() {
         let (proxy, queue) = proxy("[[teams]]\nname='search'\nkeys=['tk-search']\nrequests_per_minute=1");
-        let call = |queue: &TestQueue| {
+        let call = async |queue: &TestQueue| {
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tk-search"));
             let pending = open(&proxy, &mut headers);
@@ -794,15 +822,15 @@ mod tests {
             assert_eq!(team, TeamOf { index: Some(0), limited: true });
             let body = br#"{"model":"gpt-4o-mini","max_tokens":5}"#;
             let mut parts = parts_with(headers);
-            let result = proxy.team(pending, &mut parts, team, (body, true), None);
+            let result = proxy.team(pending, &mut parts, team, (body, true), None).await;
             let _ = queue.next_call();
             (result.map(|(_pending, left)| left), parts.headers)
         };
-        let (first, headers) = call(&queue);
+        let (first, headers) = call(&queue).await;
         let left = first.expect("the first call fits the limit").expect("a limited team is told what is left");
         assert_eq!(left.requests, Some((1, 0)));
         assert_eq!(headers[header::AUTHORIZATION], "Bearer sk-provider", "the team key never goes upstream");
-        let (second, _) = call(&queue);
+        let (second, _) = call(&queue).await;
         let refused = second.expect_err("the second call in the minute is refused");
         assert_eq!(error_code(&refused), (429, "rate_limited".to_string()));
         assert_eq!(refused.headers()["x-ratelimit-limit-requests"], "1");

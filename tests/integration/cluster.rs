@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::engines::Postgres;
+use crate::engines::{Postgres, Redis};
 use crate::support::*;
 
 const SPANS: &str = "SELECT count(*) FROM tracegate_spans";
@@ -182,4 +182,100 @@ async fn every_instance_shows_the_calls_of_all_with_every_filter() {
     assert_eq!(instances.into_iter().collect::<Vec<_>>(), vec!["tg-a", "tg-b"]);
     let _ = a.shutdown().await;
     let _ = b.shutdown().await;
+}
+
+/// A chat request whose estimate is bounded (`max_tokens`), so a budget holds a known number.
+const BOUNDED_CHAT: &str =
+    r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the tests"}]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_and_rate_limits_hold_across_instances_through_redis() {
+    let mut redis = Redis::start();
+    let mock = Mock::start(Duration::from_millis(1)).await;
+    let route = provider("openai", "/openai", mock.addr, "openai");
+    let teams =
+        "[[teams]]\nname = \"search\"\ndaily_budget_usd = 0.0001\n[[teams]]\nname = \"ads\"\nrequests_per_minute = 5\n";
+    let shared = |instance: &str, mode: &str| {
+        format!(
+            "{route}{teams}[cluster]\ninstance = \"{instance}\"\nredis = \"{}\"\nredis_unavailable = \"{mode}\"\n",
+            redis.url()
+        )
+    };
+    let a = Proxy::start(&shared("tg-a", "local")).await;
+    let b = Proxy::start(&shared("tg-b", "refuse")).await;
+
+    // 40 concurrent calls of one team, spread over both instances, against a daily budget.
+    let urls: Vec<String> = (0..40).map(|i| if i % 2 == 0 { a.url("") } else { b.url("") }).collect();
+    let calls = urls.iter().map(|base| {
+        let url = format!("{base}/openai/v1/chat/completions");
+        async move { post(&url, &[("x-tracegate-team", "search")], BOUNDED_CHAT).await.0 }
+    });
+    let statuses = futures_join_all(calls).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + refused, 40, "{statuses:?}");
+    assert!(ok >= 1 && refused >= 1, "the budget admits some and refuses the rest: {ok} ok");
+    a.server().flush().await;
+    b.server().flush().await;
+    let mut spent = 0.0;
+    for proxy in [&a, &b] {
+        let (_, usage) = proxy.admin_get("/api/usage?group_by=team").await;
+        for row in usage["rows"].as_array().unwrap() {
+            if row["team"] == "search" {
+                spent += row["cost_usd"].as_f64().unwrap();
+            }
+        }
+    }
+    // Estimates are above the real cost, so spend stays within the budget itself.
+    assert!(spent <= 0.0001 + 1e-12, "spent {spent} of 0.0001 with {ok} calls");
+    let single = 0.0001 / ok as f64;
+    assert!(spent + 3.0 * single > 0.0001 * 0.5, "the budget was used, not refused early: {spent}");
+
+    // Requests per minute, across instances: five in the minute, whichever instance serves them.
+    let mut ads = Vec::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 { a.url("") } else { b.url("") };
+        ads.push(
+            post(&format!("{base}/openai/v1/chat/completions"), &[("x-tracegate-team", "ads")], BOUNDED_CHAT).await.0,
+        );
+    }
+    assert_eq!(ads.iter().filter(|s| **s == 200).count(), 5, "{ads:?}");
+
+    // Redis goes away: `local` goes on alone, `refuse` refuses; errors are counted.
+    redis.stop();
+    let (status_a, _, _) =
+        post(&a.url("/openai/v1/chat/completions"), &[("x-tracegate-team", "ads")], BOUNDED_CHAT).await;
+    let (status_b, _, body_b) =
+        post(&b.url("/openai/v1/chat/completions"), &[("x-tracegate-team", "ads")], BOUNDED_CHAT).await;
+    assert_eq!(status_a, 200, "local: this instance's own window (3 of 5 used here) still has room");
+    assert_eq!(status_b, 429, "{}", String::from_utf8_lossy(&body_b));
+    assert!(String::from_utf8_lossy(&body_b).contains("Redis"));
+    assert!(metric(&a.admin_url(""), "tracegate_redis_errors_total").await >= 1.0);
+    // Unlimited teams never ask Redis.
+    let (status, _, _) = post(&b.url("/openai/v1/chat/completions"), &[], BOUNDED_CHAT).await;
+    assert_eq!(status, 200);
+    redis.start_again();
+    let mut status = 0;
+    for _ in 0..40 {
+        status = post(&b.url("/openai/v1/chat/completions"), &[("x-tracegate-team", "ads")], BOUNDED_CHAT).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "Redis back (empty): the shared limits work again");
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
+}
+
+/// Runs the futures concurrently, answers in order.
+async fn futures_join_all<F: std::future::Future<Output = u16> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<u16> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }

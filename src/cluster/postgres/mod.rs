@@ -36,6 +36,37 @@ pub fn pool(url: &str) -> Result<Pool, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Keeps `limits`' seeds — what each team spent today and this month by the shared ledger —
+/// fresh: the spend Redis starts from when it has no count for a team (first use, or a Redis
+/// that restarted empty).
+pub fn seed_limits(pool: Pool, limits: Arc<crate::policy::shared_limits::SharedLimits>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now = crate::model::clock::unix_nanos() / 1_000_000_000;
+            let today = (now / 86_400) as i32;
+            let (year, month, _) = crate::model::clock::civil_from_days(i64::from(today));
+            let month_start = crate::model::clock::days_from_civil(year, month, 1) as i32;
+            let read = async {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                client
+                    .query(
+                        "SELECT team, coalesce(sum(cost_usd) FILTER (WHERE day = date '1970-01-01' + $1::int), 0),
+                                coalesce(sum(cost_usd), 0)
+                         FROM tracegate_ledger WHERE day >= date '1970-01-01' + $2::int GROUP BY team",
+                        &[&today, &month_start],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match read.await {
+                Ok(rows) => limits.set_seeds(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect()),
+                Err(e) => tracing::debug!(error = %e, "the limits' seeds could not be refreshed from PostgreSQL"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        }
+    })
+}
+
 /// Migrates the schema (retrying while PostgreSQL is down) and then runs the sync: a task.
 pub fn start(
     config: &Config,
