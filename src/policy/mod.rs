@@ -3,5 +3,6 @@
 //! provider's API, for where a key goes) and `model`; never the proxy, the recorder or the store.
 
 pub mod budget;
+pub mod limits;
 pub mod shared_limits;
 pub mod teams;

@@ -27,7 +27,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use crate::config::{RedisUnavailable, Team};
-use crate::policy::budget::{Estimate, Refusal, Refused, Remaining};
+use crate::policy::limits::{self, Estimate, Limits, Refusal, Refused, Remaining};
 
 /// How long one Redis operation may take before the call goes on without it.
 const DEADLINE: Duration = Duration::from_millis(250);
@@ -154,7 +154,7 @@ impl Claim {
 pub struct SharedLimits {
     client: redis::Client,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
-    teams: Vec<Option<(String, crate::policy::budget::Limits)>>,
+    teams: Vec<Option<(String, Limits)>>,
     /// Unix milliseconds until which Redis counts as down.
     down_until_ms: AtomicU64,
     pub mode: RedisUnavailable,
@@ -184,7 +184,7 @@ impl SharedLimits {
         let teams = teams
             .iter()
             .map(|t| {
-                let limits = crate::policy::budget::Limits::of(t);
+                let limits = Limits::of(t);
                 limits.any().then(|| (t.name.clone(), limits))
             })
             .collect();
@@ -262,7 +262,7 @@ impl SharedLimits {
     pub async fn admit(self: &Arc<Self>, team: usize, estimate: Estimate, now_secs: u64) -> Shared {
         let Some(Some((name, limits))) = self.teams.get(team) else { return Shared::Unavailable };
         let Some(mut connection) = self.connection().await else { return Shared::Unavailable };
-        let (day, month) = crate::policy::budget::day_and_month(now_secs);
+        let (day, month) = limits::day_and_month(now_secs);
         let (seed_day, seed_month) =
             self.seeds.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied().unwrap_or((0.0, 0.0));
         let id = format!("{}-{}", self.instance, self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -285,8 +285,8 @@ impl SharedLimits {
             .arg(seed_day.to_string())
             .arg(seed_month.to_string())
             .arg(&member)
-            .arg(crate::policy::budget::seconds_to_next_day(now_secs))
-            .arg(crate::policy::budget::seconds_to_next_month(now_secs))
+            .arg(limits::seconds_to_next_day(now_secs))
+            .arg(limits::seconds_to_next_month(now_secs))
             .arg(RESERVATION_TTL_SECS);
         let answer: Result<Vec<String>, _> =
             match tokio::time::timeout(DEADLINE, invocation.invoke_async(&mut connection)).await {
@@ -357,7 +357,7 @@ impl SharedLimits {
             tracing::warn!(team = %name, cost_usd, "a settlement could not reach Redis; its reservation expires instead");
             return;
         };
-        let (day, month) = crate::policy::budget::day_and_month(claim.second);
+        let (day, month) = limits::day_and_month(claim.second);
         let keys = Self::keys(name, day, month);
         let delta = i128::from(tokens) - i128::from(claim.estimate.tokens);
         let mut invocation = self.settle.prepare_invoke();

@@ -18,7 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proxy", &["model", "formats", "config", "policy", "upstream", "record"]),
     ("admin", &["model", "formats", "config", "store", "record", "cluster"]),
     ("export", &["model", "formats", "config", "store", "record", "upstream"]),
-    ("cluster", &["model", "config", "store", "record"]),
+    ("cluster", &["model", "config", "policy", "store", "record"]),
     ("mock_llm", &[]),
     ("cli", &["model", "config", "admin", "mock_llm"]),
 ];
