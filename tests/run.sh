@@ -13,11 +13,16 @@ if ! "$venv/bin/python3" -c 'import openai, anthropic, opentelemetry.sdk, opente
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
 export PATH="$PWD/$venv/bin:$PATH"
-if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then
-  echo "tests/run.sh: installing chromium and node (the UI tests run in a real browser)"
-  if [ "$(id -u)" -ne 0 ]; then echo "tests/run.sh: run as root or install chromium and nodejs yourself" >&2; exit 1; fi
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs npm)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]} (the UI tests run in a real browser; the cluster tests start private PostgreSQL and Redis servers)"
+  if [ "$(id -u)" -ne 0 ]; then echo "tests/run.sh: run as root or install ${missing[*]} yourself" >&2; exit 1; fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   echo "tests/run.sh: installing playwright-core (tests/e2e/package-lock.json)"

@@ -9,6 +9,7 @@
 mod architecture;
 mod bad_input;
 mod cluster;
+mod cluster_processes;
 mod crash;
 mod engines;
 mod export;

@@ -259,6 +259,21 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, Head
     (status, headers, body)
 }
 
+/// Like [`post`], but `None` when the server cannot be reached or the answer breaks off
+/// (a server being killed).
+pub async fn try_post(url: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, HeaderMap, Bytes)> {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.request(req.body(Full::new(Bytes::from(body.to_string()))).ok()?).await.ok()?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, headers, body))
+}
+
 /// GETs a URL; returns status, headers and body.
 pub async fn get(url: &str) -> (u16, HeaderMap, Bytes) {
     let resp = send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await;
