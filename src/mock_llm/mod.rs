@@ -47,10 +47,13 @@
 //! streams. It imports nothing else of the crate:
 //! it is the upstream, not a part of the proxy.
 
+pub(crate) mod azure;
+pub(crate) mod bedrock;
 pub(crate) mod body;
 pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod embeddings;
+pub(crate) mod gemini;
 pub(crate) mod messages;
 pub(crate) mod models;
 pub(crate) mod reply;
@@ -70,10 +73,13 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::mock_llm::azure::{azure_path, has_api_version};
+use crate::mock_llm::bedrock::{bedrock, bedrock_path};
 use crate::mock_llm::body::{error_response, forced_error, json_response, MockBody};
 use crate::mock_llm::chat::chat_completions;
 use crate::mock_llm::completions::completions;
 use crate::mock_llm::embeddings::embeddings;
+use crate::mock_llm::gemini::{gemini, gemini_path};
 use crate::mock_llm::messages::messages;
 use crate::mock_llm::models::{get_model, list_models};
 use crate::mock_llm::reply::{forced_status, Api, Opts};
@@ -87,8 +93,19 @@ pub use reply::REPLY_TEXT;
 const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 
 /// Name prefixes of the request headers echoed back in `x-mock-request-headers`.
-const ECHOED_HEADER_PREFIXES: [&str; 7] =
-    ["traceparent", "tracestate", "b3", "x-b3-", "authorization", "x-api-key", "x-tracegate-"];
+const ECHOED_HEADER_PREFIXES: [&str; 11] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-",
+    "authorization",
+    "x-api-key",
+    "x-tracegate-",
+    "x-goog-api-key",
+    "api-key",
+    "x-amz-",
+    "host",
+];
 
 /// Settings of a mock server.
 #[derive(Clone, Debug)]
@@ -182,10 +199,66 @@ impl Endpoint {
     }
 }
 
+/// A `POST` endpoint, found from the request's path and query.
+#[derive(Debug)]
+enum Call {
+    /// An OpenAI or Anthropic endpoint; `azure` when it came by an Azure OpenAI path.
+    Plain {
+        endpoint: Endpoint,
+        azure: Option<AzureCall>,
+    },
+    Gemini {
+        model: String,
+        method: gemini::Method,
+    },
+    /// A Bedrock runtime path; `op` is `None` for an operation the mock does not know.
+    Bedrock {
+        model: String,
+        op: Option<bedrock::Op>,
+    },
+}
+
+#[derive(Debug)]
+struct AzureCall {
+    /// The deployment of `/openai/deployments/{deployment}/...` (the default `model`).
+    deployment: Option<String>,
+    /// A deployment path without an `api-version` query (answered with a 404).
+    missing_api_version: bool,
+}
+
+impl Call {
+    fn from_uri(path: &str, query: Option<&str>) -> Option<Call> {
+        if let Some(endpoint) = Endpoint::from_path(path) {
+            return Some(Call::Plain { endpoint, azure: None });
+        }
+        if let Some(azure) = azure_path(path) {
+            let endpoint = Endpoint::from_path(&azure.openai_path).filter(|e| e.api() == Api::OpenAi)?;
+            let missing_api_version = azure.deployment.is_some() && !has_api_version(query);
+            let deployment = azure.deployment;
+            return Some(Call::Plain { endpoint, azure: Some(AzureCall { deployment, missing_api_version }) });
+        }
+        if let Some((model, method)) = gemini_path(path, query) {
+            return Some(Call::Gemini { model, method });
+        }
+        let (model, op) = bedrock_path(path)?;
+        Some(Call::Bedrock { model, op })
+    }
+
+    fn api(&self) -> Api {
+        match self {
+            Call::Plain { endpoint, .. } => endpoint.api(),
+            Call::Gemini { .. } => Api::Gemini,
+            Call::Bedrock { .. } => Api::Bedrock,
+        }
+    }
+}
+
 async fn handle(req: Request<Incoming>, default_delay: Duration) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
+    tracing::debug!(method = %parts.method, uri = %parts.uri, "mock-llm request");
     let echoed = echoed_headers(&parts.headers);
-    let mut response = route(&parts.method, parts.uri.path(), &parts.headers, body, default_delay).await;
+    let mut response =
+        route(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body, default_delay).await;
     if let Some(value) = echoed {
         response.headers_mut().insert("x-mock-request-headers", value);
     }
@@ -195,12 +268,13 @@ async fn handle(req: Request<Incoming>, default_delay: Duration) -> Response<Moc
 async fn route(
     method: &Method,
     path: &str,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: Incoming,
     default_delay: Duration,
 ) -> Response<MockBody> {
-    if let Some(endpoint) = Endpoint::from_path(path) {
-        let api = endpoint.api();
+    if let Some(call) = Call::from_uri(path, query) {
+        let api = call.api();
         if method != Method::POST {
             return error_response(api, StatusCode::METHOD_NOT_ALLOWED, "use POST on this endpoint");
         }
@@ -214,10 +288,13 @@ async fn route(
                 return error_response(api, StatusCode::BAD_REQUEST, "could not read request body");
             }
         };
+        if let Call::Plain { azure: Some(AzureCall { missing_api_version: true, .. }), .. } = &call {
+            return error_response(api, StatusCode::NOT_FOUND, "Resource not found");
+        }
         if let Some(status) = forced_status(headers) {
             return forced_error(api, status);
         }
-        let req: Value = match serde_json::from_slice::<Value>(&bytes) {
+        let mut req: Value = match serde_json::from_slice::<Value>(&bytes) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
                 return error_response(api, StatusCode::BAD_REQUEST, "request body must be a JSON object");
@@ -228,12 +305,28 @@ async fn route(
             }
         };
         let opts = Opts::from_headers(headers, default_delay);
-        return match endpoint {
-            Endpoint::Chat => chat_completions(&req, &opts),
-            Endpoint::Completions => completions(&req, &opts),
-            Endpoint::Embeddings => embeddings(&req),
-            Endpoint::Responses => responses::responses(&req, &opts),
-            Endpoint::Messages => messages(&req, &opts),
+        return match call {
+            Call::Plain { endpoint, azure } => {
+                if let Some(deployment) = azure.as_ref().and_then(|a| a.deployment.as_ref()) {
+                    if req.get("model").and_then(Value::as_str).is_none() {
+                        req["model"] = Value::String(deployment.clone());
+                    }
+                }
+                let azure = azure.is_some();
+                match endpoint {
+                    Endpoint::Chat => chat_completions(&req, &opts, azure),
+                    Endpoint::Completions => completions(&req, &opts, azure),
+                    Endpoint::Embeddings => embeddings(&req),
+                    Endpoint::Responses => responses::responses(&req, &opts),
+                    Endpoint::Messages => messages(&req, &opts),
+                }
+            }
+            Call::Gemini { model, method } => gemini(&model, &method, &req, &opts),
+            Call::Bedrock { model, op: Some(op) } => bedrock(&model, op, &req, &opts),
+            Call::Bedrock { op: None, .. } => {
+                let msg = format!("mock-llm has no Bedrock operation {path}");
+                error_response(api, StatusCode::NOT_FOUND, &msg)
+            }
         };
     }
 

@@ -597,6 +597,11 @@ async fn request_headers_are_echoed() {
         ("authorization", "Bearer sk-test"),
         ("x-tracegate-team", "search"),
         ("x-b3-traceid", "abc"),
+        ("x-goog-api-key", "g"),
+        ("api-key", "az"),
+        ("x-amz-date", "20261206T193000Z"),
+        ("x-amz-security-token", "tok"),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
         ("x-other", "not echoed"),
     ];
     let body = json!({"model": "m", "messages": []}).to_string();
@@ -605,18 +610,25 @@ async fn request_headers_are_echoed() {
     assert_eq!(
         echoed,
         json!({
+            "host": addr.to_string(),
             "traceparent": tp,
             "tracestate": "a=1",
             "authorization": "Bearer sk-test",
             "x-tracegate-team": "search",
             "x-b3-traceid": "abc",
+            "x-goog-api-key": "g",
+            "api-key": "az",
+            "x-amz-date": "20261206T193000Z",
+            "x-amz-security-token": "tok",
+            "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
         })
     );
-    // Present on errors and streams too, empty when nothing matched.
+    // Present on errors and streams too; `host` is always there (the test client sends it).
+    let host = format!(r#""host":"{addr}""#);
     let r = send(addr, "GET", "/nope", &[("x-api-key", "k")], "").await;
-    assert_eq!(r.headers["x-mock-request-headers"], r#"{"x-api-key":"k"}"#);
+    assert_eq!(r.headers["x-mock-request-headers"], format!(r#"{{{host},"x-api-key":"k"}}"#).as_str());
     let r = send(addr, "GET", "/healthz", &[], "").await;
-    assert_eq!(r.headers["x-mock-request-headers"], "{}");
+    assert_eq!(r.headers["x-mock-request-headers"], format!("{{{host}}}").as_str());
     assert_eq!(r.json(), json!({"status": "ok"}));
 }
 

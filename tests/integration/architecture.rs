@@ -18,7 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proxy", &["model", "formats", "config", "policy", "upstream", "record"]),
     ("admin", &["model", "formats", "config", "store", "record"]),
     ("export", &["model", "formats", "config", "store", "record", "upstream"]),
-    ("mock_llm", &[]),
+    ("mock_llm", &["formats"]),
     ("cli", &["model", "config", "admin", "mock_llm"]),
 ];
 
