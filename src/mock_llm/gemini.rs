@@ -8,7 +8,8 @@
 //! `generationConfig.thinkingConfig` with a non-zero `thinkingBudget` or `includeThoughts`
 //! adds [`THOUGHT_TOKENS`] thinking tokens (fewer if the budget is smaller) as
 //! `thoughtsTokenCount`, counted in `totalTokenCount`; with `includeThoughts` the JSON answer
-//! also has a thought part (`"thought": true`) before the text.
+//! also has a thought part (`"thought": true`) before the text. Request fields are read by
+//! either spelling, `camelCase` or `snake_case`, as Google's API reads them.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -25,6 +26,29 @@ const THOUGHT_TEXT: &str = "The user wants the mock reply.";
 /// Embedding size when the request does not ask for `outputDimensionality`.
 const DEFAULT_DIMS: usize = 8;
 const MAX_DIMS: usize = 4096;
+
+/// A request field by its JSON name (`camelCase`) or its proto name (`snake_case`): Google's
+/// JSON parser takes both, and the SDKs send either (google-genai 3.x writes
+/// `thinkingConfig: {"thinking_budget", "include_thoughts"}`).
+fn field<'a>(value: &'a Value, camel: &str) -> Option<&'a Value> {
+    value.get(camel).or_else(|| {
+        let mut snake = String::with_capacity(camel.len() + 4);
+        for c in camel.chars() {
+            if c.is_ascii_uppercase() {
+                snake.push('_');
+                snake.push(c.to_ascii_lowercase());
+            } else {
+                snake.push(c);
+            }
+        }
+        value.get(&snake)
+    })
+}
+
+/// The `generationConfig.{name}` of a request.
+fn generation_config<'a>(req: &'a Value, name: &str) -> Option<&'a Value> {
+    field(field(req, "generationConfig")?, name)
+}
 
 /// A Gemini model method (the part of the path after the `:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +88,7 @@ pub(super) fn gemini(model: &str, method: &Method, req: &Value, opts: &Opts) -> 
         Method::Stream { sse } => generate(model, req, opts, Some(*sse)),
         Method::CountTokens => {
             // Either the contents themselves, or a whole `generateContentRequest`.
-            let inner = req.get("generateContentRequest").unwrap_or(req);
+            let inner = field(req, "generateContentRequest").unwrap_or(req);
             json_response(StatusCode::OK, &json!({"totalTokens": prompt_tokens(inner)}))
         }
         Method::Embed => match embedding(req) {
@@ -111,16 +135,16 @@ fn gemini_words(value: &Value) -> u64 {
 
 /// The prompt tokens of a generate request: words of `contents` and `systemInstruction`.
 pub(super) fn prompt_tokens(req: &Value) -> u64 {
-    req.get("contents").map_or(0, gemini_words) + req.get("systemInstruction").map_or(0, gemini_words)
+    req.get("contents").map_or(0, gemini_words) + field(req, "systemInstruction").map_or(0, gemini_words)
 }
 
 /// The thinking tokens a request asks for, and whether it wants the thoughts shown.
 fn thinking(req: &Value) -> (u64, bool) {
-    let Some(config) = req.pointer("/generationConfig/thinkingConfig") else {
+    let Some(config) = generation_config(req, "thinkingConfig") else {
         return (0, false);
     };
-    let include = config.get("includeThoughts").and_then(Value::as_bool).unwrap_or(false);
-    let tokens = match config.get("thinkingBudget").and_then(Value::as_i64) {
+    let include = field(config, "includeThoughts").and_then(Value::as_bool).unwrap_or(false);
+    let tokens = match field(config, "thinkingBudget").and_then(Value::as_i64) {
         Some(0) => 0,
         Some(budget) if budget > 0 => THOUGHT_TOKENS.min(budget as u64),
         Some(_) => THOUGHT_TOKENS, // -1: dynamic thinking
@@ -139,7 +163,7 @@ fn generate(model: &str, req: &Value, opts: &Opts, stream: Option<bool>) -> Resp
     }
     let prompt = prompt_tokens(req);
     let (thoughts, include_thoughts) = thinking(req);
-    let reply = Reply::plan(req.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64), opts);
+    let reply = Reply::plan(generation_config(req, "maxOutputTokens").and_then(Value::as_u64), opts);
     let finish_reason = if reply.truncated { "MAX_TOKENS" } else { "STOP" };
     let output = reply.words as u64;
     let mut usage = json!({
@@ -222,8 +246,7 @@ fn embedding(req: &Value) -> Result<Vec<Value>, String> {
     if texts.is_empty() {
         return Err("* EmbedContentRequest.content.parts: contents must not be empty".to_owned());
     }
-    let dims = req
-        .get("outputDimensionality")
+    let dims = field(req, "outputDimensionality")
         .and_then(Value::as_u64)
         .map_or(DEFAULT_DIMS, |d| (d as usize).clamp(1, MAX_DIMS));
     let vector = embedding_vector(fnv1a(texts.join(" ").as_bytes()), dims);
