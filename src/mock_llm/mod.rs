@@ -1,8 +1,10 @@
-//! `mock-llm`: an offline stand-in for the OpenAI and Anthropic HTTP APIs.
+//! `mock-llm`: an offline stand-in for the OpenAI, Anthropic, Gemini, Azure OpenAI and AWS
+//! Bedrock HTTP APIs.
 //!
 //! It answers the common endpoints with replies shaped like the real providers' (close
-//! enough that the official `openai` and `anthropic` SDKs parse them unchanged), so demos,
-//! integration tests and load benchmarks of the proxy need no network and no API key.
+//! enough that the official `openai`, `anthropic`, `google-genai` and `boto3` SDKs parse them
+//! unchanged), so demos, integration tests and load benchmarks of the proxy need no network
+//! and no API key.
 //! Everything is deterministic: the reply is always the same sentence
 //! ([`REPLY_TEXT`], one streamed chunk per word), token counts are computed from the
 //! request (the rule is documented on `chat_prompt_tokens`), and embeddings are derived from
@@ -17,35 +19,53 @@
 //! in a string), one output token per piece. A format that is not an object, an unknown
 //! format `type`, or a `schema` that is not an object gets a 400.
 //!
-//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-//! `POST /v1/responses`, `POST /v1/messages` (Anthropic), `GET /v1/models`,
-//! `GET /v1/models/{id}` (Anthropic-shaped when the request carries `anthropic-version`) and
-//! `GET /healthz`. Anything else gets a 404 in OpenAI's error shape; a body that is not a
-//! JSON object gets a 400 in the endpoint's provider shape.
+//! Endpoints (all `POST` but the `GET`s):
+//! - OpenAI: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
+//!   `GET /v1/models`, `GET /v1/models/{id}` (Anthropic-shaped when the request carries
+//!   `anthropic-version`).
+//! - Anthropic: `/v1/messages`.
+//! - Azure OpenAI (`azure`): `/openai/deployments/{deployment}/chat/completions`,
+//!   `/completions`, `/embeddings` (with `?api-version=`; `model` defaults to the
+//!   deployment), and the v1 API `/openai/v1/...`; content-filter results included.
+//! - Gemini (`gemini`): `/v1beta/models/{model}:generateContent`, `:streamGenerateContent`
+//!   (SSE with `?alt=sse`, else a streamed JSON array), `:countTokens`, `:embedContent`,
+//!   `:batchEmbedContents`, the same under `/v1/models/`.
+//! - Bedrock runtime (`bedrock`): `/model/{modelId}/converse`, `/converse-stream`, `/invoke`
+//!   and `/invoke-with-response-stream` (percent-encoded model ids decoded; AWS event-stream
+//!   frames; invoke bodies per model family: Anthropic, Meta Llama, Titan Text, Titan
+//!   Embeddings).
+//! - `GET /healthz`.
 //!
-//! Streams are real streaming bodies: each SSE event is handed to the connection as it is
-//! produced, with the configured delay *between* events (none before the first or after the
-//! last).
+//! Anything else gets a 404 in OpenAI's error shape; a body that is not a JSON object gets a
+//! 400 in the endpoint's provider shape.
+//!
+//! Streams are real streaming bodies: each SSE event (event-stream frame, JSON array element)
+//! is handed to the connection as it is produced, with the configured delay *between* events
+//! (none before the first or after the last).
 //!
 //! Test hooks, read from request headers:
 //! - `x-mock-status: <code>` (400..=599): answer that status with a provider-shaped error
-//!   body (OpenAI `{"error":{...}}`, or Anthropic `{"type":"error","error":{...}}` on
-//!   `/v1/messages`) instead of a reply.
+//!   body (OpenAI `{"error":{...}}`, Anthropic `{"type":"error","error":{...}}` on
+//!   `/v1/messages`, Google `{"error":{"code","message","status"}}` on Gemini paths, Bedrock
+//!   `{"message"}` with `x-amzn-errortype` on `/model/...`) instead of a reply; on a stream
+//!   too, as a plain HTTP error.
 //! - `x-mock-chunks: <n>`: the reply has `n` words (the sentence repeats cyclically), so a
 //!   test can ask for long streams (a structured-output reply keeps its JSON). `max_tokens`
-//!   still caps it.
+//!   (and each provider's equivalent) still caps it.
 //! - `x-mock-chunk-delay-ms: <n>`: the delay between streamed events for this request.
 //!
 //! Every response carries `x-mock-request-headers`, a compact JSON object (name → value,
 //! repeated headers joined with `", "`) of the request headers whose names start with
-//! `traceparent`, `tracestate`, `b3`, `x-b3-`, `authorization`, `x-api-key` or
-//! `x-tracegate-`, so a test can see exactly what reached the upstream.
+//! `traceparent`, `tracestate`, `b3`, `x-b3-`, `authorization`, `x-api-key`, `x-tracegate-`,
+//! `x-goog-api-key`, `api-key`, `x-amz-` or `host`, so a test can see exactly what reached the
+//! upstream.
 //!
 //! One file per API: `chat`, `completions`, `embeddings`, `responses`, `messages`
-//! (Anthropic), `models`; `reply` holds what they share (the reply, the test hooks, token
-//! counts), `schema_fit` the JSON value that fits a schema, and `body` the responses and paced
-//! streams. It imports nothing else of the crate:
-//! it is the upstream, not a part of the proxy.
+//! (Anthropic), `models`, `gemini`, `azure` (its paths and filter results), `bedrock`;
+//! `reply` holds what they share (the reply, the test hooks, token counts), `schema_fit` the
+//! JSON value that fits a schema, and `body` the responses and paced streams. Of the rest of
+//! the crate it imports only `formats` (Bedrock's event-stream frames, percent-decoding): it is
+//! the upstream, not a part of the proxy.
 
 pub(crate) mod azure;
 pub(crate) mod bedrock;
