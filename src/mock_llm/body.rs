@@ -1,5 +1,6 @@
-//! The mock's responses: provider-shaped errors, JSON, and SSE streams paced event by event
-//! ([`MockBody`], with the configured delay between events).
+//! The mock's responses: provider-shaped errors, JSON, and streams (SSE, AWS event-stream,
+//! Gemini's JSON array) paced frame by frame ([`MockBody`], with the configured delay between
+//! frames).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -74,8 +75,44 @@ pub(super) fn error_response(api: Api, status: StatusCode, message: &str) -> Res
             };
             json!({"type": "error", "error": {"type": kind, "message": message}})
         }
+        Api::Gemini => {
+            let name = match status.as_u16() {
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                409 => "ABORTED",
+                429 => "RESOURCE_EXHAUSTED",
+                499 => "CANCELLED",
+                501 => "UNIMPLEMENTED",
+                503 => "UNAVAILABLE",
+                504 => "DEADLINE_EXCEEDED",
+                500..=599 => "INTERNAL",
+                _ => "INVALID_ARGUMENT",
+            };
+            json!({"error": {"code": status.as_u16(), "message": message, "status": name}})
+        }
+        Api::Bedrock => {
+            let mut response = json_response(status, &json!({"message": message}));
+            response.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(bedrock_error_type(status)));
+            return response;
+        }
     };
     json_response(status, &body)
+}
+
+/// The exception Bedrock names (in `x-amzn-errortype`) for an error status.
+pub(super) fn bedrock_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "UnrecognizedClientException",
+        403 => "AccessDeniedException",
+        404 => "ResourceNotFoundException",
+        408 | 504 => "ModelTimeoutException",
+        424 => "ModelErrorException",
+        429 => "ThrottlingException",
+        503 => "ServiceUnavailableException",
+        500..=599 => "InternalServerException",
+        _ => "ValidationException",
+    }
 }
 
 pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
@@ -93,12 +130,24 @@ pub(super) fn sse_response(
     delay: Duration,
     event: impl FnMut(usize) -> Bytes + Send + 'static,
 ) -> Response<MockBody> {
-    let frames: Box<dyn Iterator<Item = Bytes> + Send> = Box::new((0..total).map(event));
+    let mut response = paced_response(total, delay, "text/event-stream", event);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A `content_type` response whose `total` body frames come from `frame(0..total)`, with
+/// `delay` between consecutive frames (SSE events, AWS event-stream frames, or the elements
+/// of Gemini's streamed JSON array).
+pub(super) fn paced_response(
+    total: usize,
+    delay: Duration,
+    content_type: &'static str,
+    frame: impl FnMut(usize) -> Bytes + Send + 'static,
+) -> Response<MockBody> {
+    let frames: Box<dyn Iterator<Item = Bytes> + Send> = Box::new((0..total).map(frame));
     let mut response =
         Response::new(MockBody::Paced(Box::new(Paced { frames: frames.peekable(), delay, sleep: None })));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

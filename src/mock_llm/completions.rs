@@ -1,15 +1,17 @@
-//! `POST /v1/completions` (OpenAI legacy completions), JSON or streamed.
+//! `POST /v1/completions` (OpenAI legacy completions), JSON or streamed; Azure OpenAI's
+//! (`azure`) carries its content-filter results in the JSON answer.
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::mock_llm::azure::{content_filter_results, prompt_filter_results};
 use crate::mock_llm::body::{json_response, openai_chunk, sse_done, sse_response, MockBody};
 use crate::mock_llm::reply::{
     include_usage, input_tokens, is_stream, max_tokens, model_of, next_id, piece, unix_now, Opts, Reply,
 };
 
 /// `POST /v1/completions` (the legacy text completions API).
-pub(super) fn completions(req: &Value, opts: &Opts) -> Response<MockBody> {
+pub(super) fn completions(req: &Value, opts: &Opts, azure: bool) -> Response<MockBody> {
     let model = model_of(req);
     let prompt_tokens = req.get("prompt").map_or(0, input_tokens);
     let reply = Reply::plan(max_tokens(req, &["max_tokens"]), opts);
@@ -23,23 +25,25 @@ pub(super) fn completions(req: &Value, opts: &Opts) -> Response<MockBody> {
     let created = unix_now();
 
     if !is_stream(req) {
-        return json_response(
-            StatusCode::OK,
-            &json!({
-                "id": id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{
-                    "text": reply.text(),
-                    "index": 0,
-                    "logprobs": null,
-                    "finish_reason": finish_reason,
-                }],
-                "usage": usage,
-                "system_fingerprint": "fp_mock",
-            }),
-        );
+        let mut completion = json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "text": reply.text(),
+                "index": 0,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+            "usage": usage,
+            "system_fingerprint": "fp_mock",
+        });
+        if azure {
+            completion["choices"][0]["content_filter_results"] = content_filter_results();
+            completion["prompt_filter_results"] = prompt_filter_results();
+        }
+        return json_response(StatusCode::OK, &completion);
     }
 
     // Events: one chunk per word, finish chunk, [usage chunk], [DONE].

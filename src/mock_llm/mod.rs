@@ -1,8 +1,10 @@
-//! `mock-llm`: an offline stand-in for the OpenAI and Anthropic HTTP APIs.
+//! `mock-llm`: an offline stand-in for the OpenAI, Anthropic, Gemini, Azure OpenAI and AWS
+//! Bedrock HTTP APIs.
 //!
 //! It answers the common endpoints with replies shaped like the real providers' (close
-//! enough that the official `openai` and `anthropic` SDKs parse them unchanged), so demos,
-//! integration tests and load benchmarks of the proxy need no network and no API key.
+//! enough that the official `openai`, `anthropic`, `google-genai` and `boto3` SDKs parse them
+//! unchanged), so demos, integration tests and load benchmarks of the proxy need no network
+//! and no API key.
 //! Everything is deterministic: the reply is always the same sentence
 //! ([`REPLY_TEXT`], one streamed chunk per word), token counts are computed from the
 //! request (the rule is documented on `chat_prompt_tokens`), and embeddings are derived from
@@ -17,40 +19,61 @@
 //! in a string), one output token per piece. A format that is not an object, an unknown
 //! format `type`, or a `schema` that is not an object gets a 400.
 //!
-//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-//! `POST /v1/responses`, `POST /v1/messages` (Anthropic), `GET /v1/models`,
-//! `GET /v1/models/{id}` (Anthropic-shaped when the request carries `anthropic-version`) and
-//! `GET /healthz`. Anything else gets a 404 in OpenAI's error shape; a body that is not a
-//! JSON object gets a 400 in the endpoint's provider shape.
+//! Endpoints (all `POST` but the `GET`s):
+//! - OpenAI: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
+//!   `GET /v1/models`, `GET /v1/models/{id}` (Anthropic-shaped when the request carries
+//!   `anthropic-version`).
+//! - Anthropic: `/v1/messages`.
+//! - Azure OpenAI (`azure`): `/openai/deployments/{deployment}/chat/completions`,
+//!   `/completions`, `/embeddings` (with `?api-version=`; `model` defaults to the
+//!   deployment), and the v1 API `/openai/v1/...`; content-filter results included.
+//! - Gemini (`gemini`): `/v1beta/models/{model}:generateContent`, `:streamGenerateContent`
+//!   (SSE with `?alt=sse`, else a streamed JSON array), `:countTokens`, `:embedContent`,
+//!   `:batchEmbedContents`, the same under `/v1/models/`.
+//! - Bedrock runtime (`bedrock`): `/model/{modelId}/converse`, `/converse-stream`, `/invoke`
+//!   and `/invoke-with-response-stream` (percent-encoded model ids decoded; AWS event-stream
+//!   frames; invoke bodies per model family: Anthropic, Meta Llama, Titan Text, Titan
+//!   Embeddings).
+//! - `GET /healthz`.
 //!
-//! Streams are real streaming bodies: each SSE event is handed to the connection as it is
-//! produced, with the configured delay *between* events (none before the first or after the
-//! last).
+//! Anything else gets a 404 in OpenAI's error shape; a body that is not a JSON object gets a
+//! 400 in the endpoint's provider shape.
+//!
+//! Streams are real streaming bodies: each SSE event (event-stream frame, JSON array element)
+//! is handed to the connection as it is produced, with the configured delay *between* events
+//! (none before the first or after the last).
 //!
 //! Test hooks, read from request headers:
 //! - `x-mock-status: <code>` (400..=599): answer that status with a provider-shaped error
-//!   body (OpenAI `{"error":{...}}`, or Anthropic `{"type":"error","error":{...}}` on
-//!   `/v1/messages`) instead of a reply.
+//!   body (OpenAI `{"error":{...}}`, Anthropic `{"type":"error","error":{...}}` on
+//!   `/v1/messages`, Google `{"error":{"code","message","status"}}` on Gemini paths, Bedrock
+//!   `{"message"}` with `x-amzn-errortype` on `/model/...`) instead of a reply; on a stream
+//!   too, as a plain HTTP error.
 //! - `x-mock-chunks: <n>`: the reply has `n` words (the sentence repeats cyclically), so a
 //!   test can ask for long streams (a structured-output reply keeps its JSON). `max_tokens`
-//!   still caps it.
+//!   (and each provider's equivalent) still caps it.
 //! - `x-mock-chunk-delay-ms: <n>`: the delay between streamed events for this request.
 //!
 //! Every response carries `x-mock-request-headers`, a compact JSON object (name → value,
 //! repeated headers joined with `", "`) of the request headers whose names start with
-//! `traceparent`, `tracestate`, `b3`, `x-b3-`, `authorization`, `x-api-key` or
-//! `x-tracegate-`, so a test can see exactly what reached the upstream.
+//! `traceparent`, `tracestate`, `b3`, `x-b3-`, `authorization`, `x-api-key`, `x-tracegate-`,
+//! `x-goog-api-key`, `api-key`, `x-amz-` or `host`, so a test can see exactly what reached the
+//! upstream.
 //!
 //! One file per API: `chat`, `completions`, `embeddings`, `responses`, `messages`
-//! (Anthropic), `models`; `reply` holds what they share (the reply, the test hooks, token
-//! counts), `schema_fit` the JSON value that fits a schema, and `body` the responses and paced
-//! streams. It imports nothing else of the crate:
-//! it is the upstream, not a part of the proxy.
+//! (Anthropic), `models`, `gemini`, `azure` (its paths and filter results), `bedrock`;
+//! `reply` holds what they share (the reply, the test hooks, token counts), `schema_fit` the
+//! JSON value that fits a schema, and `body` the responses and paced streams. Of the rest of
+//! the crate it imports only `formats` (Bedrock's event-stream frames, percent-decoding): it is
+//! the upstream, not a part of the proxy.
 
+pub(crate) mod azure;
+pub(crate) mod bedrock;
 pub(crate) mod body;
 pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod embeddings;
+pub(crate) mod gemini;
 pub(crate) mod messages;
 pub(crate) mod models;
 pub(crate) mod reply;
@@ -70,10 +93,13 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::mock_llm::azure::{azure_path, has_api_version};
+use crate::mock_llm::bedrock::{bedrock, bedrock_path};
 use crate::mock_llm::body::{error_response, forced_error, json_response, MockBody};
 use crate::mock_llm::chat::chat_completions;
 use crate::mock_llm::completions::completions;
 use crate::mock_llm::embeddings::embeddings;
+use crate::mock_llm::gemini::{gemini, gemini_path};
 use crate::mock_llm::messages::messages;
 use crate::mock_llm::models::{get_model, list_models};
 use crate::mock_llm::reply::{forced_status, Api, Opts};
@@ -87,8 +113,19 @@ pub use reply::REPLY_TEXT;
 const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 
 /// Name prefixes of the request headers echoed back in `x-mock-request-headers`.
-const ECHOED_HEADER_PREFIXES: [&str; 7] =
-    ["traceparent", "tracestate", "b3", "x-b3-", "authorization", "x-api-key", "x-tracegate-"];
+const ECHOED_HEADER_PREFIXES: [&str; 11] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-",
+    "authorization",
+    "x-api-key",
+    "x-tracegate-",
+    "x-goog-api-key",
+    "api-key",
+    "x-amz-",
+    "host",
+];
 
 /// Settings of a mock server.
 #[derive(Clone, Debug)]
@@ -182,10 +219,66 @@ impl Endpoint {
     }
 }
 
+/// A `POST` endpoint, found from the request's path and query.
+#[derive(Debug)]
+enum Call {
+    /// An OpenAI or Anthropic endpoint; `azure` when it came by an Azure OpenAI path.
+    Plain {
+        endpoint: Endpoint,
+        azure: Option<AzureCall>,
+    },
+    Gemini {
+        model: String,
+        method: gemini::Method,
+    },
+    /// A Bedrock runtime path; `op` is `None` for an operation the mock does not know.
+    Bedrock {
+        model: String,
+        op: Option<bedrock::Op>,
+    },
+}
+
+#[derive(Debug)]
+struct AzureCall {
+    /// The deployment of `/openai/deployments/{deployment}/...` (the default `model`).
+    deployment: Option<String>,
+    /// A deployment path without an `api-version` query (answered with a 404).
+    missing_api_version: bool,
+}
+
+impl Call {
+    fn from_uri(path: &str, query: Option<&str>) -> Option<Call> {
+        if let Some(endpoint) = Endpoint::from_path(path) {
+            return Some(Call::Plain { endpoint, azure: None });
+        }
+        if let Some(azure) = azure_path(path) {
+            let endpoint = Endpoint::from_path(&azure.openai_path).filter(|e| e.api() == Api::OpenAi)?;
+            let missing_api_version = azure.deployment.is_some() && !has_api_version(query);
+            let deployment = azure.deployment;
+            return Some(Call::Plain { endpoint, azure: Some(AzureCall { deployment, missing_api_version }) });
+        }
+        if let Some((model, method)) = gemini_path(path, query) {
+            return Some(Call::Gemini { model, method });
+        }
+        let (model, op) = bedrock_path(path)?;
+        Some(Call::Bedrock { model, op })
+    }
+
+    fn api(&self) -> Api {
+        match self {
+            Call::Plain { endpoint, .. } => endpoint.api(),
+            Call::Gemini { .. } => Api::Gemini,
+            Call::Bedrock { .. } => Api::Bedrock,
+        }
+    }
+}
+
 async fn handle(req: Request<Incoming>, default_delay: Duration) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
+    tracing::debug!(method = %parts.method, uri = %parts.uri, "mock-llm request");
     let echoed = echoed_headers(&parts.headers);
-    let mut response = route(&parts.method, parts.uri.path(), &parts.headers, body, default_delay).await;
+    let mut response =
+        route(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body, default_delay).await;
     if let Some(value) = echoed {
         response.headers_mut().insert("x-mock-request-headers", value);
     }
@@ -195,12 +288,13 @@ async fn handle(req: Request<Incoming>, default_delay: Duration) -> Response<Moc
 async fn route(
     method: &Method,
     path: &str,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: Incoming,
     default_delay: Duration,
 ) -> Response<MockBody> {
-    if let Some(endpoint) = Endpoint::from_path(path) {
-        let api = endpoint.api();
+    if let Some(call) = Call::from_uri(path, query) {
+        let api = call.api();
         if method != Method::POST {
             return error_response(api, StatusCode::METHOD_NOT_ALLOWED, "use POST on this endpoint");
         }
@@ -214,10 +308,13 @@ async fn route(
                 return error_response(api, StatusCode::BAD_REQUEST, "could not read request body");
             }
         };
+        if let Call::Plain { azure: Some(AzureCall { missing_api_version: true, .. }), .. } = &call {
+            return error_response(api, StatusCode::NOT_FOUND, "Resource not found");
+        }
         if let Some(status) = forced_status(headers) {
             return forced_error(api, status);
         }
-        let req: Value = match serde_json::from_slice::<Value>(&bytes) {
+        let mut req: Value = match serde_json::from_slice::<Value>(&bytes) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
                 return error_response(api, StatusCode::BAD_REQUEST, "request body must be a JSON object");
@@ -228,12 +325,28 @@ async fn route(
             }
         };
         let opts = Opts::from_headers(headers, default_delay);
-        return match endpoint {
-            Endpoint::Chat => chat_completions(&req, &opts),
-            Endpoint::Completions => completions(&req, &opts),
-            Endpoint::Embeddings => embeddings(&req),
-            Endpoint::Responses => responses::responses(&req, &opts),
-            Endpoint::Messages => messages(&req, &opts),
+        return match call {
+            Call::Plain { endpoint, azure } => {
+                if let Some(deployment) = azure.as_ref().and_then(|a| a.deployment.as_ref()) {
+                    if req.get("model").and_then(Value::as_str).is_none() {
+                        req["model"] = Value::String(deployment.clone());
+                    }
+                }
+                let azure = azure.is_some();
+                match endpoint {
+                    Endpoint::Chat => chat_completions(&req, &opts, azure),
+                    Endpoint::Completions => completions(&req, &opts, azure),
+                    Endpoint::Embeddings => embeddings(&req),
+                    Endpoint::Responses => responses::responses(&req, &opts),
+                    Endpoint::Messages => messages(&req, &opts),
+                }
+            }
+            Call::Gemini { model, method } => gemini(&model, &method, &req, &opts),
+            Call::Bedrock { model, op: Some(op) } => bedrock(&model, op, &req, &opts),
+            Call::Bedrock { op: None, .. } => {
+                let msg = format!("mock-llm has no Bedrock operation {path}");
+                error_response(api, StatusCode::NOT_FOUND, &msg)
+            }
         };
     }
 

@@ -39,6 +39,10 @@ const MAX_CHUNKS: usize = 1_000_000;
 pub(super) enum Api {
     OpenAi,
     Anthropic,
+    /// Google's Gemini API: `{"error":{"code","message","status"}}`.
+    Gemini,
+    /// AWS Bedrock runtime: `{"message"}` with the error's name in `x-amzn-errortype`.
+    Bedrock,
 }
 
 /// Per-request knobs taken from the test-hook headers.

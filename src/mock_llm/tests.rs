@@ -26,9 +26,12 @@ struct Reply {
 }
 
 impl Reply {
+    fn raw(&self) -> Vec<u8> {
+        self.frames.iter().flat_map(|(_, b)| b.to_vec()).collect()
+    }
+
     fn body(&self) -> String {
-        let bytes: Vec<u8> = self.frames.iter().flat_map(|(_, b)| b.to_vec()).collect();
-        String::from_utf8(bytes).unwrap()
+        String::from_utf8(self.raw()).unwrap()
     }
 
     fn json(&self) -> Value {
@@ -597,6 +600,11 @@ async fn request_headers_are_echoed() {
         ("authorization", "Bearer sk-test"),
         ("x-tracegate-team", "search"),
         ("x-b3-traceid", "abc"),
+        ("x-goog-api-key", "g"),
+        ("api-key", "az"),
+        ("x-amz-date", "20261206T193000Z"),
+        ("x-amz-security-token", "tok"),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
         ("x-other", "not echoed"),
     ];
     let body = json!({"model": "m", "messages": []}).to_string();
@@ -605,18 +613,25 @@ async fn request_headers_are_echoed() {
     assert_eq!(
         echoed,
         json!({
+            "host": addr.to_string(),
             "traceparent": tp,
             "tracestate": "a=1",
             "authorization": "Bearer sk-test",
             "x-tracegate-team": "search",
             "x-b3-traceid": "abc",
+            "x-goog-api-key": "g",
+            "api-key": "az",
+            "x-amz-date": "20261206T193000Z",
+            "x-amz-security-token": "tok",
+            "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
         })
     );
-    // Present on errors and streams too, empty when nothing matched.
+    // Present on errors and streams too; `host` is always there (the test client sends it).
+    let host = format!(r#""host":"{addr}""#);
     let r = send(addr, "GET", "/nope", &[("x-api-key", "k")], "").await;
-    assert_eq!(r.headers["x-mock-request-headers"], r#"{"x-api-key":"k"}"#);
+    assert_eq!(r.headers["x-mock-request-headers"], format!(r#"{{{host},"x-api-key":"k"}}"#).as_str());
     let r = send(addr, "GET", "/healthz", &[], "").await;
-    assert_eq!(r.headers["x-mock-request-headers"], "{}");
+    assert_eq!(r.headers["x-mock-request-headers"], format!("{{{host}}}").as_str());
     assert_eq!(r.json(), json!({"status": "ok"}));
 }
 
@@ -691,4 +706,518 @@ async fn dropping_serve_closes_connections() {
     })
     .await;
     assert!(rest.is_ok(), "stream kept going after the server was dropped");
+}
+
+// ---- Gemini
+
+const GEMINI_HELLO: &str = r#"{"systemInstruction":{"parts":[{"text":"Be brief."}]},"contents":[{"role":"user","parts":[{"text":"Say hello"},{"text":"to me"}]}]}"#;
+
+#[tokio::test]
+async fn gemini_generate_content_has_google_shape_and_usage_on_v1beta_and_v1() {
+    let addr = start(0).await;
+    for prefix in ["/v1beta", "/v1"] {
+        let path = format!("{prefix}/models/gemini-2.0-flash:generateContent");
+        let r = send(addr, "POST", &path, &[("x-goog-api-key", "k")], GEMINI_HELLO).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.headers["content-type"], "application/json");
+        let v = r.json();
+        let candidate = &v["candidates"][0];
+        assert_eq!(candidate["content"], json!({"parts": [{"text": REPLY_TEXT}], "role": "model"}));
+        assert_eq!(candidate["finishReason"], "STOP");
+        assert_eq!(candidate["index"], 0);
+        // "Be brief." (2) + "Say hello" (2) + "to me" (2): words only, no per-message overhead.
+        assert_eq!(
+            v["usageMetadata"],
+            json!({"promptTokenCount": 6, "candidatesTokenCount": 12, "totalTokenCount": 18})
+        );
+        assert_eq!(v["modelVersion"], "gemini-2.0-flash");
+        assert!(v["responseId"].as_str().unwrap().starts_with("mock-"));
+        let echoed: Value = serde_json::from_str(r.headers["x-mock-request-headers"].to_str().unwrap()).unwrap();
+        assert_eq!(echoed["x-goog-api-key"], "k");
+    }
+}
+
+#[tokio::test]
+async fn gemini_thinking_and_max_output_tokens() {
+    let addr = start(0).await;
+    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    let contents = json!([{"parts": [{"text": "hi"}]}]);
+    // A budget asks for thinking: 8 thoughts tokens (fewer under a smaller budget), in the total.
+    for (config, thoughts) in [
+        (json!({"thinkingConfig": {"thinkingBudget": 1024}}), 8),
+        (json!({"thinkingConfig": {"thinkingBudget": 3}}), 3),
+        (json!({"thinkingConfig": {"thinkingBudget": -1}}), 8),
+        (json!({"thinking_config": {"thinking_budget": 100}}), 8),
+    ] {
+        let r = post(addr, path, json!({"contents": contents, "generationConfig": config})).await;
+        let usage = &r.json()["usageMetadata"];
+        assert_eq!(usage["thoughtsTokenCount"], thoughts, "{config}");
+        assert_eq!(usage["totalTokenCount"], 1 + 12 + thoughts, "{config}");
+    }
+    let r =
+        post(addr, path, json!({"contents": contents, "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}))
+            .await;
+    assert!(r.json()["usageMetadata"].get("thoughtsTokenCount").is_none());
+    // includeThoughts: a thought part before the text.
+    let config = json!({"thinkingConfig": {"includeThoughts": true}});
+    let v = post(addr, path, json!({"contents": contents, "generationConfig": config})).await.json();
+    let parts = &v["candidates"][0]["content"]["parts"];
+    assert_eq!(parts[0]["thought"], true);
+    assert_eq!(parts[1], json!({"text": REPLY_TEXT}));
+    assert_eq!(v["usageMetadata"]["thoughtsTokenCount"], 8);
+    // maxOutputTokens cuts the reply.
+    let v = post(addr, path, json!({"contents": contents, "generationConfig": {"maxOutputTokens": 2}})).await.json();
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "This is");
+    assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 2);
+}
+
+#[tokio::test]
+async fn gemini_sse_stream_has_a_chunk_per_word_and_the_full_usage_last() {
+    let addr = start(0).await;
+    let path = "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse";
+    let r = send(addr, "POST", path, &[], GEMINI_HELLO).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let body = r.body();
+    assert!(body.ends_with("\r\n\r\n"));
+    let chunks: Vec<Value> = body
+        .split("\r\n\r\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 12);
+    let text: String =
+        chunks.iter().map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(text, REPLY_TEXT);
+    for early in &chunks[..11] {
+        assert_eq!(early["usageMetadata"], json!({"promptTokenCount": 6, "totalTokenCount": 6}));
+        assert!(early["candidates"][0].get("finishReason").is_none());
+        assert_eq!(early["candidates"][0]["content"]["role"], "model");
+    }
+    let last = &chunks[11];
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(
+        last["usageMetadata"],
+        json!({"promptTokenCount": 6, "candidatesTokenCount": 12, "totalTokenCount": 18})
+    );
+    assert_eq!(last["responseId"], chunks[0]["responseId"]);
+}
+
+#[tokio::test]
+async fn gemini_stream_without_alt_sse_is_a_json_array_sent_element_by_element() {
+    let addr = start(0).await;
+    let headers = [("x-mock-chunks", "4"), ("x-mock-chunk-delay-ms", "40")];
+    let r = send(addr, "POST", "/v1/models/gemini-2.0-flash:streamGenerateContent", &headers, GEMINI_HELLO).await;
+    assert_eq!(r.headers["content-type"], "application/json");
+    let body = r.body();
+    assert!(body.starts_with("[{") && body.ends_with("}]"), "{body}");
+    assert_eq!(body.matches(",\r\n{").count(), 3);
+    let array = r.json();
+    let elements = array.as_array().unwrap();
+    assert_eq!(elements.len(), 4);
+    assert_eq!(elements[3]["usageMetadata"]["candidatesTokenCount"], 4);
+    assert_eq!(elements[3]["candidates"][0]["finishReason"], "STOP");
+    // Each element is its own write, 40 ms apart.
+    assert!(r.frames.len() >= 3, "elements arrived in only {} frames", r.frames.len());
+    assert!(r.frames.last().unwrap().0 >= Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn gemini_count_tokens_and_embeddings() {
+    let addr = start(0).await;
+    let contents: Value = serde_json::from_str(GEMINI_HELLO).unwrap();
+    let r = post(addr, "/v1beta/models/gemini-2.0-flash:countTokens", contents.clone()).await;
+    assert_eq!(r.json(), json!({"totalTokens": 6}));
+    let wrapped =
+        json!({"generateContentRequest": {"model": "models/gemini-2.0-flash", "contents": contents["contents"]}});
+    let r = post(addr, "/v1beta/models/gemini-2.0-flash:countTokens", wrapped).await;
+    assert_eq!(r.json(), json!({"totalTokens": 4}));
+
+    let one = |text: &str| json!({"model": "models/text-embedding-004", "content": {"parts": [{"text": text}]}});
+    let r = post(addr, "/v1beta/models/text-embedding-004:embedContent", one("hello world")).await;
+    let single = r.json()["embedding"]["values"].clone();
+    assert_eq!(single.as_array().unwrap().len(), 8);
+    // The same vector as OpenAI's embeddings endpoint gives the same text.
+    let openai = post(addr, "/v1/embeddings", json!({"model": "m", "input": "hello world"})).await.json();
+    assert_eq!(single, openai["data"][0]["embedding"]);
+    let mut sized = one("hello world");
+    sized["outputDimensionality"] = json!(3);
+    let r = post(addr, "/v1beta/models/text-embedding-004:embedContent", sized).await;
+    assert_eq!(r.json()["embedding"]["values"].as_array().unwrap().len(), 3);
+
+    let batch = json!({"requests": [one("hello world"), one("bye")]});
+    let v = post(addr, "/v1beta/models/text-embedding-004:batchEmbedContents", batch).await.json();
+    let embeddings = v["embeddings"].as_array().unwrap();
+    assert_eq!(embeddings.len(), 2);
+    assert_eq!(embeddings[0]["values"], single);
+    assert_ne!(embeddings[1]["values"], single);
+}
+
+#[tokio::test]
+async fn gemini_errors_have_google_shape() {
+    let addr = start(0).await;
+    let path = "/v1beta/models/gemini-2.0-flash:generateContent";
+    for (code, status) in [
+        ("400", "INVALID_ARGUMENT"),
+        ("401", "UNAUTHENTICATED"),
+        ("403", "PERMISSION_DENIED"),
+        ("404", "NOT_FOUND"),
+        ("429", "RESOURCE_EXHAUSTED"),
+        ("500", "INTERNAL"),
+        ("503", "UNAVAILABLE"),
+        ("504", "DEADLINE_EXCEEDED"),
+    ] {
+        let r = send(addr, "POST", path, &[("x-mock-status", code)], GEMINI_HELLO).await;
+        assert_eq!(r.status.as_str(), code);
+        let e = r.json();
+        assert_eq!(e["error"]["code"], code.parse::<u64>().unwrap());
+        assert_eq!(e["error"]["status"], status);
+        assert!(e["error"]["message"].as_str().unwrap().contains(code));
+    }
+    // x-mock-status on a stream is a plain error too.
+    let r = send(addr, "POST", &format!("{path}?alt=sse"), &[("x-mock-status", "503")], GEMINI_HELLO).await;
+    assert_eq!(r.json()["error"]["status"], "UNAVAILABLE");
+    let r = send(addr, "POST", path, &[], "{nope").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT");
+    let r = post(addr, path, json!({})).await;
+    assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT");
+    let r = post(addr, "/v1beta/models/gemini-2.0-flash:teleport", json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["status"], "NOT_FOUND");
+    let r = send(addr, "GET", path, &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.json()["error"]["status"].is_string());
+}
+
+// ---- Azure OpenAI
+
+#[tokio::test]
+async fn azure_deployment_chat_is_openai_shaped_with_filter_results() {
+    let addr = start(0).await;
+    let messages: Value = serde_json::from_str(HELLO).unwrap();
+    let path = "/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21";
+    let r = send(addr, "POST", path, &[("api-key", "az")], &json!({"messages": messages}).to_string()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["model"], "my-gpt4o");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], REPLY_TEXT);
+    assert_eq!(v["usage"]["prompt_tokens"], 15);
+    assert_eq!(v["choices"][0]["content_filter_results"]["hate"], json!({"filtered": false, "severity": "safe"}));
+    assert_eq!(v["prompt_filter_results"][0]["prompt_index"], 0);
+    assert_eq!(v["prompt_filter_results"][0]["content_filter_results"]["jailbreak"]["detected"], false);
+    let echoed: Value = serde_json::from_str(r.headers["x-mock-request-headers"].to_str().unwrap()).unwrap();
+    assert_eq!(echoed["api-key"], "az");
+    // The body's model wins over the deployment's name.
+    let r = post(addr, path, json!({"model": "gpt-4o-2024-11-20", "messages": []})).await;
+    assert_eq!(r.json()["model"], "gpt-4o-2024-11-20");
+    // The plain OpenAI endpoint has no filter results.
+    let r = post(addr, "/v1/chat/completions", json!({"model": "m", "messages": []})).await;
+    assert!(r.json().get("prompt_filter_results").is_none());
+}
+
+#[tokio::test]
+async fn azure_chat_stream_opens_with_the_prompt_filter_chunk() {
+    let addr = start(0).await;
+    let body = json!({"messages": [], "stream": true, "stream_options": {"include_usage": true}});
+    let r = post(addr, "/openai/deployments/dep/chat/completions?api-version=2024-10-21", body).await;
+    let events = r.events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks = r.data_json();
+    // prompt filter + role + 12 words + finish + usage.
+    assert_eq!(chunks.len(), 16);
+    assert_eq!(chunks[0]["id"], "");
+    assert_eq!(chunks[0]["object"], "");
+    assert_eq!(chunks[0]["created"], 0);
+    assert_eq!(chunks[0]["model"], "");
+    assert_eq!(chunks[0]["choices"], json!([]));
+    assert_eq!(chunks[0]["prompt_filter_results"][0]["prompt_index"], 0);
+    assert_eq!(chunks[1]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    for chunk in &chunks[2..14] {
+        assert_eq!(chunk["model"], "dep");
+        assert_eq!(chunk["choices"][0]["content_filter_results"]["violence"]["filtered"], false);
+        text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap());
+    }
+    assert_eq!(text, REPLY_TEXT);
+    assert_eq!(chunks[14]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[15]["usage"]["completion_tokens"], 12);
+}
+
+#[tokio::test]
+async fn azure_completions_embeddings_v1_and_missing_api_version() {
+    let addr = start(0).await;
+    let r =
+        post(addr, "/openai/deployments/inst/completions?api-version=2024-10-21", json!({"prompt": "hi there"})).await;
+    let v = r.json();
+    assert_eq!(v["model"], "inst");
+    assert_eq!(v["choices"][0]["text"], REPLY_TEXT);
+    assert!(v["prompt_filter_results"].is_array());
+    let r =
+        post(addr, "/openai/deployments/emb/embeddings?api-version=2024-10-21", json!({"input": "hello world"})).await;
+    assert_eq!(r.json()["model"], "emb");
+    assert_eq!(r.json()["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    // The v1 API: OpenAI's paths under /openai/v1/, no api-version needed.
+    let r = post(addr, "/openai/v1/chat/completions", json!({"model": "gpt-4o", "messages": []})).await;
+    assert_eq!(r.json()["model"], "gpt-4o");
+    assert!(r.json()["prompt_filter_results"].is_array());
+    let r = post(addr, "/openai/v1/responses", json!({"model": "gpt-4o", "input": "hi"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // A deployment path without api-version is a 404 in OpenAI's shape.
+    let r = post(addr, "/openai/deployments/dep/chat/completions", json!({"messages": []})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    let r =
+        send(addr, "POST", "/openai/deployments/dep/chat/completions?api-version=1", &[("x-mock-status", "429")], "{}")
+            .await;
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+}
+
+// ---- Bedrock
+
+/// The event-stream frames of a body, every one CRC-checked: (`:event-type`, payload JSON).
+fn bedrock_frames(r: &Reply) -> Vec<(String, Value)> {
+    let raw = r.raw();
+    crate::formats::eventstream::frames(&raw)
+        .map(|frame| {
+            let frame = frame.expect("a CRC-valid frame");
+            assert_eq!(frame.header(":message-type"), Some("event"));
+            assert_eq!(frame.header(":content-type"), Some("application/json"));
+            (frame.header(":event-type").unwrap().to_owned(), serde_json::from_slice(frame.payload).unwrap())
+        })
+        .collect()
+}
+
+/// The decoded chunk JSONs of an `invoke-with-response-stream` body.
+fn bedrock_chunks(r: &Reply) -> Vec<Value> {
+    use base64::Engine;
+    bedrock_frames(r)
+        .into_iter()
+        .map(|(event, payload)| {
+            assert_eq!(event, "chunk");
+            let bytes = base64::engine::general_purpose::STANDARD.decode(payload["bytes"].as_str().unwrap()).unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        })
+        .collect()
+}
+
+const HAIKU: &str = "/model/anthropic.claude-3-haiku-20240307-v1%3A0";
+
+#[test]
+fn bedrock_paths_percent_decode_their_model_ids() {
+    use crate::mock_llm::bedrock::{bedrock_path, family, Family, Op};
+    assert_eq!(
+        bedrock_path("/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"),
+        Some(("anthropic.claude-3-haiku-20240307-v1:0".to_owned(), Some(Op::Converse)))
+    );
+    let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-haiku-20240307-v1%3A0/invoke-with-response-stream";
+    let (id, op) = bedrock_path(arn).unwrap();
+    assert_eq!(
+        id,
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"
+    );
+    assert_eq!(op, Some(Op::InvokeStream));
+    assert_eq!(family(&id, &json!({})), Some(Family::Anthropic));
+    assert_eq!(bedrock_path("/model/x/unknown"), Some(("x".to_owned(), None)));
+    assert_eq!(bedrock_path("/model//converse"), None);
+    assert_eq!(family("meta.llama3-8b-instruct-v1:0", &json!({})), Some(Family::Meta));
+    assert_eq!(family("amazon.titan-text-express-v1", &json!({})), Some(Family::TitanText));
+    assert_eq!(family("amazon.titan-embed-text-v2:0", &json!({})), Some(Family::TitanEmbed));
+    assert_eq!(family("eu.meta.llama3-2-1b-instruct-v1:0", &json!({})), Some(Family::Meta));
+    assert_eq!(family("application-inference-profile/abc", &json!({"prompt": "x"})), Some(Family::Meta));
+    assert_eq!(family("mystery", &json!({})), None);
+}
+
+#[tokio::test]
+async fn bedrock_converse_shape_and_usage() {
+    let addr = start(0).await;
+    let body = json!({
+        "messages": [{"role": "user", "content": [{"text": "Say hello to me"}]}],
+        "system": [{"text": "Be brief."}],
+    });
+    let r = post(addr, &format!("{HAIKU}/converse"), body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let v = r.json();
+    assert_eq!(v["output"]["message"], json!({"role": "assistant", "content": [{"text": REPLY_TEXT}]}));
+    assert_eq!(v["stopReason"], "end_turn");
+    // (4 words + 3) + "Be brief." (2) + 3, the Anthropic rule.
+    assert_eq!(v["usage"], json!({"inputTokens": 12, "outputTokens": 12, "totalTokens": 24}));
+    assert!(v["metrics"]["latencyMs"].as_u64().unwrap() >= 1);
+    let mut short = body;
+    short["inferenceConfig"] = json!({"maxTokens": 4});
+    let v = post(addr, &format!("{HAIKU}/converse"), short).await.json();
+    assert_eq!(v["output"]["message"]["content"][0]["text"], "This is a mock");
+    assert_eq!(v["stopReason"], "max_tokens");
+}
+
+#[tokio::test]
+async fn bedrock_converse_stream_frames_are_crc_valid_and_in_order() {
+    let addr = start(0).await;
+    let headers = [("x-mock-chunk-delay-ms", "30")];
+    let body = json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).to_string();
+    let r = send(addr, "POST", &format!("{HAIKU}/converse-stream"), &headers, &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/vnd.amazon.eventstream");
+    let frames = bedrock_frames(&r);
+    assert_eq!(frames.len(), 16);
+    assert_eq!(frames[0], ("messageStart".to_owned(), json!({"role": "assistant"})));
+    let mut text = String::new();
+    for (event, payload) in &frames[1..13] {
+        assert_eq!(event, "contentBlockDelta");
+        assert_eq!(payload["contentBlockIndex"], 0);
+        text.push_str(payload["delta"]["text"].as_str().unwrap());
+    }
+    assert_eq!(text, REPLY_TEXT);
+    assert_eq!(frames[13], ("contentBlockStop".to_owned(), json!({"contentBlockIndex": 0})));
+    assert_eq!(frames[14], ("messageStop".to_owned(), json!({"stopReason": "end_turn"})));
+    assert_eq!(frames[15].0, "metadata");
+    assert_eq!(frames[15].1["usage"], json!({"inputTokens": 7, "outputTokens": 12, "totalTokens": 19}));
+    assert!(frames[15].1["metrics"]["latencyMs"].is_u64());
+    // Paced: 15 gaps of 30 ms, written frame by frame.
+    assert!(r.frames.last().unwrap().0 >= Duration::from_millis(400));
+    assert!(r.frames.len() >= 5, "frames arrived in only {} writes", r.frames.len());
+}
+
+#[tokio::test]
+async fn bedrock_invoke_speaks_each_model_family() {
+    let addr = start(0).await;
+    let anthropic = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(addr, "/model/us.anthropic.claude-3-haiku-20240307-v1%3A0/invoke", anthropic).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["model"], "us.anthropic.claude-3-haiku-20240307-v1:0");
+    assert_eq!(v["content"], json!([{"type": "text", "text": REPLY_TEXT}]));
+    assert_eq!(v["usage"]["input_tokens"], 7);
+    assert_eq!(r.headers["x-amzn-bedrock-input-token-count"], "7");
+    assert_eq!(r.headers["x-amzn-bedrock-output-token-count"], "12");
+    assert!(r.headers["x-amzn-bedrock-invocation-latency"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    // Bedrock requires anthropic_version.
+    let r = post(addr, &format!("{HAIKU}/invoke"), json!({"max_tokens": 5, "messages": []})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers["x-amzn-errortype"], "ValidationException");
+
+    let r = post(
+        addr,
+        "/model/meta.llama3-8b-instruct-v1%3A0/invoke",
+        json!({"prompt": "Say hello to me", "max_gen_len": 3}),
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"generation": "This is a", "prompt_token_count": 4, "generation_token_count": 3, "stop_reason": "length"})
+    );
+    assert_eq!(r.headers["x-amzn-bedrock-output-token-count"], "3");
+
+    let r = post(addr, "/model/amazon.titan-text-express-v1/invoke", json!({"inputText": "hello there"})).await;
+    assert_eq!(
+        r.json(),
+        json!({"inputTextTokenCount": 2, "results": [{"tokenCount": 12, "outputText": REPLY_TEXT, "completionReason": "FINISH"}]})
+    );
+
+    let r = post(addr, "/model/amazon.titan-embed-text-v2%3A0/invoke", json!({"inputText": "hello world"})).await;
+    let v = r.json();
+    assert_eq!(v["inputTextTokenCount"], 2);
+    let openai = post(addr, "/v1/embeddings", json!({"model": "m", "input": "hello world"})).await.json();
+    assert_eq!(v["embedding"], openai["data"][0]["embedding"]);
+    assert_eq!(r.headers["x-amzn-bedrock-input-token-count"], "2");
+    assert_eq!(r.headers["x-amzn-bedrock-output-token-count"], "0");
+}
+
+#[tokio::test]
+async fn bedrock_invoke_stream_wraps_the_family_chunks_in_base64() {
+    let addr = start(0).await;
+    let anthropic = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(addr, &format!("{HAIKU}/invoke-with-response-stream"), anthropic).await;
+    assert_eq!(r.headers["content-type"], "application/vnd.amazon.eventstream");
+    assert_eq!(r.headers["x-amzn-bedrock-content-type"], "application/json");
+    let chunks = bedrock_chunks(&r);
+    let types: Vec<&str> = chunks.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types[..2], ["message_start", "content_block_start"]);
+    assert_eq!(types[2..14], ["content_block_delta"; 12]);
+    assert_eq!(types[14..], ["content_block_stop", "message_delta", "message_stop"]);
+    let text: String = chunks[2..14].iter().map(|c| c["delta"]["text"].as_str().unwrap()).collect();
+    assert_eq!(text, REPLY_TEXT);
+    assert_eq!(chunks[15]["usage"]["output_tokens"], 12);
+    let metrics = &chunks[16]["amazon-bedrock-invocationMetrics"];
+    assert_eq!(metrics["inputTokenCount"], 7);
+    assert_eq!(metrics["outputTokenCount"], 12);
+    assert!(metrics["invocationLatency"].is_u64() && metrics["firstByteLatency"].is_u64());
+    assert!(chunks[..16].iter().all(|c| c.get("amazon-bedrock-invocationMetrics").is_none()));
+
+    let r = send(
+        addr,
+        "POST",
+        "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream",
+        &[("x-mock-chunks", "3")],
+        r#"{"prompt":"hi there"}"#,
+    )
+    .await;
+    let chunks = bedrock_chunks(&r);
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(chunks[0]["prompt_token_count"], 2);
+    assert_eq!(chunks[1]["prompt_token_count"], Value::Null);
+    assert_eq!(chunks[2]["generation_token_count"], 3);
+    assert_eq!(chunks[2]["stop_reason"], "stop");
+    assert_eq!(chunks[2]["amazon-bedrock-invocationMetrics"]["outputTokenCount"], 3);
+    let text: String = chunks.iter().map(|c| c["generation"].as_str().unwrap()).collect();
+    assert_eq!(text, "This is a");
+
+    let r = send(
+        addr,
+        "POST",
+        "/model/amazon.titan-text-lite-v1/invoke-with-response-stream",
+        &[("x-mock-chunks", "2")],
+        r#"{"inputText":"hi"}"#,
+    )
+    .await;
+    let chunks = bedrock_chunks(&r);
+    assert_eq!(chunks[0]["outputText"], "This");
+    assert_eq!(chunks[0]["inputTextTokenCount"], 1);
+    assert_eq!(chunks[1]["completionReason"], "FINISH");
+    assert_eq!(chunks[1]["totalOutputTextTokenCount"], 2);
+
+    // An embeddings model does not stream.
+    let r = post(addr, "/model/amazon.titan-embed-text-v2%3A0/invoke-with-response-stream", json!({"inputText": "x"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers["x-amzn-errortype"], "ValidationException");
+}
+
+#[tokio::test]
+async fn bedrock_errors_name_their_exception() {
+    let addr = start(0).await;
+    let body = r#"{"messages":[]}"#;
+    for (code, kind) in [
+        ("400", "ValidationException"),
+        ("401", "UnrecognizedClientException"),
+        ("403", "AccessDeniedException"),
+        ("404", "ResourceNotFoundException"),
+        ("408", "ModelTimeoutException"),
+        ("429", "ThrottlingException"),
+        ("500", "InternalServerException"),
+        ("503", "ServiceUnavailableException"),
+        ("504", "ModelTimeoutException"),
+    ] {
+        for op in ["converse", "converse-stream", "invoke", "invoke-with-response-stream"] {
+            let r = send(addr, "POST", &format!("{HAIKU}/{op}"), &[("x-mock-status", code)], body).await;
+            assert_eq!(r.status.as_str(), code, "{op}");
+            assert_eq!(r.headers["x-amzn-errortype"], kind, "{op} {code}");
+            assert_eq!(r.headers["content-type"], "application/json");
+            let e = r.json();
+            assert!(e["message"].as_str().unwrap().contains(code));
+            assert_eq!(e.as_object().unwrap().len(), 1);
+        }
+    }
+    let r = send(addr, "POST", &format!("{HAIKU}/converse"), &[], "{nope").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers["x-amzn-errortype"], "ValidationException");
+    let r = post(addr, "/model/mystery-model/invoke", json!({"foo": 1})).await;
+    assert_eq!(r.headers["x-amzn-errortype"], "ValidationException");
+    let r = post(addr, &format!("{HAIKU}/teleport"), json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.headers["x-amzn-errortype"], "ResourceNotFoundException");
 }

@@ -19,7 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("admin", &["model", "formats", "config", "store", "record", "cluster"]),
     ("export", &["model", "formats", "config", "store", "record", "upstream"]),
     ("cluster", &["model", "config", "policy", "store", "record"]),
-    ("mock_llm", &[]),
+    ("mock_llm", &["formats"]),
     ("cli", &["model", "config", "admin", "mock_llm"]),
 ];
 
