@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                     }
                 };
                 let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen);
-                tracing::info!(listen = %addr, chunk_delay_ms, "mock-llm serving the OpenAI and Anthropic APIs");
+                tracing::info!(listen = %addr, chunk_delay_ms, "mock-llm serving the OpenAI, Anthropic, Gemini, Azure OpenAI and Bedrock APIs");
                 let config = tracegate::mock_llm::MockConfig { chunk_delay: Duration::from_millis(chunk_delay_ms) };
                 tokio::select! {
                     result = tracegate::mock_llm::serve(listener, config) => {

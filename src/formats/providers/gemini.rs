@@ -38,8 +38,10 @@ pub fn operation(method: &str) -> Operation {
 /// The output limit of a request (`generationConfig.maxOutputTokens`); the model and
 /// streaming are the path's.
 pub fn parse_request(body: &[u8]) -> RequestFacts {
-    let f = top_level(body, &["generationConfig"]);
-    let max_tokens = f.get("generationConfig").and_then(|c| count(c.get("maxOutputTokens")));
+    let f = top_level(body, &["generationConfig", "generation_config"]);
+    // google-genai writes some members snake_case: accept both spellings.
+    let config = f.get("generationConfig").or(f.get("generation_config"));
+    let max_tokens = config.and_then(|c| count(c.get("maxOutputTokens").or(c.get("max_output_tokens"))));
     RequestFacts { max_tokens, ..RequestFacts::default() }
 }
 
