@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # The Python packages go into a virtual environment of the project's own (target/pyenv), never
 # into the machine's Python; the tests find it first on PATH.
 venv=target/pyenv
-if ! "$venv/bin/python3" -c 'import openai, anthropic, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
+if ! "$venv/bin/python3" -c 'import openai, anthropic, google.genai, boto3, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
   echo "tests/run.sh: installing the Python packages the tests use (tests/requirements.txt) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt

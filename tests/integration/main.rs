@@ -20,6 +20,7 @@ mod properties;
 mod recording;
 mod regression;
 mod sdk;
+mod sdk_formats;
 mod storage_faults;
 mod support;
 mod teams;

@@ -1,10 +1,10 @@
 """Drives the official Gemini, Azure OpenAI and Bedrock clients through tracegate.
 
-Usage: more_formats.py PROXY_URL PROXY_HTTPS_URL CA_FILE TRACEPARENT TEAM_KEY
+Usage: more_formats.py PROXY_HTTPS_URL CA_FILE TRACEPARENT TEAM_KEY
 
-google-genai (generate, stream, count tokens, embed) on /gemini, openai.AzureOpenAI (create,
+Every client talks HTTPS to tracegate (trusting CA_FILE): google-genai (generate, stream, count tokens, embed) on /gemini, openai.AzureOpenAI (create,
 stream) on /azure, and boto3's bedrock-runtime (converse, converse_stream, invoke_model) on
-/bedrock over HTTPS with the team key as AWS_BEARER_TOKEN_BEDROCK (boto3 sends bearer tokens
+/bedrock with the team key as AWS_BEARER_TOKEN_BEDROCK (boto3 sends bearer tokens
 only over HTTPS), plus one converse on /bedrock-signed, whose upstream records what it got for
 the signature check; and one client that signs with SigV4 itself, which tracegate refuses.
 Every call carries TRACEPARENT, so all land in one trace. Prints one JSON object of what the
@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-proxy, proxy_https, ca_file, traceparent, team_key = sys.argv[1:6]
+proxy, ca_file, traceparent, team_key = sys.argv[1:5]
 seen = {}
 
 # --- Gemini --------------------------------------------------------------------------------
@@ -24,13 +24,18 @@ from google.genai import types
 
 gemini = genai.Client(
     api_key=team_key,
-    http_options=types.HttpOptions(base_url=f"{proxy}/gemini", headers={"traceparent": traceparent}),
+    http_options=types.HttpOptions(
+        base_url=f"{proxy}/gemini",
+        headers={"traceparent": traceparent},
+        client_args={"verify": ca_file},
+    ),
 )
 reply = gemini.models.generate_content(model="gemini-2.5-flash", contents="Say hello to the SDK test")
 seen["gemini_generate"] = {
     "text": reply.text,
     "input_tokens": reply.usage_metadata.prompt_token_count,
     "output_tokens": reply.usage_metadata.candidates_token_count + (reply.usage_metadata.thoughts_token_count or 0),
+    "upstream_saw": json.loads((reply.sdk_http_response.headers or {}).get("x-mock-request-headers", "{}")),
 }
 text, usage = "", None
 for chunk in gemini.models.generate_content_stream(model="gemini-2.5-flash", contents="Stream to the SDK test"):
@@ -51,6 +56,7 @@ seen["gemini_embed"] = {"dimensions": len(embedded.embeddings[0].values)}
 import openai
 
 azure = openai.AzureOpenAI(
+    http_client=openai.DefaultHttpxClient(verify=ca_file),
     azure_endpoint=f"{proxy}/azure",
     api_version="2024-10-21",
     api_key=team_key,
@@ -102,7 +108,7 @@ def with_traceparent(client):
 signed = with_traceparent(
     boto3.client(
         "bedrock-runtime",
-        endpoint_url=f"{proxy_https}/bedrock",
+        endpoint_url=f"{proxy}/bedrock",
         region_name="us-east-1",
         aws_access_key_id="AKIDCLIENTSIDE",
         aws_secret_access_key="client-side-secret",
@@ -128,7 +134,7 @@ def bedrock(prefix):
     return with_traceparent(
         boto3.client(
             "bedrock-runtime",
-            endpoint_url=f"{proxy_https}/{prefix}",
+            endpoint_url=f"{proxy}/{prefix}",
             region_name="us-east-1",
             verify=ca_file,
             config=config,

@@ -1507,10 +1507,10 @@ function bodySection(title, body, isResponse) {
     return el("section", { class: "body" }, head, el("p", { class: "muted small" }, "Not captured."));
   }
   const rawText = typeof body === "string" ? body : JSON.stringify(body, null, 2);
-  const sse = isResponse && typeof body === "string" ? assembleSse(body) : null;
+  const stream = isResponse ? assembleStream(body) : null;
   let content;
-  if (sse) {
-    content = sseView(sse, body, head);
+  if (stream) {
+    content = streamView(stream, rawText, head);
   } else if (typeof body === "string") {
     content = el("pre", { class: "code" }, body);
   } else {
@@ -1520,11 +1520,11 @@ function bodySection(title, body, isResponse) {
   return el("section", { class: "body" }, head, content);
 }
 
-/** Assembled text with a "raw SSE" toggle button added to the section head. */
-function sseView(sse, raw, head) {
-  const assembled = el("pre", { class: "code assembled" }, sse.text || "(no text content in the stream)");
+/** Assembled text with a "raw …" toggle button (SSE, JSON array, event stream) added to the head. */
+function streamView(stream, raw, head) {
+  const assembled = el("pre", { class: "code assembled" }, stream.text || "(no text content in the stream)");
   const rawPre = el("pre", { class: "code raw-sse", hidden: true }, raw);
-  const toggle = el("button", { type: "button", class: "btn btn-xs raw-toggle", "aria-pressed": "false" }, "raw SSE");
+  const toggle = el("button", { type: "button", class: "btn btn-xs raw-toggle", "aria-pressed": "false" }, `raw ${stream.kind}`);
   toggle.addEventListener("click", () => {
     const showRaw = rawPre.hidden;
     rawPre.hidden = !showRaw;
@@ -1532,18 +1532,56 @@ function sseView(sse, raw, head) {
     toggle.setAttribute("aria-pressed", String(showRaw));
     toggle.classList.toggle("active", showRaw);
   });
-  head.append(el("span", { class: "body-note" }, `stream · ${sse.events} events`), toggle);
+  head.append(el("span", { class: "body-note" }, `stream · ${stream.events} events`), toggle);
   return el("div", {}, assembled, rawPre);
 }
 
-/** Text carried by one SSE data payload (OpenAI chat, OpenAI Responses, Anthropic). */
-function deltaText(event) {
+/**
+ * Text carried by one stream event: OpenAI chat (Azure's content-filter chunks, with empty
+ * `choices`, carry none), OpenAI Responses, Anthropic, Gemini (thought parts left out), Bedrock
+ * ConverseStream, and Bedrock InvokeModelWithResponseStream's base64 `bytes` (the model's own
+ * event inside: Anthropic, Titan's `outputText`, Llama's `generation`).
+ */
+function deltaText(event, depth = 0) {
   if (!event || typeof event !== "object") return "";
   const chat = event.choices?.[0]?.delta?.content;
   if (typeof chat === "string") return chat;
   if (event.type === "response.output_text.delta" && typeof event.delta === "string") return event.delta;
   if (event.type === "content_block_delta" && typeof event.delta?.text === "string") return event.delta.text;
+  const parts = event.candidates?.[0]?.content?.parts;
+  if (Array.isArray(parts)) {
+    return parts.filter((p) => p && !p.thought && typeof p.text === "string").map((p) => p.text).join("");
+  }
+  if (typeof event.contentBlockIndex === "number" && typeof event.delta?.text === "string") return event.delta.text;
+  if (typeof event.outputText === "string") return event.outputText;
+  if (typeof event.generation === "string") return event.generation;
+  if (typeof event.bytes === "string" && depth === 0) {
+    try {
+      const bytes = Uint8Array.from(atob(event.bytes), (c) => c.charCodeAt(0));
+      return deltaText(JSON.parse(new TextDecoder().decode(bytes)), 1);
+    } catch {
+      return "";
+    }
+  }
   return "";
+}
+
+/**
+ * A streamed response body assembled into its text, or null when it is not a stream: SSE (every
+ * format with `data:` lines), Gemini's streamed JSON array (parsed whole by the API, or as text
+ * when cut short), and AWS event-stream frames (Bedrock), which reach the UI as lossy text.
+ */
+function assembleStream(body) {
+  if (Array.isArray(body)) {
+    if (!body.some((e) => e && typeof e === "object" && "candidates" in e)) return null;
+    return { text: body.map((e) => deltaText(e)).join(""), events: body.length, kind: "JSON array" };
+  }
+  if (typeof body !== "string") return null;
+  const sse = assembleSse(body);
+  if (sse) return sse;
+  if (body.includes(":event-type") || body.includes(":message-type")) return assembleObjects(body, "event stream");
+  if (body.trimStart().startsWith("[")) return assembleObjects(body, "JSON array");
+  return null;
 }
 
 /** Parses raw SSE text; null when it does not look like a stream of JSON data lines. */
@@ -1561,7 +1599,48 @@ function assembleSse(raw) {
       // A non-JSON data line: keep going, the raw view still shows it.
     }
   }
-  return events > 0 ? { text, events } : null;
+  return events > 0 ? { text, events, kind: "SSE" } : null;
+}
+
+/**
+ * The JSON objects found in `raw` in order, assembled: each `{` that opens a balanced, parseable
+ * object is one event (binary frame bytes between them, or a cut-off tail, are skipped). The scan
+ * is bounded so a large body of stray braces cannot stall the page.
+ */
+function assembleObjects(raw, kind) {
+  let events = 0;
+  let text = "";
+  let budget = 4 * raw.length + 100_000;
+  let i = raw.indexOf("{");
+  while (i !== -1 && budget > 0) {
+    let depth = 0;
+    let inString = false;
+    let end = -1;
+    for (let j = i; j < raw.length && budget > 0; j++, budget--) {
+      const c = raw[j];
+      if (inString) {
+        if (c === "\\") j++;
+        else if (c === '"') inString = false;
+      } else if (c === '"') inString = true;
+      else if (c === "{") depth++;
+      else if (c === "}" && --depth === 0) {
+        end = j + 1;
+        break;
+      }
+    }
+    if (end > 0) {
+      try {
+        text += deltaText(JSON.parse(raw.slice(i, end)));
+        events++;
+        i = raw.indexOf("{", end);
+        continue;
+      } catch {
+        // Frame bytes that happen to be a brace: try the next one.
+      }
+    }
+    i = raw.indexOf("{", i + 1);
+  }
+  return events > 0 ? { text, events, kind } : null;
 }
 
 /** Pretty-printed JSON as DOM nodes with token classes for colouring. */

@@ -60,7 +60,8 @@ fn phrase_patterns(phrase: &str) -> Vec<String> {
     let (start, end) =
         (if word(phrase.chars().next()) { "\\m" } else { "" }, if word(phrase.chars().last()) { "\\M" } else { "" });
     let escaped = serde_json::to_string(phrase).unwrap_or_default();
-    let in_json = escaped.trim_start_matches('"').trim_end_matches('"').to_string();
+    // Strip exactly one quote each side: a phrase ending in `"` ends in `\"` once escaped.
+    let in_json = escaped.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(&escaped).to_string();
     let mut out = vec![format!("{start}{}{end}", regex_literal(phrase))];
     if in_json != phrase {
         out.push(format!("{start}{}{end}", regex_literal(&in_json)));
