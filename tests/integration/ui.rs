@@ -4,7 +4,8 @@
 //! OpenTelemetry kind and events), the usage page shows the API's totals, new calls appear
 //! live, and an admin token is asked for; then the user, session, property and text filters
 //! (kept in the URL), "Load more" by cursor, the Sessions tab with a session's traces and
-//! totals, and a user's page. Screenshots are written to
+//! totals, and a user's page; and the assembled text of a stream in every wire format
+//! (tests/e2e/streams.mjs). Screenshots are written to
 //! $TRACEGATE_SCREENSHOTS (docs/ holds the committed ones) or a temp dir.
 
 use std::path::PathBuf;
@@ -151,4 +152,72 @@ async fn the_ui_asks_for_the_admin_token() {
     assert_eq!(status, 401);
     let summary = run_browser(&proxy, &trace, Some("ui-secret-token")).await;
     assert_eq!(summary["bars"], 4, "{summary}");
+}
+
+/// Streams of every wire format in one trace, each read back by the UI as its assembled text:
+/// Gemini's SSE and JSON array, Azure's (an opening content-filter chunk with no choices),
+/// Bedrock's event-stream frames (ConverseStream, and InvokeModelWithResponseStream's base64
+/// chunks), beside OpenAI's and Anthropic's SSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_assembles_the_streamed_text_of_every_wire_format() {
+    let mock = Mock::start(Duration::from_millis(1)).await;
+    let providers = format!(
+        "{}{}{}{}",
+        providers(&mock),
+        provider("gemini", "/gemini", mock.addr, "gemini"),
+        provider("azure", "/azure", mock.addr, "azure"),
+        provider("bedrock", "/bedrock", mock.addr, "bedrock")
+    );
+    let proxy = Proxy::start(&providers).await;
+    let trace = "6a1f0e9d8b7a6c5b4a39281706f5e4c3";
+    let traceparent = format!("00-{trace}-0102030405060708-01");
+    let tp = [("traceparent", traceparent.as_str())];
+    let gemini = r#"{"contents":[{"role":"user","parts":[{"text":"Stream to the UI"}]}]}"#;
+    let claude = "/bedrock/model/anthropic.claude-haiku-4-5-20251001-v1%3A0";
+    let calls: [(String, &str); 7] = [
+        ("/openai/v1/chat/completions".into(), CHAT_STREAM_USAGE),
+        ("/anthropic/v1/messages".into(), MESSAGES_STREAM),
+        ("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse".into(), gemini),
+        ("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent".into(), gemini),
+        ("/azure/openai/deployments/prod-mini/chat/completions?api-version=2024-10-21".into(), CHAT_STREAM_USAGE),
+        (
+            format!("{claude}/converse-stream"),
+            r#"{"messages":[{"role":"user","content":[{"text":"Stream to the UI"}]}]}"#,
+        ),
+        (
+            format!("{claude}/invoke-with-response-stream"),
+            r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":64,"messages":[{"role":"user","content":"Stream to the UI"}]}"#,
+        ),
+    ];
+    for (path, body) in &calls {
+        let (status, _, _) = post(&proxy.url(path), &tp, body).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    assert_eq!(proxy.wait_spans(trace, calls.len()).await.len(), calls.len());
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/streams.mjs");
+    let mut command = Command::new("node");
+    command.arg(script).arg(proxy.admin_url("")).arg(trace);
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("node runs");
+    assert!(
+        output.status.success(),
+        "the browser check failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let panels: Value = serde_json::from_slice(&output.stdout).expect("streams.mjs prints JSON");
+    let panels = panels.as_array().unwrap();
+    assert_eq!(panels.len(), calls.len(), "{panels:#?}");
+    for panel in panels {
+        assert_eq!(panel["text"], tracegate::mock_llm::REPLY_TEXT, "{panel}");
+    }
+    let toggles = |end: &str| -> Vec<&str> {
+        let matching = panels.iter().filter(|p| p["path"].as_str().unwrap().ends_with(end));
+        let mut labels: Vec<&str> = matching.map(|p| p["toggle"].as_str().unwrap()).collect();
+        labels.sort();
+        labels
+    };
+    assert_eq!(toggles(":streamGenerateContent"), ["raw JSON array", "raw SSE"]);
+    assert_eq!(toggles("-stream"), ["raw event stream", "raw event stream"]);
+    assert_eq!(toggles("/chat/completions"), ["raw SSE", "raw SSE"]);
 }

@@ -1457,6 +1457,7 @@ function eventList(span) {
 
 function showSpanPanel(panel, state, span) {
   const token = ++state.panelToken;
+  panel.dataset.spanId = span.span_id;
   const close = el("button", { type: "button", class: "btn btn-ghost btn-icon", "aria-label": "Close span details", title: "Close" }, "×");
   close.addEventListener("click", () => {
     panel.hidden = true;

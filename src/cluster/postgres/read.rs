@@ -321,6 +321,12 @@ mod tests {
     fn phrases_become_literal_word_bounded_patterns() {
         assert_eq!(phrase_patterns("refund"), vec!["\\mrefund\\M".to_string()]);
         assert_eq!(phrase_patterns("a.b (c)"), vec!["\\ma\\.b \\(c\\)".to_string()]);
+    }
+
+    /// A phrase ending in `"` lost its escaped quote's last character in the body pattern (CI
+    /// failure of stop 25: the JSON quotes were trimmed greedily).
+    #[test]
+    fn a_phrase_ending_in_a_quote_keeps_it_in_the_json_pattern() {
         assert_eq!(
             phrase_patterns("say \"hi\""),
             vec!["\\msay \"hi\"".to_string(), "\\msay \\\\\"hi\\\\\"".to_string()]
