@@ -43,21 +43,20 @@
 //! body capture, span recording) under that load. Children are killed when the bench ends,
 //! also when it panics.
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+
+use common::{connect, fetch_metrics, free_loopback_addrs, metric_value, ms, percentile, ChildProcess, Connection};
 
 // ---------------------------------------------------------------------------------------------
 // Workload parameters.
@@ -86,8 +85,6 @@ const STREAM_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// Connections opened at the same time while setting up the streams (not measured).
 const CONNECT_PARALLELISM: usize = 64;
 
-/// How long a child may take to accept connections.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long to wait for the recorder to write every span.
 const RECORDER_SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -110,56 +107,6 @@ fn main() {
 
 // ---------------------------------------------------------------------------------------------
 // Child processes.
-
-/// A running `tracegate` child, killed when dropped. Its stderr goes to a log file that is
-/// shown if it dies early.
-struct ChildProcess {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildProcess {
-    fn spawn(name: &'static str, args: &[&str], log: PathBuf) -> ChildProcess {
-        let log_file = File::create(&log).expect("create child log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tracegate"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        ChildProcess { name, child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Blocks until `addr` accepts TCP connections; panics if the child exits or takes too long.
-    fn wait_until_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("{} exited ({status}) before listening on {addr}; its stderr:\n{log}", self.name);
-            }
-            if StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{} does not accept connections on {addr}", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The mock upstream and the proxy in front of it. Fields drop in order: the proxy, then the
 /// mock, then the temporary directory holding the config, logs and store.
@@ -193,14 +140,6 @@ impl Stack {
 
         Stack { proxy, _mock: mock, mock_addr, proxy_addr, admin_addr, _dir: dir }
     }
-}
-
-/// `N` distinct loopback addresses whose ports were free a moment ago (bound to port 0, then
-/// released), for children that cannot report the port they bound.
-fn free_loopback_addrs<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<StdTcpListener> =
-        (0..N).map(|_| StdTcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local address"))
 }
 
 /// Writes the proxy's config: one OpenAI provider at `/openai` pointing at the mock.
@@ -292,21 +231,6 @@ impl Target {
         }
         builder.body(Full::new(Bytes::from_static(body.as_bytes()))).expect("valid request")
     }
-}
-
-type Connection = SendRequest<Full<Bytes>>;
-
-/// Opens one HTTP/1.1 keep-alive connection.
-async fn connect(addr: SocketAddr) -> Result<Connection, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake {addr}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
 }
 
 /// Opens `count` connections, at most `CONNECT_PARALLELISM` at a time.
@@ -657,44 +581,8 @@ async fn settled_recording(admin: SocketAddr, expected: u64) -> Recording {
     }
 }
 
-async fn fetch_metrics(admin: SocketAddr) -> Result<String, String> {
-    let stream = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = Request::get("/metrics").header("host", admin.to_string()).body(Empty::<Bytes>::new());
-    let response = sender.send_request(request.expect("valid request")).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    if status != StatusCode::OK {
-        return Err(format!("status {status}"));
-    }
-    String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
-}
-
-/// The value of an unlabelled series in the Prometheus text format.
-fn metric_value(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.trim().parse::<f64>().ok().map(|v| v as u64)
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Output.
-
-/// The `p`th percentile (nearest rank) of sorted durations; zero when there are none.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// proxy − direct at percentile `p`, in milliseconds (signed).
 fn overhead_ms(direct: &[Duration], proxy: &[Duration], p: f64) -> f64 {

@@ -114,10 +114,14 @@ impl Admin {
         }
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         if req.method() == Method::DELETE {
-            let (store, recorder) = (self.store.clone(), self.recorder.clone());
+            let target = delete::Target {
+                store: self.store.clone(),
+                recorder: self.recorder.clone(),
+                shared: self.shared.clone(),
+            };
             return Ok(served(match segments.as_slice() {
-                ["api", "traces", id] => delete::delete_trace(store, recorder, id, &query).await,
-                ["api", "spans"] => delete::delete_spans(store, recorder, &query).await,
+                ["api", "traces", id] => delete::delete_trace(target, id, &query).await,
+                ["api", "spans"] => delete::delete_spans(target, &query).await,
                 _ => error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "DELETE is for /api/traces/{trace_id} and /api/spans; everything else takes GET",

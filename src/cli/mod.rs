@@ -45,7 +45,7 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Run an offline OpenAI- and Anthropic-compatible fake upstream.
+    /// Run an offline fake upstream speaking OpenAI, Anthropic, Gemini, Azure OpenAI and Bedrock.
     MockLlm {
         /// Address to listen on.
         #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:9090")]

@@ -25,8 +25,8 @@
 //!   `anthropic-version`).
 //! - Anthropic: `/v1/messages`.
 //! - Azure OpenAI (`azure`): `/openai/deployments/{deployment}/chat/completions`,
-//!   `/completions`, `/embeddings` (with `?api-version=`; `model` defaults to the
-//!   deployment), and the v1 API `/openai/v1/...`; content-filter results included.
+//!   `/completions`, `/embeddings` (with `?api-version=`; answers name the model
+//!   deployed, `gpt-4o-mini-2024-07-18`), and the v1 API `/openai/v1/...`; content-filter results included.
 //! - Gemini (`gemini`): `/v1beta/models/{model}:generateContent`, `:streamGenerateContent`
 //!   (SSE with `?alt=sse`, else a streamed JSON array), `:countTokens`, `:embedContent`,
 //!   `:batchEmbedContents`, the same under `/v1/models/`.
@@ -240,7 +240,7 @@ enum Call {
 
 #[derive(Debug)]
 struct AzureCall {
-    /// The deployment of `/openai/deployments/{deployment}/...` (the default `model`).
+    /// The deployment of `/openai/deployments/{deployment}/...` (answered as `DEPLOYED_MODEL`).
     deployment: Option<String>,
     /// A deployment path without an `api-version` query (answered with a 404).
     missing_api_version: bool,
@@ -327,10 +327,11 @@ async fn route(
         let opts = Opts::from_headers(headers, default_delay);
         return match call {
             Call::Plain { endpoint, azure } => {
-                if let Some(deployment) = azure.as_ref().and_then(|a| a.deployment.as_ref()) {
-                    if req.get("model").and_then(Value::as_str).is_none() {
-                        req["model"] = Value::String(deployment.clone());
-                    }
+                // Azure answers with the model deployed, never the deployment's name.
+                if azure.as_ref().is_some_and(|a| a.deployment.is_some())
+                    && req.get("model").and_then(Value::as_str).is_none()
+                {
+                    req["model"] = Value::String(azure::DEPLOYED_MODEL.to_string());
                 }
                 let azure = azure.is_some();
                 match endpoint {

@@ -901,7 +901,7 @@ async fn azure_deployment_chat_is_openai_shaped_with_filter_results() {
     let r = send(addr, "POST", path, &[("api-key", "az")], &json!({"messages": messages}).to_string()).await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
-    assert_eq!(v["model"], "my-gpt4o");
+    assert_eq!(v["model"], "gpt-4o-mini-2024-07-18", "the model deployed, not the deployment");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["content"], REPLY_TEXT);
     assert_eq!(v["usage"]["prompt_tokens"], 15);

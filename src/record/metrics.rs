@@ -37,6 +37,8 @@ pub struct ClusterCounters {
     pub backlog_spans: AtomicU64,
     pub synced_spans: AtomicU64,
     pub sync_errors: AtomicU64,
+    /// Shared deletions (asked of any instance) applied to this instance's local store.
+    pub deletions_applied: AtomicU64,
     /// Shared with the Redis limits (`policy::shared_limits`), which count their own failures.
     pub redis_errors: std::sync::Arc<AtomicU64>,
 }
@@ -213,6 +215,11 @@ impl Metrics {
             for (metric, help, value) in [
                 ("tracegate_cluster_synced_spans_total", "Spans this instance wrote to PostgreSQL.", &c.synced_spans),
                 ("tracegate_cluster_sync_errors_total", "Failed attempts to ship spans to PostgreSQL.", &c.sync_errors),
+                (
+                    "tracegate_cluster_deletions_applied_total",
+                    "Deletes asked of any instance that this instance applied to its local store.",
+                    &c.deletions_applied,
+                ),
                 ("tracegate_redis_errors_total", "Failed Redis operations of the shared limits.", &*c.redis_errors),
             ] {
                 counter(&mut out, metric, help, value.load(Ordering::Relaxed));

@@ -21,7 +21,7 @@ use crate::model::span::SpanWrite;
 use crate::policy::budget::Reservation;
 use crate::policy::teams::TeamKeyMatch;
 use crate::record::metrics::Metrics;
-use crate::store::Position;
+use crate::store::{Position, Selection, Store, DELETE_BATCH};
 
 /// Most captured bytes waiting in the queue; past it, new calls are dropped and counted.
 const MAX_QUEUED_BYTES: usize = 64 << 20;
@@ -139,7 +139,6 @@ impl RecorderHandle {
         let _ = self.tx.send(Message::ExportCursor(exporter, seq));
     }
 
-    /// Waits until everything queued so far is written and flushed (shutdown, tests).
     /// Has the recorder delete the spans at `positions` (a batch chosen by
     /// `Store::select`) and flush; answers how many it deleted. Blocks (a blocking-pool
     /// thread's call): waits for room in the queue, then for the recorder.
@@ -149,6 +148,24 @@ impl RecorderHandle {
         rx.recv().map_err(|_| "the recorder stopped before deleting".to_string())?
     }
 
+    /// Deletes every span `selection` names that was committed when this began, a batch
+    /// (`DELETE_BATCH` positions) at a time, so calls keep being recorded between batches;
+    /// answers how many it deleted once they are durable. Blocks, like [`Self::delete`].
+    pub fn delete_selected(&self, store: &Store, selection: &Selection) -> Result<u64, String> {
+        let (mut cursor, mut deleted) = (store.delete_start(), 0u64);
+        loop {
+            let (positions, next) = store.select(selection, cursor, DELETE_BATCH).map_err(|e| e.to_string())?;
+            if !positions.is_empty() {
+                deleted += self.delete(positions)? as u64;
+            }
+            match next {
+                Some(next) => cursor = next,
+                None => return Ok(deleted),
+            }
+        }
+    }
+
+    /// Waits until everything queued so far is written and flushed (shutdown, tests).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Message::Flush(tx)).is_ok() {

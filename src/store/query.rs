@@ -27,8 +27,10 @@ use crate::store::layout::{decode, take_u32, SpanSegment};
 use crate::store::reader::SegmentCache;
 use crate::store::{Store, StoreError};
 
-/// The filters of a trace listing; every one optional, all combined with AND.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// The filters of a trace listing; every one optional, all combined with AND. As JSON (the
+/// cluster's shared deletions carry one) without the cursor and the limit.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TraceQuery {
     pub team: Option<String>,
     pub user: Option<String>,
@@ -48,7 +50,9 @@ pub struct TraceQuery {
     /// A phrase in the request or response body (ASCII case-insensitive).
     pub text: Option<String>,
     /// Continue below this position (the previous page's `next_cursor`).
+    #[serde(skip)]
     pub cursor: Option<Cursor>,
+    #[serde(skip)]
     pub limit: usize,
 }
 

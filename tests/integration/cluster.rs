@@ -279,3 +279,87 @@ async fn futures_join_all<F: std::future::Future<Output = u16> + Send + 'static>
     }
     out
 }
+
+/// Waits (bounded) until `proxy`'s `tracegate_cluster_deletions_applied_total` reaches `n`.
+async fn wait_deletions_applied(proxy: &Proxy, n: f64) {
+    let admin = proxy.admin_url("");
+    for _ in 0..200 {
+        if metric(&admin, "tracegate_cluster_deletions_applied_total").await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the instance never applied {n} shared deletions");
+}
+
+/// How many of the local store's spans `selection` names (the proxy must be shut down).
+fn local_count(dir: &std::path::Path, selection: &tracegate::store::Selection) -> u64 {
+    let store = tracegate::store::Store::open(&dir.join("store")).unwrap();
+    store.count_selected(selection).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_asked_of_one_instance_removes_the_calls_of_every_instance() {
+    let pg = Postgres::start();
+    let mock = Mock::start(Duration::ZERO).await;
+    let route = provider("openai", "/openai", mock.addr, "openai");
+    let a = Proxy::start(&format!("{route}{}", cluster(&pg, "tg-a"))).await;
+    let b = Proxy::start(&format!("{route}{}", cluster(&pg, "tg-b"))).await;
+    chat_calls(&a, 3, "ads").await;
+    chat_calls(&a, 2, "search").await;
+    chat_calls(&b, 4, "ads").await;
+    let trace = "6cf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let (status, _, _) = post(
+        &b.url("/openai/v1/chat/completions"),
+        &[("traceparent", &traceparent), ("x-tracegate-team", "search")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(status, 200);
+    pg.wait_count(SPANS, 10).await;
+
+    assert_eq!(
+        admin_call(&a, "DELETE", "/api/spans?team=ads&dry_run=true", None).await,
+        (200, serde_json::json!({"deleted": 7}))
+    );
+    assert_eq!(pg.count(SPANS).await, 10, "a dry run deletes nothing");
+    assert_eq!(admin_call(&a, "DELETE", "/api/spans?team=ads", None).await, (200, serde_json::json!({"deleted": 7})));
+    assert_eq!(
+        pg.count("SELECT count(*) FROM tracegate_spans WHERE team = 'ads'").await,
+        0,
+        "gone from every view at once"
+    );
+    let bodies = "SELECT count(*) FROM tracegate_bodies b WHERE NOT EXISTS (SELECT 1 FROM tracegate_spans s WHERE s.span_id = b.span_id)";
+    assert_eq!(pg.count(bodies).await, 0, "with their bodies");
+    // B's trace, deleted through A.
+    assert_eq!(admin_call(&a, "DELETE", &format!("/api/traces/{trace}"), None).await.1["deleted"], 1);
+    assert_eq!(pg.count(SPANS).await, 2);
+    let (_, usage) = a.admin_get("/api/usage").await;
+    assert_eq!(usage["totals"]["requests"], 10, "the shared ledger keeps its totals");
+
+    // Calls made after the delete are kept, though they match its filters.
+    chat_calls(&b, 1, "ads").await;
+    wait_deletions_applied(&b, 2.0).await;
+    wait_deletions_applied(&a, 2.0).await;
+    pg.wait_count("SELECT count(*) FROM tracegate_spans WHERE team = 'ads'", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pg.count("SELECT count(*) FROM tracegate_spans WHERE team = 'ads'").await, 1);
+
+    // Each instance's own store lost the deleted calls, and kept the rest.
+    let ads = tracegate::store::Selection::Matching(Box::new(tracegate::store::TraceQuery {
+        team: Some("ads".into()),
+        ..Default::default()
+    }));
+    let every = tracegate::store::Selection::Matching(Box::new(tracegate::store::TraceQuery {
+        from_unix_nano: Some(0),
+        ..Default::default()
+    }));
+    let (a_dir, b_dir) = (a.shutdown().await, b.shutdown().await);
+    assert_eq!((local_count(a_dir.path(), &ads), local_count(a_dir.path(), &every)), (0, 2));
+    assert_eq!(
+        (local_count(b_dir.path(), &ads), local_count(b_dir.path(), &every)),
+        (1, 1),
+        "B keeps only its later call"
+    );
+}

@@ -35,19 +35,6 @@ async fn call(proxy: &Proxy, team: &str, user: &str, topic: &str) -> String {
     header(&headers, "x-tracegate-trace-id").to_string()
 }
 
-/// Sends `method` to the admin API (with `token` when given); status and JSON.
-async fn admin(proxy: &Proxy, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    proxy.server().flush().await;
-    let mut request = Request::builder().method(method).uri(proxy.admin_url(path));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = send(request.body(Full::new(Bytes::new())).unwrap()).await;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
 /// `GET /api/export?query`: status, content type and the lines.
 async fn export(proxy: &Proxy, query: &str) -> (u16, String, Vec<Value>) {
     proxy.server().flush().await;
@@ -199,11 +186,14 @@ async fn deletes_by_filter_and_by_trace_count_first_then_delete_and_keep_the_usa
 
     // A dry run counts and deletes nothing.
     assert_eq!(
-        admin(&proxy, "DELETE", "/api/spans?team=alpha&dry_run=true", None).await,
+        admin_call(&proxy, "DELETE", "/api/spans?team=alpha&dry_run=true", None).await,
         (200, serde_json::json!({"deleted": 3}))
     );
     assert_eq!(proxy.spans(&alpha[0]).await.len(), 1);
-    assert_eq!(admin(&proxy, "DELETE", "/api/spans?team=alpha", None).await, (200, serde_json::json!({"deleted": 3})));
+    assert_eq!(
+        admin_call(&proxy, "DELETE", "/api/spans?team=alpha", None).await,
+        (200, serde_json::json!({"deleted": 3}))
+    );
     for trace in &alpha {
         assert_eq!(proxy.admin_get(&format!("/api/traces/{trace}")).await.0, 404);
     }
@@ -211,19 +201,22 @@ async fn deletes_by_filter_and_by_trace_count_first_then_delete_and_keep_the_usa
     assert_eq!(proxy.admin_get("/api/sessions?user=ann").await.1["sessions"], serde_json::json!([]));
     assert_eq!(proxy.admin_get("/api/traces").await.1["traces"].as_array().unwrap().len(), 6);
     assert!(export(&proxy, "q=alpha%20thing").await.2.is_empty(), "bodies gone from the search too");
-    assert_eq!(admin(&proxy, "DELETE", "/api/spans?team=alpha", None).await.1["deleted"], 0);
+    assert_eq!(admin_call(&proxy, "DELETE", "/api/spans?team=alpha", None).await.1["deleted"], 0);
 
     // One trace; again is 0, not an error.
-    let (status, answer) = admin(&proxy, "DELETE", &format!("/api/traces/{}", beta[0]), None).await;
+    let (status, answer) = admin_call(&proxy, "DELETE", &format!("/api/traces/{}", beta[0]), None).await;
     assert_eq!((status, answer["deleted"].as_u64()), (200, Some(1)));
     assert_eq!(proxy.admin_get(&format!("/api/traces/{}", beta[0])).await.0, 404);
-    assert_eq!(admin(&proxy, "DELETE", &format!("/api/traces/{}?dry_run=true", beta[0]), None).await.1["deleted"], 0);
-    assert_eq!(admin(&proxy, "DELETE", &format!("/api/traces/{}", beta[0]), None).await.1["deleted"], 0);
+    assert_eq!(
+        admin_call(&proxy, "DELETE", &format!("/api/traces/{}?dry_run=true", beta[0]), None).await.1["deleted"],
+        0
+    );
+    assert_eq!(admin_call(&proxy, "DELETE", &format!("/api/traces/{}", beta[0]), None).await.1["deleted"], 0);
     // Combined filters: bob1's calls (i = 1, 5, 7) minus the trace deleted above (i = 1).
-    assert_eq!(admin(&proxy, "DELETE", "/api/spans?user=bob1&team=beta&dry_run=1", None).await.1["deleted"], 2);
+    assert_eq!(admin_call(&proxy, "DELETE", "/api/spans?user=bob1&team=beta&dry_run=1", None).await.1["deleted"], 2);
     let one_session = "/api/spans?user=bob1&session=bob1:%20beta%20thing%205";
-    assert_eq!(admin(&proxy, "DELETE", one_session, None).await.1["deleted"], 1);
-    assert_eq!(admin(&proxy, "DELETE", "/api/spans?user=bob1&team=beta", None).await.1["deleted"], 1);
+    assert_eq!(admin_call(&proxy, "DELETE", one_session, None).await.1["deleted"], 1);
+    assert_eq!(admin_call(&proxy, "DELETE", "/api/spans?user=bob1&team=beta", None).await.1["deleted"], 1);
     assert_eq!(export(&proxy, "").await.2.len(), 3);
 
     // The usage ledger keeps its totals.
@@ -244,7 +237,7 @@ async fn deletes_by_filter_and_by_trace_count_first_then_delete_and_keep_the_usa
         ("DELETE", "/api/traces", 405),
         ("POST", "/api/spans?team=beta", 405),
     ] {
-        let (got, answer) = admin(&proxy, method, path, None).await;
+        let (got, answer) = admin_call(&proxy, method, path, None).await;
         assert_eq!(got, status, "{method} {path}: {answer}");
         assert!(answer["error"]["message"].is_string(), "{method} {path}: {answer}");
     }
@@ -261,14 +254,17 @@ async fn deletes_and_export_need_the_admin_token_when_one_is_set() {
         ("DELETE", format!("/api/traces/{trace}")),
         ("GET", "/api/export".into()),
     ] {
-        assert_eq!(admin(&proxy, method, &path, None).await.0, 401, "{method} {path}");
-        assert_eq!(admin(&proxy, method, &path, Some("wrong")).await.0, 401, "{method} {path}");
+        assert_eq!(admin_call(&proxy, method, &path, None).await.0, 401, "{method} {path}");
+        assert_eq!(admin_call(&proxy, method, &path, Some("wrong")).await.0, 401, "{method} {path}");
     }
     assert_eq!(
-        admin(&proxy, "DELETE", "/api/spans?team=alpha&dry_run=true", Some("delete-secret")).await.1["deleted"],
+        admin_call(&proxy, "DELETE", "/api/spans?team=alpha&dry_run=true", Some("delete-secret")).await.1["deleted"],
         1
     );
-    assert_eq!(admin(&proxy, "DELETE", &format!("/api/traces/{trace}"), Some("delete-secret")).await.1["deleted"], 1);
+    assert_eq!(
+        admin_call(&proxy, "DELETE", &format!("/api/traces/{trace}"), Some("delete-secret")).await.1["deleted"],
+        1
+    );
 }
 
 /// The span ids of a trace, as stored.
@@ -322,7 +318,7 @@ async fn deleted_spans_are_never_exported_and_the_exporters_cursor_moves_on() {
     }
     assert_eq!(wait_received(&received, 3).await, delivered);
     // Delivered spans deleted: nothing is sent again.
-    assert_eq!(admin(&proxy, "DELETE", "/api/spans?team=alpha", None).await.1["deleted"], 3);
+    assert_eq!(admin_call(&proxy, "DELETE", "/api/spans?team=alpha", None).await.1["deleted"], 3);
 
     // While the collector is down, three calls of which two are deleted once the exporter has
     // read them and failed to send them: its retry leaves them out.
@@ -342,7 +338,7 @@ async fn deleted_spans_are_never_exported_and_the_exporters_cursor_moves_on() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(upstream.requests().len() > attempts, "the exporter tried while the collector was down");
-    assert_eq!(admin(&proxy, "DELETE", "/api/spans?team=gone", None).await.1["deleted"], 2);
+    assert_eq!(admin_call(&proxy, "DELETE", "/api/spans?team=gone", None).await.1["deleted"], 2);
     down.store(false, std::sync::atomic::Ordering::SeqCst);
     let trace = call(&proxy, "kept", "bob", "after").await;
     kept.extend(span_ids(&proxy, &trace).await);

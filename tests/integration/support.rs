@@ -247,6 +247,19 @@ pub async fn send(req: Request<Full<Bytes>>) -> Response<Incoming> {
 }
 
 /// POSTs JSON with extra headers; returns status, headers and the whole body.
+/// Sends `method` to the admin API (with `token` when given); status and JSON.
+pub async fn admin_call(proxy: &Proxy, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    proxy.server().flush().await;
+    let mut request = Request::builder().method(method).uri(proxy.admin_url(path));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = send(request.body(Full::new(Bytes::new())).unwrap()).await;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
 pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, HeaderMap, Bytes) {
     let mut req = Request::post(url).header("content-type", "application/json");
     for (k, v) in headers {

@@ -1,6 +1,7 @@
 //! PostgreSQL as the cluster's shared span store and ledger: the pool, the schema (`schema`),
 //! the sync that ships this instance's spans there (`sync`).
 
+pub mod delete;
 pub mod read;
 pub mod schema;
 pub mod sync;

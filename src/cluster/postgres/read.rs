@@ -21,7 +21,7 @@ use crate::model::span::{SessionSummary, Span, SpanBodies, TraceSummary};
 use crate::store::ledger::{LedgerKey, LedgerRow};
 use crate::store::{Cursor, SessionPage, TracePage, TraceQuery};
 
-type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+pub(super) type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 /// A read that failed: PostgreSQL unreachable or an unexpected answer.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> ReadError {
+pub(super) fn err(e: impl std::fmt::Display) -> ReadError {
     ReadError(e.to_string())
 }
 
@@ -70,7 +70,7 @@ fn phrase_patterns(phrase: &str) -> Vec<String> {
 }
 
 /// The `WHERE` conditions of `q`'s filters over `tracegate_spans s`, appending their values.
-fn conditions(q: &TraceQuery, params: &mut Params) -> Vec<String> {
+pub(super) fn conditions(q: &TraceQuery, params: &mut Params) -> Vec<String> {
     let mut out = Vec::new();
     let mut push = |params: &mut Params, sql: &str, value: Box<dyn ToSql + Sync + Send>| {
         params.push(value);
@@ -124,7 +124,7 @@ fn conditions(q: &TraceQuery, params: &mut Params) -> Vec<String> {
     out
 }
 
-fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+pub(super) fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
 }
 

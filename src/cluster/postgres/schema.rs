@@ -6,7 +6,10 @@
 //! a day's partitions are created before its first rows (`ensure_day`). The key is (trace id,
 //! span id, day): a span's day never changes, so it is unique by span, and the sync's inserts
 //! are idempotent (`ON CONFLICT DO NOTHING`). The ledger is one small table, not partitioned:
-//! retention keeps its daily totals, as the local ledger does.
+//! retention keeps its daily totals, as the local ledger does. `tracegate_deletions` lists every
+//! delete asked of any instance (a trace id, or the filters as JSON, and the time before which
+//! matching spans started), for every instance to apply to its own local store. A span row's `synced_at` is when
+//! it reached PostgreSQL, so the sync lag of any call is `synced_at` minus the call's end.
 
 use tokio_postgres::GenericClient;
 
@@ -40,6 +43,7 @@ CREATE TABLE tracegate_spans (
     cost_usd double precision,
     properties jsonb NOT NULL DEFAULT '{}',
     span text NOT NULL,
+    synced_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (trace_id, span_id, day)
 ) PARTITION BY RANGE (day);
 CREATE INDEX tracegate_spans_start ON tracegate_spans (start_ns DESC);
@@ -76,6 +80,13 @@ CREATE TABLE tracegate_ledger (
     cost_usd double precision NOT NULL,
     errors bigint NOT NULL,
     PRIMARY KEY (day, team, "user", provider, model)
+);
+CREATE TABLE tracegate_deletions (
+    id bigserial PRIMARY KEY,
+    trace_id text,
+    selection jsonb,
+    before_ns bigint NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
 )];

@@ -30,6 +30,10 @@ use crate::store::Store;
 
 /// The cursor's name beside the exporters'.
 pub const CURSOR: &str = "cluster-postgres";
+/// The last shared deletion (`tracegate_deletions.id`) applied to the local store.
+pub const DELETIONS_CURSOR: &str = "cluster-deletions";
+/// How often the shared deletions are looked at.
+const DELETIONS_EVERY: Duration = Duration::from_secs(1);
 /// Spans per transaction (whole segments, so a little more).
 const BATCH_SPANS: usize = 512;
 const POLL: Duration = Duration::from_millis(100);
@@ -54,9 +58,16 @@ impl Sync {
         let mut backoff = FIRST_BACKOFF;
         let mut last_retention: Option<tokio::time::Instant> = None;
         let mut logged_outage = false;
+        let Some(mut deletions) = self.read(|store| store.export_cursor(DELETIONS_CURSOR)).await else { return };
+        let mut last_deletions: Option<tokio::time::Instant> = None;
         loop {
             if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) && self.retention().await {
                 last_retention = Some(tokio::time::Instant::now());
+            }
+            // Deletions first: a span deleted here is then never shipped again.
+            if last_deletions.is_none_or(|t| t.elapsed() >= DELETIONS_EVERY) {
+                last_deletions = Some(tokio::time::Instant::now());
+                deletions = self.apply_deletions(deletions).await;
             }
             let Some(batch) = self.read(move |store| store.segments_with_bodies_after(cursor, BATCH_SPANS)).await
             else {
@@ -102,6 +113,46 @@ impl Sync {
         }
     }
 
+    /// Applies the shared deletions listed after `cursor` to the local store, each followed by
+    /// the same delete in PostgreSQL again (a span this instance shipped while the deletion was
+    /// being asked would otherwise stay there); answers the new cursor. Stops at the first
+    /// failure, to retry from there next time.
+    async fn apply_deletions(&self, mut cursor: u64) -> u64 {
+        let Ok(client) = self.pool.get().await else { return cursor };
+        let listed = match super::delete::pending(&**client, cursor, 100).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::debug!(error = %e, "shared deletions could not be read");
+                return cursor;
+            }
+        };
+        for deletion in listed {
+            let (store, recorder) = (self.store.clone(), self.recorder.clone());
+            let selection = deletion.local_selection();
+            let local = tokio::task::spawn_blocking(move || recorder.delete_selected(&store, &selection)).await;
+            let deleted = match local {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, id = deletion.id, "a shared deletion failed locally; retrying");
+                    return cursor;
+                }
+                Err(_) => return cursor,
+            };
+            if let Err(e) = super::delete::delete_rows(&**client, &deletion.selection, deletion.before_ns).await {
+                tracing::debug!(error = %e, "a shared deletion could not be repeated in PostgreSQL; retrying");
+                return cursor;
+            }
+            if deleted > 0 {
+                tracing::info!(id = deletion.id, deleted, "applied a shared deletion to the local store");
+            }
+            cursor = deletion.id;
+            self.counters.deletions_applied.fetch_add(1, Ordering::Relaxed);
+            let recorder = self.recorder.clone();
+            let _ = tokio::task::spawn_blocking(move || recorder.set_export_cursor(DELETIONS_CURSOR, cursor)).await;
+        }
+        cursor
+    }
+
     /// Drops the partitions older than `retention_days`; false when PostgreSQL was not reached.
     async fn retention(&self) -> bool {
         if self.retention_days == 0 {
@@ -109,6 +160,11 @@ impl Sync {
         }
         let today = (crate::model::clock::unix_nanos() / 86_400_000_000_000) as i32;
         let Ok(client) = self.pool.get().await else { return false };
+        // Deletions older than the retention name spans retention has dropped everywhere.
+        let cutoff = format!("{} days", self.retention_days);
+        let _ = client
+            .execute("DELETE FROM tracegate_deletions WHERE requested_at < now() - $1::text::interval", &[&cutoff])
+            .await;
         match schema::drop_days_before(&**client, today - self.retention_days as i32).await {
             Ok(0) => true,
             Ok(days) => {
