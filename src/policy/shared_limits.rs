@@ -11,8 +11,10 @@
 //! - `tracegate:{team}:spent:d:{day}` / `:spent:m:{month}` — settled USD, seeded when missing
 //!   from the ledger (PostgreSQL's when the cluster has one) and expiring after their period;
 //! - `tracegate:{team}:resv` — a sorted set of in-flight reservations, `id:usd` scored by when
-//!   they expire (an instance that dies mid-call leaves nothing behind for long);
-//! - `tracegate:{team}:wreq` / `:wtok` — requests and tokens per second of the window.
+//!   they expire (an instance that dies mid-call leaves nothing behind for long), and
+//!   `:resvsum`, their USD sum;
+//! - `tracegate:{team}:wreq` / `:wtok` — requests and tokens per second of the window, with
+//!   their total (`t`) and oldest second (`o`).
 //!
 //! Redis being unreachable never stalls a call: every operation has a short deadline, a failure
 //! marks Redis down for a second (calls in that second do not wait for it), and is counted in
@@ -37,12 +39,17 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 const RESERVATION_TTL_SECS: u64 = 900;
 
 /// The admission script. KEYS: spent today, spent this month, reservations, window requests,
-/// window tokens. ARGV: now, daily budget, monthly budget, requests/min, tokens/min (each ""
-/// when unset), estimate USD, estimate tokens, bounded (0/1), seed day, seed month,
-/// reservation member (`id:usd`), seconds to the end of the day, seconds to the end of the
-/// month, seconds a reservation lives.
+/// window tokens, reservations' sum. ARGV: now, daily budget, monthly budget, requests/min,
+/// tokens/min (each "" when unset), estimate USD, estimate tokens, bounded (0/1), seed day,
+/// seed month, reservation member (`id:usd`), seconds to the end of the day, seconds to the
+/// end of the month, seconds a reservation lives.
 /// Answers {0, reason, retry_after} when refused, or {1, tokens reserved}; both followed by
 /// requests left, tokens left, window reset, budget left (strings; "" when unlimited).
+///
+/// Every step is O(1) amortized, so the script costs the same with many calls in flight and a
+/// full window: the reservations' sum is kept beside their sorted set (only expired ones are
+/// read, normally none), and each window is a hash of per-second counts plus its total `t` and
+/// its oldest second `o`, which only moves forward (each second is expired once).
 const ADMIT: &str = r#"
 local now = tonumber(ARGV[1])
 local daily, monthly, rpm, tpm = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -51,29 +58,40 @@ redis.call('SET', KEYS[1], ARGV[9], 'NX', 'EX', tonumber(ARGV[12]) + 3600)
 redis.call('SET', KEYS[2], ARGV[10], 'NX', 'EX', tonumber(ARGV[13]) + 3600)
 local spent_day = tonumber(redis.call('GET', KEYS[1])) or 0
 local spent_month = tonumber(redis.call('GET', KEYS[2])) or 0
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if #expired > 0 then
+  local gone = 0
+  for _, m in ipairs(expired) do gone = gone + (tonumber(string.match(m, ':([^:]+)$')) or 0) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('INCRBYFLOAT', KEYS[6], -gone)
+end
 local reserved = 0
-for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  reserved = reserved + (tonumber(string.match(m, ':([^:]+)$')) or 0)
+if redis.call('ZCARD', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[6])
+else
+  reserved = math.max(tonumber(redis.call('GET', KEYS[6])) or 0, 0)
 end
-local requests, tokens, oldest = 0, 0, now
-local function window(key, add)
-  local flat = redis.call('HGETALL', key)
-  local total = 0
-  for i = 1, #flat, 2 do
-    local second = tonumber(flat[i])
-    if second + 60 <= now then
-      redis.call('HDEL', key, flat[i])
-    else
-      total = total + tonumber(flat[i + 1])
-      if tonumber(flat[i + 1]) > 0 and second < oldest then oldest = second end
-    end
+-- A window's total after dropping the seconds that left it; its oldest counted second.
+local function window(key)
+  local oldest = tonumber(redis.call('HGET', key, 'o'))
+  if oldest == nil then return 0, now end
+  if oldest + 120 <= now then
+    redis.call('DEL', key)
+    return 0, now
   end
-  return total
+  local total = tonumber(redis.call('HGET', key, 't')) or 0
+  while oldest + 60 <= now do
+    total = total - (tonumber(redis.call('HGET', key, tostring(oldest))) or 0)
+    redis.call('HDEL', key, tostring(oldest))
+    oldest = oldest + 1
+  end
+  while oldest < now and redis.call('HEXISTS', key, tostring(oldest)) == 0 do oldest = oldest + 1 end
+  redis.call('HSET', key, 't', total, 'o', oldest)
+  return total, oldest
 end
-requests = window(KEYS[4])
-tokens = window(KEYS[5])
-local reset = math.max(oldest + 60 - now, 1)
+local requests, oldest_r = window(KEYS[4])
+local tokens, oldest_t = window(KEYS[5])
+local reset = math.max(math.min(oldest_r, oldest_t) + 60 - now, 1)
 local function left(spent, budget)
   if budget == nil then return nil end
   return budget - spent - reserved
@@ -96,12 +114,19 @@ if tpm then
   if tokens >= tpm or (bounded and tokens + est_tokens > tpm) then return answer({0, 'tpm', tostring(reset)}) end
   est_tokens = math.min(est_tokens, tpm - tokens)
 end
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[14]), ARGV[11])
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[14]))
-redis.call('HINCRBY', KEYS[4], tostring(now), 1)
-redis.call('HINCRBY', KEYS[5], tostring(now), est_tokens)
-redis.call('EXPIRE', KEYS[4], 120)
-redis.call('EXPIRE', KEYS[5], 120)
+local ttl = tonumber(ARGV[14])
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[11])
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('INCRBYFLOAT', KEYS[6], est_usd)
+redis.call('EXPIRE', KEYS[6], ttl)
+local function count(key, n)
+  redis.call('HINCRBY', key, tostring(now), n)
+  redis.call('HINCRBY', key, 't', n)
+  redis.call('HSETNX', key, 'o', now)
+  redis.call('EXPIRE', key, 120)
+end
+count(KEYS[4], 1)
+count(KEYS[5], est_tokens)
 requests = requests + 1
 tokens = tokens + est_tokens
 if budget_left then budget_left = budget_left - est_usd end
@@ -109,13 +134,16 @@ return answer({1, tostring(est_tokens)})
 "#;
 
 /// The settlement script. KEYS: spent on the reservation's day, its month, reservations,
-/// window tokens. ARGV: reservation member, USD spent, the reservation's second, tokens used
-/// minus tokens reserved, seconds the spent keys live on.
+/// window tokens, reservations' sum. ARGV: reservation member, USD spent, the reservation's
+/// second, tokens used minus tokens reserved, the reservation's USD.
 const SETTLE: &str = r#"
-redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then redis.call('INCRBYFLOAT', KEYS[5], -tonumber(ARGV[5])) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBYFLOAT', KEYS[1], ARGV[2]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBYFLOAT', KEYS[2], ARGV[2]) end
-if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1 then redis.call('HINCRBY', KEYS[4], ARGV[3], ARGV[4]) end
+if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[4], ARGV[3], ARGV[4])
+  redis.call('HINCRBY', KEYS[4], 't', ARGV[4])
+end
 return 1
 "#;
 
@@ -247,7 +275,7 @@ impl SharedLimits {
         }
     }
 
-    fn keys(team: &str, day: u64, month: u64) -> [String; 5] {
+    fn keys(team: &str, day: u64, month: u64) -> [String; 6] {
         let base = format!("tracegate:{{{team}}}");
         [
             format!("{base}:spent:d:{day}"),
@@ -255,6 +283,7 @@ impl SharedLimits {
             format!("{base}:resv"),
             format!("{base}:wreq"),
             format!("{base}:wtok"),
+            format!("{base}:resvsum"),
         ]
     }
 
@@ -361,8 +390,13 @@ impl SharedLimits {
         let keys = Self::keys(name, day, month);
         let delta = i128::from(tokens) - i128::from(claim.estimate.tokens);
         let mut invocation = self.settle.prepare_invoke();
-        invocation.key(&keys[0]).key(&keys[1]).key(&keys[2]).key(&keys[4]);
-        invocation.arg(&claim.member).arg(cost_usd.to_string()).arg(claim.second).arg(delta.to_string());
+        invocation.key(&keys[0]).key(&keys[1]).key(&keys[2]).key(&keys[4]).key(&keys[5]);
+        invocation
+            .arg(&claim.member)
+            .arg(cost_usd.to_string())
+            .arg(claim.second)
+            .arg(delta.to_string())
+            .arg(claim.estimate.cost_usd.to_string());
         let result: Result<Result<i64, _>, _> =
             tokio::time::timeout(DEADLINE * 4, invocation.invoke_async(&mut connection)).await;
         match result {
@@ -372,3 +406,7 @@ impl SharedLimits {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "shared_limits_tests.rs"]
+mod tests;
