@@ -650,6 +650,20 @@ impl Config {
         if let Some(e) = &self.export.zipkin_endpoint {
             let _ = writeln!(out, "zipkin export: {e}");
         }
+        if let Some(c) = &self.cluster {
+            let shown = |url: &Option<String>| url.as_deref().map_or("not set".to_string(), redact_url);
+            let _ = writeln!(
+                out,
+                "cluster: instance {:?}, postgres {}, redis {} (while Redis is down: {})",
+                c.instance,
+                shown(&c.postgres),
+                shown(&c.redis),
+                match c.redis_unavailable {
+                    RedisUnavailable::Local => "local",
+                    RedisUnavailable::Refuse => "refuse",
+                }
+            );
+        }
         out
     }
 }
@@ -930,5 +944,13 @@ mod tests {
         let text = c.describe();
         assert!(!text.contains("sk-test"), "{text}");
         assert!(!format!("{c:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn describe_shows_the_cluster_without_its_passwords() {
+        let c = load("[cluster]\ninstance='tg-a'\npostgres='postgres://tg:pg-secret@db:5432/tg'\nredis='redis://:rd-secret@cache:6379/0'").unwrap();
+        let text = c.describe();
+        assert!(text.contains("cluster: instance \"tg-a\", postgres postgres://tg:***@db:5432/tg"), "{text}");
+        assert!(!text.contains("pg-secret") && !text.contains("rd-secret"), "{text}");
     }
 }
