@@ -63,15 +63,25 @@ struct Setup {
     instances: usize,
     postgres: bool,
     redis: bool,
+    /// Calls per second in all (paced), or `None` for as fast as answers come.
+    rate: Option<u64>,
 }
 
-const SETUPS: [Setup; 5] = [
-    Setup { label: "alone", instances: 1, postgres: false, redis: false },
-    Setup { label: "redis only ×1", instances: 1, postgres: false, redis: true },
-    Setup { label: "postgres only ×1", instances: 1, postgres: true, redis: false },
-    Setup { label: "cluster ×1", instances: 1, postgres: true, redis: true },
-    Setup { label: "cluster ×2", instances: 2, postgres: true, redis: true },
+const fn setup(label: &'static str, instances: usize, postgres: bool, redis: bool) -> Setup {
+    Setup { label, instances, postgres, redis, rate: None }
+}
+
+const SETUPS: [Setup; 6] = [
+    setup("alone", 1, false, false),
+    setup("redis only ×1", 1, false, true),
+    setup("postgres only ×1", 1, true, false),
+    setup("cluster ×1", 1, true, true),
+    setup("cluster ×2", 2, true, true),
+    // The lag at a load the machine carries easily: what a user sees.
+    Setup { label: "cluster ×2 at 1,000/s", instances: 2, postgres: true, redis: true, rate: Some(1_000) },
 ];
+/// Measured calls of a paced setup (5 s at 1,000/s).
+const PACED_REQUESTS: u64 = 5_000;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -177,18 +187,19 @@ async fn run_setup(setup: &Setup, instances: &[Instance], team: &str, postgres: 
     let targets: Vec<SocketAddr> = instances.iter().map(|i| i.proxy).collect();
     let sent = Arc::new(AtomicU64::new(0));
     progress(&format!("{}: warm-up ({WARMUP_REQUESTS} requests)", setup.label));
-    let (_, warm_errors, _) = load(&targets, team, WARMUP_REQUESTS, &sent).await;
+    let (_, warm_errors, _) = load(&targets, team, WARMUP_REQUESTS, None, &sent).await;
     assert_eq!(warm_errors, 0, "{}: warm-up requests failed", setup.label);
     // Only the measured calls count for the sync lag: they start after this instant.
     let measured_from_ns = tracegate::model::clock::unix_nanos() as i64;
     let polling = Arc::new(AtomicBool::new(true));
     let peak = tokio::spawn(peak_backlog(instances.iter().map(|i| i.admin).collect(), polling.clone()));
-    progress(&format!("{}: {MEASURED_REQUESTS} requests on {CONNECTIONS} connections", setup.label));
+    let measured = if setup.rate.is_some() { PACED_REQUESTS } else { MEASURED_REQUESTS };
+    progress(&format!("{}: {measured} requests on {CONNECTIONS} connections", setup.label));
     let pids: Vec<u32> = instances.iter().map(|i| i.child.pid()).collect();
     let cpu_before = cpu_ticks(&pids);
-    let (latencies, errors, elapsed) = load(&targets, team, MEASURED_REQUESTS, &sent).await;
+    let (latencies, errors, elapsed) = load(&targets, team, measured, setup.rate, &sent).await;
     let cpu_after = cpu_ticks(&pids);
-    let per_call = |i: usize| ticks_to_us(cpu_after[i] - cpu_before[i]) / MEASURED_REQUESTS as f64;
+    let per_call = |i: usize| ticks_to_us(cpu_after[i] - cpu_before[i]) / measured as f64;
     let cpu_per_call_us = [per_call(0), per_call(1), per_call(2)];
     let sync = match postgres {
         Some(url) => Some(sync_lag(url, sent.load(Ordering::Relaxed) as i64, measured_from_ns).await),
@@ -209,9 +220,17 @@ async fn run_setup(setup: &Setup, instances: &[Instance], team: &str, postgres: 
     }
 }
 
-/// `total` requests over `CONNECTIONS` connections spread evenly over `targets`; the sorted
-/// latencies of the answered ones, the error count and the elapsed time.
-async fn load(targets: &[SocketAddr], team: &str, total: u64, sent: &Arc<AtomicU64>) -> (Vec<Duration>, u64, Duration) {
+/// `total` requests over `CONNECTIONS` connections spread evenly over `targets`, at `rate` per
+/// second in all when given (each connection sends on its own schedule); the sorted latencies
+/// of the answered ones, the error count and the elapsed time.
+async fn load(
+    targets: &[SocketAddr],
+    team: &str,
+    total: u64,
+    rate: Option<u64>,
+    sent: &Arc<AtomicU64>,
+) -> (Vec<Duration>, u64, Duration) {
+    let interval = rate.map(|r| Duration::from_secs_f64(CONNECTIONS as f64 / r as f64));
     let tickets = Arc::new(AtomicU64::new(total));
     let started = Instant::now();
     let deadline = started + PHASE_TIME_LIMIT;
@@ -223,6 +242,7 @@ async fn load(targets: &[SocketAddr], team: &str, total: u64, sent: &Arc<AtomicU
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let mut connection: Option<Connection> = None;
+                let mut next = started + interval.map_or(Duration::ZERO, |d| d.mul_f64(i as f64 / CONNECTIONS as f64));
                 while Instant::now() < deadline
                     && tickets.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
                 {
@@ -233,6 +253,10 @@ async fn load(targets: &[SocketAddr], team: &str, total: u64, sent: &Arc<AtomicU
                         errors += 1;
                         continue;
                     };
+                    if let Some(interval) = interval {
+                        tokio::time::sleep_until(next.into()).await;
+                        next += interval;
+                    }
                     let sent_at = Instant::now();
                     match call(open, target, &team, &sent).await {
                         Ok(()) => latencies.push(sent_at.elapsed()),
