@@ -195,6 +195,9 @@ pub struct Provider {
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Ask OpenAI streams for usage on the app's behalf and hide the difference from it.
     pub inject_stream_usage: bool,
+    /// `false`: calls are forwarded without a span, a capture or a ledger row (counted only in
+    /// `tracegate_requests_total`).
+    pub record: bool,
     /// Bedrock only: the AWS credentials tracegate signs team-key calls with (SigV4).
     pub aws: Option<AwsSigning>,
 }
@@ -419,6 +422,7 @@ impl Config {
                 )?,
                 idle_timeout: parse_secs(&field("idle_timeout_secs"), p.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS)?,
                 inject_stream_usage: p.inject_stream_usage,
+                record: p.record.unwrap_or(true),
                 aws,
                 ca_certs: match &p.ca_file {
                     Some(path) => load_certs(path).map_err(|m| ConfigError::new(field("ca_file"), m))?,
@@ -617,7 +621,12 @@ impl Config {
         );
         let _ = writeln!(out, "routes:");
         for (i, p) in self.providers.iter().enumerate() {
-            let default = if self.server.default_provider == Some(i) { " (default for un-prefixed paths)" } else { "" };
+            let mut default =
+                if self.server.default_provider == Some(i) { " (default for un-prefixed paths)" } else { "" }
+                    .to_string();
+            if !p.record {
+                default.push_str(" (not recorded)");
+            }
             let _ = writeln!(
                 out,
                 "  {}/* -> {}/*  [{} api={}, provider key {}{}]{default}",

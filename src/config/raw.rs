@@ -133,6 +133,8 @@ pub(super) struct RawProvider {
     pub(super) ca_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) inject_stream_usage: bool,
+    /// `false`: forward this route's calls without recording them.
+    pub(super) record: Option<bool>,
     pub(super) aws_region: Option<String>,
     pub(super) aws_access_key_id: Option<String>,
     pub(super) aws_secret_access_key: Option<String>,

@@ -56,6 +56,19 @@ pub fn strip_request_headers(headers: &mut HeaderMap) -> Vec<(HeaderName, Header
     removed
 }
 
+/// Like [`strip_request_headers`], but the caller's trace headers stay as they came (a route
+/// that records no span has no span of its own to propagate).
+pub fn strip_request_headers_keeping_trace(headers: &mut HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let is_trace = |n: &HeaderName| n == TRACEPARENT || n == TRACESTATE || n == B3 || n.as_str().starts_with("x-b3-");
+    let trace: Vec<(HeaderName, HeaderValue)> =
+        headers.iter().filter(|(n, _)| is_trace(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
+    let removed = strip_request_headers(headers);
+    for (name, value) in trace {
+        headers.append(name, value);
+    }
+    removed
+}
+
 /// Removes the hop-by-hop headers and any header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {

@@ -59,7 +59,9 @@ type UpstreamClient = hyper_util::client::legacy::Client<
 >;
 
 /// What the proxy answers with: a relayed upstream body or a small body of its own.
-pub type ProxyBody = Either<ResponseTee, Full<Bytes>>;
+/// What the proxy answers with: a recorded call's tee, tracegate's own answer, or an unrecorded
+/// route's upstream body as it comes.
+pub type ProxyBody = Either<ResponseTee, Either<Full<Bytes>, UpstreamBody>>;
 
 /// How long a client may take to start sending its request body.
 const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,6 +214,9 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Early> {
         self.admit(&req)?;
         let routed = self.route(&req)?;
+        if !routed.provider.record {
+            return self.forward_unrecorded(req, routed, started).await;
+        }
         let (mut parts, body) = req.into_parts();
         let trace = Self::trace_context(&parts.headers);
         let (mut pending, mut body) = self.open_call(&mut parts, body, &routed, &trace, started, start_time_unix_nano);
@@ -252,6 +257,109 @@ impl Proxy {
         }
         let (call, upstream) = self.send(pending, Request::from_parts(parts, body)).await?;
         Ok(self.respond(call, upstream, remaining.as_ref(), injected))
+    }
+
+    /// A `record = false` route: forwarded like any call — team key swapped (or the call
+    /// signed), tracegate's `x-tracegate-*` headers taken off, the body's size limit kept — but
+    /// with no span: the caller's trace headers pass unchanged, nothing is captured, no budget
+    /// or rate limit is reserved (no spend would be known to settle it), no ledger row is
+    /// written. Only `tracegate_requests_total` counts it, by the status of its answer.
+    async fn forward_unrecorded(
+        &self,
+        req: Request<Incoming>,
+        routed: Routed,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Early> {
+        let provider = routed.provider;
+        let api = provider.api;
+        let (mut parts, body) = req.into_parts();
+        let query = if api == Api::Gemini { parts.uri.query() } else { None };
+        let team_key = self.teams.authenticate(&parts.headers, query);
+        let tags = headers::strip_request_headers_keeping_trace(&mut parts.headers);
+        let team = match &team_key {
+            Some(m) => Some(m.team_index),
+            None => tags
+                .iter()
+                .find(|(name, _)| name.as_str() == tracegate::TEAM)
+                .and_then(|(_, v)| v.to_str().ok())
+                .and_then(|name| self.team_names.iter().position(|n| n == name)),
+        };
+        let count = |ok: bool| {
+            self.recorder.count_unrecorded(&provider.name, team.map(|i| self.team_names[i].as_str()), ok);
+        };
+        let refuse = |error: ProxyError| {
+            count(false);
+            Err(own_response(error, api))
+        };
+        if api == Api::Bedrock && sigv4::is_client_signed(&parts.headers, parts.uri.query()) {
+            return refuse(ProxyError::client_signed_sigv4(&provider.name));
+        }
+        if self.require_team_key && team_key.is_none() {
+            return refuse(ProxyError::team_key_required());
+        }
+        if let Some(matched) = &team_key {
+            if !swap_in_provider_key(&mut parts.headers, matched, &provider) {
+                return refuse(ProxyError::provider_key_missing(&provider.name));
+            }
+        }
+        let declared_length = headers::content_length(&parts.headers);
+        if declared_length.is_some_and(|len| len > self.max_request_bytes) {
+            return refuse(ProxyError::body_too_large(self.max_request_bytes));
+        }
+        let key_in_query = team_key.as_ref().is_some_and(|m| m.carrier == KeyCarrier::Query);
+        parts.uri = if key_in_query { without_query_key(routed.uri) } else { routed.uri };
+        parts.version = Version::HTTP_11;
+        // A capture of zero bytes: the tee only enforces the size limit.
+        let shared = RequestShared::new(Capture::new(0, Some(0)));
+        let mut body = RequestTee::new(body, shared.clone(), started, self.max_request_bytes);
+        if let (Some(aws), true) = (provider.aws.as_ref(), team_key.is_some()) {
+            let limit = usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX).saturating_add(1);
+            match tokio::time::timeout(REQUEST_BODY_TIMEOUT, body.read_ahead(limit)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) if shared.too_large() => return refuse(ProxyError::body_too_large(self.max_request_bytes)),
+                _ => return refuse(ProxyError::request_body_incomplete()),
+            }
+            let signed = match body.read_ahead_bytes() {
+                (bytes, true) => sigv4::sign_request(&mut parts, bytes, aws),
+                _ => Err("the request body did not arrive whole".to_string()),
+            };
+            if let Err(why) = signed {
+                return refuse(ProxyError::upstream_unreachable(
+                    &provider.name,
+                    &format!("SigV4 signing failed: {why}"),
+                ));
+            }
+        }
+        let request = Request::from_parts(parts, body);
+        let exchange = async {
+            match self.route_for(&provider) {
+                UpstreamRoute::Pooled(index) => match self.clients[*index].request(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Left)),
+                    Err(err) => Err(classify_client_error(&provider, &err)),
+                },
+                UpstreamRoute::Direct(upstream) => match upstream.send(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Right)),
+                    Err(err) => Err(classify_h1_error(&provider, &err)),
+                },
+            }
+        };
+        let upstream = match tokio::time::timeout(provider.response_timeout, exchange).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) if shared.too_large() => return refuse(ProxyError::body_too_large(self.max_request_bytes)),
+            Ok(Err(_)) if shared.client_aborted() => return refuse(ProxyError::request_body_incomplete()),
+            Ok(Err(error)) => return refuse(error),
+            Err(_) => {
+                return refuse(ProxyError::upstream_timeout(
+                    &provider.name,
+                    "no response headers within the response timeout",
+                ))
+            }
+        };
+        let (mut parts, body) = upstream.into_parts();
+        count(parts.status.as_u16() < 400);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        Ok(Response::from_parts(parts, Either::Right(Either::Right(body))))
     }
 
     /// Phase 1: refuse what tracegate never forwards — `CONNECT`, absolute-form targets (the
@@ -603,7 +711,7 @@ fn fail(call: CallContext, error: ProxyError, api: Api) -> Early {
 
 /// An error tracegate answers itself, in the provider's error shape.
 fn own_response(error: ProxyError, api: Api) -> Early {
-    Box::new(error.to_response(api).map(Either::Right))
+    Box::new(error.to_response(api).map(|body| Either::Right(Either::Left(body))))
 }
 
 /// The upstream URI without its `key` query parameters (a Gemini team key that came there).

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::model::span::Span;
+use crate::model::span::{Span, SpanStatus};
 
 /// Histogram bucket bounds in seconds, sized for LLM calls (tens of ms to minutes).
 const SECONDS_BUCKETS: [f64; 16] =
@@ -133,6 +133,17 @@ impl Metrics {
         let provider = span.provider.as_deref().unwrap_or_default();
         let model = span.response_model.as_deref().or(span.request_model.as_deref()).unwrap_or_default();
         let team = span.team.as_deref().unwrap_or_default();
+        self.with_series(provider, model, team, |series| Self::add_call(series, span));
+    }
+
+    /// Counts a call of a `record = false` route: its request alone (no body is read, so no
+    /// model, tokens or duration), by the status of its answer.
+    pub fn observe_unrecorded(&self, provider: &str, team: &str, status: SpanStatus) {
+        self.with_series(provider, "", team, |series| *series.requests.entry(status.as_str()).or_default() += 1);
+    }
+
+    /// Runs `f` on the series of (provider, model, team), created on first use.
+    fn with_series(&self, provider: &str, model: &str, team: &str, f: impl FnOnce(&mut Series)) {
         let mut key = series_key(provider, model, team);
         let mut l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
         // Model and team names come from clients: past a bound, new ones share one series.
@@ -151,6 +162,10 @@ impl Metrics {
                 ..Series::default()
             }),
         };
+        f(series);
+    }
+
+    fn add_call(series: &mut Series, span: &Span) {
         *series.requests.entry(span.status.as_str()).or_default() += 1;
         series.duration.observe(span.duration_ms / 1000.0);
         if let Some(ttft) = span.ttft_ms {

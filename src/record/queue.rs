@@ -17,7 +17,7 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::config::Provider;
 use crate::model::capture::Captured;
 use crate::model::ids::{SpanId, TraceId};
-use crate::model::span::SpanWrite;
+use crate::model::span::{SpanStatus, SpanWrite};
 use crate::policy::budget::Reservation;
 use crate::policy::teams::TeamKeyMatch;
 use crate::record::metrics::Metrics;
@@ -137,6 +137,13 @@ impl RecorderHandle {
     /// Records an exporter's progress durably (through the one writer). Blocks if the queue is full.
     pub fn set_export_cursor(&self, exporter: &'static str, seq: u64) {
         let _ = self.tx.send(Message::ExportCursor(exporter, seq));
+    }
+
+    /// Counts a call of a `record = false` route in `tracegate_requests_total` (nothing else of
+    /// it is kept). Called on the request path: one short lock, no queue.
+    pub fn count_unrecorded(&self, provider: &str, team: Option<&str>, ok: bool) {
+        let status = if ok { SpanStatus::Ok } else { SpanStatus::Error };
+        self.metrics.observe_unrecorded(provider, team.unwrap_or_default(), status);
     }
 
     /// Has the recorder delete the spans at `positions` (a batch chosen by

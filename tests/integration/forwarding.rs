@@ -327,3 +327,61 @@ async fn the_proxy_listener_speaks_https_with_rustls() {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
     assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn a_route_with_record_false_forwards_without_a_span_a_capture_or_a_ledger_row() {
+    let mock = Mock::start(std::time::Duration::ZERO).await;
+    let providers = format!(
+        "{}api_key = \"sk-provider\"\nrecord = false\n{}[[teams]]\nname = \"apps\"\nkeys = [\"tk-norec\"]\ndaily_budget_usd = 0.000001\n",
+        provider("norec", "/norec", mock.addr, "openai"),
+        provider("openai", "/openai", mock.addr, "openai"),
+    );
+    let proxy = Proxy::start(&providers).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let secret_phrase =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Unrecorded zebra pineapple"}]}"#;
+    let url = proxy.url("/norec/v1/chat/completions");
+    let auth = [("authorization", "Bearer tk-norec"), ("traceparent", traceparent)];
+    // Twice, beyond what the tiny budget would admit: no budget applies to an unrecorded route.
+    for body in [secret_phrase, CHAT_STREAM_USAGE] {
+        let (status, headers, answer) = post(&url, &auth, body).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains("mock reply") || answer.ends_with("data: [DONE]\n\n"), "{answer}");
+        assert!(headers.get("x-tracegate-trace-id").is_none(), "no span, no ids");
+        let saw = upstream_saw(&headers);
+        assert_eq!(saw["traceparent"], traceparent, "the caller's trace context passes unchanged");
+        assert_eq!(saw["authorization"], "Bearer sk-provider", "the team key is still swapped");
+    }
+    let (status, _, _) = post(&url, &[("x-mock-status", "500")], CHAT).await;
+    assert_eq!(status, 500);
+
+    let (_, traces) = proxy.admin_get("/api/traces").await;
+    assert_eq!(traces["traces"].as_array().map(Vec::len), Some(0), "{traces}");
+    let (_, usage) = proxy.admin_get("/api/usage").await;
+    assert_eq!(usage["totals"]["requests"], 0, "no ledger row: {usage}");
+    let admin = proxy.admin_url("");
+    assert_eq!(metric(&admin, "tracegate_spans_recorded_total").await, 0.0);
+    let (_, _, text) = get(&format!("{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&text);
+    let count = |status: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("tracegate_requests_total{") && l.contains("provider=\"norec\""))
+            .filter(|l| l.contains(&format!("status=\"{status}\"")))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    assert_eq!((count("ok"), count("error")), (2.0, 1.0), "{text}");
+    assert!(text.lines().any(|l| l.contains("provider=\"norec\"") && l.contains("team=\"apps\"")), "{text}");
+
+    // The recorded route beside it records as before.
+    let (status, _, _) = post(&proxy.url("/openai/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(status, 200);
+    let (_, traces) = proxy.admin_get("/api/traces").await;
+    assert_eq!(traces["traces"].as_array().map(Vec::len), Some(1));
+    let dir = proxy.shutdown().await;
+    for file in walk(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains("zebra pineapple"), "captured in {}", file.display());
+    }
+}
