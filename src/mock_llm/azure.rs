@@ -3,14 +3,22 @@
 //!
 //! `POST /openai/deployments/{deployment}/chat/completions?api-version=...` (also
 //! `/completions` and `/embeddings`) is answered like the OpenAI endpoint, the `model` being
-//! the body's or else [`DEPLOYED_MODEL`] (Azure names the model deployed, not the deployment); without an `api-version` query it is a 404, as
+//! the body's or else the model deployed ([`deployed_model`]; Azure never names the
+//! deployment); without an `api-version` query it is a 404, as
 //! Azure answers it. The v1 API, `/openai/v1/{path}`, is the OpenAI API under another prefix
 //! (no `api-version` needed).
 
 use serde_json::{json, Value};
 
-/// The model every deployment of the mock runs, as Azure names it in its answers.
-pub(super) const DEPLOYED_MODEL: &str = "gpt-4o-mini-2024-07-18";
+/// The model a deployment of the mock runs, by the endpoint it is called on, as Azure names it
+/// in its answers: chat, completions (an instruct model), embeddings.
+pub(super) fn deployed_model(openai_path: &str) -> &'static str {
+    match openai_path {
+        "/v1/completions" => "gpt-35-turbo-instruct",
+        "/v1/embeddings" => "text-embedding-3-small",
+        _ => "gpt-4o-mini-2024-07-18",
+    }
+}
 
 /// Where an Azure path goes: the OpenAI path it stands for, and the deployment (which names
 /// the model) when it is a deployment path.

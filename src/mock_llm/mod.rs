@@ -240,7 +240,7 @@ enum Call {
 
 #[derive(Debug)]
 struct AzureCall {
-    /// The deployment of `/openai/deployments/{deployment}/...` (answered as `DEPLOYED_MODEL`).
+    /// The deployment of `/openai/deployments/{deployment}/...` (answered as the model it runs, `azure::deployed_model`).
     deployment: Option<String>,
     /// A deployment path without an `api-version` query (answered with a 404).
     missing_api_version: bool,
@@ -331,7 +331,12 @@ async fn route(
                 if azure.as_ref().is_some_and(|a| a.deployment.is_some())
                     && req.get("model").and_then(Value::as_str).is_none()
                 {
-                    req["model"] = Value::String(azure::DEPLOYED_MODEL.to_string());
+                    let openai_path = match endpoint {
+                        Endpoint::Completions => "/v1/completions",
+                        Endpoint::Embeddings => "/v1/embeddings",
+                        _ => "/v1/chat/completions",
+                    };
+                    req["model"] = Value::String(azure::deployed_model(openai_path).to_string());
                 }
                 let azure = azure.is_some();
                 match endpoint {

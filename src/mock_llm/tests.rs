@@ -937,7 +937,7 @@ async fn azure_chat_stream_opens_with_the_prompt_filter_chunk() {
     assert_eq!(chunks[1]["choices"][0]["delta"]["role"], "assistant");
     let mut text = String::new();
     for chunk in &chunks[2..14] {
-        assert_eq!(chunk["model"], "dep");
+        assert_eq!(chunk["model"], "gpt-4o-mini-2024-07-18");
         assert_eq!(chunk["choices"][0]["content_filter_results"]["violence"]["filtered"], false);
         text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap());
     }
@@ -952,12 +952,12 @@ async fn azure_completions_embeddings_v1_and_missing_api_version() {
     let r =
         post(addr, "/openai/deployments/inst/completions?api-version=2024-10-21", json!({"prompt": "hi there"})).await;
     let v = r.json();
-    assert_eq!(v["model"], "inst");
+    assert_eq!(v["model"], "gpt-35-turbo-instruct");
     assert_eq!(v["choices"][0]["text"], REPLY_TEXT);
     assert!(v["prompt_filter_results"].is_array());
     let r =
         post(addr, "/openai/deployments/emb/embeddings?api-version=2024-10-21", json!({"input": "hello world"})).await;
-    assert_eq!(r.json()["model"], "emb");
+    assert_eq!(r.json()["model"], "text-embedding-3-small");
     assert_eq!(r.json()["data"][0]["embedding"].as_array().unwrap().len(), 8);
     // The v1 API: OpenAI's paths under /openai/v1/, no api-version needed.
     let r = post(addr, "/openai/v1/chat/completions", json!({"model": "gpt-4o", "messages": []})).await;
