@@ -171,6 +171,7 @@ fn recorded_span() -> Span {
         ]),
         error: None,
         events: Vec::new(),
+        instance: None,
     }
 }
 

@@ -20,9 +20,11 @@ impl Server {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server runs (apt-get install redis-server)");
+        // Owned at once, so it is killed and reaped on every path.
+        let server = Server(child, port);
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Server(child, port);
+                return server;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
