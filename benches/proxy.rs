@@ -13,8 +13,8 @@
 //!    phase is also capped at 30 s). Reported: requests per second, p50/p99 latency (request
 //!    sent → whole response body read) and the latency the proxy adds at p50/p99 (in that
 //!    "proxy − direct" row the req/s column is the throughput ratio proxy / direct).
-//! 2. Slow streams: 1,000 streaming requests (`"stream": true`), each on its own connection
-//!    (opened beforehand, not timed), started evenly over 1 s; the mock's hooks
+//! 2. Slow streams: 1,000 streaming requests (`"stream": true`; `STREAMS=10000` for more),
+//!    each on its own connection (opened beforehand, not timed), started evenly over 1 s; the mock's hooks
 //!    (`x-mock-chunks: 40`, `x-mock-chunk-delay-ms: 50`) make every stream last about 2 s, so
 //!    all 1,000 are open at the same time (the peak is printed). Reported: p50/p99 time to first token (request
 //!    sent → first body bytes that complete a `data:` event with non-empty `delta.content`; the
@@ -70,8 +70,13 @@ const MEASURED_REQUESTS: u64 = 20_000;
 /// Upper bound on the duration of one non-streaming phase.
 const PHASE_TIME_LIMIT: Duration = Duration::from_secs(30);
 
-/// Concurrent slow streams.
-const STREAMS: usize = 1_000;
+/// Concurrent slow streams by default.
+const DEFAULT_STREAMS: usize = 1_000;
+
+/// Concurrent slow streams: `STREAMS` from the environment (issue 21 asks for 10,000), else 1,000.
+fn streams() -> usize {
+    std::env::var("STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_STREAMS)
+}
 /// Rounds of the slow-streams phase (1: the proxy's upstream pool is cold, 2: warm).
 const STREAM_ROUNDS: usize = 2;
 /// Content events per stream (`x-mock-chunks`).
@@ -186,7 +191,7 @@ fn raise_open_file_limit() -> u64 {
         }
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit(RLIMIT_NOFILE)");
     }
-    let needed = 2 * STREAMS as u64 + 512;
+    let needed = 2 * streams() as u64 + 512;
     assert!(limit.rlim_cur >= needed, "open-file limit {} is below the {needed} the streams need", limit.rlim_cur);
     limit.rlim_cur
 }
@@ -412,13 +417,15 @@ impl Drop for OpenStreamGuard {
 /// spread over `STREAM_START_SPREAD`.
 async fn run_slow_streams(target: &Target, round: usize) -> StreamsResult {
     progress(&format!(
-        "{}: round {round}, {STREAMS} concurrent streams, {STREAM_CHUNKS} chunks {STREAM_CHUNK_DELAY_MS} ms apart",
-        target.label
+        "{}: round {round}, {} concurrent streams, {STREAM_CHUNKS} chunks {STREAM_CHUNK_DELAY_MS} ms apart",
+        target.label,
+        streams()
     ));
     let open = Arc::new(OpenStreams::default());
     let mut errors = Vec::new();
-    let mut tasks = Vec::with_capacity(STREAMS);
-    let connections = connect_many(target.addr, STREAMS).await;
+    let count = streams();
+    let mut tasks = Vec::with_capacity(count);
+    let connections = connect_many(target.addr, count).await;
     let overflows_before = listen_overflows();
     let first_start = tokio::time::Instant::now();
     for (index, connection) in connections.into_iter().enumerate() {
@@ -427,7 +434,7 @@ async fn run_slow_streams(target: &Target, round: usize) -> StreamsResult {
                 let (target, open) = (target.clone(), open.clone());
                 // Starts are spread evenly over STREAM_START_SPREAD, like arriving users; each
                 // stream lasts longer than the spread, so all are open together at the end of it.
-                let start_at = first_start + STREAM_START_SPREAD * index as u32 / STREAMS as u32;
+                let start_at = first_start + STREAM_START_SPREAD * index as u32 / count as u32;
                 tasks.push(tokio::spawn(async move {
                     tokio::time::sleep_until(start_at).await;
                     tokio::time::timeout(STREAM_TIME_LIMIT, one_slow_stream(connection, &target, &open))
@@ -438,7 +445,7 @@ async fn run_slow_streams(target: &Target, round: usize) -> StreamsResult {
             Err(e) => errors.push(e),
         }
     }
-    let (mut ttft, mut total) = (Vec::with_capacity(STREAMS), Vec::with_capacity(STREAMS));
+    let (mut ttft, mut total) = (Vec::with_capacity(count), Vec::with_capacity(count));
     for task in tasks {
         match task.await.expect("stream task panicked") {
             Ok(timing) => {
@@ -643,8 +650,9 @@ fn print_report(open_file_limit: u64, r: &Report, rec: &Recording, peak_rss_kib:
 
 fn print_stream_rounds(rounds: &[StreamRound]) {
     println!(
-        "streaming: {STREAMS} concurrent streams, {STREAM_CHUNKS} chunks {STREAM_CHUNK_DELAY_MS} ms apart, times in ms \
-         (round 1: proxy upstream pool cold, round 2: warm)"
+        "streaming: {} concurrent streams, {STREAM_CHUNKS} chunks {STREAM_CHUNK_DELAY_MS} ms apart, times in ms \
+         (round 1: proxy upstream pool cold, round 2: warm)",
+        streams()
     );
     println!(
         "{:<18} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
