@@ -46,7 +46,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 
-use common::{connect, fetch_metrics, free_loopback_addrs, metric_value, ms, percentile, ChildProcess, Connection};
+use common::{
+    connect, fetch_metrics, free_loopback_addrs, metric_value, ms, percentile, start_mock, ChildProcess, Connection,
+};
 use engines::{Postgres, Redis};
 
 const CONNECTIONS: usize = 32;
@@ -89,13 +91,7 @@ fn main() {
     let pg = Postgres::start();
     let redis = Redis::start();
     let [mock_addr] = free_loopback_addrs();
-    let mock_listen = mock_addr.to_string();
-    let mut mock = ChildProcess::spawn(
-        "mock-llm",
-        &["mock-llm", "--listen", &mock_listen, "--chunk-delay-ms", "0"],
-        dir.path().join("mock.log"),
-    );
-    mock.wait_until_listening(mock_addr);
+    let mock = start_mock(mock_addr, dir.path().join("mock.log"));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let mut results = Vec::new();
     for (n, setup) in SETUPS.iter().enumerate() {

@@ -56,7 +56,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use tokio::sync::Semaphore;
 
-use common::{connect, fetch_metrics, free_loopback_addrs, metric_value, ms, percentile, ChildProcess, Connection};
+use common::{
+    connect, fetch_metrics, free_loopback_addrs, metric_value, ms, percentile, start_mock, ChildProcess, Connection,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Workload parameters.
@@ -129,13 +131,7 @@ impl Stack {
         let dir = tempfile::tempdir().expect("temporary directory");
         let [mock_addr, proxy_addr, admin_addr] = free_loopback_addrs();
 
-        let mock_listen = mock_addr.to_string();
-        let mut mock = ChildProcess::spawn(
-            "mock-llm",
-            &["mock-llm", "--listen", &mock_listen, "--chunk-delay-ms", "0"],
-            dir.path().join("mock.log"),
-        );
-        mock.wait_until_listening(mock_addr);
+        let mock = start_mock(mock_addr, dir.path().join("mock.log"));
 
         let config = write_proxy_config(dir.path(), mock_addr, proxy_addr, admin_addr);
         let config = config.to_str().expect("UTF-8 temp path");

@@ -72,6 +72,15 @@ impl Drop for ChildProcess {
     }
 }
 
+/// `tracegate mock-llm` on `addr` without pauses between streamed chunks (the benches set them
+/// per request), listening when this returns; its stderr goes to `log`.
+pub fn start_mock(addr: SocketAddr, log: PathBuf) -> ChildProcess {
+    let listen = addr.to_string();
+    let mut mock = ChildProcess::spawn("mock-llm", &["mock-llm", "--listen", &listen, "--chunk-delay-ms", "0"], log);
+    mock.wait_until_listening(addr);
+    mock
+}
+
 /// `N` distinct loopback addresses whose ports were free a moment ago (bound to port 0, then
 /// released), for children that cannot report the port they bound.
 pub fn free_loopback_addrs<const N: usize>() -> [SocketAddr; N] {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
@@ -40,7 +40,7 @@ use crate::model::ids::{SpanId, TraceId};
 use crate::model::pricing::{BilledTokens, PriceBook};
 use crate::policy::budget::{Budgets, Estimate, Remaining, Reservation, DEFAULT_MAX_OUTPUT_TOKENS};
 use crate::policy::shared_limits::{Shared, SharedLimits};
-use crate::policy::teams::{query_without_key, swap_in_provider_key, KeyCarrier, TeamDirectory};
+use crate::policy::teams::{query_without_key, swap_in_provider_key, KeyCarrier, TeamDirectory, TeamKeyMatch};
 use crate::proxy::body_tee::{RequestTee, ResponseTee};
 use crate::proxy::call::{CallContext, PendingCall, RequestShared, ResponseFacts};
 use crate::proxy::errors::ProxyError;
@@ -276,14 +276,7 @@ impl Proxy {
         let query = if api == Api::Gemini { parts.uri.query() } else { None };
         let team_key = self.teams.authenticate(&parts.headers, query);
         let tags = headers::strip_request_headers_keeping_trace(&mut parts.headers);
-        let team = match &team_key {
-            Some(m) => Some(m.team_index),
-            None => tags
-                .iter()
-                .find(|(name, _)| name.as_str() == tracegate::TEAM)
-                .and_then(|(_, v)| v.to_str().ok())
-                .and_then(|name| self.team_names.iter().position(|n| n == name)),
-        };
+        let team = self.team_index(team_key.as_ref(), &tags);
         let count = |ok: bool| {
             self.recorder.count_unrecorded(&provider.name, team.map(|i| self.team_names[i].as_str()), ok);
         };
@@ -330,20 +323,7 @@ impl Proxy {
                 ));
             }
         }
-        let request = Request::from_parts(parts, body);
-        let exchange = async {
-            match self.route_for(&provider) {
-                UpstreamRoute::Pooled(index) => match self.clients[*index].request(request).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Left)),
-                    Err(err) => Err(classify_client_error(&provider, &err)),
-                },
-                UpstreamRoute::Direct(upstream) => match upstream.send(request).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Right)),
-                    Err(err) => Err(classify_h1_error(&provider, &err)),
-                },
-            }
-        };
-        let upstream = match tokio::time::timeout(provider.response_timeout, exchange).await {
+        let upstream = match self.exchange(&provider, Request::from_parts(parts, body)).await {
             Ok(Ok(response)) => response,
             Ok(Err(_)) if shared.too_large() => return refuse(ProxyError::body_too_large(self.max_request_bytes)),
             Ok(Err(_)) if shared.client_aborted() => return refuse(ProxyError::request_body_incomplete()),
@@ -461,16 +441,21 @@ impl Proxy {
 
     /// The team a call is accounted to: its team key's, else the one `x-tracegate-team` names.
     pub fn team_of(&self, info: &CallInfo) -> TeamOf {
-        let index = match &info.team_key {
+        let index = self.team_index(info.team_key.as_ref(), &info.tracegate_headers);
+        TeamOf { index, limited: index.is_some_and(|i| self.budgets.is_limited(i)) }
+    }
+
+    /// The team's index in the config: the team key's, else the one `x-tracegate-team` (among
+    /// the headers taken off the request) names.
+    fn team_index(&self, team_key: Option<&TeamKeyMatch>, tags: &[(HeaderName, HeaderValue)]) -> Option<usize> {
+        match team_key {
             Some(m) => Some(m.team_index),
-            None => info
-                .tracegate_headers
+            None => tags
                 .iter()
                 .find(|(name, _)| name.as_str() == tracegate::TEAM)
                 .and_then(|(_, v)| v.to_str().ok())
                 .and_then(|team| self.team_names.iter().position(|n| n == team)),
-        };
-        TeamOf { index, limited: index.is_some_and(|i| self.budgets.is_limited(i)) }
+        }
     }
 
     /// Phase 4: reads the body's first bytes before the upstream is contacted — one frame, so
@@ -627,19 +612,7 @@ impl Proxy {
         request: Request<RequestTee>,
     ) -> Result<(CallContext, Response<UpstreamBody>), Early> {
         let provider = pending.get().info.provider.clone();
-        let exchange = async {
-            match self.route_for(&provider) {
-                UpstreamRoute::Pooled(index) => match self.clients[*index].request(request).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Left)),
-                    Err(err) => Err(classify_client_error(&provider, &err)),
-                },
-                UpstreamRoute::Direct(upstream) => match upstream.send(request).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Right)),
-                    Err(err) => Err(classify_h1_error(&provider, &err)),
-                },
-            }
-        };
-        let result = tokio::time::timeout(provider.response_timeout, exchange).await;
+        let result = self.exchange(&provider, request).await;
         let call = pending.take();
         match result {
             Ok(Ok(response)) => Ok((call, response)),
@@ -662,6 +635,28 @@ impl Proxy {
                 Err(fail(call, error, provider.api))
             }
         }
+    }
+
+    /// The request through the provider's client until the upstream's response head arrives
+    /// (`Err(Elapsed)` once the provider's response timeout passes); a failure classified.
+    async fn exchange(
+        &self,
+        provider: &Arc<Provider>,
+        request: Request<RequestTee>,
+    ) -> Result<Result<Response<UpstreamBody>, ProxyError>, tokio::time::error::Elapsed> {
+        let exchange = async {
+            match self.route_for(provider) {
+                UpstreamRoute::Pooled(index) => match self.clients[*index].request(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Left)),
+                    Err(err) => Err(classify_client_error(provider, &err)),
+                },
+                UpstreamRoute::Direct(upstream) => match upstream.send(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Right)),
+                    Err(err) => Err(classify_h1_error(provider, &err)),
+                },
+            }
+        };
+        tokio::time::timeout(provider.response_timeout, exchange).await
     }
 
     /// Phase 8: the upstream's status and headers (hop-by-hop removed) with the call's ids and,

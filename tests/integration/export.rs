@@ -328,20 +328,7 @@ async fn ingested_app_spans_join_the_trace_of_the_llm_call_protobuf_and_json() {
 async fn spans_from_the_opentelemetry_python_sdk_join_the_llm_call() {
     let mock = Mock::start(Duration::ZERO).await;
     let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/otel_app.py");
-    let (admin, base) = (proxy.admin_url(""), proxy.url(""));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").arg(script).arg(admin).arg(base).output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "otel_app.py failed (tests/run.sh installs its packages):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ids: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ids = sdk_script("otel_app.py", vec![proxy.admin_url(""), proxy.url("")]).await;
     assert_eq!(ids["proxy_trace_id"], ids["trace_id"], "the proxy joined the app's trace");
     let spans = proxy.wait_spans(ids["trace_id"].as_str().unwrap(), 3).await;
     let step = spans.iter().find(|s| s["name"] == "agent step").expect("the app's span was ingested");

@@ -560,16 +560,7 @@ async fn usage_table_broke_on_a_model_name_with_a_newline_and_lost_the_asked_col
 async fn mock_llm_answers_structured_output_requests_with_schema_fitting_json() {
     let mock = Mock::start(Duration::ZERO).await;
     let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/structured_output.py");
-    let base = proxy.url("");
-    let output =
-        tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(script).arg(base).output())
-            .await
-            .unwrap()
-            .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the SDK script failed (tests/run.sh installs the SDK):\n{stderr}");
-    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let seen = sdk_script("structured_output.py", vec![proxy.url("")]).await;
 
     let chat = &seen["chat"];
     let ticket = &chat["value"];

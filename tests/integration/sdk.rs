@@ -1,7 +1,6 @@
 //! The official OpenAI (and Anthropic) Python SDKs as clients, unchanged but for the base URL:
 //! they must parse every proxied answer, and tracegate must record what they saw.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,20 +18,8 @@ async fn official_python_sdks_work_through_the_proxy_and_their_calls_are_recorde
         provider("anthropic", "/anthropic", mock.addr, "anthropic")
     );
     let proxy = Proxy::start(&providers).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/official_sdks.py");
-    let base = proxy.url("");
     let traceparent = format!("00-{TRACE}-b7ad6b7169203331-01");
-    let output =
-        tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(base).arg(traceparent).output())
-            .await
-            .unwrap()
-            .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed (the SDKs come from tests/requirements.txt; tests/run.sh installs them):\n{stderr}"
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let seen = sdk_script("official_sdks.py", vec![proxy.url(""), traceparent]).await;
 
     assert_eq!(seen["chat"]["trace_id"], TRACE);
     assert_eq!(seen["chat"]["text"], tracegate::mock_llm::REPLY_TEXT);

@@ -4,7 +4,6 @@
 //! the provider's key or a valid SigV4 signature (checked by botocore's own signer,
 //! `tests/sdk/check_sigv4.py`), never the team key.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,21 +18,6 @@ const TRACE: &str = "5c3a1f0e9d8b7a6c5b4a39281706f5e4";
 const TEAM_KEY: &str = "tk-formats-sdk";
 const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const SIGNED_ANSWER: &str = r#"{"output":{"message":{"role":"assistant","content":[{"text":"Signed hello"}]}},"stopReason":"end_turn","usage":{"inputTokens":12,"outputTokens":2,"totalTokens":14},"metrics":{"latencyMs":40}}"#;
-
-/// Runs a Python script of `tests/sdk` with `args`; its stdout as JSON.
-async fn python(script: &str, args: Vec<String>) -> Value {
-    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::task::spawn_blocking(move || Command::new("python3").arg(&script).args(&args).output())
-        .await
-        .unwrap()
-        .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed (the SDKs come from tests/requirements.txt; tests/run.sh installs them):\n{stderr}"
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("the script prints JSON ({e}): {stderr}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_genai_azure_openai_and_boto3_work_through_the_proxy_with_a_team_key() {
@@ -62,7 +46,7 @@ async fn google_genai_azure_openai_and_boto3_work_through_the_proxy_with_a_team_
     let base = format!("https://localhost:{}", proxy.server().proxy_addr().port());
     let traceparent = format!("00-{TRACE}-a1b2c3d4e5f60718-01");
     let args = vec![base, ca.display().to_string(), traceparent, TEAM_KEY.to_string()];
-    let seen = python("more_formats.py", args).await;
+    let seen = sdk_script("more_formats.py", args).await;
     let reply = tracegate::mock_llm::REPLY_TEXT;
 
     // What the clients saw: whole answers, parsed by each SDK.
@@ -100,7 +84,10 @@ async fn google_genai_azure_openai_and_boto3_work_through_the_proxy_with_a_team_
     std::fs::write(&request_file, as_received.to_string()).unwrap();
     let check = |secret: &str| {
         let file = request_file.display().to_string();
-        python("check_sigv4.py", vec![file, "AKIDEXAMPLE".into(), secret.into(), "us-east-1".into(), "bedrock".into()])
+        sdk_script(
+            "check_sigv4.py",
+            vec![file, "AKIDEXAMPLE".into(), secret.into(), "us-east-1".into(), "bedrock".into()],
+        )
     };
     assert_eq!(check(AWS_SECRET).await["valid"], true, "botocore finds tracegate's signature valid");
     assert_eq!(check("not-the-secret").await["valid"], false, "the check itself can fail");

@@ -491,6 +491,23 @@ pub fn binary_config(dir: &std::path::Path, providers: &str) -> (std::path::Path
     (config, proxy_port, admin_port)
 }
 
+/// Runs the Python script `tests/sdk/{script}` with `args` (the SDKs it drives come from
+/// tests/requirements.txt, which tests/run.sh installs); its stdout as JSON.
+pub async fn sdk_script(script: &str, args: Vec<String>) -> Value {
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(&script).args(&args).output())
+            .await
+            .unwrap()
+            .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the SDK script failed (the SDKs come from tests/requirements.txt; tests/run.sh installs them):\n{stderr}"
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("the script prints JSON ({e}): {stderr}"))
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
