@@ -21,11 +21,12 @@
 //! most [`DELETE_BATCH`] positions: a delete of a whole team runs in bounded memory, and the
 //! recorder writes the calls arriving meanwhile between batches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use crate::model::ids::TraceId;
 use crate::model::span::Span;
+use crate::store::dedup;
 use crate::store::index;
 use crate::store::layout::*;
 use crate::store::reader::SegmentCache;
@@ -120,6 +121,10 @@ impl Store {
             let seq = index::seq_of_position(*position);
             by_seq.entry(seq).or_default().push(usize::from(index::index_of_position(*position)));
         }
+        // Records of later calls that borrow text from a deleted base get it copied in first
+        // (a crash in between leaves them whole and the base still there: nothing lost).
+        self.materialize_borrowers(&by_seq, &mut writer.compressor)?;
+        writer.bases.clear();
         let mut erased: Vec<(Position, Span)> = Vec::new();
         for (seq, indices) in by_seq {
             let Some(stored) = self.tree.get(segment_key(SPAN_SEGMENT, seq))? else { continue };
@@ -155,6 +160,58 @@ impl Store {
             tracing::error!(error = %e, "removing deleted spans' postings failed; they point at tombstones");
         }
         Ok(erased.len())
+    }
+
+    /// Copies into each record that refers to a base about to be deleted (a span at one of
+    /// `by_seq`'s positions whose record is flagged `dedup::BASE`) the text it borrows from it.
+    /// Such records are the base's later calls of the same session (else trace): found through
+    /// the index, never by a scan.
+    fn materialize_borrowers(
+        &self,
+        by_seq: &BTreeMap<u64, Vec<usize>>,
+        compressor: &mut crate::store::segment_codec::SegmentCompressor,
+    ) -> Result<(), StoreError> {
+        let mut owners: HashMap<(u64, u16), Vec<u8>> = HashMap::new();
+        let mut candidates: BTreeMap<u64, HashSet<usize>> = BTreeMap::new();
+        for (seq, indices) in by_seq {
+            let Some(bodies) = self.tree.get(segment_key(BODY_SEGMENT, *seq))? else { continue };
+            let bodies = RawSegment::of(bodies)?;
+            let records = dedup::records(&bodies)?;
+            let bases: Vec<usize> =
+                indices.iter().copied().filter(|i| records.get(*i).is_some_and(|r| r.0 & dedup::BASE != 0)).collect();
+            if bases.is_empty() {
+                continue;
+            }
+            let Some(spans) = self.tree.get(segment_key(SPAN_SEGMENT, *seq))? else { continue };
+            let spans = RawSegment::of(spans)?;
+            for (i, span) in SpanSegment::new(&spans)?.enumerate() {
+                let span = span?;
+                if !bases.contains(&i) || span.is_tombstone() {
+                    continue;
+                }
+                let (flags, request, _) = records[i];
+                owners.insert((*seq, i as u16), dedup::own_literal(flags, request)?.to_vec());
+                let span = decode::<Span>(span.json)?;
+                let later = match &span.session {
+                    Some(session) => self.index.session_positions(&self.tree, session)?,
+                    None => self.index.trace_positions(&self.tree, &span.trace_id)?,
+                };
+                for position in later.into_iter().filter(|p| *p > index::position(*seq, i as u16)) {
+                    let (seq, i) = (index::seq_of_position(position), usize::from(index::index_of_position(position)));
+                    if !by_seq.get(&seq).is_some_and(|deleted| deleted.contains(&i)) {
+                        candidates.entry(seq).or_default().insert(i);
+                    }
+                }
+            }
+        }
+        for (seq, indices) in candidates {
+            let Some(bodies) = self.tree.get(segment_key(BODY_SEGMENT, seq))? else { continue };
+            let bodies = RawSegment::of(bodies)?;
+            if let Some(rewritten) = dedup::materialized(&bodies, &indices, &owners)? {
+                self.tree.insert(segment_key(BODY_SEGMENT, seq), compressor.encode(&rewritten))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{SpanBodies, SpanWrite};
+use crate::store::dedup::{self, Bases};
 use crate::store::error::StoreError;
 use crate::store::ledger::LedgerRow;
 use crate::store::segment_codec::{self, SegmentCompressor};
@@ -28,10 +29,13 @@ pub(super) const LEDGER: u8 = b'L';
 pub(super) const FORMAT_KEY: &[u8] = b"Mformat";
 /// The last segment seq whose batch's commit record has been merged into the ledger.
 pub(super) const MERGED_THROUGH_KEY: &[u8] = b"Mmerged_through";
-/// The layout this code reads and writes. Formats 2 and 3 differ only in their trace index
+/// The layout this code reads and writes (5: requests may be stored as pieces of earlier
+/// ones, which a format-4 reader cannot read). Formats 2 and 3 differ only in their trace index
 /// (format 2 also in raw segments, which still read): it is dropped and the search index built
 /// at open. Format 1 (an index key per span) likewise. Another value refuses to open.
-pub(super) const FORMAT_VERSION: u8 = 4;
+pub(super) const FORMAT_VERSION: u8 = 5;
+/// Format 4 is format 5 without request pieces (`dedup`): it reads unchanged.
+pub(super) const FORMAT4: u8 = 4;
 /// Format 2 is format 3 without compressed segments: it reads unchanged (see `segment_codec`).
 pub(super) const FORMAT2: u8 = 2;
 pub(super) const FORMAT3: u8 = 3;
@@ -165,20 +169,30 @@ impl<'a> Iterator for SpanSegment<'a> {
     }
 }
 
-/// The bodies of span `index` in an encoded body segment.
-pub(super) fn bodies_at(segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
-    Ok(span_bodies(raw_bodies_at(segment, index)?))
+/// The bodies of span `index` in an encoded body segment (pieces of its request read from `tree`).
+pub(super) fn bodies_at(tree: &sled::Tree, segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
+    Ok(span_bodies(resolved(tree, raw_bodies_at(segment, index)?)?))
 }
 
 /// A body record as text (none when the bodies were not kept).
-pub(super) fn span_bodies(raw: Option<RawBodies<'_>>) -> SpanBodies {
+pub(super) fn span_bodies(raw: Option<Bodies<'_>>) -> SpanBodies {
     let Some((flags, request, response)) = raw else { return SpanBodies::default() };
     let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
-    SpanBodies { request_body: text(request), response_body: text(response), truncated: flags & BODIES_TRUNCATED != 0 }
+    SpanBodies { request_body: text(&request), response_body: text(response), truncated: flags & BODIES_TRUNCATED != 0 }
 }
 
-/// A span's body record: flags, request, response (raw bytes).
+/// A span's body record as stored: flags, request field (the text, or its pieces), response.
 pub(crate) type RawBodies<'a> = (u8, &'a [u8], &'a [u8]);
+/// A span's bodies as text: flags, request, response.
+pub(crate) type Bodies<'a> = (u8, std::borrow::Cow<'a, [u8]>, &'a [u8]);
+
+/// A stored record with its request's pieces put together (an empty request when text it
+/// refers to is gone, see `dedup::resolve`).
+pub(crate) fn resolved<'a>(tree: &sled::Tree, raw: Option<RawBodies<'a>>) -> Result<Option<Bodies<'a>>, StoreError> {
+    let Some((flags, request, response)) = raw else { return Ok(None) };
+    let request = dedup::resolve(tree, flags, request)?.unwrap_or_default();
+    Ok(Some((flags, request, response)))
+}
 
 /// The raw request and response bodies of span `index` (with its flags), `None` when the
 /// span's bodies were not kept.
@@ -264,7 +278,9 @@ impl SegmentWriter {
         self.spans.len() + self.bodies.len()
     }
 
-    pub(super) fn push(&mut self, write: &SpanWrite) {
+    /// Appends a span and its bodies as record `count` of segment `seq`; its request is stored
+    /// as pieces of earlier ones when `bases` finds them (see `dedup`).
+    pub(super) fn push(&mut self, write: &SpanWrite, seq: u64, bases: &mut Bases) {
         let span = &write.span;
         self.spans.extend_from_slice(&span.trace_id.0);
         self.spans.extend_from_slice(&span.span_id.0);
@@ -284,11 +300,28 @@ impl SegmentWriter {
             None => (0, "", ""),
         };
         self.any_bodies |= flags & BODIES_KEPT != 0;
-        self.bodies.push(flags);
-        for body in [request, response] {
-            self.bodies.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            self.bodies.extend_from_slice(body.as_bytes());
+        let stored = match flags & BODIES_KEPT {
+            0 => dedup::Stored { pieces: None, base: false },
+            _ => bases.store(span, seq, self.count as u16, request.as_bytes()),
+        };
+        let flags = flags | if stored.base { dedup::BASE } else { 0 };
+        match &stored.pieces {
+            Some(pieces) => {
+                self.bodies.push(flags | dedup::PIECES);
+                let len_at = self.bodies.len();
+                self.bodies.extend_from_slice(&[0; 4]);
+                dedup::encode(pieces, &mut self.bodies);
+                let len = (self.bodies.len() - len_at - 4) as u32;
+                self.bodies[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            None => {
+                self.bodies.push(flags);
+                self.bodies.extend_from_slice(&(request.len() as u32).to_be_bytes());
+                self.bodies.extend_from_slice(request.as_bytes());
+            }
         }
+        self.bodies.extend_from_slice(&(response.len() as u32).to_be_bytes());
+        self.bodies.extend_from_slice(response.as_bytes());
         self.count += 1;
     }
 

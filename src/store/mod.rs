@@ -43,6 +43,7 @@
 //! `writer` (batches, merges, retention), `reader` (traces, spans, segments for exporters),
 //! `delete` (tombstones), `ledger` (the usage ledger's keys and counters), `error`.
 
+pub(crate) mod dedup;
 pub(crate) mod delete;
 pub mod error;
 pub(crate) mod index;
@@ -95,6 +96,12 @@ struct Writer {
     /// allocates nothing per segment but sled's own copies.
     segment: SegmentWriter,
     compressor: SegmentCompressor,
+    /// Each recent trace's or session's last request, for storing the next one as pieces.
+    bases: dedup::Bases,
+    /// Body segments whose span segments retention removed while they held bases: seqs
+    /// `from..=to`, and the cutoff of the pass that found them (`None`: found at open, not yet
+    /// seen by a pass). Removed once the cutoff has moved [`dedup::WINDOW_NANOS`] past it.
+    orphans: Vec<(u64, u64, Option<u64>)>,
 }
 
 impl Store {
@@ -124,6 +131,8 @@ impl Store {
                 raw_target: SEGMENT_TARGET_BYTES,
                 segment: SegmentWriter::new(),
                 compressor: SegmentCompressor::default(),
+                bases: dedup::Bases::default(),
+                orphans: Vec::new(),
             }),
             committed_seq: AtomicU64::new(0),
             index: index::SearchIndex::new(),
@@ -133,6 +142,9 @@ impl Store {
                 store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             }
             Some([FORMAT_VERSION]) => {}
+            Some([FORMAT4]) => {
+                store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
+            }
             // From now on segments may be compressed (which a format-2 reader cannot read), and
             // the search index replaces the trace index.
             Some([FORMAT2 | FORMAT3]) => store.drop_format3_trace_index()?,
@@ -161,6 +173,7 @@ impl Store {
         store.next_seq.fetch_max(committed_through + 1, Ordering::Relaxed);
         store.committed_seq.store(committed_through, Ordering::Release);
         store.remove_uncommitted(committed_through)?;
+        store.find_orphans()?;
         store.index.load(&store.tree)?;
         Ok(store)
     }
@@ -180,6 +193,24 @@ impl Store {
             tracing::warn!(segments = removed, "removed the segments of a write that a crash cut short");
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Body segments left by retention below the first span segment (they hold bases, see
+    /// `Store::delete_older_than`): removed by a later retention pass, counted from the first.
+    fn find_orphans(&self) -> Result<(), StoreError> {
+        let first_span = match self.tree.scan_prefix([SPAN_SEGMENT]).next() {
+            Some(entry) => seq_of(&entry?.0),
+            None => u64::MAX,
+        };
+        let mut keys = self.tree.range(segment_key(BODY_SEGMENT, 0)..segment_key(BODY_SEGMENT, first_span)).keys();
+        let Some(first) = keys.next().transpose()? else { return Ok(()) };
+        let last = match keys.next_back().transpose()? {
+            Some(key) => seq_of(&key),
+            None => seq_of(&first),
+        };
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.orphans.push((seq_of(&first), last, None));
         Ok(())
     }
 
@@ -220,6 +251,12 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes of the stored body segments (as sled holds them, compressed): what bodies cost
+    /// on disk before sled's own overhead (for benches and diagnostics).
+    pub fn body_bytes(&self) -> usize {
+        self.tree.scan_prefix([BODY_SEGMENT]).filter_map(|e| e.ok()).map(|(_, v)| v.len()).sum()
+    }
+
     /// Number of spans stored, deleted ones not (walks the segments; for tests and diagnostics).
     pub fn span_count(&self) -> usize {
         let segments = self.tree.scan_prefix([SPAN_SEGMENT]).filter_map(|e| e.ok());
@@ -228,5 +265,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod dedup_tests;
 #[cfg(test)]
 mod tests;

@@ -246,7 +246,7 @@ impl Store {
         }
         let Some(needle) = &walk.text else { return Ok(true) };
         Ok(match walk.bodies.raw_bodies(&self.tree, position)? {
-            Some((_, request, response)) => needle.found_in(request) || needle.found_in(response),
+            Some((_, request, response)) => needle.found_in(&request) || needle.found_in(response),
             None => false,
         })
     }

@@ -63,7 +63,7 @@ impl Store {
                     continue;
                 }
                 let kept = match &bodies {
-                    Some(b) => bodies_at(b, index)?,
+                    Some(b) => bodies_at(&self.tree, b, index)?,
                     None => SpanBodies::default(),
                 };
                 spans.push((decode::<Span>(span.json)?, kept));
@@ -180,7 +180,7 @@ impl Store {
         })?;
         let Some((span, seq, index)) = found else { return Ok(None) };
         let bodies = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
-            Some(segment) => bodies_at(&RawSegment::of(segment)?, index)?,
+            Some(segment) => bodies_at(&self.tree, &RawSegment::of(segment)?, index)?,
             None => SpanBodies::default(),
         };
         Ok(Some((span, bodies)))
@@ -220,9 +220,9 @@ impl SegmentCache {
 
     /// (A cache of body segments.) The raw bodies of the span at `position`; `None` when they
     /// were not kept or their segment is gone.
-    pub(crate) fn raw_bodies(&mut self, tree: &sled::Tree, position: u64) -> Result<Option<RawBodies<'_>>, StoreError> {
+    pub(crate) fn raw_bodies(&mut self, tree: &sled::Tree, position: u64) -> Result<Option<Bodies<'_>>, StoreError> {
         let Some(segment) = self.get(tree, index::seq_of_position(position))? else { return Ok(None) };
-        raw_bodies_at(segment, usize::from(index::index_of_position(position)))
+        resolved(tree, raw_bodies_at(segment, usize::from(index::index_of_position(position)))?)
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::model::span::SpanWrite;
+use crate::store::dedup;
 use crate::store::index;
 use crate::store::layout::*;
 use crate::store::ledger::{LedgerKey, LedgerRow};
@@ -37,7 +38,7 @@ impl Store {
         for (i, write) in writes.iter().enumerate() {
             let segment = &mut writer.segment;
             positions.push(index::position(seq, segment.count as u16));
-            segment.push(write);
+            segment.push(write, seq, &mut writer.bases);
             if let Some(key) = LedgerKey::of(&write.span) {
                 ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
             }
@@ -146,9 +147,15 @@ impl Store {
     /// search-index runs of what was deleted (postings of deleted spans in a run that also
     /// holds kept ones are skipped when read). Returns how many spans were deleted. The usage ledger keeps
     /// its daily totals.
+    ///
+    /// A body segment holding bases (`dedup::BASE`) outlives its span segment: it is removed
+    /// by the first pass whose cutoff is [`dedup::WINDOW_NANOS`] past the one that removed its
+    /// spans, when every later call borrowing its text is past retention too.
     pub fn delete_older_than(&self, cutoff_unix_nano: u64) -> Result<usize, StoreError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut deleted = 0;
         let mut first_kept = None;
+        let mut orphaned: Option<(u64, u64)> = None;
         for entry in self.tree.scan_prefix([SPAN_SEGMENT]) {
             let (key, segment) = entry?;
             let segment = RawSegment::of(segment)?;
@@ -170,13 +177,37 @@ impl Store {
             }
             // Plain removes, bodies first (a span left without its bodies is harmless and is
             // deleted next time): a sled batch per segment rolls sled's log buffer twice.
-            self.tree.remove(segment_key(BODY_SEGMENT, seq))?;
+            let holds_bases = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
+                Some(bodies) => dedup::records(&RawSegment::of(bodies)?)?.iter().any(|r| r.0 & dedup::BASE != 0),
+                None => false,
+            };
+            match holds_bases {
+                true => orphaned = Some(orphaned.map_or((seq, seq), |(from, _)| (from, seq))),
+                false => self.tree.remove(segment_key(BODY_SEGMENT, seq)).map(drop)?,
+            }
             self.tree.remove(segment_key(SPAN_SEGMENT, seq))?;
             deleted += spans;
         }
         if deleted > 0 {
             self.index.drop_runs_before(&self.tree, first_kept.unwrap_or(u64::MAX))?;
         }
+        for orphan in writer.orphans.iter_mut() {
+            orphan.2.get_or_insert(cutoff_unix_nano);
+        }
+        if let Some((from, to)) = orphaned {
+            writer.orphans.push((from, to, Some(cutoff_unix_nano)));
+        }
+        let mut kept = Vec::new();
+        for (from, to, at) in std::mem::take(&mut writer.orphans) {
+            if at.unwrap_or(cutoff_unix_nano).saturating_add(dedup::WINDOW_NANOS) > cutoff_unix_nano {
+                kept.push((from, to, at));
+                continue;
+            }
+            for key in self.tree.range(segment_key(BODY_SEGMENT, from)..=segment_key(BODY_SEGMENT, to)).keys() {
+                self.tree.remove(key?)?;
+            }
+        }
+        writer.orphans = kept;
         Ok(deleted)
     }
 

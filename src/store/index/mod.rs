@@ -20,6 +20,7 @@ pub(crate) mod run;
 pub(crate) mod terms;
 pub(crate) mod words;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -28,7 +29,9 @@ use crate::model::ids::TraceId;
 use crate::model::span::Span;
 use crate::store::error::StoreError;
 use crate::store::layout::SPAN_SEGMENT;
-use crate::store::layout::{decode, raw_bodies_at, segment_key, seq_of, RawSegment, SpanSegment, BODY_SEGMENT};
+use crate::store::layout::{
+    decode, raw_bodies_at, resolved, segment_key, seq_of, RawSegment, SpanSegment, BODY_SEGMENT,
+};
 use run::RunMeta;
 use terms::Field;
 use words::{Blocks, WordTable};
@@ -165,16 +168,17 @@ impl SearchIndex {
                     continue;
                 }
                 let (request, response) = match &bodies {
-                    Some(b) => raw_bodies_at(b, i)?.map_or((&[][..], &[][..]), |(_, q, r)| (q, r)),
-                    None => (&[][..], &[][..]),
+                    Some(b) => resolved(tree, raw_bodies_at(b, i)?)?
+                        .map_or((Cow::Borrowed(&[][..]), &[][..]), |(_, q, r)| (q, r)),
+                    None => (Cow::Borrowed(&[][..]), &[][..]),
                 };
-                spans.push((position(seq, i as u16), decode::<Span>(span.json)?, [request, response]));
+                spans.push((position(seq, i as u16), decode::<Span>(span.json)?, request, response));
             }
             replayed += spans.len() as u64;
-            self.add(spans.iter().map(|(position, span, bodies)| Indexed {
+            self.add(spans.iter().map(|(position, span, request, response)| Indexed {
                 position: *position,
                 span,
-                bodies: *bodies,
+                bodies: [request, response],
             }));
             if self.is_full() {
                 self.flush(tree)?;

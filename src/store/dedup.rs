@@ -1,0 +1,419 @@
+//! Request text stored once: an agent loop resends its whole conversation every step, so a
+//! request of a trace (or session) is mostly an earlier request of the same trace with a few
+//! new messages in the middle. Such a request is stored as **pieces**: references to text
+//! already stored, and only its new bytes as a literal.
+//!
+//! The writer keeps, per trace or session, the last request it stored (its text and where each
+//! of its bytes lives: [`Bases`]). A new request sharing at least [`MIN_SHARED`] bytes of head
+//! and tail with it is stored as `head refs ‖ literal ‖ tail refs`. References always point at
+//! a record's **own literal** (a plain record's whole request, or a piece record's one literal
+//! piece), never at another piece list, so a read resolves each reference with one lookup:
+//! reading a request costs one body segment per piece, and a request has at most
+//! [`MAX_PIECES`] (past that, or once the text referred to is older than [`WINDOW_NANOS`], the
+//! request is stored whole and becomes the next base).
+//!
+//! Record flags (beside `layout`'s kept/truncated): [`PIECES`] — the request field holds a
+//! piece list; [`BASE`] — the record's literal may be referred to by later records. What that
+//! costs elsewhere:
+//! - **Deletes** (`delete.rs`): before a base record is emptied, the records of its trace or
+//!   session that refer to it get the bytes they borrowed copied in (a [`MATERIALIZED`] piece,
+//!   which is not a literal others may refer to); the writer's bases are forgotten.
+//! - **Retention** (`writer.rs`): a body segment holding a base outlives its span segment by
+//!   [`WINDOW_NANOS`] (every record referring to it started at most that long after it, so
+//!   is past retention by then); other body segments go with their spans.
+//!
+//! Encoding of a piece list: `count: u16`, then per piece a tag and its fields (integers
+//! big-endian): `0` own literal `len: u32 bytes`; `1` reference `seq: u64 index: u16 offset:
+//! u32 len: u32` (into the literal of the record at `seq`/`index`); `2` materialized literal
+//! `len: u32 bytes`.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::model::span::Span;
+use crate::store::error::StoreError;
+use crate::store::layout::{raw_bodies_at, segment_key, take_slice, take_u32, RawSegment, BODY_SEGMENT};
+
+/// The request field holds a piece list.
+pub(super) const PIECES: u8 = 4;
+/// The record's literal may be referred to by later records (its segment outlives its spans).
+pub(super) const BASE: u8 = 8;
+
+/// Fewest shared bytes (head + tail) worth a piece list; also the shortest request kept as a base.
+pub(super) const MIN_SHARED: usize = 256;
+/// Most pieces in one request.
+pub(super) const MAX_PIECES: usize = 64;
+/// How much later than the text it refers to a request may start: also how long a base's body
+/// segment outlives its spans under retention.
+pub(super) const WINDOW_NANOS: u64 = 3_600 * 1_000_000_000;
+/// Bytes of request text the writer keeps as bases, and how many traces or sessions.
+const BASES_BYTES: usize = 16 << 20;
+const BASES_ENTRIES: usize = 4_096;
+
+const OWN: u8 = 0;
+const REF: u8 = 1;
+const MATERIALIZED: u8 = 2;
+
+/// A range of a record's own literal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ref {
+    pub(super) seq: u64,
+    pub(super) index: u16,
+    pub(super) offset: u32,
+    pub(super) len: u32,
+}
+
+/// One piece of a stored request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Piece<'a> {
+    Own(&'a [u8]),
+    Ref(Ref),
+    Materialized(&'a [u8]),
+}
+
+pub(super) fn encode(pieces: &[Piece<'_>], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(pieces.len() as u16).to_be_bytes());
+    for piece in pieces {
+        match piece {
+            Piece::Own(bytes) | Piece::Materialized(bytes) => {
+                out.push(if matches!(piece, Piece::Own(_)) { OWN } else { MATERIALIZED });
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            Piece::Ref(r) => {
+                out.push(REF);
+                out.extend_from_slice(&r.seq.to_be_bytes());
+                out.extend_from_slice(&r.index.to_be_bytes());
+                out.extend_from_slice(&r.offset.to_be_bytes());
+                out.extend_from_slice(&r.len.to_be_bytes());
+            }
+        }
+    }
+}
+
+pub(super) fn decode(mut bytes: &[u8]) -> Result<Vec<Piece<'_>>, StoreError> {
+    let cut = || StoreError::Corrupt("piece list cut short".into());
+    let count = u16::from_be_bytes(bytes.get(..2).ok_or_else(cut)?.try_into().expect("2 bytes"));
+    bytes = &bytes[2..];
+    let mut pieces = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (&tag, rest) = bytes.split_first().ok_or_else(cut)?;
+        match tag {
+            OWN | MATERIALIZED => {
+                let (literal, after) = take_slice(rest)?;
+                pieces.push(if tag == OWN { Piece::Own(literal) } else { Piece::Materialized(literal) });
+                bytes = after;
+            }
+            REF => {
+                let fields = rest.get(..18).ok_or_else(cut)?;
+                pieces.push(Piece::Ref(Ref {
+                    seq: u64::from_be_bytes(fields[..8].try_into().expect("8 bytes")),
+                    index: u16::from_be_bytes(fields[8..10].try_into().expect("2 bytes")),
+                    offset: u32::from_be_bytes(fields[10..14].try_into().expect("4 bytes")),
+                    len: u32::from_be_bytes(fields[14..18].try_into().expect("4 bytes")),
+                }));
+                bytes = &rest[18..];
+            }
+            other => return Err(StoreError::Corrupt(format!("unknown piece tag {other}"))),
+        }
+    }
+    Ok(pieces)
+}
+
+/// A record's own literal: what references into it index.
+pub(super) fn own_literal(flags: u8, request: &[u8]) -> Result<&[u8], StoreError> {
+    if flags & PIECES == 0 {
+        return Ok(request);
+    }
+    Ok(decode(request)?
+        .into_iter()
+        .find_map(|p| match p {
+            Piece::Own(bytes) => Some(bytes),
+            _ => None,
+        })
+        .unwrap_or(&[]))
+}
+
+/// The request text of a record: the stored bytes themselves, or its pieces put together (the
+/// segments they refer to read from `tree`). `None` when text it refers to is gone (only a
+/// record already past retention can meet that): its request then reads as not kept.
+pub(crate) fn resolve<'a>(
+    tree: &sled::Tree,
+    flags: u8,
+    request: &'a [u8],
+) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
+    if flags & PIECES == 0 {
+        return Ok(Some(Cow::Borrowed(request)));
+    }
+    let pieces = decode(request)?;
+    let mut text = Vec::new();
+    let mut segments: HashMap<u64, Option<RawSegment>> = HashMap::new();
+    for piece in pieces {
+        match piece {
+            Piece::Own(bytes) | Piece::Materialized(bytes) => text.extend_from_slice(bytes),
+            Piece::Ref(r) => {
+                let segment = match segments.entry(r.seq) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(tree.get(segment_key(BODY_SEGMENT, r.seq))?.map(RawSegment::of).transpose()?)
+                    }
+                };
+                let Some(segment) = segment else { return Ok(None) };
+                let Some((base_flags, base_request, _)) = raw_bodies_at(segment, usize::from(r.index))? else {
+                    return Ok(None);
+                };
+                let literal = own_literal(base_flags, base_request)?;
+                let range = r.offset as usize..r.offset as usize + r.len as usize;
+                let Some(bytes) = literal.get(range) else {
+                    return Err(StoreError::Corrupt("a piece refers past its base's text".into()));
+                };
+                text.extend_from_slice(bytes);
+            }
+        }
+    }
+    Ok(Some(Cow::Owned(text)))
+}
+
+/// What a trace or session's last request is keyed by: its session, else its trace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Session(String),
+    Trace([u8; 16]),
+}
+
+impl Key {
+    fn of(span: &Span) -> Key {
+        match &span.session {
+            Some(session) => Key::Session(session.clone()),
+            None => Key::Trace(span.trace_id.0),
+        }
+    }
+}
+
+/// The last request stored for a trace or session: its text, and where each byte lives.
+struct Base {
+    text: Vec<u8>,
+    /// Consecutive ranges of own literals covering `text`.
+    map: Vec<Ref>,
+    /// The earliest start among the records `map` refers to.
+    oldest_start: u64,
+    stamp: u64,
+}
+
+/// The writer's bases, bounded in bytes and entries (the oldest forgotten first).
+#[derive(Default)]
+pub(super) struct Bases {
+    entries: HashMap<Key, Base>,
+    order: VecDeque<(Key, u64)>,
+    bytes: usize,
+    stamp: u64,
+}
+
+/// How a request is to be stored: whole (`pieces` none) or as pieces; `base`: remembered as
+/// a base, so flagged [`BASE`].
+pub(super) struct Stored<'a> {
+    pub(super) pieces: Option<Vec<Piece<'a>>>,
+    pub(super) base: bool,
+}
+
+impl Bases {
+    /// Forgets every base (after a delete: a base may refer to deleted text).
+    pub(super) fn clear(&mut self) {
+        *self = Bases::default();
+    }
+
+    /// How to store `request` of `span` at `seq`/`index`; remembers it as its trace's or
+    /// session's base when it is worth one. A span whose trace tracegate made up (no parent,
+    /// no session) starts a base only when it can be found again: never, so none is kept.
+    pub(super) fn store<'a>(&mut self, span: &Span, seq: u64, index: u16, request: &'a [u8]) -> Stored<'a> {
+        if request.len() < MIN_SHARED {
+            return Stored { pieces: None, base: false };
+        }
+        let key = Key::of(span);
+        let start = span.start_time_unix_nano;
+        let mut stored = Stored { pieces: None, base: true };
+        let mut map = vec![Ref { seq, index, offset: 0, len: request.len() as u32 }];
+        let mut oldest_start = start;
+        if let Some(base) = self.entries.get(&key).filter(|b| start.saturating_sub(b.oldest_start) <= WINDOW_NANOS) {
+            let head = common_prefix(request, &base.text);
+            let tail = common_prefix_rev(&request[head..], &base.text[head..]);
+            if head + tail >= MIN_SHARED {
+                let head_refs = slice(&base.map, 0, head);
+                let tail_refs = slice(&base.map, base.text.len() - tail, base.text.len());
+                if head_refs.len() + tail_refs.len() < MAX_PIECES {
+                    let middle = &request[head..request.len() - tail];
+                    let mut pieces: Vec<Piece<'a>> = head_refs.iter().map(|r| Piece::Ref(*r)).collect();
+                    map = head_refs;
+                    if !middle.is_empty() {
+                        pieces.push(Piece::Own(middle));
+                        map.push(Ref { seq, index, offset: 0, len: middle.len() as u32 });
+                    }
+                    pieces.extend(tail_refs.iter().map(|r| Piece::Ref(*r)));
+                    map.extend(tail_refs);
+                    oldest_start = base.oldest_start.min(start);
+                    stored.pieces = Some(pieces);
+                }
+            }
+        }
+        if span.session.is_none() && span.parent_span_id.is_none() {
+            // Nothing later can name this trace: no use keeping its text.
+            return Stored { base: false, ..stored };
+        }
+        self.stamp += 1;
+        let base = Base { text: request.to_vec(), map, oldest_start, stamp: self.stamp };
+        self.bytes += base.text.len();
+        if let Some(old) = self.entries.insert(key.clone(), base) {
+            self.bytes -= old.text.len();
+        }
+        self.order.push_back((key, self.stamp));
+        while self.bytes > BASES_BYTES || self.entries.len() > BASES_ENTRIES || self.order.len() > 2 * BASES_ENTRIES {
+            let Some((key, stamp)) = self.order.pop_front() else { break };
+            if self.entries.get(&key).is_some_and(|b| b.stamp == stamp) {
+                let old = self.entries.remove(&key).expect("present");
+                self.bytes -= old.text.len();
+            }
+        }
+        stored
+    }
+}
+
+/// Length of the longest common prefix (compared eight bytes at a time).
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_ne_bytes(a[i..i + 8].try_into().expect("8 bytes"));
+        let y = u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if x != y {
+            break;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+/// Length of the longest common suffix.
+fn common_prefix_rev(a: &[u8], b: &[u8]) -> usize {
+    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+}
+
+/// The references covering bytes `from..to` of a base whose bytes `map` covers in order.
+fn slice(map: &[Ref], from: usize, to: usize) -> Vec<Ref> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for r in map {
+        let (start, end) = (at, at + r.len as usize);
+        at = end;
+        let (lo, hi) = (start.max(from), end.min(to));
+        if lo < hi {
+            out.push(Ref { offset: r.offset + (lo - start) as u32, len: (hi - lo) as u32, ..*r });
+        }
+        if at >= to {
+            break;
+        }
+    }
+    out
+}
+
+/// Every record of a raw body segment: flags, request field, response.
+pub(super) fn records(segment: &[u8]) -> Result<Vec<(u8, &[u8], &[u8])>, StoreError> {
+    let (count, mut rest) = take_u32(segment)?;
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (&flags, after_flags) =
+            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+        let (request, after_request) = take_slice(after_flags)?;
+        let (response, after_response) = take_slice(after_request)?;
+        out.push((flags, request, response));
+        rest = after_response;
+    }
+    Ok(out)
+}
+
+/// A body segment whose records at `indices` have every reference into one of `owners` (a
+/// base's position → its own literal) replaced by the bytes it names; `None` when no record
+/// refers to them.
+pub(super) fn materialized(
+    segment: &[u8],
+    indices: &HashSet<usize>,
+    owners: &HashMap<(u64, u16), Vec<u8>>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let records = records(segment)?;
+    let mut out = Vec::with_capacity(segment.len());
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    let mut changed = false;
+    for (i, (flags, request, response)) in records.iter().enumerate() {
+        let mut rewritten = None;
+        if indices.contains(&i) && flags & PIECES != 0 {
+            let pieces = decode(request)?;
+            if pieces.iter().any(|p| matches!(p, Piece::Ref(r) if owners.contains_key(&(r.seq, r.index)))) {
+                let mut copies = Vec::with_capacity(pieces.len());
+                for piece in pieces {
+                    copies.push(match piece {
+                        Piece::Ref(r) => match owners.get(&(r.seq, r.index)) {
+                            Some(literal) => {
+                                let range = r.offset as usize..r.offset as usize + r.len as usize;
+                                let bytes = literal
+                                    .get(range)
+                                    .ok_or_else(|| StoreError::Corrupt("a piece refers past its base's text".into()))?;
+                                Piece::Materialized(bytes)
+                            }
+                            None => piece,
+                        },
+                        other => other,
+                    });
+                }
+                let mut encoded = Vec::new();
+                encode(&copies, &mut encoded);
+                rewritten = Some(encoded);
+            }
+        }
+        out.push(*flags);
+        let request = match &rewritten {
+            Some(encoded) => {
+                changed = true;
+                encoded.as_slice()
+            }
+            None => request,
+        };
+        for part in [request, response] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    Ok(changed.then_some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_round_trip_through_their_encoding() {
+        let r = Ref { seq: 7, index: 3, offset: 10, len: 20 };
+        let pieces = [Piece::Ref(r), Piece::Own(b"new text"), Piece::Materialized(b"copied"), Piece::Ref(r)];
+        let mut out = Vec::new();
+        encode(&pieces, &mut out);
+        assert_eq!(decode(&out).unwrap(), pieces);
+        assert!(decode(&out[..out.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn slice_cuts_the_map_at_any_byte() {
+        let map = [Ref { seq: 1, index: 0, offset: 0, len: 10 }, Ref { seq: 2, index: 4, offset: 5, len: 10 }];
+        assert_eq!(slice(&map, 0, 4), vec![Ref { len: 4, ..map[0] }]);
+        assert_eq!(slice(&map, 8, 13), vec![Ref { offset: 8, len: 2, ..map[0] }, Ref { offset: 5, len: 3, ..map[1] }]);
+        assert_eq!(slice(&map, 15, 20), vec![Ref { offset: 10, len: 5, ..map[1] }]);
+        assert!(slice(&map, 20, 20).is_empty());
+    }
+
+    #[test]
+    fn common_ends_are_measured_exactly() {
+        assert_eq!(common_prefix(b"abcdefghijXY", b"abcdefghijXZ"), 11);
+        assert_eq!(common_prefix(b"abc", b"abc"), 3);
+        assert_eq!(common_prefix_rev(b"xxtail", b"yyytail"), 4);
+    }
+}
