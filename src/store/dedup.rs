@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::model::span::Span;
 use crate::store::error::StoreError;
-use crate::store::layout::{raw_bodies_at, segment_key, take_slice, take_u32, RawSegment, BODY_SEGMENT};
+use crate::store::layout::{raw_bodies_at, segment_key, take_slice, take_u32, RawBodies, RawSegment, BODY_SEGMENT};
 
 /// The request field holds a piece list.
 pub(super) const PIECES: u8 = 4;
@@ -319,7 +319,7 @@ fn slice(map: &[Ref], from: usize, to: usize) -> Vec<Ref> {
 }
 
 /// Every record of a raw body segment: flags, request field, response.
-pub(super) fn records(segment: &[u8]) -> Result<Vec<(u8, &[u8], &[u8])>, StoreError> {
+pub(super) fn records(segment: &[u8]) -> Result<Vec<RawBodies<'_>>, StoreError> {
     let (count, mut rest) = take_u32(segment)?;
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {

@@ -61,6 +61,8 @@ struct Memtable {
     /// The words of the spans' bodies, by block.
     words: WordTable,
     spans: u32,
+    /// Counts memtables (a block of this one is not a block of the one before).
+    generation: u64,
     first_seq: u64,
     last_seq: u64,
     min_start: u64,
@@ -121,13 +123,15 @@ impl Source {
 
 pub(crate) struct SearchIndex {
     state: RwLock<State>,
+    /// The writer's recent requests of the current block (see `words::RecentBodies`).
+    recent_bodies: std::sync::Mutex<words::RecentBodies>,
     /// Spans a memtable holds before it is written out ([`RUN_SPANS`]; tests set less).
     run_spans: AtomicU32,
 }
 
 impl SearchIndex {
     pub(crate) fn new() -> SearchIndex {
-        SearchIndex { state: RwLock::new(State::default()), run_spans: AtomicU32::new(RUN_SPANS) }
+        SearchIndex { state: RwLock::new(State::default()), recent_bodies: Default::default(), run_spans: AtomicU32::new(RUN_SPANS) }
     }
 
     /// Loads the runs' headers and re-reads the committed spans written after the last run
@@ -153,7 +157,10 @@ impl SearchIndex {
             }
         }
         let indexed_through = runs.last().map(|r| r.id).unwrap_or(0);
-        *self.write() = State { memtable: Memtable::default(), runs };
+        let mut state = self.write();
+        let generation = state.memtable.generation + 1;
+        *state = State { memtable: Memtable { generation, ..Memtable::default() }, runs };
+        drop(state);
         let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
         let mut replayed = 0u64;
         for entry in tree.range(range) {
@@ -221,11 +228,21 @@ impl SearchIndex {
     /// lock is taken; under it, each costs a few hash-map updates.
     pub(crate) fn add<'a>(&self, spans: impl IntoIterator<Item = Indexed<'a>>) {
         let mut word_terms: Vec<u64> = Vec::new();
+        // Only the writer adds, so the memtable's count cannot move before the write lock.
+        let (generation, mut ordinal) = {
+            let state = self.read();
+            (state.memtable.generation, state.memtable.spans)
+        };
+        let mut recent = self.recent_bodies.lock().unwrap_or_else(|p| p.into_inner());
         let spans: Vec<(u64, &Span, Vec<u64>, std::ops::Range<usize>)> = spans
             .into_iter()
             .map(|s| {
                 let start = word_terms.len();
-                for body in s.bodies {
+                let block = ((ordinal / words::BLOCK_SPANS) as usize).min(words::BLOCKS - 1);
+                ordinal += 1;
+                let [request, response] = s.bodies;
+                let request = recent.new_part((generation, block), request);
+                for body in [request, response] {
                     words::for_each_word(body, |w| word_terms.push(words::word_term(w)));
                 }
                 (s.position, s.span, terms::terms_of(s.span), start..word_terms.len())
@@ -296,7 +313,7 @@ impl SearchIndex {
         tree.apply_batch(batch)?;
         let mut state = self.write();
         state.runs.push(Arc::new(meta));
-        state.memtable = Memtable::default();
+        state.memtable = Memtable { generation: state.memtable.generation + 1, ..Memtable::default() };
         Ok(())
     }
 

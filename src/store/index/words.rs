@@ -116,6 +116,86 @@ pub(crate) fn for_each_word(text: &[u8], mut f: impl FnMut(&[u8])) {
     }
 }
 
+/// Request bodies repeat one another (the same system prompt and tools in every call of an
+/// app; every step of an agent loop resends the ones before): within a block, only the part of
+/// a request that differs from a request already indexed in the block can add words to it.
+/// The writer keeps the last few such requests of the current block.
+#[derive(Default)]
+pub(crate) struct RecentBodies {
+    block: Option<(u64, usize)>,
+    bodies: Vec<Vec<u8>>,
+    next: usize,
+}
+
+/// Requests remembered per block, and the sizes worth comparing.
+const RECENT_BODIES: usize = 4;
+const RECENT_MIN: usize = 1024;
+const RECENT_MAX: usize = 256 << 10;
+
+impl RecentBodies {
+    /// The part of `text` (a request of a span in `block`: memtable generation, block number)
+    /// whose words the block may not hold yet: all of it, or the middle where it differs
+    /// from a request indexed in the same block, widened to separators at which the word
+    /// scan reads the same as over the whole text.
+    pub(crate) fn new_part<'t>(&mut self, block: (u64, usize), text: &'t [u8]) -> &'t [u8] {
+        if self.block != Some(block) {
+            self.bodies.clear();
+            (self.block, self.next) = (Some(block), 0);
+        }
+        if !(RECENT_MIN..=RECENT_MAX).contains(&text.len()) {
+            return text;
+        }
+        let mut best = (0, 0);
+        for body in &self.bodies {
+            let head = common_prefix(text, body);
+            let tail = text[head..].iter().rev().zip(body[head..].iter().rev()).take_while(|(a, b)| a == b).count();
+            if head + tail > best.0 + best.1 {
+                best = (head, tail);
+            }
+        }
+        if best.0 + best.1 < text.len() {
+            if self.bodies.len() < RECENT_BODIES {
+                self.bodies.push(text.to_vec());
+            } else {
+                self.bodies[self.next] = text.to_vec();
+            }
+            self.next = (self.next + 1) % RECENT_BODIES;
+        }
+        if best == (0, 0) {
+            return text;
+        }
+        &text[separator_before(text, best.0)..separator_after(text, text.len() - best.1)]
+    }
+}
+
+/// A byte where the word scan starts afresh whatever came before it: one that separates
+/// words and is not a backslash (so neither the start of an escape nor inside `\uXXXX`).
+fn is_resync(b: u8) -> bool {
+    !is_word_byte(b) && b != b'\\'
+}
+
+/// The last resync byte at or before `at` (0 when none).
+fn separator_before(text: &[u8], at: usize) -> usize {
+    text[..at.min(text.len())].iter().rposition(|b| is_resync(*b)).unwrap_or(0)
+}
+
+/// The first resync byte at or after `at` (the end when none).
+fn separator_after(text: &[u8], at: usize) -> usize {
+    text[at..].iter().position(|b| is_resync(*b)).map_or(text.len(), |i| at + i)
+}
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 16 <= n && a[i..i + 16] == b[i..i + 16] {
+        i += 16;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
 /// The term of a word, ASCII-lowercased as it is hashed: eight bytes at a time, one multiply
 /// each (most words are one step), so hashing a body costs about a cycle per byte. Word terms
 /// live in their own chunks, apart from the other fields' terms (`terms.rs`).
@@ -267,6 +347,65 @@ pub(crate) fn blocks_in(chunk: &[u8], term: u64) -> Blocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn terms(text: &[u8]) -> std::collections::HashSet<u64> {
+        let mut out = std::collections::HashSet::new();
+        for_each_word(text, |w| {
+            out.insert(word_term(w));
+        });
+        out
+    }
+
+    /// Text of word bytes, separators and escapes in any mix, at least `RECENT_MIN` long.
+    fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+        let atom = prop_oneof![
+            "[a-zA-Z0-9]{1,12}".prop_map(String::into_bytes),
+            Just(b"\\".to_vec()),
+            Just(b"\\\"".to_vec()),
+            Just(b"\\n".to_vec()),
+            Just(b"\\u00e9".to_vec()),
+            Just(b"\\\\".to_vec()),
+            "[ \",:{}\\[\\]]{1,2}".prop_map(String::into_bytes),
+        ];
+        prop::collection::vec(atom, 200..400).prop_map(|atoms| atoms.concat())
+    }
+
+    proptest! {
+        /// Whatever two requests share, the words of the second's new part and of the first
+        /// together hold every word of the second: skipping never loses a word.
+        #[test]
+        fn the_new_part_of_a_request_and_the_one_before_hold_all_its_words(
+            first in jsonish(),
+            cut in 0usize..1000,
+            cut_len in 0usize..40,
+            insert in "[a-z\\\\u0-9 \"]{0,30}",
+        ) {
+            let mut second = first.clone();
+            let at = cut % second.len();
+            let end = (at + cut_len).min(second.len());
+            second.splice(at..end, insert.bytes());
+            prop_assume!(second.len() >= RECENT_MIN && first.len() >= RECENT_MIN);
+            let mut recent = RecentBodies::default();
+            let whole = recent.new_part((0, 0), &first);
+            prop_assert_eq!(whole, &first[..]);
+            let part = recent.new_part((0, 0), &second);
+            let mut found = terms(&first);
+            found.extend(terms(part));
+            prop_assert!(terms(&second).is_subset(&found));
+        }
+    }
+
+    #[test]
+    fn a_repeated_request_adds_only_its_changed_middle_and_a_new_block_starts_over() {
+        let first = format!("{{\"system\":\"{}\",\"user\":\"hello there\"}}", "policy text ".repeat(200));
+        let second = first.replace("hello there", "goodbye now");
+        let mut recent = RecentBodies::default();
+        assert_eq!(recent.new_part((0, 0), first.as_bytes()).len(), first.len());
+        let part = std::str::from_utf8(recent.new_part((0, 0), second.as_bytes())).unwrap();
+        assert!(part.len() < 20 && part.contains("goodbye now"), "{part:?}");
+        assert_eq!(recent.new_part((0, 1), second.as_bytes()).len(), second.len());
+    }
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
