@@ -308,13 +308,26 @@ fn redact_credentials(body: &Bytes) -> Bytes {
     // A quoted, case-insensitive name anywhere in the body; no copy, no allocation.
     // One pass over the quotes (found with memchr's vectorised search; agent bodies are tens
     // of KB); only a quote is compared against the names.
+    // Most quotes open a name no credential name starts like: one table lookup skips them.
+    const FIRSTS: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut i = 0;
+        while i < CREDENTIAL_FIELDS.len() {
+            let first = CREDENTIAL_FIELDS[i].as_bytes()[0];
+            table[first.to_ascii_lowercase() as usize] = true;
+            table[first.to_ascii_uppercase() as usize] = true;
+            i += 1;
+        }
+        table
+    };
     let mentions = memchr::memchr_iter(b'"', body).any(|at| {
         let after = &body[at + 1..];
-        CREDENTIAL_FIELDS.iter().any(|name| {
-            after.len() > name.len()
-                && after[name.len()] == b'"'
-                && after[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-        })
+        after.first().is_some_and(|b| FIRSTS[usize::from(*b)])
+            && CREDENTIAL_FIELDS.iter().any(|name| {
+                after.len() > name.len()
+                    && after[name.len()] == b'"'
+                    && after[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            })
     });
     if !mentions {
         return body.clone();

@@ -131,7 +131,11 @@ pub(crate) struct SearchIndex {
 
 impl SearchIndex {
     pub(crate) fn new() -> SearchIndex {
-        SearchIndex { state: RwLock::new(State::default()), recent_bodies: Default::default(), run_spans: AtomicU32::new(RUN_SPANS) }
+        SearchIndex {
+            state: RwLock::new(State::default()),
+            recent_bodies: Default::default(),
+            run_spans: AtomicU32::new(RUN_SPANS),
+        }
     }
 
     /// Loads the runs' headers and re-reads the committed spans written after the last run
