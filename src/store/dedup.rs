@@ -12,6 +12,10 @@
 //! [`MAX_PIECES`] (past that, or once the text referred to is older than [`WINDOW_NANOS`], the
 //! request is stored whole and becomes the next base).
 //!
+//! This file is the pieces' logic (no sled): choosing them and their encoding. Reading a
+//! request back (`layout::resolve`) and copying borrowed text in (`layout::materialized`) are
+//! with the other segment encodings in `layout.rs`.
+//!
 //! Record flags (beside `layout`'s kept/truncated): [`PIECES`] — the request field holds a
 //! piece list; [`BASE`] — the record's literal may be referred to by later records. What that
 //! costs elsewhere:
@@ -27,12 +31,10 @@
 //! u32 len: u32` (into the literal of the record at `seq`/`index`); `2` materialized literal
 //! `len: u32 bytes`.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use crate::model::span::Span;
 use crate::store::error::StoreError;
-use crate::store::layout::{raw_bodies_at, segment_key, take_slice, take_u32, RawBodies, RawSegment, BODY_SEGMENT};
 
 /// The request field holds a piece list.
 pub(super) const PIECES: u8 = 4;
@@ -56,7 +58,7 @@ const MATERIALIZED: u8 = 2;
 
 /// A range of a record's own literal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Ref {
+pub(crate) struct Ref {
     pub(super) seq: u64,
     pub(super) index: u16,
     pub(super) offset: u32,
@@ -65,7 +67,7 @@ pub(super) struct Ref {
 
 /// One piece of a stored request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     Own(&'a [u8]),
     Ref(Ref),
     Materialized(&'a [u8]),
@@ -100,7 +102,9 @@ pub(super) fn decode(mut bytes: &[u8]) -> Result<Vec<Piece<'_>>, StoreError> {
         let (&tag, rest) = bytes.split_first().ok_or_else(cut)?;
         match tag {
             OWN | MATERIALIZED => {
-                let (literal, after) = take_slice(rest)?;
+                let len = u32::from_be_bytes(rest.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
+                let literal = rest.get(4..4 + len).ok_or_else(cut)?;
+                let after = &rest[4 + len..];
                 pieces.push(if tag == OWN { Piece::Own(literal) } else { Piece::Materialized(literal) });
                 bytes = after;
             }
@@ -132,46 +136,6 @@ pub(super) fn own_literal(flags: u8, request: &[u8]) -> Result<&[u8], StoreError
             _ => None,
         })
         .unwrap_or(&[]))
-}
-
-/// The request text of a record: the stored bytes themselves, or its pieces put together (the
-/// segments they refer to read from `tree`). `None` when text it refers to is gone (only a
-/// record already past retention can meet that): its request then reads as not kept.
-pub(crate) fn resolve<'a>(
-    tree: &sled::Tree,
-    flags: u8,
-    request: &'a [u8],
-) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
-    if flags & PIECES == 0 {
-        return Ok(Some(Cow::Borrowed(request)));
-    }
-    let pieces = decode(request)?;
-    let mut text = Vec::new();
-    let mut segments: HashMap<u64, Option<RawSegment>> = HashMap::new();
-    for piece in pieces {
-        match piece {
-            Piece::Own(bytes) | Piece::Materialized(bytes) => text.extend_from_slice(bytes),
-            Piece::Ref(r) => {
-                let segment = match segments.entry(r.seq) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(tree.get(segment_key(BODY_SEGMENT, r.seq))?.map(RawSegment::of).transpose()?)
-                    }
-                };
-                let Some(segment) = segment else { return Ok(None) };
-                let Some((base_flags, base_request, _)) = raw_bodies_at(segment, usize::from(r.index))? else {
-                    return Ok(None);
-                };
-                let literal = own_literal(base_flags, base_request)?;
-                let range = r.offset as usize..r.offset as usize + r.len as usize;
-                let Some(bytes) = literal.get(range) else {
-                    return Err(StoreError::Corrupt("a piece refers past its base's text".into()));
-                };
-                text.extend_from_slice(bytes);
-            }
-        }
-    }
-    Ok(Some(Cow::Owned(text)))
 }
 
 /// What a trace or session's last request is keyed by: its session, else its trace.
@@ -316,75 +280,6 @@ fn slice(map: &[Ref], from: usize, to: usize) -> Vec<Ref> {
         }
     }
     out
-}
-
-/// Every record of a raw body segment: flags, request field, response.
-pub(super) fn records(segment: &[u8]) -> Result<Vec<RawBodies<'_>>, StoreError> {
-    let (count, mut rest) = take_u32(segment)?;
-    let mut out = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let (&flags, after_flags) =
-            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
-        let (request, after_request) = take_slice(after_flags)?;
-        let (response, after_response) = take_slice(after_request)?;
-        out.push((flags, request, response));
-        rest = after_response;
-    }
-    Ok(out)
-}
-
-/// A body segment whose records at `indices` have every reference into one of `owners` (a
-/// base's position → its own literal) replaced by the bytes it names; `None` when no record
-/// refers to them.
-pub(super) fn materialized(
-    segment: &[u8],
-    indices: &HashSet<usize>,
-    owners: &HashMap<(u64, u16), Vec<u8>>,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let records = records(segment)?;
-    let mut out = Vec::with_capacity(segment.len());
-    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
-    let mut changed = false;
-    for (i, (flags, request, response)) in records.iter().enumerate() {
-        let mut rewritten = None;
-        if indices.contains(&i) && flags & PIECES != 0 {
-            let pieces = decode(request)?;
-            if pieces.iter().any(|p| matches!(p, Piece::Ref(r) if owners.contains_key(&(r.seq, r.index)))) {
-                let mut copies = Vec::with_capacity(pieces.len());
-                for piece in pieces {
-                    copies.push(match piece {
-                        Piece::Ref(r) => match owners.get(&(r.seq, r.index)) {
-                            Some(literal) => {
-                                let range = r.offset as usize..r.offset as usize + r.len as usize;
-                                let bytes = literal
-                                    .get(range)
-                                    .ok_or_else(|| StoreError::Corrupt("a piece refers past its base's text".into()))?;
-                                Piece::Materialized(bytes)
-                            }
-                            None => piece,
-                        },
-                        other => other,
-                    });
-                }
-                let mut encoded = Vec::new();
-                encode(&copies, &mut encoded);
-                rewritten = Some(encoded);
-            }
-        }
-        out.push(*flags);
-        let request = match &rewritten {
-            Some(encoded) => {
-                changed = true;
-                encoded.as_slice()
-            }
-            None => request,
-        };
-        for part in [request, response] {
-            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    Ok(changed.then_some(out))
 }
 
 #[cfg(test)]

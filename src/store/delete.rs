@@ -176,7 +176,7 @@ impl Store {
         for (seq, indices) in by_seq {
             let Some(bodies) = self.tree.get(segment_key(BODY_SEGMENT, *seq))? else { continue };
             let bodies = RawSegment::of(bodies)?;
-            let records = dedup::records(&bodies)?;
+            let records = records(&bodies)?;
             let bases: Vec<usize> =
                 indices.iter().copied().filter(|i| records.get(*i).is_some_and(|r| r.0 & dedup::BASE != 0)).collect();
             if bases.is_empty() {
@@ -207,7 +207,7 @@ impl Store {
         for (seq, indices) in candidates {
             let Some(bodies) = self.tree.get(segment_key(BODY_SEGMENT, seq))? else { continue };
             let bodies = RawSegment::of(bodies)?;
-            if let Some(rewritten) = dedup::materialized(&bodies, &indices, &owners)? {
+            if let Some(rewritten) = materialized(&bodies, &indices, &owners)? {
                 self.tree.insert(segment_key(BODY_SEGMENT, seq), compressor.encode(&rewritten))?;
             }
         }

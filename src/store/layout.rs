@@ -2,7 +2,8 @@
 //! segments, index runs and pages (see the folder's doc for the map). Pure byte work over
 //! values sled hands back; nothing here touches sled beyond its value type.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{SpanBodies, SpanWrite};
@@ -190,7 +191,7 @@ pub(crate) type Bodies<'a> = (u8, std::borrow::Cow<'a, [u8]>, &'a [u8]);
 /// refers to is gone, see `dedup::resolve`).
 pub(crate) fn resolved<'a>(tree: &sled::Tree, raw: Option<RawBodies<'a>>) -> Result<Option<Bodies<'a>>, StoreError> {
     let Some((flags, request, response)) = raw else { return Ok(None) };
-    let request = dedup::resolve(tree, flags, request)?.unwrap_or_default();
+    let request = resolve(tree, flags, request)?.unwrap_or_default();
     Ok(Some((flags, request, response)))
 }
 
@@ -400,4 +401,113 @@ pub(super) fn live_spans(segment: &[u8]) -> Result<u64, StoreError> {
         live += u64::from(!span?.is_tombstone());
     }
     Ok(live)
+}
+
+/// The request text of a record: the stored bytes themselves, or its pieces put together (the
+/// segments they refer to read from `tree`). `None` when text it refers to is gone (only a
+/// record already past retention can meet that): its request then reads as not kept.
+pub(crate) fn resolve<'a>(
+    tree: &sled::Tree,
+    flags: u8,
+    request: &'a [u8],
+) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
+    if flags & dedup::PIECES == 0 {
+        return Ok(Some(Cow::Borrowed(request)));
+    }
+    let pieces = dedup::decode(request)?;
+    let mut text = Vec::new();
+    let mut segments: HashMap<u64, Option<RawSegment>> = HashMap::new();
+    for piece in pieces {
+        match piece {
+            dedup::Piece::Own(bytes) | dedup::Piece::Materialized(bytes) => text.extend_from_slice(bytes),
+            dedup::Piece::Ref(r) => {
+                let segment = match segments.entry(r.seq) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(tree.get(segment_key(BODY_SEGMENT, r.seq))?.map(RawSegment::of).transpose()?)
+                    }
+                };
+                let Some(segment) = segment else { return Ok(None) };
+                let Some((base_flags, base_request, _)) = raw_bodies_at(segment, usize::from(r.index))? else {
+                    return Ok(None);
+                };
+                let literal = dedup::own_literal(base_flags, base_request)?;
+                let range = r.offset as usize..r.offset as usize + r.len as usize;
+                let Some(bytes) = literal.get(range) else {
+                    return Err(StoreError::Corrupt("a piece refers past its base's text".into()));
+                };
+                text.extend_from_slice(bytes);
+            }
+        }
+    }
+    Ok(Some(Cow::Owned(text)))
+}
+
+/// Every record of a raw body segment: flags, request field, response.
+pub(super) fn records(segment: &[u8]) -> Result<Vec<RawBodies<'_>>, StoreError> {
+    let (count, mut rest) = take_u32(segment)?;
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (&flags, after_flags) =
+            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+        let (request, after_request) = take_slice(after_flags)?;
+        let (response, after_response) = take_slice(after_request)?;
+        out.push((flags, request, response));
+        rest = after_response;
+    }
+    Ok(out)
+}
+
+/// A body segment whose records at `indices` have every reference into one of `owners` (a
+/// base's position → its own literal) replaced by the bytes it names; `None` when no record
+/// refers to them.
+pub(super) fn materialized(
+    segment: &[u8],
+    indices: &HashSet<usize>,
+    owners: &HashMap<(u64, u16), Vec<u8>>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let records = records(segment)?;
+    let mut out = Vec::with_capacity(segment.len());
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    let mut changed = false;
+    for (i, (flags, request, response)) in records.iter().enumerate() {
+        let mut rewritten = None;
+        if indices.contains(&i) && flags & dedup::PIECES != 0 {
+            let pieces = dedup::decode(request)?;
+            if pieces.iter().any(|p| matches!(p, dedup::Piece::Ref(r) if owners.contains_key(&(r.seq, r.index)))) {
+                let mut copies = Vec::with_capacity(pieces.len());
+                for piece in pieces {
+                    copies.push(match piece {
+                        dedup::Piece::Ref(r) => match owners.get(&(r.seq, r.index)) {
+                            Some(literal) => {
+                                let range = r.offset as usize..r.offset as usize + r.len as usize;
+                                let bytes = literal
+                                    .get(range)
+                                    .ok_or_else(|| StoreError::Corrupt("a piece refers past its base's text".into()))?;
+                                dedup::Piece::Materialized(bytes)
+                            }
+                            None => piece,
+                        },
+                        other => other,
+                    });
+                }
+                let mut encoded = Vec::new();
+                dedup::encode(&copies, &mut encoded);
+                rewritten = Some(encoded);
+            }
+        }
+        out.push(*flags);
+        let request = match &rewritten {
+            Some(encoded) => {
+                changed = true;
+                encoded.as_slice()
+            }
+            None => request,
+        };
+        for part in [request, response] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    Ok(changed.then_some(out))
 }

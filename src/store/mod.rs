@@ -34,14 +34,15 @@
 //!
 //! Raw span segment: `count: u32`, then per span `trace_id(16) span_id(8) start_ns(8) len: u32 json`.
 //! Raw body segment: `count: u32`, then per span `flags: u8 request_len: u32 request response_len:
-//! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated). Index run and page: a
+//! u32 response` (raw bytes; flags: 1 = bodies kept, 2 = truncated, 4 = the request field is a
+//! piece list, 8 = a base later records may borrow from: see `dedup`, store format 5). Index run and page: a
 //! sequence of `trace_id(16) seq(8) i(2)` entries. A deleted span's record is a tombstone
 //! (zero ids, start 0, an empty JSON) and its body record is emptied (flags 0): counts and
 //! order stay, so positions stay valid; every reader skips tombstones (see `delete.rs`).
 //!
 //! Files: `layout` (keys and value encodings), `segment_codec` (compression of a segment),
 //! `writer` (batches, merges, retention), `reader` (traces, spans, segments for exporters),
-//! `delete` (tombstones), `ledger` (the usage ledger's keys and counters), `error`.
+//! `delete` (tombstones), `dedup` (requests stored as pieces of earlier ones), `ledger` (the usage ledger's keys and counters), `error`.
 
 pub(crate) mod dedup;
 pub(crate) mod delete;
