@@ -56,11 +56,16 @@ impl H1Body {
     /// Reads more bytes into `buf`; `Ok(0)` at the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let Some(stream) = &self.stream else { return Poll::Ready(Ok(0)) };
-        if self.buf.capacity() - self.buf.len() < READ_RESERVE / 4 {
-            self.buf.reserve(READ_RESERVE);
+        if self.buf.is_empty() {
+            // A stream waits between its chunks: it holds no read buffer while it does (the
+            // chunks handed out keep their bytes alive only until they are sent).
+            self.buf = BytesMut::new();
         }
         loop {
             ready!(stream.poll_read_ready(cx))?;
+            if self.buf.capacity() - self.buf.len() < READ_RESERVE / 4 {
+                self.buf.reserve(READ_RESERVE);
+            }
             match stream.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
