@@ -65,6 +65,16 @@ pub(crate) struct Ref {
     pub(super) len: u32,
 }
 
+impl Ref {
+    /// The bytes this reference names in `literal`, its base's own literal.
+    pub(crate) fn within<'l>(&self, literal: &'l [u8]) -> Result<&'l [u8], StoreError> {
+        let start = self.offset as usize;
+        literal
+            .get(start..start + self.len as usize)
+            .ok_or_else(|| StoreError::Corrupt("a piece refers past its base's text".into()))
+    }
+}
+
 /// One piece of a stored request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Piece<'a> {
@@ -199,8 +209,7 @@ impl Bases {
         let mut map = vec![Ref { seq, index, offset: 0, len: request.len() as u32 }];
         let mut oldest_start = start;
         if let Some(base) = self.entries.get(&key).filter(|b| start.saturating_sub(b.oldest_start) <= WINDOW_NANOS) {
-            let head = common_prefix(request, &base.text);
-            let tail = common_prefix_rev(&request[head..], &base.text[head..]);
+            let (head, tail) = shared_ends(request, &base.text);
             if head + tail >= MIN_SHARED {
                 let head_refs = slice(&base.map, 0, head);
                 let tail_refs = slice(&base.map, base.text.len() - tail, base.text.len());
@@ -241,27 +250,19 @@ impl Bases {
     }
 }
 
-/// Length of the longest common prefix (compared eight bytes at a time).
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+/// The bytes `a` shares with `b` at its head and, in what is left after it, at its tail
+/// (`head + tail` never exceeds either length). The head is compared eight bytes at a time.
+pub(crate) fn shared_ends(a: &[u8], b: &[u8]) -> (usize, usize) {
     let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = u64::from_ne_bytes(a[i..i + 8].try_into().expect("8 bytes"));
-        let y = u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        if x != y {
-            break;
-        }
-        i += 8;
+    let mut head = 0;
+    while head + 8 <= n && a[head..head + 8] == b[head..head + 8] {
+        head += 8;
     }
-    while i < n && a[i] == b[i] {
-        i += 1;
+    while head < n && a[head] == b[head] {
+        head += 1;
     }
-    i
-}
-
-/// Length of the longest common suffix.
-fn common_prefix_rev(a: &[u8], b: &[u8]) -> usize {
-    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+    let tail = a[head..].iter().rev().zip(b[head..].iter().rev()).take_while(|(x, y)| x == y).count();
+    (head, tail)
 }
 
 /// The references covering bytes `from..to` of a base whose bytes `map` covers in order.
@@ -307,8 +308,9 @@ mod tests {
 
     #[test]
     fn common_ends_are_measured_exactly() {
-        assert_eq!(common_prefix(b"abcdefghijXY", b"abcdefghijXZ"), 11);
-        assert_eq!(common_prefix(b"abc", b"abc"), 3);
-        assert_eq!(common_prefix_rev(b"xxtail", b"yyytail"), 4);
+        assert_eq!(shared_ends(b"abcdefghijXY", b"abcdefghijXZ"), (11, 0));
+        assert_eq!(shared_ends(b"abc", b"abc"), (3, 0));
+        assert_eq!(shared_ends(b"xxtail", b"yyytail"), (0, 4));
+        assert_eq!(shared_ends(b"head-new-tail", b"head-old-tail"), (5, 5));
     }
 }

@@ -431,12 +431,7 @@ pub(crate) fn resolve<'a>(
                 let Some((base_flags, base_request, _)) = raw_bodies_at(segment, usize::from(r.index))? else {
                     return Ok(None);
                 };
-                let literal = dedup::own_literal(base_flags, base_request)?;
-                let range = r.offset as usize..r.offset as usize + r.len as usize;
-                let Some(bytes) = literal.get(range) else {
-                    return Err(StoreError::Corrupt("a piece refers past its base's text".into()));
-                };
-                text.extend_from_slice(bytes);
+                text.extend_from_slice(r.within(dedup::own_literal(base_flags, base_request)?)?);
             }
         }
     }
@@ -479,13 +474,7 @@ pub(super) fn materialized(
                 for piece in pieces {
                     copies.push(match piece {
                         dedup::Piece::Ref(r) => match owners.get(&(r.seq, r.index)) {
-                            Some(literal) => {
-                                let range = r.offset as usize..r.offset as usize + r.len as usize;
-                                let bytes = literal
-                                    .get(range)
-                                    .ok_or_else(|| StoreError::Corrupt("a piece refers past its base's text".into()))?;
-                                dedup::Piece::Materialized(bytes)
-                            }
+                            Some(literal) => dedup::Piece::Materialized(r.within(literal)?),
                             None => piece,
                         },
                         other => other,

@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::store::dedup::shared_ends;
+
 /// Spans per block.
 pub(crate) const BLOCK_SPANS: u32 = 256;
 /// Blocks per run (a run's later spans, if a batch overfilled it, go to its last block).
@@ -147,8 +149,7 @@ impl RecentBodies {
         }
         let mut best = (0, 0);
         for body in &self.bodies {
-            let head = common_prefix(text, body);
-            let tail = text[head..].iter().rev().zip(body[head..].iter().rev()).take_while(|(a, b)| a == b).count();
+            let (head, tail) = shared_ends(text, body);
             if head + tail > best.0 + best.1 {
                 best = (head, tail);
             }
@@ -182,18 +183,6 @@ fn separator_before(text: &[u8], at: usize) -> usize {
 /// The first resync byte at or after `at` (the end when none).
 fn separator_after(text: &[u8], at: usize) -> usize {
     text[at..].iter().position(|b| is_resync(*b)).map_or(text.len(), |i| at + i)
-}
-
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 16 <= n && a[i..i + 16] == b[i..i + 16] {
-        i += 16;
-    }
-    while i < n && a[i] == b[i] {
-        i += 1;
-    }
-    i
 }
 
 /// The term of a word, ASCII-lowercased as it is hashed: eight bytes at a time, one multiply
