@@ -86,10 +86,8 @@ impl<'a> Run<'a> {
         out.extend_from_slice(&0u32.to_be_bytes());
         for (key, row) in ledger {
             let row = serde_json::to_vec(row).expect("ledger rows serialize");
-            for part in [key.as_slice(), row.as_slice()] {
-                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-                out.extend_from_slice(part);
-            }
+            put_slice(&mut out, key);
+            put_slice(&mut out, &row);
         }
         out
     }
@@ -198,21 +196,55 @@ pub(crate) fn resolved<'a>(tree: &sled::Tree, raw: Option<RawBodies<'a>>) -> Res
 /// The raw request and response bodies of span `index` (with its flags), `None` when the
 /// span's bodies were not kept.
 pub(crate) fn raw_bodies_at(segment: &[u8], index: usize) -> Result<Option<RawBodies<'_>>, StoreError> {
-    let (count, mut rest) = take_u32(segment)?;
-    if index >= count as usize {
+    let Some(record) = BodyRecords::new(segment)?.nth(index) else {
         return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));
+    };
+    let ((flags, request, response), _) = record?;
+    Ok((flags & BODIES_KEPT != 0).then_some((flags, request, response)))
+}
+
+/// Walks the records of a raw body segment: each as stored, with its encoded bytes.
+pub(super) struct BodyRecords<'a> {
+    bytes: &'a [u8],
+    remaining: u32,
+}
+
+impl<'a> BodyRecords<'a> {
+    pub(super) fn new(segment: &'a [u8]) -> Result<Self, StoreError> {
+        let (count, rest) = take_u32(segment)?;
+        Ok(BodyRecords { bytes: rest, remaining: count })
     }
-    for i in 0..=index {
+
+    fn parse(bytes: &'a [u8]) -> Result<(RawBodies<'a>, &'a [u8]), StoreError> {
         let (&flags, after_flags) =
-            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+            bytes.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
         let (request, after_request) = take_slice(after_flags)?;
-        let (response, after_response) = take_slice(after_request)?;
-        if i == index {
-            return Ok((flags & BODIES_KEPT != 0).then_some((flags, request, response)));
-        }
-        rest = after_response;
+        let (response, rest) = take_slice(after_request)?;
+        Ok(((flags, request, response), rest))
     }
-    unreachable!("the loop returns at index")
+}
+
+impl<'a> Iterator for BodyRecords<'a> {
+    /// A record (flags, request field, response) and the bytes that encode it.
+    type Item = Result<(RawBodies<'a>, &'a [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        match Self::parse(self.bytes) {
+            Ok((record, rest)) => {
+                let encoded = &self.bytes[..self.bytes.len() - rest.len()];
+                self.bytes = rest;
+                Some(Ok((record, encoded)))
+            }
+            Err(e) => {
+                self.remaining = 0;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 /// A segment's raw bytes: the stored value itself, or its decompressed form.
@@ -258,6 +290,21 @@ pub(super) fn take_slice(bytes: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
     Ok(rest.split_at(len))
 }
 
+/// Appends `bytes` behind their length (a u32): what [`take_slice`] reads.
+pub(super) fn put_slice(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends what `write` writes behind its length (a u32), without a copy.
+fn put_written(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
 pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -286,11 +333,7 @@ impl SegmentWriter {
         self.spans.extend_from_slice(&span.trace_id.0);
         self.spans.extend_from_slice(&span.span_id.0);
         self.spans.extend_from_slice(&span.start_time_unix_nano.to_be_bytes());
-        let len_at = self.spans.len();
-        self.spans.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut self.spans, span).expect("span types always serialize");
-        let len = (self.spans.len() - len_at - 4) as u32;
-        self.spans[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        put_written(&mut self.spans, |out| serde_json::to_writer(out, span).expect("span types always serialize"));
 
         let (flags, request, response) = match &write.bodies {
             Some(b) => (
@@ -309,20 +352,14 @@ impl SegmentWriter {
         match &stored.pieces {
             Some(pieces) => {
                 self.bodies.push(flags | dedup::PIECES);
-                let len_at = self.bodies.len();
-                self.bodies.extend_from_slice(&[0; 4]);
-                dedup::encode(pieces, &mut self.bodies);
-                let len = (self.bodies.len() - len_at - 4) as u32;
-                self.bodies[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+                put_written(&mut self.bodies, |out| dedup::encode(pieces, out));
             }
             None => {
                 self.bodies.push(flags);
-                self.bodies.extend_from_slice(&(request.len() as u32).to_be_bytes());
-                self.bodies.extend_from_slice(request.as_bytes());
+                put_slice(&mut self.bodies, request.as_bytes());
             }
         }
-        self.bodies.extend_from_slice(&(response.len() as u32).to_be_bytes());
-        self.bodies.extend_from_slice(response.as_bytes());
+        put_slice(&mut self.bodies, response.as_bytes());
         self.count += 1;
     }
 
@@ -378,18 +415,15 @@ impl SpanRef<'_> {
 /// A body segment with the records at `indices` emptied (flags 0, no bytes): what is left of
 /// deleted spans' bodies. The count and every other record are kept.
 pub(super) fn without_bodies(segment: &[u8], indices: &[usize]) -> Result<Vec<u8>, StoreError> {
-    let (count, mut rest) = take_u32(segment)?;
+    let records = BodyRecords::new(segment)?;
     let mut out = Vec::with_capacity(segment.len());
-    out.extend_from_slice(&count.to_be_bytes());
-    for i in 0..count as usize {
-        let (_, after_flags) = rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
-        let (_, after_request) = take_slice(after_flags)?;
-        let (_, after_response) = take_slice(after_request)?;
+    out.extend_from_slice(&segment[..4]);
+    for (i, record) in records.enumerate() {
+        let (_, encoded) = record?;
         match indices.contains(&i) {
             true => out.extend_from_slice(&[0; 9]),
-            false => out.extend_from_slice(&rest[..rest.len() - after_response.len()]),
+            false => out.extend_from_slice(encoded),
         }
-        rest = after_response;
     }
     Ok(out)
 }
@@ -440,17 +474,7 @@ pub(crate) fn resolve<'a>(
 
 /// Every record of a raw body segment: flags, request field, response.
 pub(super) fn records(segment: &[u8]) -> Result<Vec<RawBodies<'_>>, StoreError> {
-    let (count, mut rest) = take_u32(segment)?;
-    let mut out = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let (&flags, after_flags) =
-            rest.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
-        let (request, after_request) = take_slice(after_flags)?;
-        let (response, after_response) = take_slice(after_request)?;
-        out.push((flags, request, response));
-        rest = after_response;
-    }
-    Ok(out)
+    BodyRecords::new(segment)?.map(|record| record.map(|(record, _)| record)).collect()
 }
 
 /// A body segment whose records at `indices` have every reference into one of `owners` (a
@@ -461,42 +485,46 @@ pub(super) fn materialized(
     indices: &HashSet<usize>,
     owners: &HashMap<(u64, u16), Vec<u8>>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let records = records(segment)?;
+    let records = BodyRecords::new(segment)?;
     let mut out = Vec::with_capacity(segment.len());
-    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    out.extend_from_slice(&segment[..4]);
     let mut changed = false;
-    for (i, (flags, request, response)) in records.iter().enumerate() {
-        let mut rewritten = None;
-        if indices.contains(&i) && flags & dedup::PIECES != 0 {
-            let pieces = dedup::decode(request)?;
-            if pieces.iter().any(|p| matches!(p, dedup::Piece::Ref(r) if owners.contains_key(&(r.seq, r.index)))) {
-                let mut copies = Vec::with_capacity(pieces.len());
-                for piece in pieces {
-                    copies.push(match piece {
-                        dedup::Piece::Ref(r) => match owners.get(&(r.seq, r.index)) {
-                            Some(literal) => dedup::Piece::Materialized(r.within(literal)?),
-                            None => piece,
-                        },
-                        other => other,
-                    });
-                }
-                let mut encoded = Vec::new();
-                dedup::encode(&copies, &mut encoded);
-                rewritten = Some(encoded);
-            }
-        }
-        out.push(*flags);
-        let request = match &rewritten {
-            Some(encoded) => {
-                changed = true;
-                encoded.as_slice()
-            }
-            None => request,
+    for (i, record) in records.enumerate() {
+        let ((flags, request, response), encoded) = record?;
+        let copied = match indices.contains(&i) && flags & dedup::PIECES != 0 {
+            true => with_borrowed_text(request, owners)?,
+            false => None,
         };
-        for part in [request, response] {
-            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            out.extend_from_slice(part);
+        match copied {
+            Some(pieces) => {
+                changed = true;
+                out.push(flags);
+                put_slice(&mut out, &pieces);
+                put_slice(&mut out, response);
+            }
+            None => out.extend_from_slice(encoded),
         }
     }
     Ok(changed.then_some(out))
+}
+
+/// A piece list with every reference into one of `owners` replaced by the bytes it names,
+/// encoded; `None` when none refers to them.
+fn with_borrowed_text(request: &[u8], owners: &HashMap<(u64, u16), Vec<u8>>) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut copied = false;
+    let mut pieces = dedup::decode(request)?;
+    for piece in &mut pieces {
+        if let dedup::Piece::Ref(r) = *piece {
+            if let Some(literal) = owners.get(&(r.seq, r.index)) {
+                *piece = dedup::Piece::Materialized(r.within(literal)?);
+                copied = true;
+            }
+        }
+    }
+    if !copied {
+        return Ok(None);
+    }
+    let mut encoded = Vec::new();
+    dedup::encode(&pieces, &mut encoded);
+    Ok(Some(encoded))
 }

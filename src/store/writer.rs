@@ -178,7 +178,7 @@ impl Store {
             // Plain removes, bodies first (a span left without its bodies is harmless and is
             // deleted next time): a sled batch per segment rolls sled's log buffer twice.
             let holds_bases = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
-                Some(bodies) => records(&RawSegment::of(bodies)?)?.iter().any(|r| r.0 & dedup::BASE != 0),
+                Some(bodies) => records(&RawSegment::of(bodies)?)?.iter().any(|(flags, _, _)| flags & dedup::BASE != 0),
                 None => false,
             };
             match holds_bases {
