@@ -53,6 +53,13 @@ fn read_request(store: &Store, write: &SpanWrite) -> Option<String> {
     bodies.request_body
 }
 
+/// Every request of `writes` reads back as it was written.
+fn assert_reads_back(store: &Store, writes: &[SpanWrite]) {
+    for write in writes {
+        assert_eq!(read_request(store, write).as_deref(), write.bodies.as_ref().unwrap().request_body.as_deref());
+    }
+}
+
 /// Twenty steps of one trace, one batch each: every read is the original, byte for byte.
 fn agent_loop(store: &Store, trace: TraceId, session: Option<&str>, start: u64) -> Vec<SpanWrite> {
     let writes: Vec<SpanWrite> = (1..=20).map(|n| call(trace, session, start + n as u64 * SECOND, step(n))).collect();
@@ -67,9 +74,7 @@ fn an_agent_loop_reads_back_exactly_and_stores_about_its_new_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s")).unwrap();
     let writes = agent_loop(&store, TraceId::random(), None, 1_000 * SECOND);
-    for write in &writes {
-        assert_eq!(read_request(&store, write).as_deref(), write.bodies.as_ref().unwrap().request_body.as_deref());
-    }
+    assert_reads_back(&store, &writes);
     let whole: usize = writes.iter().map(|w| w.bodies.as_ref().unwrap().request_body.as_ref().unwrap().len()).sum();
     let last = writes.last().unwrap().bodies.as_ref().unwrap().request_body.as_ref().unwrap().len();
     let stored = stored_body_bytes(&store);
@@ -102,9 +107,7 @@ fn deleting_early_steps_of_a_session_keeps_the_later_ones_exact() {
     let deleted = store.delete_positions(&positions_of(&store, first[0].span.trace_id)).unwrap();
     assert_eq!(deleted, 20);
     store.flush().unwrap();
-    for write in &second {
-        assert_eq!(read_request(&store, write).as_deref(), write.bodies.as_ref().unwrap().request_body.as_deref());
-    }
+    assert_reads_back(&store, &second);
     assert!(read_request(&store, &first[3]).is_none());
     // A step in the middle of the second trace, then the rest of it.
     let middle = positions_of(&store, second[0].span.trace_id);
@@ -119,9 +122,7 @@ fn deleting_early_steps_of_a_session_keeps_the_later_ones_exact() {
     assert_eq!(left, 19);
     // After a delete the writer starts from whole text again, and reads stay exact.
     let third = agent_loop(&store, TraceId::random(), Some("chat-1"), 3_000 * SECOND);
-    for write in &third {
-        assert_eq!(read_request(&store, write).as_deref(), write.bodies.as_ref().unwrap().request_body.as_deref());
-    }
+    assert_reads_back(&store, &third);
 }
 
 fn positions_of(store: &Store, trace: TraceId) -> Vec<u64> {
@@ -141,18 +142,14 @@ fn retention_keeps_borrowed_text_for_the_window_then_frees_every_segment() {
         // The old loop's spans go; its bodies stay while the recent loop borrows them.
         assert_eq!(store.delete_older_than(1_100 * SECOND).unwrap(), 20);
         assert!(store.trace_spans(&old[0].span.trace_id).unwrap().is_empty());
-        for write in &recent {
-            assert_eq!(read_request(&store, write).as_deref(), write.bodies.as_ref().unwrap().request_body.as_deref());
-        }
+        assert_reads_back(&store, &recent);
         store.flush().unwrap();
     }
     // Reopened: the orphaned bodies are found again, and the words of borrowed text too.
     let store = reopen(&path);
     let q = TraceQuery { limit: 50, text: Some("quantum0".into()), ..TraceQuery::default() };
     assert_eq!(store.find_traces(&q).unwrap().traces.len(), 1);
-    for write in &recent {
-        assert_eq!(read_request(&store, write).as_deref(), write.bodies.as_ref().unwrap().request_body.as_deref());
-    }
+    assert_reads_back(&store, &recent);
     // The pass that finds the old loop's orphans (after the reopen) also removes the recent
     // loop's spans; both loops' bodies wait a window from it.
     let cutoff = 1_000 * SECOND + WINDOW_NANOS;
