@@ -69,6 +69,13 @@ struct Memtable {
     max_start: u64,
 }
 
+impl Memtable {
+    /// The empty memtable that replaces this one.
+    fn next(&self) -> Memtable {
+        Memtable { generation: self.generation + 1, ..Memtable::default() }
+    }
+}
+
 /// A committed span to index, with its bodies (empty when not kept).
 pub(crate) struct Indexed<'a> {
     pub(crate) position: u64,
@@ -162,8 +169,7 @@ impl SearchIndex {
         }
         let indexed_through = runs.last().map(|r| r.id).unwrap_or(0);
         let mut state = self.write();
-        let generation = state.memtable.generation + 1;
-        *state = State { memtable: Memtable { generation, ..Memtable::default() }, runs };
+        *state = State { memtable: state.memtable.next(), runs };
         drop(state);
         let range = segment_key(SPAN_SEGMENT, indexed_through.saturating_add(1))..segment_key(SPAN_SEGMENT, u64::MAX);
         let mut replayed = 0u64;
@@ -242,7 +248,7 @@ impl SearchIndex {
             .into_iter()
             .map(|s| {
                 let start = word_terms.len();
-                let block = ((ordinal / words::BLOCK_SPANS) as usize).min(words::BLOCKS - 1);
+                let block = words::block_of(ordinal);
                 ordinal += 1;
                 let [request, response] = s.bodies;
                 let request = recent.new_part((generation, block), request);
@@ -317,7 +323,7 @@ impl SearchIndex {
         tree.apply_batch(batch)?;
         let mut state = self.write();
         state.runs.push(Arc::new(meta));
-        state.memtable = Memtable { generation: state.memtable.generation + 1, ..Memtable::default() };
+        state.memtable = state.memtable.next();
         Ok(())
     }
 

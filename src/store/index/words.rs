@@ -43,6 +43,12 @@ pub(crate) fn chunk_key(run: u64, chunk: u32) -> [u8; 13] {
     key
 }
 
+/// The block of a memtable's `ordinal`-th span (a run's later spans, if a batch overfilled
+/// it, go to its last block).
+pub(crate) fn block_of(ordinal: u32) -> usize {
+    ((ordinal / BLOCK_SPANS) as usize).min(BLOCKS - 1)
+}
+
 /// A set of blocks of one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Blocks(pub(crate) [u64; 4]);
@@ -249,7 +255,7 @@ impl WordTable {
     /// Adds one span's words (`terms`, any order, repeats allowed) as the memtable's
     /// `ordinal`-th span, at `position`, started at `start` (unix ns).
     pub(crate) fn add(&mut self, ordinal: u32, position: u64, start: u64, terms: &[u64]) {
-        let block = ((ordinal / BLOCK_SPANS) as usize).min(BLOCKS - 1);
+        let block = block_of(ordinal);
         if self.block_starts.len() <= block {
             self.block_starts.push(position);
             self.block_times.extend([start, start]);
