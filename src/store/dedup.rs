@@ -211,20 +211,20 @@ impl Bases {
         if let Some(base) = self.entries.get(&key).filter(|b| start.saturating_sub(b.oldest_start) <= WINDOW_NANOS) {
             let (head, tail) = shared_ends(request, &base.text);
             if head + tail >= MIN_SHARED {
-                let head_refs = slice(&base.map, 0, head);
+                let mut refs = slice(&base.map, 0, head);
                 let tail_refs = slice(&base.map, base.text.len() - tail, base.text.len());
-                if head_refs.len() + tail_refs.len() < MAX_PIECES {
+                if refs.len() + tail_refs.len() < MAX_PIECES {
                     let middle = &request[head..request.len() - tail];
-                    let mut pieces: Vec<Piece<'a>> = head_refs.iter().map(|r| Piece::Ref(*r)).collect();
-                    map = head_refs;
                     if !middle.is_empty() {
-                        pieces.push(Piece::Own(middle));
-                        map.push(Ref { seq, index, offset: 0, len: middle.len() as u32 });
+                        refs.push(Ref { seq, index, offset: 0, len: middle.len() as u32 });
                     }
-                    pieces.extend(tail_refs.iter().map(|r| Piece::Ref(*r)));
-                    map.extend(tail_refs);
+                    refs.extend(tail_refs);
+                    // The one range of this record's own is its middle; the rest refer back.
+                    let own = |r: &Ref| (r.seq, r.index) == (seq, index);
+                    let pieces = refs.iter().map(|r| if own(r) { Piece::Own(middle) } else { Piece::Ref(*r) });
+                    stored.pieces = Some(pieces.collect());
                     oldest_start = base.oldest_start.min(start);
-                    stored.pieces = Some(pieces);
+                    map = refs;
                 }
             }
         }
