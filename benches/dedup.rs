@@ -147,6 +147,8 @@ fn response(words: &mut Words, n: usize) -> String {
     )
 }
 
+/// Bytes a request shares with the step before at its head and tail: measured here, not
+/// with the store's own function, so the yardstick does not depend on what it measures.
 fn shared_ends(a: &[u8], b: &[u8]) -> usize {
     let head = a.iter().zip(b).take_while(|(x, y)| x == y).count();
     let tail = a[head..].iter().rev().zip(b[head..].iter().rev()).take_while(|(x, y)| x == y).count();
