@@ -10,7 +10,10 @@
 //!    stream, against a full `serde_json::Value` parse (of the body or of every data line)
 //!    and pointer lookups;
 //! 4. span encoding: `serde_json::to_vec(&span)` as the store writes it, against
-//!    `serde_json::to_value` then `to_string_pretty`.
+//!    `serde_json::to_value` then `to_string_pretty`;
+//! 5. request facts of a 12 KB agent step (system prompt, tools, tool-call rounds; the model
+//!    after the messages, as the OpenAI SDK sends it): `providers::parse_request`, which skims
+//!    (`formats::json_skim`), against a full `serde_json::Value` parse.
 //!
 //! Run: `cargo bench --bench pieces` (about a minute; 2 s of measurement per function).
 
@@ -21,7 +24,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use tracegate::formats::providers::{parse_response, Api, Operation, ResponseFacts, Usage};
+use tracegate::formats::providers::{
+    parse_request, parse_response, Api, Operation, RequestFacts, ResponseFacts, Usage,
+};
 use tracegate::formats::sse;
 use tracegate::formats::trace_context::{
     extract, parse_b3_single, parse_traceparent, traceparent_value, B3Sampling, B3Single, CallerContext, Propagation,
@@ -488,6 +493,61 @@ fn usage_extraction(c: &mut Criterion) {
     }
 }
 
+/// An agent step as agent loops send it: a long system prompt, three tools, and six rounds of
+/// tool calls (arguments are JSON inside strings) and tool results; ~12 KB.
+fn agent_step_body() -> Vec<u8> {
+    let policies: String = (1..=64)
+        .map(|i| format!("Policy {i}: when a customer asks about case {i}, check the order status, confirm the address, and explain the refund window.\n"))
+        .collect();
+    let tool = |name: &str| {
+        serde_json::json!({"type": "function", "function": {"name": name, "description": format!("Looks up {name} for an order id, returning status, dates and the carrier's last scan."),
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "description": "The order id, as printed on the receipt."}}, "required": ["order_id"]}}})
+    };
+    let mut messages = vec![serde_json::json!({"role": "system", "content": policies})];
+    for round in 0..6 {
+        messages.push(serde_json::json!({"role": "user", "content": format!("Where is my order A-{round}? It was due on Monday and the tracking page says nothing since.")}));
+        let arguments =
+            serde_json::json!({"order_id": format!("A-{round}"), "fields": ["status", "carrier", "last_scan"]})
+                .to_string();
+        messages.push(serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{"id": format!("call_{round}"), "type": "function", "function": {"name": "order_status", "arguments": arguments}}]}));
+        let result = serde_json::json!({"status": "in transit", "carrier": "DHL", "last_scan": "2026-12-01T10:00:00Z", "note": "Parcel left the sorting centre; the next scan comes at the local depot."}).to_string();
+        messages.push(serde_json::json!({"role": "tool", "tool_call_id": format!("call_{round}"), "content": result}));
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "messages": messages,
+        "model": MODEL,
+        "tools": [tool("order_status"), tool("shipping_address"), tool("refund_window")],
+        "temperature": 0.2,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    }))
+    .unwrap()
+}
+
+fn naive_parse_request(body: &[u8]) -> RequestFacts {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return RequestFacts::default() };
+    RequestFacts {
+        model: v["model"].as_str().map(str::to_owned),
+        stream: v["stream"].as_bool().unwrap_or(false),
+        include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+        max_tokens: ["max_tokens", "max_completion_tokens", "max_output_tokens"].iter().find_map(|k| v[k].as_u64()),
+        names_credential: Some(false),
+    }
+}
+
+fn request_facts(c: &mut Criterion) {
+    let body = agent_step_body();
+    let ours = parse_request(Api::Openai, &Operation::Chat, &body);
+    assert!(ours.model.is_some() && ours.stream && ours.include_usage);
+    assert_eq!(naive_parse_request(&body), ours);
+
+    let mut group = c.benchmark_group(format!("parse_request agent step ({} bytes)", body.len()));
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("tracegate", |b| b.iter(|| parse_request(Api::Openai, &Operation::Chat, black_box(&body))));
+    group.bench_function("naive", |b| b.iter(|| naive_parse_request(black_box(&body))));
+    group.finish();
+}
+
 fn span_encoding(c: &mut Criterion) {
     let span = recorded_span();
     let compact = serde_json::to_vec(&span).unwrap();
@@ -507,6 +567,6 @@ fn span_encoding(c: &mut Criterion) {
 criterion_group! {
     name = pieces;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = trace_headers, sse_scan, usage_extraction, span_encoding
+    targets = trace_headers, sse_scan, usage_extraction, request_facts, span_encoding
 }
 criterion_main!(pieces);

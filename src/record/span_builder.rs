@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use bytes::Bytes;
 
 use crate::formats::headers::{self, Tags};
-use crate::formats::providers::{self, Operation};
+use crate::formats::providers::{self, Operation, CREDENTIAL_FIELDS};
 use crate::formats::tokens;
 use crate::model::capture::Captured;
 use crate::model::pricing::BilledTokens;
@@ -131,6 +131,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     };
 
     let (base, omit_bodies) = call_span(record, &operation, name);
+    let names_credential = request.names_credential;
     let span = Span {
         ttft_ms,
         status,
@@ -150,13 +151,19 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     };
 
     let bodies = (settings.capture_bodies && !omit_bodies)
-        .then(|| kept_bodies(record, &request_bytes, &response_bytes, settings));
+        .then(|| kept_bodies(record, &request_bytes, names_credential, &response_bytes, settings));
     SpanWrite { span, bodies }
 }
 
 /// The bodies as stored: credentials redacted from the request, each cut to the capture limit.
-fn kept_bodies(record: &CallRecord, request: &Bytes, response: &[u8], settings: &RecorderSettings) -> SpanBodies {
-    let request = redact_credentials(request);
+fn kept_bodies(
+    record: &CallRecord,
+    request: &Bytes,
+    names_credential: Option<bool>,
+    response: &[u8],
+    settings: &RecorderSettings,
+) -> SpanBodies {
+    let request = redact_credentials(request, names_credential);
     let (request_body, request_cut) = stored_text(&request, settings.max_capture_bytes);
     let (response_body, response_cut) = stored_text(response, settings.max_capture_bytes);
     SpanBodies {
@@ -179,7 +186,7 @@ pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: 
                 let request = record.request_body.joined(TRUNCATION_MARK.as_bytes());
                 let response =
                     decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
-                kept_bodies(record, &request, &response, settings)
+                kept_bodies(record, &request, None, &response, settings)
             }))
             .ok()
         })
@@ -288,23 +295,15 @@ fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_ss
     Bytes::from(out)
 }
 
-/// JSON member names whose values are credentials, never stored.
-const CREDENTIAL_FIELDS: [&str; 10] = [
-    "api_key",
-    "apikey",
-    "api-key",
-    "x-api-key",
-    "authorization",
-    "password",
-    "secret",
-    "client_secret",
-    "access_token",
-    "refresh_token",
-];
-
 /// A request body with the values of credential-named JSON members (at any depth) replaced by
-/// `"[redacted]"`. Bodies without such a name are returned as they are, unparsed.
-fn redact_credentials(body: &Bytes) -> Bytes {
+/// `"[redacted]"`. Bodies without such a name are returned as they are, unparsed. `named` is
+/// what reading the request's facts found (`RequestFacts::names_credential`): whether a
+/// string of the whole JSON body is such a name; when that is unknown (not one whole object),
+/// the body is scanned for one here.
+fn redact_credentials(body: &Bytes, named: Option<bool>) -> Bytes {
+    if named == Some(false) {
+        return body.clone();
+    }
     // A quoted, case-insensitive name anywhere in the body; no copy, no allocation.
     // One pass over the quotes (found with memchr's vectorised search; agent bodies are tens
     // of KB); only a quote is compared against the names.
@@ -320,15 +319,16 @@ fn redact_credentials(body: &Bytes) -> Bytes {
         }
         table
     };
-    let mentions = memchr::memchr_iter(b'"', body).any(|at| {
-        let after = &body[at + 1..];
-        after.first().is_some_and(|b| FIRSTS[usize::from(*b)])
-            && CREDENTIAL_FIELDS.iter().any(|name| {
-                after.len() > name.len()
-                    && after[name.len()] == b'"'
-                    && after[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-            })
-    });
+    let mentions = named == Some(true)
+        || memchr::memchr_iter(b'"', body).any(|at| {
+            let after = &body[at + 1..];
+            after.first().is_some_and(|b| FIRSTS[usize::from(*b)])
+                && CREDENTIAL_FIELDS.iter().any(|name| {
+                    after.len() > name.len()
+                        && after[name.len()] == b'"'
+                        && after[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                })
+        });
     if !mentions {
         return body.clone();
     }
@@ -513,13 +513,31 @@ mod tests {
 
     #[test]
     fn credentials_in_bodies_are_redacted() {
+        // Redacted alike whether the request's reading found the name (one pass) or the body
+        // is scanned here (`None`: not one whole object), for every wire format.
+        let redact = |body: &Bytes| {
+            let op = Operation::Chat;
+            let outs: Vec<Bytes> =
+                [providers::Api::Openai, providers::Api::Anthropic, providers::Api::Gemini, providers::Api::Bedrock]
+                    .into_iter()
+                    .map(|api| providers::parse_request(api, &op, body).names_credential)
+                    .chain([None])
+                    .map(|named| redact_credentials(body, named))
+                    .collect();
+            assert!(outs.windows(2).all(|w| w[0] == w[1]), "{outs:?}");
+            outs[0].clone()
+        };
         let body = Bytes::from_static(br#"{"model":"m","api_key":"sk-123","extra":{"Authorization":"Bearer x","list":[{"password":"p"}]},"max_tokens":5}"#);
-        let out = String::from_utf8(redact_credentials(&body).to_vec()).unwrap();
+        let out = String::from_utf8(redact(&body).to_vec()).unwrap();
         assert!(!out.contains("sk-123") && !out.contains("Bearer x") && !out.contains("\"p\""), "{out}");
         assert!(out.contains("\"max_tokens\":5"));
         let plain = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
-        assert_eq!(redact_credentials(&plain), plain, "untouched when no credential is named");
+        assert_eq!(redact(&plain), plain, "untouched when no credential is named");
+        let nested = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"x":{"client_SECRET":"cs-9"}}]}"#,
+        );
+        assert!(!String::from_utf8_lossy(&redact(&nested)).contains("cs-9"));
         let cut = Bytes::from_static(br#"{"api_key":"sk-1"#);
-        assert!(!String::from_utf8_lossy(&redact_credentials(&cut)).contains("sk-1"));
+        assert!(!String::from_utf8_lossy(&redact(&cut)).contains("sk-1"));
     }
 }

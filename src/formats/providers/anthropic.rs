@@ -6,7 +6,8 @@
 //! [`Usage`] built here folds cache reads and writes into the input total exactly once.
 
 use super::{
-    count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
+    count, error_message, non_empty, request_members, str_at, top_level, Generated, Operation, RequestFacts,
+    ResponseFacts, Usage,
 };
 use crate::formats::sse;
 use serde_json::{Map, Value};
@@ -22,8 +23,9 @@ pub(super) fn operation(segment: &str) -> Option<Operation> {
 
 /// Request facts of a Messages or legacy Complete body.
 pub(super) fn parse_request(body: &[u8]) -> RequestFacts {
-    let f = top_level(body, &["model", "stream", "max_tokens", "max_tokens_to_sample"]);
+    let (f, names_credential) = request_members(body, &["model", "stream", "max_tokens", "max_tokens_to_sample"]);
     RequestFacts {
+        names_credential,
         model: non_empty(f.get("model").and_then(Value::as_str)),
         stream: f.get("stream").and_then(Value::as_bool).unwrap_or(false),
         include_usage: false,
@@ -337,17 +339,26 @@ mod tests {
                 model: Some("claude-sonnet-4-5".into()),
                 stream: true,
                 include_usage: false,
-                max_tokens: Some(1024)
+                max_tokens: Some(1024),
+                names_credential: Some(false),
             }
         );
         let body = br#"{"model":"claude-2.1","max_tokens_to_sample":256,"prompt":"\n\nHuman: Hi\n\nAssistant:"}"#;
         let facts = parse_request(Api::Anthropic, &Operation::TextCompletion, body);
         assert_eq!(
             facts,
-            RequestFacts { model: Some("claude-2.1".into()), max_tokens: Some(256), ..Default::default() }
+            RequestFacts {
+                model: Some("claude-2.1".into()),
+                max_tokens: Some(256),
+                names_credential: Some(false),
+                ..Default::default()
+            }
         );
         let body = br#"{"model":["x"],"stream":1,"max_tokens":"many"}"#;
-        assert_eq!(parse_request(Api::Anthropic, &Operation::Chat, body), RequestFacts::default());
+        assert_eq!(
+            parse_request(Api::Anthropic, &Operation::Chat, body),
+            RequestFacts { names_credential: Some(false), ..RequestFacts::default() }
+        );
         let body = br#"{"model":"claude-opus-4-1","max_tokens":32000,"messages":[{"role":"user","content":"cut he"#;
         let facts = parse_request(Api::Anthropic, &Operation::Chat, body);
         assert_eq!(

@@ -25,7 +25,10 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::anthropic::StreamReader;
-use super::{anthropic, count, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage};
+use super::{
+    anthropic, count, non_empty, request_members, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts,
+    Usage,
+};
 use crate::formats::{eventstream, percent};
 
 /// The model id and action of a Bedrock runtime path, the id percent-decoded:
@@ -52,14 +55,15 @@ pub fn operation(model: &str, action: &str) -> Operation {
 /// `max_tokens`, Llama's `max_gen_len`, Titan's `textGenerationConfig.maxTokenCount`); the
 /// model and streaming are the path's.
 pub fn parse_request(body: &[u8]) -> RequestFacts {
-    let f = top_level(body, &["inferenceConfig", "max_tokens", "max_gen_len", "textGenerationConfig"]);
+    let (f, names_credential) =
+        request_members(body, &["inferenceConfig", "max_tokens", "max_gen_len", "textGenerationConfig"]);
     let max_tokens = f
         .get("inferenceConfig")
         .and_then(|c| count(c.get("maxTokens")))
         .or_else(|| count(f.get("max_tokens")))
         .or_else(|| count(f.get("max_gen_len")))
         .or_else(|| f.get("textGenerationConfig").and_then(|c| count(c.get("maxTokenCount"))));
-    RequestFacts { max_tokens, ..RequestFacts::default() }
+    RequestFacts { max_tokens, names_credential, ..RequestFacts::default() }
 }
 
 /// Facts of any Bedrock answer: event-stream frames (ConverseStream or an Invoke stream), a

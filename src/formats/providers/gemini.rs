@@ -13,7 +13,9 @@
 
 use serde_json::Value;
 
-use super::{count, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage};
+use super::{
+    count, non_empty, request_members, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
+};
 use crate::formats::sse;
 
 /// The model and method of a Gemini path: `…/models/gemini-2.5-flash:generateContent` →
@@ -38,11 +40,11 @@ pub fn operation(method: &str) -> Operation {
 /// The output limit of a request (`generationConfig.maxOutputTokens`); the model and
 /// streaming are the path's.
 pub fn parse_request(body: &[u8]) -> RequestFacts {
-    let f = top_level(body, &["generationConfig", "generation_config"]);
+    let (f, names_credential) = request_members(body, &["generationConfig", "generation_config"]);
     // google-genai writes some members snake_case: accept both spellings.
     let config = f.get("generationConfig").or(f.get("generation_config"));
     let max_tokens = config.and_then(|c| count(c.get("maxOutputTokens").or(c.get("max_output_tokens"))));
-    RequestFacts { max_tokens, ..RequestFacts::default() }
+    RequestFacts { max_tokens, names_credential, ..RequestFacts::default() }
 }
 
 const KEYS: &[&str] = &["candidates", "usageMetadata", "modelVersion", "error"];

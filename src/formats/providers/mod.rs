@@ -18,10 +18,9 @@ pub mod gemini;
 pub mod openai;
 mod openai_typed;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
-use std::fmt;
+use serde_json::Value;
 
+use crate::formats::json_skim::{skim, top_level, Skimmed};
 use crate::formats::percent;
 
 /// Wire format spoken by an upstream, as named in the config (`"openai"`, `"anthropic"`,
@@ -187,6 +186,31 @@ pub struct RequestFacts {
     /// The output limit: `max_tokens`, else `max_completion_tokens`, else
     /// `max_output_tokens` (Anthropic legacy: `max_tokens_to_sample`).
     pub max_tokens: Option<u64>,
+    /// Whether a string of the body (a member name, at any depth, or a value) is one of
+    /// [`CREDENTIAL_FIELDS`]; `None` when the body is not one whole JSON object. Read in the
+    /// same pass as the rest, so the recorder's redaction need not scan the body again.
+    pub names_credential: Option<bool>,
+}
+
+/// JSON member names whose values are credentials, never stored (compared without regard to
+/// ASCII case).
+pub const CREDENTIAL_FIELDS: [&str; 10] = [
+    "api_key",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "authorization",
+    "password",
+    "secret",
+    "client_secret",
+    "access_token",
+    "refresh_token",
+];
+
+/// The top-level members named in `keys` of a request body, and whether it names a credential.
+fn request_members(body: &[u8], keys: &[&str]) -> (serde_json::Map<String, Value>, Option<bool>) {
+    let Skimmed { members, named } = skim(body, keys, &CREDENTIAL_FIELDS);
+    (members, named)
 }
 
 /// Reads model, streaming and output limit from a request body. A body that is not a JSON
@@ -376,78 +400,6 @@ impl Generated {
     }
 }
 
-/// Reads the top-level members named in `keys` from a JSON object, skipping all others
-/// without building them. Stops quietly at the first syntax error, keeping the members
-/// read before it, so a truncated body still yields its leading fields. Anything but an
-/// object gives an empty map.
-fn top_level(body: &[u8], keys: &[&str]) -> Map<String, Value> {
-    let mut out = Map::new();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    // An error only ends the walk early; what was read so far is in `out`.
-    let _ = TopLevel { keys, out: &mut out }.deserialize(&mut de);
-    out
-}
-
-/// Seed and visitor of [`top_level`]'s walk.
-struct TopLevel<'k, 'o> {
-    keys: &'k [&'k str],
-    out: &'o mut Map<String, Value>,
-}
-
-impl<'de> DeserializeSeed<'de> for TopLevel<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        de.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TopLevel<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key_seed(KeyOf(self.keys))? {
-            match key {
-                Some(key) => {
-                    let value: Value = map.next_value()?;
-                    self.out.insert(key.to_owned(), value);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Reads an object key, answering which of the wanted keys it is (without allocating).
-struct KeyOf<'k>(&'k [&'k str]);
-
-impl<'de, 'k> DeserializeSeed<'de> for KeyOf<'k> {
-    type Value = Option<&'k str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_str(self)
-    }
-}
-
-impl<'k> Visitor<'_> for KeyOf<'k> {
-    type Value = Option<&'k str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().find(|k| **k == key).copied())
-    }
-}
-
 /// A string member of `value`, if it is an object holding a string there.
 fn str_at<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
     value.get(key).and_then(Value::as_str)
@@ -602,41 +554,6 @@ mod tests {
         assert_eq!(facts.output_text, "Hi");
         let tail = br#"...","finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":9}}"#;
         assert_eq!(usage_in_tail(Api::Gemini, &Operation::Chat, tail).map(|u| u.output_tokens), Some(9));
-    }
-
-    #[test]
-    fn top_level_reads_wanted_keys_only() {
-        let body =
-            br#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"m","n":{"x":[1,2]},"stream":true}"#;
-        let got = top_level(body, &["model", "stream", "absent"]);
-        assert_eq!(Value::Object(got), json!({"model":"m","stream":true}));
-    }
-
-    #[test]
-    fn top_level_keeps_fields_before_a_cut() {
-        let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"a long prom"#;
-        let got = top_level(body, &["model", "stream", "messages"]);
-        assert_eq!(Value::Object(got), json!({"model":"gpt-4o","stream":true}));
-    }
-
-    #[test]
-    fn top_level_of_non_objects_is_empty() {
-        for body in [&b""[..], b"[1,2]", b"\"model\"", b"null", b"\xFF\xFE", b"{\"model\":\"a\xFFb\"}"] {
-            assert!(top_level(body, &["model"]).is_empty());
-        }
-        // Escaped keys still match.
-        assert_eq!(top_level(br#"{"mod\u0065l":"x"}"#, &["model"]).len(), 1);
-    }
-
-    #[test]
-    fn deep_nesting_does_not_overflow() {
-        let mut body = b"{\"model\":\"m\",\"x\":".to_vec();
-        body.extend(std::iter::repeat_n(b'[', 100_000));
-        assert_eq!(Value::Object(top_level(&body, &["model", "x"])), json!({"model":"m"}));
-        let mut body = b"{\"x\":".to_vec();
-        body.extend(std::iter::repeat_n(b'[', 100_000));
-        body.extend(b"],\"model\":\"m\"}");
-        assert!(top_level(&body, &["model"]).is_empty());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use super::openai_typed;
 use super::{
-    count, error_message, non_empty, str_at, top_level, Generated, Operation, RequestFacts, ResponseFacts, Usage,
+    count, error_message, non_empty, request_members, str_at, top_level, Generated, Operation, RequestFacts,
+    ResponseFacts, Usage,
 };
 use crate::formats::sse;
 use serde_json::{Map, Value};
@@ -31,8 +32,9 @@ pub(super) fn parse_request(op: &Operation, body: &[u8]) -> RequestFacts {
         Operation::Embeddings => &["model"],
         _ => &["model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens"],
     };
-    let f = top_level(body, keys);
+    let (f, names_credential) = request_members(body, keys);
     RequestFacts {
+        names_credential,
         model: non_empty(f.get("model").and_then(Value::as_str)),
         stream: f.get("stream").and_then(Value::as_bool).unwrap_or(false),
         include_usage: f
@@ -331,7 +333,8 @@ mod tests {
                 model: Some("gpt-4o-mini".into()),
                 stream: true,
                 include_usage: true,
-                max_tokens: Some(256)
+                max_tokens: Some(256),
+                names_credential: Some(false),
             }
         );
     }
@@ -340,13 +343,27 @@ mod tests {
     fn request_limits_and_defaults() {
         let body = br#"{"model":"o3-mini","messages":[],"max_completion_tokens":4000,"reasoning_effort":"low"}"#;
         let facts = parse_request(Api::Openai, &Operation::Chat, body);
-        assert_eq!(facts, RequestFacts { model: Some("o3-mini".into()), max_tokens: Some(4000), ..Default::default() });
+        assert_eq!(
+            facts,
+            RequestFacts {
+                model: Some("o3-mini".into()),
+                max_tokens: Some(4000),
+                names_credential: Some(false),
+                ..Default::default()
+            }
+        );
 
         let body = br#"{"model":"gpt-4.1","input":"Tell me a joke","stream":true,"max_output_tokens":500}"#;
         let facts = parse_request(Api::Openai, &Operation::Chat, body);
         assert_eq!(
             facts,
-            RequestFacts { model: Some("gpt-4.1".into()), stream: true, include_usage: false, max_tokens: Some(500) }
+            RequestFacts {
+                model: Some("gpt-4.1".into()),
+                stream: true,
+                include_usage: false,
+                max_tokens: Some(500),
+                names_credential: Some(false),
+            }
         );
 
         let body = br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test","max_tokens":7,"stream":false}"#;
@@ -362,14 +379,24 @@ mod tests {
             br#"{"input":["a","b",[1,2,3]],"model":"text-embedding-3-small","stream":true,"max_tokens":3}"#,
         ] {
             let facts = parse_request(Api::Openai, &Operation::Embeddings, body);
-            assert_eq!(facts, RequestFacts { model: Some("text-embedding-3-small".into()), ..Default::default() });
+            assert_eq!(
+                facts,
+                RequestFacts {
+                    model: Some("text-embedding-3-small".into()),
+                    names_credential: Some(false),
+                    ..Default::default()
+                }
+            );
         }
     }
 
     #[test]
     fn request_wrong_types_invalid_and_truncated() {
         let body = br#"{"model":5,"stream":"yes","stream_options":[true],"max_tokens":-3,"max_completion_tokens":"9"}"#;
-        assert_eq!(parse_request(Api::Openai, &Operation::Chat, body), RequestFacts::default());
+        assert_eq!(
+            parse_request(Api::Openai, &Operation::Chat, body),
+            RequestFacts { names_credential: Some(false), ..RequestFacts::default() }
+        );
         for body in [&b""[..], b"not json", b"[]", b"\xFF\xFE\x00", b"{\"model\":"] {
             assert_eq!(parse_request(Api::Openai, &Operation::Chat, body), RequestFacts::default());
         }
