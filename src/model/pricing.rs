@@ -120,9 +120,9 @@ fn longest_match<'a, F>(name: &str, get: F) -> Option<PriceMatch<'a>>
 where
     F: Fn(&str) -> Option<PriceMatch<'a>>,
 {
-    let mut ends: Vec<usize> = name.char_indices().map(|(i, _)| i).skip(1).collect();
-    ends.push(name.len());
-    ends.into_iter().rev().find_map(|end| get(&name[..end]))
+    // Every non-empty prefix ending on a character boundary, longest first (no allocation:
+    // this runs for every recorded call).
+    (1..=name.len()).rev().filter(|&end| name.is_char_boundary(end)).find_map(|end| get(&name[..end]))
 }
 
 /// Cost in USD of one call at `price`.
