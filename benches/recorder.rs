@@ -1,7 +1,11 @@
 //! Recorder throughput: how many finished calls per second the recorder thread turns into
 //! spans (`build_span`) and writes to sled (`Store::write_batch`), beside a naive baseline
 //! store that writes one sled key per span and per body (the layout the segment design
-//! replaced). Run: `cargo bench --bench recorder`.
+//! replaced). Two kinds of call: a small chat call, and a 12 KB agent step (system prompt,
+//! tools, six tool-call rounds) with the same answer. Run: `cargo bench --bench recorder`.
+
+#[path = "common/agent_step.rs"]
+mod agent_step;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +20,10 @@ use tracegate::store::Store;
 const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"In one sentence, what does distributed tracing show?"}],"temperature":0.2,"max_tokens":64}"#;
 const RESPONSE: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1732406400,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. Tracing shows where the time goes."},"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":17,"total_tokens":44}}"#;
 
-fn record(config: &Config) -> CallRecord {
-    let capture = |body: &str| {
+fn record(config: &Config, request: &[u8]) -> CallRecord {
+    let capture = |body: &[u8]| {
         let mut c = Capture::new(1 << 20, Some(body.len() as u64));
-        c.push(body.as_bytes(), 100);
+        c.push(body, 100);
         c.finish()
     };
     CallRecord {
@@ -39,8 +43,8 @@ fn record(config: &Config) -> CallRecord {
         duration: Duration::from_micros(850),
         status_code: Some(200),
         outcome: Outcome::Completed,
-        request_body: capture(REQUEST),
-        response_body: capture(RESPONSE),
+        request_body: capture(request),
+        response_body: capture(RESPONSE.as_bytes()),
         response_is_sse: false,
         response_encoding: None,
         response_token_counts: None,
@@ -59,27 +63,41 @@ fn main() {
     let config = Config::from_toml("", &|_| None).unwrap();
     let settings = RecorderSettings::from_config(&config);
     let n = 50_000;
-    let records: Vec<CallRecord> = (0..n).map(|_| record(&config)).collect();
-
-    let start = Instant::now();
-    let writes: Vec<SpanWrite> = records.iter().map(|r| build_span(r, &settings)).collect();
-    report("build_span (parse, price)", n, start.elapsed());
-
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("segments")).unwrap());
-    let start = Instant::now();
-    for chunk in writes.chunks(512) {
-        store.write_batch(chunk).unwrap();
+    let agent_step = agent_step::body("gpt-4o-mini");
+    let mut chat_writes = Vec::new();
+    for (kind, request) in [("chat", REQUEST.as_bytes()), ("agent step", &agent_step[..])] {
+        println!("# {kind}: request {} bytes, response {} bytes", request.len(), RESPONSE.len());
+        // Built and written a batch at a time, as the recorder does, so the bodies' memory is
+        // reused instead of 50,000 of them held at once (page faults would be measured).
+        let store = Arc::new(Store::open(&dir.path().join(kind)).unwrap());
+        let (mut building, mut writing) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..n / 500 {
+            let records: Vec<CallRecord> = (0..500).map(|_| record(&config, request)).collect();
+            let start = Instant::now();
+            let writes: Vec<SpanWrite> = records.iter().map(|r| build_span(r, &settings)).collect();
+            building += start.elapsed();
+            let start = Instant::now();
+            store.write_batch(&writes).unwrap();
+            writing += start.elapsed();
+            if kind == "chat" {
+                chat_writes.extend(writes);
+            }
+        }
+        let start = Instant::now();
+        store.flush().unwrap();
+        writing += start.elapsed();
+        report("build_span (parse, price)", n, building);
+        report("Store::write_batch (segments, 500/batch)", n, writing);
     }
-    store.flush().unwrap();
-    report("Store::write_batch (segments, 512/batch)", n, start.elapsed());
+    let writes = chat_writes;
 
     // Baseline: one key per span and one per body in separate trees, as a naive store would.
     let db = sled::Config::new().path(dir.path().join("naive")).flush_every_ms(None).open().unwrap();
     let spans = db.open_tree("spans").unwrap();
     let bodies = db.open_tree("bodies").unwrap();
     let start = Instant::now();
-    for chunk in writes.chunks(512) {
+    for chunk in writes.chunks(500) {
         let mut span_batch = sled::Batch::default();
         let mut body_batch = sled::Batch::default();
         for w in chunk {
@@ -92,5 +110,5 @@ fn main() {
         bodies.apply_batch(body_batch).unwrap();
     }
     db.flush().unwrap();
-    report("baseline: key per span + key per body", n, start.elapsed());
+    report("chat baseline: key per span + key per body", n, start.elapsed());
 }
