@@ -31,4 +31,3 @@ pub fn body(model: &str) -> Vec<u8> {
     }))
     .unwrap()
 }
-
