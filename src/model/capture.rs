@@ -4,11 +4,17 @@
 //! (the tail matters: streamed usage arrives in the last events), so memory per call is bounded
 //! by `max_capture_bytes` whatever the upstream sends. Copying a chunk is a `memcpy` into a
 //! preallocated buffer; nothing here parses or allocates per chunk once the buffer is sized.
+//! A body of unknown length (a stream) grows its buffer by a quarter at a time, not double:
+//! thousands of open streams each hold their capture for the stream's whole life, and doubling
+//! left up to half of every buffer empty (the largest part of a waiting stream's memory).
 
 use bytes::{Bytes, BytesMut};
 
 /// The most bytes kept at the end of a body that overflows the capture limit.
 const MAX_TAIL_BYTES: usize = 64 * 1024;
+
+/// The least a capture's buffer grows by when a chunk does not fit.
+const MIN_GROWTH: usize = 1024;
 
 /// How many chunk arrival times are kept (used to find the chunk that held the first token).
 const MAX_CHUNK_MARKS: usize = 4096;
@@ -23,7 +29,7 @@ pub struct ChunkMark {
 /// Accumulates a bounded copy of a body.
 #[derive(Debug)]
 pub struct Capture {
-    head: BytesMut,
+    head: Vec<u8>,
     head_cap: usize,
     tail: Vec<u8>,
     tail_cap: usize,
@@ -73,7 +79,7 @@ impl Capture {
         let head_cap = limit - tail_cap;
         let initial = size_hint.map(|n| n.min(head_cap as u64) as usize).unwrap_or(0).min(head_cap);
         Capture {
-            head: BytesMut::with_capacity(initial),
+            head: Vec::with_capacity(initial),
             head_cap,
             tail: Vec::new(),
             tail_cap,
@@ -88,6 +94,12 @@ impl Capture {
         self.total += chunk.len() as u64;
         let room = self.head_cap - self.head.len();
         let (to_head, rest) = chunk.split_at(chunk.len().min(room));
+        if to_head.len() > self.head.capacity() - self.head.len() {
+            // A quarter more (at most a fifth of the buffer empty, each byte copied ~4 times as
+            // it grows), never past the limit.
+            let grow = to_head.len().max(self.head.len() / 4).max(MIN_GROWTH).min(room);
+            self.head.reserve_exact(grow);
+        }
         self.head.extend_from_slice(to_head);
         if !rest.is_empty() {
             self.push_tail(rest);
@@ -129,13 +141,34 @@ impl Capture {
     pub fn finish(self) -> Captured {
         let mut tail = self.tail;
         tail.rotate_left(self.tail_pos);
-        Captured { head: self.head.freeze(), tail: Bytes::from(tail), total_len: self.total, marks: self.marks }
+        Captured { head: Bytes::from(self.head), tail: Bytes::from(tail), total_len: self.total, marks: self.marks }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_of_unknown_length_leaves_at_most_a_fifth_of_its_buffer_empty() {
+        // 40 SSE-sized chunks, then an agent-sized answer: the buffer follows the body within
+        // a quarter (doubling left up to half of it empty for every open stream).
+        for (chunks, size) in [(40, 260), (2_000, 97)] {
+            let mut c = Capture::new(1 << 20, None);
+            for i in 0..chunks {
+                c.push(&vec![b'x'; size], i);
+                let (len, cap) = (c.head.len(), c.head.capacity());
+                assert!(cap <= len + len / 4 + MIN_GROWTH + size, "{len} bytes in a buffer of {cap}");
+            }
+            assert_eq!(c.finish().head.len(), chunks as usize * size);
+        }
+        // Never past the limit.
+        let mut c = Capture::new(5_000, None);
+        for _ in 0..100 {
+            c.push(&[b'y'; 333], 0);
+        }
+        assert!(c.head.capacity() <= 5_000 - 5_000 / 4 + 64, "{}", c.head.capacity());
+    }
 
     #[test]
     fn short_body_is_kept_whole() {
