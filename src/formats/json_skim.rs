@@ -1,12 +1,12 @@
 //! Skimming JSON without building it: the top-level members a reader wants from an object,
-//! and whether any member at any depth has one of some names. One forward pass; strings are
-//! crossed with a vectorised search for their closing quote (`memchr2` of `"` and `\`), so an
-//! agent-sized body's long message strings cost little, unlike serde's byte-wise skipping.
+//! and, in the same pass, whether any string of it (a member name at any depth, or a value)
+//! is one of some names. One forward pass; strings are crossed with a vectorised search for
+//! their closing quote or next escape (`memchr2` of `"` and `\`).
 //!
-//! Skipped values are checked for structure (strings closed, brackets balanced), not for every
-//! rule of JSON: a control character inside a skipped string, or a malformed number, is
-//! crossed. Wanted values are parsed by serde_json, strictly. A syntax error, or the end of a
-//! truncated body, ends the walk: what was read before it is kept.
+//! Skipped values are checked for structure (strings closed, brackets balanced — not matched
+//! by kind), not for every rule of JSON: a control character inside a skipped string, or a
+//! malformed number, is crossed. Wanted values are parsed by serde_json, strictly. A syntax
+//! error, or the end of a truncated body, ends the walk: what was read before it is kept.
 
 use memchr::memchr2;
 use serde_json::{Map, Value};
@@ -140,6 +140,11 @@ impl Key<'_> {
 
     fn is(&self, name: &str) -> bool {
         if self.escaped {
+            // Every escape stands for at least a sixth of its length in bytes: a raw name more
+            // than six times longer cannot decode to `name` (and is not decoded).
+            if self.raw.len() > name.len() * 6 {
+                return false;
+            }
             self.decoded().is_some_and(|k| k == name)
         } else {
             self.raw == name.as_bytes()
