@@ -539,5 +539,10 @@ mod tests {
         assert!(!String::from_utf8_lossy(&redact(&nested)).contains("cs-9"));
         let cut = Bytes::from_static(br#"{"api_key":"sk-1"#);
         assert!(!String::from_utf8_lossy(&redact(&cut)).contains("sk-1"));
+        // A name written with an escape is found by the one pass, which decodes it.
+        let escaped = Bytes::from_static(br#"{"model":"m","api\u005fkey":"sk-esc"}"#);
+        let named = providers::parse_request(providers::Api::Openai, &Operation::Chat, &escaped).names_credential;
+        assert_eq!(named, Some(true));
+        assert!(!String::from_utf8_lossy(&redact_credentials(&escaped, named)).contains("sk-esc"));
     }
 }
