@@ -129,20 +129,19 @@ impl Store {
         for (seq, indices) in by_seq {
             let Some(stored) = self.tree.get(segment_key(SPAN_SEGMENT, seq))? else { continue };
             let raw = RawSegment::of(stored)?;
-            let (count, mut rest) = take_u32(&raw)?;
+            let records = SpanSegment::encoded(&raw)?;
             let mut spans = Vec::with_capacity(raw.len());
-            spans.extend_from_slice(&count.to_be_bytes());
+            spans.extend_from_slice(&raw[..4]);
             let mut hit = Vec::new();
-            for i in 0..count as usize {
-                let (record, after) = SpanSegment::parse(rest)?;
+            for (i, record) in records.enumerate() {
+                let (record, encoded) = record?;
                 if indices.contains(&i) && !record.is_tombstone() {
                     erased.push((index::position(seq, i as u16), decode::<Span>(record.json)?));
                     hit.push(i);
                     spans.extend_from_slice(&TOMBSTONE);
                 } else {
-                    spans.extend_from_slice(&rest[..rest.len() - after.len()]);
+                    spans.extend_from_slice(encoded);
                 }
-                rest = after;
             }
             if hit.is_empty() {
                 continue;

@@ -123,19 +123,62 @@ pub(super) struct SpanRef<'a> {
     pub(super) json: &'a [u8],
 }
 
-/// Walks the spans of an encoded span segment.
-pub(super) struct SpanSegment<'a> {
-    pub(super) bytes: &'a [u8],
-    pub(super) remaining: u32,
+/// Walks the records of an encoded segment (a count, then the records back to back): each as
+/// `parse` reads it, with the bytes that encode it. Stops after the first error. Span segments
+/// and body segments are both read with it.
+pub(super) struct Records<'a, T> {
+    bytes: &'a [u8],
+    remaining: u32,
+    parse: ParseRecord<'a, T>,
 }
+
+/// Reads one record from the front of the bytes: the record and the bytes after it.
+type ParseRecord<'a, T> = fn(&'a [u8]) -> Result<(T, &'a [u8]), StoreError>;
+
+impl<'a, T> Records<'a, T> {
+    fn new(segment: &'a [u8], parse: ParseRecord<'a, T>) -> Result<Self, StoreError> {
+        let (count, rest) = take_u32(segment)?;
+        Ok(Records { bytes: rest, remaining: count, parse })
+    }
+}
+
+impl<'a, T> Iterator for Records<'a, T> {
+    /// A record and the bytes that encode it.
+    type Item = Result<(T, &'a [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        match (self.parse)(self.bytes) {
+            Ok((record, rest)) => {
+                let encoded = &self.bytes[..self.bytes.len() - rest.len()];
+                self.bytes = rest;
+                Some(Ok((record, encoded)))
+            }
+            Err(e) => {
+                self.remaining = 0;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Walks the spans of an encoded span segment.
+pub(super) struct SpanSegment<'a>(Records<'a, SpanRef<'a>>);
 
 impl<'a> SpanSegment<'a> {
     pub(super) fn new(bytes: &'a [u8]) -> Result<Self, StoreError> {
-        let (count, rest) = take_u32(bytes)?;
-        Ok(SpanSegment { bytes: rest, remaining: count })
+        Ok(SpanSegment(Self::encoded(bytes)?))
     }
 
-    pub(super) fn parse(bytes: &'a [u8]) -> Result<(SpanRef<'a>, &'a [u8]), StoreError> {
+    /// The spans, each with the bytes that encode it (to copy a record as it is).
+    pub(super) fn encoded(bytes: &'a [u8]) -> Result<Records<'a, SpanRef<'a>>, StoreError> {
+        Records::new(bytes, Self::parse)
+    }
+
+    fn parse(bytes: &'a [u8]) -> Result<(SpanRef<'a>, &'a [u8]), StoreError> {
         if bytes.len() < 32 {
             return Err(StoreError::Corrupt("span record header cut short".into()));
         }
@@ -151,20 +194,7 @@ impl<'a> Iterator for SpanSegment<'a> {
     type Item = Result<SpanRef<'a>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
-            return None;
-        }
-        self.remaining -= 1;
-        match Self::parse(self.bytes) {
-            Ok((record, rest)) => {
-                self.bytes = rest;
-                Some(Ok(record))
-            }
-            Err(e) => {
-                self.remaining = 0;
-                Some(Err(e))
-            }
-        }
+        self.0.next().map(|record| record.map(|(span, _)| span))
     }
 }
 
@@ -196,55 +226,25 @@ pub(crate) fn resolved<'a>(tree: &sled::Tree, raw: Option<RawBodies<'a>>) -> Res
 /// The raw request and response bodies of span `index` (with its flags), `None` when the
 /// span's bodies were not kept.
 pub(crate) fn raw_bodies_at(segment: &[u8], index: usize) -> Result<Option<RawBodies<'_>>, StoreError> {
-    let Some(record) = BodyRecords::new(segment)?.nth(index) else {
+    let Some(record) = body_records(segment)?.nth(index) else {
         return Err(StoreError::Corrupt("body segment shorter than its span segment".into()));
     };
     let ((flags, request, response), _) = record?;
     Ok((flags & BODIES_KEPT != 0).then_some((flags, request, response)))
 }
 
-/// Walks the records of a raw body segment: each as stored, with its encoded bytes.
-pub(super) struct BodyRecords<'a> {
-    bytes: &'a [u8],
-    remaining: u32,
+/// Walks the records of a raw body segment: each as stored (flags, request field, response),
+/// with its encoded bytes.
+pub(super) fn body_records(segment: &[u8]) -> Result<Records<'_, RawBodies<'_>>, StoreError> {
+    Records::new(segment, parse_body_record)
 }
 
-impl<'a> BodyRecords<'a> {
-    pub(super) fn new(segment: &'a [u8]) -> Result<Self, StoreError> {
-        let (count, rest) = take_u32(segment)?;
-        Ok(BodyRecords { bytes: rest, remaining: count })
-    }
-
-    fn parse(bytes: &'a [u8]) -> Result<(RawBodies<'a>, &'a [u8]), StoreError> {
-        let (&flags, after_flags) =
-            bytes.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
-        let (request, after_request) = take_slice(after_flags)?;
-        let (response, rest) = take_slice(after_request)?;
-        Ok(((flags, request, response), rest))
-    }
-}
-
-impl<'a> Iterator for BodyRecords<'a> {
-    /// A record (flags, request field, response) and the bytes that encode it.
-    type Item = Result<(RawBodies<'a>, &'a [u8]), StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
-            return None;
-        }
-        self.remaining -= 1;
-        match Self::parse(self.bytes) {
-            Ok((record, rest)) => {
-                let encoded = &self.bytes[..self.bytes.len() - rest.len()];
-                self.bytes = rest;
-                Some(Ok((record, encoded)))
-            }
-            Err(e) => {
-                self.remaining = 0;
-                Some(Err(e))
-            }
-        }
-    }
+fn parse_body_record(bytes: &[u8]) -> Result<(RawBodies<'_>, &[u8]), StoreError> {
+    let (&flags, after_flags) =
+        bytes.split_first().ok_or_else(|| StoreError::Corrupt("body record cut short".into()))?;
+    let (request, after_request) = take_slice(after_flags)?;
+    let (response, rest) = take_slice(after_request)?;
+    Ok(((flags, request, response), rest))
 }
 
 /// A segment's raw bytes: the stored value itself, or its decompressed form.
@@ -415,7 +415,7 @@ impl SpanRef<'_> {
 /// A body segment with the records at `indices` emptied (flags 0, no bytes): what is left of
 /// deleted spans' bodies. The count and every other record are kept.
 pub(super) fn without_bodies(segment: &[u8], indices: &[usize]) -> Result<Vec<u8>, StoreError> {
-    let records = BodyRecords::new(segment)?;
+    let records = body_records(segment)?;
     let mut out = Vec::with_capacity(segment.len());
     out.extend_from_slice(&segment[..4]);
     for (i, record) in records.enumerate() {
@@ -474,7 +474,7 @@ pub(crate) fn resolve<'a>(
 
 /// Every record of a raw body segment: flags, request field, response.
 pub(super) fn records(segment: &[u8]) -> Result<Vec<RawBodies<'_>>, StoreError> {
-    BodyRecords::new(segment)?.map(|record| record.map(|(record, _)| record)).collect()
+    body_records(segment)?.map(|record| record.map(|(record, _)| record)).collect()
 }
 
 /// A body segment whose records at `indices` have every reference into one of `owners` (a
@@ -485,7 +485,7 @@ pub(super) fn materialized(
     indices: &HashSet<usize>,
     owners: &HashMap<(u64, u16), Vec<u8>>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let records = BodyRecords::new(segment)?;
+    let records = body_records(segment)?;
     let mut out = Vec::with_capacity(segment.len());
     out.extend_from_slice(&segment[..4]);
     let mut changed = false;
