@@ -555,7 +555,7 @@ impl Proxy {
     fn estimate(&self, provider: &Provider, path: &str, ahead: (&[u8], bool), declared: Option<u64>) -> Estimate {
         let operation = providers::operation_for(provider.api, path);
         let (ahead, whole) = ahead;
-        let facts = providers::parse_call_request(provider.api, &operation, path, ahead);
+        let facts = providers::parse_call_request(provider.api, &operation, path, ahead, false);
         let body_len = if whole { ahead.len() as u64 } else { declared.unwrap_or(ahead.len() as u64) };
         let input = body_len / 3 + 1;
         // `max_tokens` is the caller's number: a huge one must make the estimate huge, not wrap.

@@ -27,7 +27,7 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
     let operation = providers::operation_for(api, &info.path);
 
     let request_bytes = record.request_body.joined(TRUNCATION_MARK.as_bytes());
-    let request = providers::parse_call_request(api, &operation, &info.path, &request_bytes);
+    let request = providers::parse_call_request(api, &operation, &info.path, &request_bytes, true);
     let response_bytes =
         decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
     let mut response = providers::parse_response(api, &operation, &response_bytes, record.response_is_sse);

@@ -22,8 +22,9 @@ pub(super) fn operation(segment: &str) -> Option<Operation> {
 }
 
 /// Request facts of a Messages or legacy Complete body.
-pub(super) fn parse_request(body: &[u8]) -> RequestFacts {
-    let (f, names_credential) = request_members(body, &["model", "stream", "max_tokens", "max_tokens_to_sample"]);
+pub(super) fn parse_request(body: &[u8], names: &[&str]) -> RequestFacts {
+    let (f, names_credential) =
+        request_members(body, &["model", "stream", "max_tokens", "max_tokens_to_sample"], names);
     RequestFacts {
         names_credential,
         model: non_empty(f.get("model").and_then(Value::as_str)),

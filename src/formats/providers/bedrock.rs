@@ -54,9 +54,9 @@ pub fn operation(model: &str, action: &str) -> Operation {
 /// The output limit of a Converse (`inferenceConfig.maxTokens`) or Invoke body (Anthropic's
 /// `max_tokens`, Llama's `max_gen_len`, Titan's `textGenerationConfig.maxTokenCount`); the
 /// model and streaming are the path's.
-pub fn parse_request(body: &[u8]) -> RequestFacts {
+pub(super) fn parse_request(body: &[u8], names: &[&str]) -> RequestFacts {
     let (f, names_credential) =
-        request_members(body, &["inferenceConfig", "max_tokens", "max_gen_len", "textGenerationConfig"]);
+        request_members(body, &["inferenceConfig", "max_tokens", "max_gen_len", "textGenerationConfig"], names);
     let max_tokens = f
         .get("inferenceConfig")
         .and_then(|c| count(c.get("maxTokens")))

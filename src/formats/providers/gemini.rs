@@ -39,8 +39,8 @@ pub fn operation(method: &str) -> Operation {
 
 /// The output limit of a request (`generationConfig.maxOutputTokens`); the model and
 /// streaming are the path's.
-pub fn parse_request(body: &[u8]) -> RequestFacts {
-    let (f, names_credential) = request_members(body, &["generationConfig", "generation_config"]);
+pub(super) fn parse_request(body: &[u8], names: &[&str]) -> RequestFacts {
+    let (f, names_credential) = request_members(body, &["generationConfig", "generation_config"], names);
     // google-genai writes some members snake_case: accept both spellings.
     let config = f.get("generationConfig").or(f.get("generation_config"));
     let max_tokens = config.and_then(|c| count(c.get("maxOutputTokens").or(c.get("max_output_tokens"))));

@@ -187,8 +187,9 @@ pub struct RequestFacts {
     /// `max_output_tokens` (Anthropic legacy: `max_tokens_to_sample`).
     pub max_tokens: Option<u64>,
     /// Whether a string of the body (a member name, at any depth, or a value) is one of
-    /// [`CREDENTIAL_FIELDS`]; `None` when the body is not one whole JSON object. Read in the
-    /// same pass as the rest, so the recorder's redaction need not scan the body again.
+    /// [`CREDENTIAL_FIELDS`]; `None` when the body is not one whole JSON object, or when the
+    /// reader was not asked to look. Read in the same pass as the rest, so the recorder's
+    /// redaction need not scan the body again.
     pub names_credential: Option<bool>,
 }
 
@@ -207,29 +208,42 @@ pub const CREDENTIAL_FIELDS: [&str; 10] = [
     "refresh_token",
 ];
 
-/// The top-level members named in `keys` of a request body, and whether it names a credential.
-fn request_members(body: &[u8], keys: &[&str]) -> (serde_json::Map<String, Value>, Option<bool>) {
-    let Skimmed { members, named } = skim(body, keys, &CREDENTIAL_FIELDS);
+/// The top-level members named in `keys` of a request body, and whether a string of it is one
+/// of `names`.
+fn request_members(body: &[u8], keys: &[&str], names: &[&str]) -> (serde_json::Map<String, Value>, Option<bool>) {
+    let Skimmed { members, named } = skim(body, keys, names);
     (members, named)
 }
 
-/// Reads model, streaming and output limit from a request body. A body that is not a JSON
-/// object gives the defaults; a truncated one gives the fields that precede the cut. For
-/// [`Operation::Embeddings`] only the model is read.
+/// Reads model, streaming and output limit from a request body, and whether it names a
+/// credential ([`CREDENTIAL_FIELDS`]). A body that is not a JSON object gives the defaults; a
+/// truncated one gives the fields that precede the cut. For [`Operation::Embeddings`] only
+/// the model is read.
 pub fn parse_request(api: Api, op: &Operation, body: &[u8]) -> RequestFacts {
+    parse_request_naming(api, op, body, &CREDENTIAL_FIELDS)
+}
+
+/// [`parse_request`], with `names_credential` answering for `names`.
+fn parse_request_naming(api: Api, op: &Operation, body: &[u8], names: &[&str]) -> RequestFacts {
     match api {
-        Api::Openai | Api::Azure => openai::parse_request(op, body),
-        Api::Anthropic => anthropic::parse_request(body),
-        Api::Gemini => gemini::parse_request(body),
-        Api::Bedrock => bedrock::parse_request(body),
+        Api::Openai | Api::Azure => openai::parse_request(op, body, names),
+        Api::Anthropic => anthropic::parse_request(body, names),
+        Api::Gemini => gemini::parse_request(body, names),
+        Api::Bedrock => bedrock::parse_request(body, names),
     }
 }
 
 /// A call's request facts: the body's, with the model and streaming its path names (the path
 /// wins for the model: Gemini and Bedrock bodies carry none, Azure's deployment is what the
-/// caller asked for).
-pub fn parse_call_request(api: Api, op: &Operation, path: &str, body: &[u8]) -> RequestFacts {
-    let mut facts = parse_request(api, op, body);
+/// caller asked for). Credential names are looked for only when `credentials` asks (the
+/// recorder's redaction needs them; the request path's budget estimate does not): otherwise no
+/// string is compared and `names_credential` is `None`, unknown.
+pub fn parse_call_request(api: Api, op: &Operation, path: &str, body: &[u8], credentials: bool) -> RequestFacts {
+    let names: &[&str] = if credentials { &CREDENTIAL_FIELDS } else { &[] };
+    let mut facts = parse_request_naming(api, op, body, names);
+    if !credentials {
+        facts.names_credential = None;
+    }
     let from_path = path_facts(api, path);
     if from_path.model.is_some() {
         facts.model = from_path.model;
@@ -540,8 +554,15 @@ mod tests {
             &Operation::Chat,
             "/openai/deployments/prod/chat/completions",
             br#"{"model":"gpt-4o-mini","stream":true}"#,
+            true,
         );
         assert_eq!((request.model.as_deref(), request.stream), (Some("prod"), true));
+        // Credential names are looked for only when asked; unasked, the answer is unknown.
+        let body = br#"{"model":"m","password":"p"}"#;
+        let asked =
+            |credentials| parse_call_request(Api::Openai, &Operation::Chat, "/v1/chat/completions", body, credentials);
+        assert_eq!((asked(true).names_credential, asked(false).names_credential), (Some(true), None));
+        assert_eq!(asked(false).model.as_deref(), Some("m"));
     }
 
     #[test]

@@ -27,12 +27,12 @@ pub(super) fn operation(segment: &str, previous: Option<&str>) -> Option<Operati
 const MAX_TOKENS_KEYS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
 
 /// Request facts of a Chat Completions, Completions, Responses or Embeddings body.
-pub(super) fn parse_request(op: &Operation, body: &[u8]) -> RequestFacts {
+pub(super) fn parse_request(op: &Operation, body: &[u8], names: &[&str]) -> RequestFacts {
     let keys: &[&str] = match op {
         Operation::Embeddings => &["model"],
         _ => &["model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens"],
     };
-    let (f, names_credential) = request_members(body, keys);
+    let (f, names_credential) = request_members(body, keys, names);
     RequestFacts {
         names_credential,
         model: non_empty(f.get("model").and_then(Value::as_str)),
