@@ -35,10 +35,11 @@ pub fn top_level(body: &[u8], keys: &[&str]) -> Map<String, Value> {
 pub fn skim(body: &[u8], keys: &[&str], names: &[&str]) -> Skimmed {
     let mut out = Skimmed::default();
     let mut found = false;
-    let filter = NameFilter::new(names);
+    // No names (every reader but the recorder's): no table, no string looked at.
+    let filter = (!names.is_empty()).then(|| NameFilter::new(names));
     let mut note = |s: &Key| {
-        if !found && filter.may_be(s) {
-            found = names.iter().any(|n| s.is_ignoring_case(n));
+        if !found && filter.as_ref().is_some_and(|f| f.may_be(s)) {
+            found = names.iter().any(|n| s.is(n, <[u8]>::eq_ignore_ascii_case));
         }
     };
     let mut s = Skim { b: body, i: 0 };
@@ -55,7 +56,7 @@ pub fn skim(body: &[u8], keys: &[&str], names: &[&str]) -> Skimmed {
             s.ws();
             let Some(key) = s.key() else { return out };
             note(&key);
-            let wanted = keys.iter().find(|k| key.is(k)).copied();
+            let wanted = keys.iter().find(|k| key.is(k, |a, b| a == b)).copied();
             s.ws();
             let start = s.i;
             if s.value_noting(&mut note).is_none() {
@@ -92,7 +93,7 @@ pub fn skim(body: &[u8], keys: &[&str], names: &[&str]) -> Skimmed {
 struct NameFilter {
     /// Bytes a name starts with, in either case.
     firsts: [bool; 256],
-    /// Bit `n` set when a name is `n` bytes long (names are shorter than 64 bytes).
+    /// Bit `n` set when a name is `n` bytes long; bit 63 for every name of 63 bytes or more.
     lengths: u64,
     longest: usize,
 }
@@ -104,7 +105,7 @@ impl NameFilter {
             let (Some(&first), len) = (name.as_bytes().first(), name.len()) else { continue };
             filter.firsts[usize::from(first.to_ascii_lowercase())] = true;
             filter.firsts[usize::from(first.to_ascii_uppercase())] = true;
-            filter.lengths |= 1u64.checked_shl(len as u32).unwrap_or(0);
+            filter.lengths |= 1 << len.min(63);
             filter.longest = filter.longest.max(len);
         }
         filter
@@ -117,13 +118,13 @@ impl NameFilter {
         if s.escaped {
             s.raw.len() <= self.longest * 6 && (first == b'\\' || self.firsts[usize::from(first)])
         } else {
-            self.firsts[usize::from(first)] && s.raw.len() < 64 && self.lengths & (1 << s.raw.len()) != 0
+            self.firsts[usize::from(first)] && self.lengths & (1 << s.raw.len().min(63)) != 0
         }
     }
 }
 
-/// A member name as it stands in the body: its raw bytes between the quotes, and whether
-/// they hold an escape (then it is decoded before comparing).
+/// A string (a member name or a value) as it stands in the body: its raw bytes between the
+/// quotes, and whether they hold an escape (then it is decoded before comparing).
 struct Key<'a> {
     raw: &'a [u8],
     escaped: bool,
@@ -138,25 +139,14 @@ impl Key<'_> {
         serde_json::from_slice(&quoted).ok()
     }
 
-    fn is(&self, name: &str) -> bool {
-        if self.escaped {
-            // Every escape stands for at least a sixth of its length in bytes: a raw name more
-            // than six times longer cannot decode to `name` (and is not decoded).
-            if self.raw.len() > name.len() * 6 {
-                return false;
-            }
-            self.decoded().is_some_and(|k| k == name)
-        } else {
-            self.raw == name.as_bytes()
+    /// Whether the string is `name`, compared by `same` (exactly, or ignoring ASCII case).
+    fn is(&self, name: &str, same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+        if !self.escaped {
+            return same(self.raw, name.as_bytes());
         }
-    }
-
-    fn is_ignoring_case(&self, name: &str) -> bool {
-        if self.escaped {
-            self.decoded().is_some_and(|k| k.eq_ignore_ascii_case(name))
-        } else {
-            self.raw.eq_ignore_ascii_case(name.as_bytes())
-        }
+        // Every escape stands for at least a sixth of its length in bytes: a raw string more
+        // than six times longer than `name` cannot decode to it (and is not decoded).
+        self.raw.len() <= name.len() * 6 && self.decoded().is_some_and(|s| same(s.as_bytes(), name.as_bytes()))
     }
 }
 
