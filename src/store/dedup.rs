@@ -35,6 +35,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::model::span::Span;
 use crate::store::error::StoreError;
+use crate::store::fields::{put_slice, take_slice};
 
 /// The request field holds a piece list.
 pub(super) const PIECES: u8 = 4;
@@ -89,8 +90,7 @@ pub(super) fn encode(pieces: &[Piece<'_>], out: &mut Vec<u8>) {
         match piece {
             Piece::Own(bytes) | Piece::Materialized(bytes) => {
                 out.push(if matches!(piece, Piece::Own(_)) { OWN } else { MATERIALIZED });
-                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                out.extend_from_slice(bytes);
+                put_slice(out, bytes);
             }
             Piece::Ref(r) => {
                 out.push(REF);
@@ -112,9 +112,7 @@ pub(super) fn decode(mut bytes: &[u8]) -> Result<Vec<Piece<'_>>, StoreError> {
         let (&tag, rest) = bytes.split_first().ok_or_else(cut)?;
         match tag {
             OWN | MATERIALIZED => {
-                let len = u32::from_be_bytes(rest.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
-                let literal = rest.get(4..4 + len).ok_or_else(cut)?;
-                let after = &rest[4 + len..];
+                let (literal, after) = take_slice(rest)?;
                 pieces.push(if tag == OWN { Piece::Own(literal) } else { Piece::Materialized(literal) });
                 bytes = after;
             }

@@ -9,6 +9,7 @@ use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{SpanBodies, SpanWrite};
 use crate::store::dedup::{self, Bases};
 use crate::store::error::StoreError;
+use crate::store::fields::{put_slice, put_written, take_slice, take_u32};
 use crate::store::ledger::LedgerRow;
 use crate::store::segment_codec::{self, SegmentCompressor};
 
@@ -271,38 +272,6 @@ impl std::ops::Deref for RawSegment {
             RawSegment::Decompressed(v) => v,
         }
     }
-}
-
-pub(super) fn take_u32(bytes: &[u8]) -> Result<(u32, &[u8]), StoreError> {
-    if bytes.len() < 4 {
-        return Err(StoreError::Corrupt("length cut short".into()));
-    }
-    let (n, rest) = bytes.split_at(4);
-    Ok((u32::from_be_bytes(n.try_into().expect("4 bytes")), rest))
-}
-
-pub(super) fn take_slice(bytes: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
-    let (len, rest) = take_u32(bytes)?;
-    let len = len as usize;
-    if rest.len() < len {
-        return Err(StoreError::Corrupt("record cut short".into()));
-    }
-    Ok(rest.split_at(len))
-}
-
-/// Appends `bytes` behind their length (a u32): what [`take_slice`] reads.
-pub(super) fn put_slice(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// Appends what `write` writes behind its length (a u32), without a copy.
-fn put_written(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    write(out);
-    let len = (out.len() - len_at - 4) as u32;
-    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {

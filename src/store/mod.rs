@@ -47,6 +47,7 @@
 pub(crate) mod dedup;
 pub(crate) mod delete;
 pub mod error;
+pub(crate) mod fields;
 pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod ledger;

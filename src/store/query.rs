@@ -20,10 +20,11 @@ use crate::model::ids::TraceId;
 use std::sync::atomic::Ordering;
 
 use crate::model::span::{SessionSummary, Span, SpanStatus, TraceSummary};
+use crate::store::fields::take_u32;
 use crate::store::index;
 use crate::store::index::terms::{self, Field};
 use crate::store::index::words;
-use crate::store::layout::{decode, take_u32, SpanSegment};
+use crate::store::layout::{decode, SpanSegment};
 use crate::store::reader::SegmentCache;
 use crate::store::{Store, StoreError};
 
