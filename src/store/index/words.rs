@@ -106,9 +106,12 @@ pub(crate) fn for_each_word(text: &[u8], mut f: impl FnMut(&[u8])) {
     let mut i = 0;
     while i < text.len() {
         if !is_word_byte(text[i]) {
-            // A JSON escape is a separator as a whole: `\nHello` is the word `hello`.
+            // A JSON escape is a separator as a whole: `\nHello` is the word `hello`. Only a
+            // well-formed `\uXXXX` is six bytes: a malformed one (not JSON, but a body may be
+            // anything) is two, like any escape, so no skip ever crosses a separator that
+            // `RecentBodies` may start or end a scan at.
             i += match (text[i], text.get(i + 1)) {
-                (b'\\', Some(b'u')) => 6,
+                (b'\\', Some(b'u')) if text.get(i + 2..i + 6).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => 6,
                 (b'\\', Some(_)) => 2,
                 _ => 1,
             };
@@ -176,7 +179,9 @@ impl RecentBodies {
 }
 
 /// A byte where the word scan starts afresh whatever came before it: one that separates
-/// words and is not a backslash (so neither the start of an escape nor inside `\uXXXX`).
+/// words and is not a backslash (so neither the start of an escape nor inside `\uXXXX`, whose
+/// four bytes are hex digits: word bytes). As the second byte of a two-byte escape it is
+/// passed over alike from either side.
 fn is_resync(b: u8) -> bool {
     !is_word_byte(b) && b != b'\\'
 }
@@ -389,6 +394,24 @@ mod tests {
             found.extend(terms(part));
             prop_assert!(terms(&second).is_subset(&found));
         }
+    }
+
+    #[test]
+    fn a_malformed_unicode_escape_before_a_shared_tail_does_not_hide_a_word() {
+        // The second request ends its new part with `\u\` right before the tail it shares
+        // with the first (`"cdqsyx…`). A six-byte skip of the malformed `\u\"cd` read the word
+        // there as `qsyx…`, past the separator where the new part stops: a word of the second
+        // request in neither the first nor its new part (found by the proptest below).
+        let shared_head = "head words ".repeat(60);
+        let shared_tail = format!("\"cdqsyx tail {}", "more words ".repeat(60));
+        let first = format!("{shared_head}old\\{shared_tail}");
+        let second = format!("{shared_head}new \\u\\{shared_tail}");
+        let mut recent = RecentBodies::default();
+        recent.new_part((0, 0), first.as_bytes());
+        let part = recent.new_part((0, 0), second.as_bytes());
+        let mut found = terms(first.as_bytes());
+        found.extend(terms(part));
+        assert!(terms(second.as_bytes()).is_subset(&found), "new part {:?}", String::from_utf8_lossy(part));
     }
 
     #[test]
