@@ -169,7 +169,7 @@ fn accept(
     match message {
         Message::Call(mut record) => {
             recorder.queued_bytes.fetch_sub(record.captured_bytes(), Ordering::Relaxed);
-            let mut write = match guarded_build(&record, &recorder.settings) {
+            let mut write = match guarded_build(&mut record, &recorder.settings) {
                 Ok(write) => write,
                 Err(panic) => {
                     // A body no parser expected must not stop recording: keep what is known, and
@@ -207,7 +207,7 @@ fn accept(
 }
 
 /// Builds the call's span, catching a panic: the panic's message instead of the span.
-fn guarded_build(record: &CallRecord, settings: &RecorderSettings) -> Result<SpanWrite, String> {
+fn guarded_build(record: &mut CallRecord, settings: &RecorderSettings) -> Result<SpanWrite, String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| span_builder::build_span(record, settings))).map_err(|payload| {
         payload
             .downcast_ref::<&str>()

@@ -20,8 +20,10 @@ use crate::record::settings::RecorderSettings;
 /// Decompressed bodies are cut at this size (a capture is bounded; its expansion must be too).
 const MAX_DECODED_BYTES: u64 = 16 << 20;
 
-/// Builds the span (and its kept bodies) for one finished call.
-pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite {
+/// Builds the span (and its kept bodies) for one finished call. The kept bodies take the
+/// record's captured bytes as their text when nothing else holds them (no copy of a 12 KB
+/// agent step): once this returns, the record's captures may be empty.
+pub fn build_span(record: &mut CallRecord, settings: &RecorderSettings) -> SpanWrite {
     let info = &record.info;
     let api = info.provider.api;
     let operation = providers::operation_for(api, &info.path);
@@ -150,9 +152,33 @@ pub fn build_span(record: &CallRecord, settings: &RecorderSettings) -> SpanWrite
         ..base
     };
 
-    let bodies = (settings.capture_bodies && !omit_bodies)
-        .then(|| kept_bodies(record, &request_bytes, names_credential, &response_bytes, settings));
+    let bodies = match settings.capture_bodies && !omit_bodies {
+        true => Some(kept_bodies_owned(record, request_bytes, names_credential, response_bytes, settings)),
+        false => None,
+    };
     SpanWrite { span, bodies }
+}
+
+/// [`kept_bodies`] for the end of [`build_span`], which hands over its copies of the bodies:
+/// the record's are taken too, so a body kept whole is usually the only holder of its buffer
+/// and becomes the stored text without a copy. Runs after every parse, so a panic before it
+/// (the recorder's fallback span) still finds the record's bodies.
+fn kept_bodies_owned(
+    record: &mut CallRecord,
+    request: Bytes,
+    names_credential: Option<bool>,
+    response: Bytes,
+    settings: &RecorderSettings,
+) -> SpanBodies {
+    let truncated = record.request_body.truncated() || record.response_body.truncated();
+    let request = redact_credentials(request, names_credential);
+    for capture in [&mut record.request_body, &mut record.response_body] {
+        capture.head = Bytes::new();
+        capture.tail = Bytes::new();
+    }
+    let (request_body, request_cut) = stored_text_owned(request, settings.max_capture_bytes);
+    let (response_body, response_cut) = stored_text_owned(response, settings.max_capture_bytes);
+    SpanBodies { request_body, response_body, truncated: request_cut || response_cut || truncated }
 }
 
 /// The bodies as stored: credentials redacted from the request, each cut to the capture limit.
@@ -163,7 +189,7 @@ fn kept_bodies(
     response: &[u8],
     settings: &RecorderSettings,
 ) -> SpanBodies {
-    let request = redact_credentials(request, names_credential);
+    let request = redact_credentials(request.clone(), names_credential);
     let (request_body, request_cut) = stored_text(&request, settings.max_capture_bytes);
     let (response_body, response_cut) = stored_text(response, settings.max_capture_bytes);
     SpanBodies {
@@ -300,9 +326,9 @@ fn decoded_response(body: &Captured, encoding: Option<&http::HeaderValue>, is_ss
 /// what reading the request's facts found (`RequestFacts::names_credential`): whether a
 /// string of the whole JSON body is such a name; when that is unknown (not one whole object),
 /// the body is scanned for one here.
-fn redact_credentials(body: &Bytes, named: Option<bool>) -> Bytes {
+fn redact_credentials(body: Bytes, named: Option<bool>) -> Bytes {
     if named == Some(false) {
-        return body.clone();
+        return body;
     }
     // A quoted, case-insensitive name anywhere in the body; no copy, no allocation.
     // One pass over the quotes (found with memchr's vectorised search; agent bodies are tens
@@ -320,7 +346,7 @@ fn redact_credentials(body: &Bytes, named: Option<bool>) -> Bytes {
         table
     };
     let mentions = named == Some(true)
-        || memchr::memchr_iter(b'"', body).any(|at| {
+        || memchr::memchr_iter(b'"', &body).any(|at| {
             let after = &body[at + 1..];
             after.first().is_some_and(|b| FIRSTS[usize::from(*b)])
                 && CREDENTIAL_FIELDS.iter().any(|name| {
@@ -330,7 +356,7 @@ fn redact_credentials(body: &Bytes, named: Option<bool>) -> Bytes {
                 })
         });
     if !mentions {
-        return body.clone();
+        return body;
     }
     fn scrub(value: &mut serde_json::Value) {
         match value {
@@ -347,7 +373,7 @@ fn redact_credentials(body: &Bytes, named: Option<bool>) -> Bytes {
             _ => {}
         }
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(mut value) => {
             scrub(&mut value);
             Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
@@ -371,6 +397,19 @@ fn stored_text(bytes: &[u8], limit: usize) -> (Option<String>, bool) {
     text.push_str(TRUNCATION_MARK);
     text.push_str(&text_of(&bytes[bytes.len() - tail..]));
     (Some(text), true)
+}
+
+/// [`stored_text`] of a body this code may own: a body within the limit becomes the text in
+/// place when nothing else holds its buffer (`Vec::from(Bytes)` reuses a unique buffer).
+fn stored_text_owned(bytes: Bytes, limit: usize) -> (Option<String>, bool) {
+    if bytes.is_empty() || bytes.len() > limit {
+        return stored_text(&bytes, limit);
+    }
+    let text = match String::from_utf8(Vec::from(bytes)) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    (Some(text), false)
 }
 
 /// `bytes` as text, invalid sequences replaced by U+FFFD. Bodies are nearly always valid UTF-8
@@ -454,7 +493,8 @@ mod tests {
             long_text(200_000)
         );
         let request = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"write"}]}"#;
-        let span = build_span(&call(0, "/v1/chat/completions", request, openai.as_bytes(), false), &settings()).span;
+        let span =
+            build_span(&mut call(0, "/v1/chat/completions", request, openai.as_bytes(), false), &settings()).span;
         assert_eq!(
             (span.usage_source, span.input_tokens, span.output_tokens),
             (UsageSource::Reported, Some(31), Some(200_000))
@@ -465,7 +505,7 @@ mod tests {
         );
         let request =
             r#"{"model":"claude-sonnet-4-5","max_tokens":300000,"messages":[{"role":"user","content":"write"}]}"#;
-        let span = build_span(&call(1, "/v1/messages", request, anthropic.as_bytes(), false), &settings()).span;
+        let span = build_span(&mut call(1, "/v1/messages", request, anthropic.as_bytes(), false), &settings()).span;
         assert_eq!(
             (span.usage_source, span.input_tokens, span.output_tokens),
             (UsageSource::Reported, Some(12), Some(200_000))
@@ -480,7 +520,7 @@ mod tests {
         }
         openai.push_str("data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":31,\"completion_tokens\":20000,\"total_tokens\":20031}}\n\ndata: [DONE]\n\n");
         let request = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"write"}]}"#;
-        let span = build_span(&call(0, "/v1/chat/completions", request, openai.as_bytes(), true), &settings()).span;
+        let span = build_span(&mut call(0, "/v1/chat/completions", request, openai.as_bytes(), true), &settings()).span;
         assert_eq!(
             (span.usage_source, span.input_tokens, span.output_tokens),
             (UsageSource::Reported, Some(31), Some(20_000))
@@ -491,7 +531,7 @@ mod tests {
         }
         anthropic.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":20000}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         let request = r#"{"model":"claude-sonnet-4-5","max_tokens":30000,"stream":true,"messages":[{"role":"user","content":"write"}]}"#;
-        let span = build_span(&call(1, "/v1/messages", request, anthropic.as_bytes(), true), &settings()).span;
+        let span = build_span(&mut call(1, "/v1/messages", request, anthropic.as_bytes(), true), &settings()).span;
         assert_eq!(
             (span.usage_source, span.input_tokens, span.output_tokens),
             (UsageSource::Reported, Some(12), Some(20_000))
@@ -505,7 +545,8 @@ mod tests {
             long_text(100_000)
         );
         let request = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"write"}]}"#;
-        let span = build_span(&call(0, "/v1/chat/completions", request, answer.as_bytes(), false), &settings()).span;
+        let span =
+            build_span(&mut call(0, "/v1/chat/completions", request, answer.as_bytes(), false), &settings()).span;
         assert_eq!(span.usage_source, UsageSource::Estimated);
         let output = span.output_tokens.unwrap();
         assert!((80_000..=120_000).contains(&output), "100,000 words estimated as {output} tokens");
@@ -522,7 +563,7 @@ mod tests {
                     .into_iter()
                     .map(|api| providers::parse_request(api, &op, body).names_credential)
                     .chain([None])
-                    .map(|named| redact_credentials(body, named))
+                    .map(|named| redact_credentials(body.clone(), named))
                     .collect();
             assert!(outs.windows(2).all(|w| w[0] == w[1]), "{outs:?}");
             outs[0].clone()
@@ -543,6 +584,6 @@ mod tests {
         let escaped = Bytes::from_static(br#"{"model":"m","api\u005fkey":"sk-esc"}"#);
         let named = providers::parse_request(providers::Api::Openai, &Operation::Chat, &escaped).names_credential;
         assert_eq!(named, Some(true));
-        assert!(!String::from_utf8_lossy(&redact_credentials(&escaped, named)).contains("sk-esc"));
+        assert!(!String::from_utf8_lossy(&redact_credentials(escaped, named)).contains("sk-esc"));
     }
 }
