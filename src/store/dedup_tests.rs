@@ -92,7 +92,7 @@ fn calls_of_traces_tracegate_made_up_are_stored_whole() {
     let mut first = call(TraceId::random(), None, SECOND, step(3));
     first.span.parent_span_id = None;
     store.write_batch(std::slice::from_ref(&first)).unwrap();
-    let segment = RawSegment::of(store.tree.get(segment_key(BODY_SEGMENT, 1)).unwrap().unwrap()).unwrap();
+    let segment = store.segments().get(BODY_SEGMENT, 1).unwrap().unwrap();
     let (flags, _, _) = raw_bodies_at(&segment, 0).unwrap().unwrap();
     assert_eq!(flags & (dedup::BASE | dedup::PIECES), 0);
 }

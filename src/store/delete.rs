@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 
 use crate::model::ids::TraceId;
 use crate::model::span::Span;
+use crate::store::body_log::BodyRef;
 use crate::store::dedup;
 use crate::store::index;
 use crate::store::layout::*;
@@ -123,7 +124,9 @@ impl Store {
         }
         // Records of later calls that borrow text from a deleted base get it copied in first
         // (a crash in between leaves them whole and the base still there: nothing lost).
-        self.materialize_borrowers(&by_seq, &mut writer.compressor)?;
+        // Body records rewritten into sled, erased from their files once that is durable.
+        let mut superseded = Vec::new();
+        self.materialize_borrowers(&by_seq, &mut writer.compressor, &mut superseded)?;
         writer.bases.clear();
         let mut erased: Vec<(Position, Span)> = Vec::new();
         for (seq, indices) in by_seq {
@@ -149,10 +152,27 @@ impl Store {
             // Bodies first: a crash between the two inserts leaves a span without its bodies
             // (deleted again by the next try), never bodies without their span.
             if let Some(stored) = self.tree.get(segment_key(BODY_SEGMENT, seq))? {
-                let bodies = without_bodies(&RawSegment::of(stored)?, &hit)?;
-                self.tree.insert(segment_key(BODY_SEGMENT, seq), writer.compressor.encode(&bodies))?;
+                let in_file = BodyRef::decode(&stored);
+                match self.segments().raw(stored) {
+                    Ok(bodies) => {
+                        let bodies = without_bodies(&bodies, &hit)?;
+                        self.tree.insert(segment_key(BODY_SEGMENT, seq), writer.compressor.encode(&bodies))?;
+                    }
+                    // A damaged body record: nothing of it can be kept or read.
+                    Err(StoreError::Corrupt(_)) => self.tree.remove(segment_key(BODY_SEGMENT, seq)).map(drop)?,
+                    Err(e) => return Err(e),
+                }
+                superseded.extend(in_file);
             }
             self.tree.insert(segment_key(SPAN_SEGMENT, seq), writer.compressor.encode(&spans))?;
+        }
+        // The deleted text leaves the body files once the segments that replace their records
+        // are durable (a crash before leaves the old references, still whole).
+        if !superseded.is_empty() {
+            self.flush()?;
+            for old in &superseded {
+                self.bodies.erase(old)?;
+            }
         }
         // Derived data: a posting left behind points at a tombstone, which every reader skips.
         if let Err(e) = self.index.erase(&self.tree, &erased) {
@@ -169,12 +189,17 @@ impl Store {
         &self,
         by_seq: &BTreeMap<u64, Vec<usize>>,
         compressor: &mut crate::store::segment_codec::SegmentCompressor,
+        superseded: &mut Vec<BodyRef>,
     ) -> Result<(), StoreError> {
         let mut owners: HashMap<(u64, u16), Vec<u8>> = HashMap::new();
         let mut candidates: BTreeMap<u64, HashSet<usize>> = BTreeMap::new();
         for (seq, indices) in by_seq {
-            let Some(bodies) = self.tree.get(segment_key(BODY_SEGMENT, *seq))? else { continue };
-            let bodies = RawSegment::of(bodies)?;
+            // Unreadable bodies (a damaged body record) lend no text: nothing to copy from them.
+            let bodies = match self.segments().get(BODY_SEGMENT, *seq) {
+                Ok(Some(bodies)) => bodies,
+                Ok(None) | Err(StoreError::Corrupt(_)) => continue,
+                Err(e) => return Err(e),
+            };
             let records = records(&bodies)?;
             let bases: Vec<usize> =
                 indices.iter().copied().filter(|i| records.get(*i).is_some_and(|r| r.0 & dedup::BASE != 0)).collect();
@@ -204,10 +229,16 @@ impl Store {
             }
         }
         for (seq, indices) in candidates {
-            let Some(bodies) = self.tree.get(segment_key(BODY_SEGMENT, seq))? else { continue };
-            let bodies = RawSegment::of(bodies)?;
+            let Some(stored) = self.tree.get(segment_key(BODY_SEGMENT, seq))? else { continue };
+            let in_file = BodyRef::decode(&stored);
+            let bodies = match self.segments().raw(stored) {
+                Ok(bodies) => bodies,
+                Err(StoreError::Corrupt(_)) => continue,
+                Err(e) => return Err(e),
+            };
             if let Some(rewritten) = materialized(&bodies, &indices, &owners)? {
                 self.tree.insert(segment_key(BODY_SEGMENT, seq), compressor.encode(&rewritten))?;
+                superseded.extend(in_file);
             }
         }
         Ok(())

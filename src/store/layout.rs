@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{SpanBodies, SpanWrite};
+use crate::store::body_log::{BodyLog, BodyRef};
 use crate::store::dedup::{self, Bases};
 use crate::store::error::StoreError;
 use crate::store::fields::{put_slice, put_written, take_slice, take_u32};
@@ -21,6 +22,9 @@ pub(super) const SEGMENT_TARGET_BYTES: usize = 6 * 1024;
 /// The largest compression ratio a segment's raw size is planned on (spans of one batch
 /// compress ~4–5×): bounds a segment after a run of very compressible ones.
 pub(super) const MAX_EXPECTED_RATIO: f64 = 5.0;
+/// Raw bytes of bodies after which a segment is closed whatever its spans: a body read
+/// decompresses its whole body segment, so one stays this small (~20 agent steps).
+pub(super) const MAX_BODY_SEGMENT_BYTES: usize = 256 << 10;
 
 pub(super) const SPAN_SEGMENT: u8 = b'S';
 pub(super) const BODY_SEGMENT: u8 = b'B';
@@ -31,11 +35,14 @@ pub(super) const LEDGER: u8 = b'L';
 pub(super) const FORMAT_KEY: &[u8] = b"Mformat";
 /// The last segment seq whose batch's commit record has been merged into the ledger.
 pub(super) const MERGED_THROUGH_KEY: &[u8] = b"Mmerged_through";
-/// The layout this code reads and writes (5: requests may be stored as pieces of earlier
-/// ones, which a format-4 reader cannot read). Formats 2 and 3 differ only in their trace index
+/// The layout this code reads and writes (6: a `B` value may be a reference into a body file,
+/// see `body_log`, which a format-5 reader cannot read; 5: requests may be stored as pieces of
+/// earlier ones, which a format-4 reader cannot read). Formats 2 and 3 differ only in their trace index
 /// (format 2 also in raw segments, which still read): it is dropped and the search index built
 /// at open. Format 1 (an index key per span) likewise. Another value refuses to open.
-pub(super) const FORMAT_VERSION: u8 = 5;
+pub(super) const FORMAT_VERSION: u8 = 6;
+/// Format 5 is format 6 with every body segment inside sled: it reads unchanged.
+pub(super) const FORMAT5: u8 = 5;
 /// Format 4 is format 5 without request pieces (`dedup`): it reads unchanged.
 pub(super) const FORMAT4: u8 = 4;
 /// Format 2 is format 3 without compressed segments: it reads unchanged (see `segment_codec`).
@@ -199,9 +206,40 @@ impl<'a> Iterator for SpanSegment<'a> {
     }
 }
 
-/// The bodies of span `index` in an encoded body segment (pieces of its request read from `tree`).
-pub(super) fn bodies_at(tree: &sled::Tree, segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
-    Ok(span_bodies(resolved(tree, raw_bodies_at(segment, index)?)?))
+/// Where segments are read from: sled, and the body files its `B` values may refer to.
+#[derive(Clone, Copy)]
+pub(crate) struct Segments<'a> {
+    pub(crate) tree: &'a sled::Tree,
+    pub(crate) bodies: &'a BodyLog,
+}
+
+impl Segments<'_> {
+    /// Segment `seq` of `kind` (span or body segment), raw; `None` when there is none.
+    pub(super) fn get(&self, kind: u8, seq: u64) -> Result<Option<RawSegment>, StoreError> {
+        match self.tree.get(segment_key(kind, seq))? {
+            Some(value) => Ok(Some(self.raw(value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw segment behind a stored value (read from its body file when it refers to one).
+    pub(super) fn raw(&self, value: sled::IVec) -> Result<RawSegment, StoreError> {
+        match BodyRef::decode(&value) {
+            Some(body_ref) => {
+                let stored = self.bodies.read(&body_ref)?;
+                match segment_codec::decode(&stored).map_err(StoreError::Corrupt)? {
+                    Cow::Borrowed(_) => Ok(RawSegment::Decompressed(stored)),
+                    Cow::Owned(raw) => Ok(RawSegment::Decompressed(raw)),
+                }
+            }
+            None => RawSegment::of(value),
+        }
+    }
+}
+
+/// The bodies of span `index` in an encoded body segment (pieces of its request read from `segments`).
+pub(super) fn bodies_at(segments: Segments, segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
+    Ok(span_bodies(resolved(segments, raw_bodies_at(segment, index)?)?))
 }
 
 /// A body record as text (none when the bodies were not kept).
@@ -218,9 +256,9 @@ pub(crate) type Bodies<'a> = (u8, std::borrow::Cow<'a, [u8]>, &'a [u8]);
 
 /// A stored record with its request's pieces put together (an empty request when text it
 /// refers to is gone, see `dedup::resolve`).
-pub(crate) fn resolved<'a>(tree: &sled::Tree, raw: Option<RawBodies<'a>>) -> Result<Option<Bodies<'a>>, StoreError> {
+pub(crate) fn resolved<'a>(segments: Segments, raw: Option<RawBodies<'a>>) -> Result<Option<Bodies<'a>>, StoreError> {
     let Some((flags, request, response)) = raw else { return Ok(None) };
-    let request = resolve(tree, flags, request)?.unwrap_or_default();
+    let request = resolve(segments, flags, request)?.unwrap_or_default();
     Ok(Some((flags, request, response)))
 }
 
@@ -291,8 +329,11 @@ impl SegmentWriter {
         SegmentWriter { spans: vec![0; 4], bodies: vec![0; 4], count: 0, any_bodies: false }
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.spans.len() + self.bodies.len()
+    /// Whether the segment is full: its spans near [`SEGMENT_TARGET_BYTES`] once compressed
+    /// (`raw_target`), or its bodies at [`MAX_BODY_SEGMENT_BYTES`]. Bodies go to a body file,
+    /// so they no longer close the span segment early.
+    pub(super) fn is_full(&self, raw_target: usize) -> bool {
+        self.spans.len() >= raw_target || self.bodies.len() >= MAX_BODY_SEGMENT_BYTES || self.count == u32::from(u16::MAX)
     }
 
     /// Appends a span and its bodies as record `count` of segment `seq`; its request is stored
@@ -332,29 +373,27 @@ impl SegmentWriter {
         self.count += 1;
     }
 
-    /// Compresses the segment and its bodies (when any were kept), inserts them under `seq`
-    /// (bodies first), and empties the writer for the next segment. Returns the segment's
-    /// bytes before and after compression.
+    /// Compresses the segment and its bodies (when any were kept), appends the bodies to a
+    /// body file and inserts their reference and the spans under `seq` (bodies first), and
+    /// empties the writer for the next segment. Returns the span segment's bytes before and
+    /// after compression.
     pub(super) fn write(
         &mut self,
-        tree: &sled::Tree,
+        segments: Segments,
         seq: u64,
         compressor: &mut SegmentCompressor,
     ) -> Result<(usize, usize), StoreError> {
         let count = self.count.to_be_bytes();
         self.spans[..4].copy_from_slice(&count);
         self.bodies[..4].copy_from_slice(&count);
-        let mut raw_bytes = self.spans.len();
-        let mut stored_bytes = 0;
         if self.any_bodies {
-            raw_bytes += self.bodies.len();
-            let stored = compressor.encode(&self.bodies);
-            stored_bytes += stored.len();
-            tree.insert(segment_key(BODY_SEGMENT, seq), stored)?;
+            let body_ref = segments.bodies.append(seq, compressor.encode(&self.bodies))?;
+            segments.tree.insert(segment_key(BODY_SEGMENT, seq), &body_ref.encode())?;
         }
+        let raw_bytes = self.spans.len();
         let stored = compressor.encode(&self.spans);
-        stored_bytes += stored.len();
-        tree.insert(segment_key(SPAN_SEGMENT, seq), stored)?;
+        let stored_bytes = stored.len();
+        segments.tree.insert(segment_key(SPAN_SEGMENT, seq), stored)?;
         self.clear();
         Ok((raw_bytes, stored_bytes))
     }
@@ -407,10 +446,10 @@ pub(super) fn live_spans(segment: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// The request text of a record: the stored bytes themselves, or its pieces put together (the
-/// segments they refer to read from `tree`). `None` when text it refers to is gone (only a
+/// segments they refer to read from `from`). `None` when text it refers to is gone (only a
 /// record already past retention can meet that): its request then reads as not kept.
 pub(crate) fn resolve<'a>(
-    tree: &sled::Tree,
+    from: Segments,
     flags: u8,
     request: &'a [u8],
 ) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
@@ -427,7 +466,7 @@ pub(crate) fn resolve<'a>(
                 let segment = match segments.entry(r.seq) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(tree.get(segment_key(BODY_SEGMENT, r.seq))?.map(RawSegment::of).transpose()?)
+                        e.insert(from.get(BODY_SEGMENT, r.seq)?)
                     }
                 };
                 let Some(segment) = segment else { return Ok(None) };

@@ -44,6 +44,7 @@
 //! `writer` (batches, merges, retention), `reader` (traces, spans, segments for exporters),
 //! `delete` (tombstones), `dedup` (requests stored as pieces of earlier ones), `ledger` (the usage ledger's keys and counters), `error`.
 
+pub(crate) mod body_log;
 pub(crate) mod dedup;
 pub(crate) mod delete;
 pub mod error;
@@ -71,6 +72,8 @@ pub use query::{Cursor, SessionPage, TracePage, TraceQuery};
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// The body files `B` values refer to (`<path>/bodies`).
+    bodies: body_log::BodyLog,
     next_seq: AtomicU64,
     /// Commit records not yet merged into the ledger.
     unmerged_runs: AtomicUsize,
@@ -117,6 +120,7 @@ impl Store {
         // The recorder flushes explicitly; sled's own periodic flusher stays off (one flusher only).
         let db = sled::Config::new().path(path).flush_every_ms(None).cache_capacity(16 << 20).open()?;
         let tree = db.open_tree("spans")?;
+        let bodies = body_log::BodyLog::open(&path.join("bodies"))?;
         let format = tree.get(FORMAT_KEY)?.map(|v| v.to_vec());
         let next_seq = match tree.scan_prefix([SPAN_SEGMENT]).next_back() {
             Some(entry) => seq_of(&entry?.0) + 1,
@@ -125,6 +129,7 @@ impl Store {
         let store = Store {
             db,
             tree,
+            bodies,
             next_seq: AtomicU64::new(next_seq),
             unmerged_runs: AtomicUsize::new(0),
             merging: RwLock::new(()),
@@ -144,7 +149,7 @@ impl Store {
                 store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             }
             Some([FORMAT_VERSION]) => {}
-            Some([FORMAT4]) => {
+            Some([FORMAT4 | FORMAT5]) => {
                 store.tree.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             }
             // From now on segments may be compressed (which a format-2 reader cannot read), and
@@ -175,8 +180,9 @@ impl Store {
         store.next_seq.fetch_max(committed_through + 1, Ordering::Relaxed);
         store.committed_seq.store(committed_through, Ordering::Release);
         store.remove_uncommitted(committed_through)?;
+        store.recover_body_files()?;
         store.find_orphans()?;
-        store.index.load(&store.tree)?;
+        store.index.load(store.segments())?;
         Ok(store)
     }
 
@@ -196,6 +202,23 @@ impl Store {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Cuts the body files back to the last record a `B` value refers to (see `body_log`).
+    fn recover_body_files(&self) -> Result<(), StoreError> {
+        let mut last = None;
+        for value in self.tree.scan_prefix([BODY_SEGMENT]).values().rev() {
+            if let Some(body_ref) = body_log::BodyRef::decode(&value?) {
+                last = Some(body_ref);
+                break;
+            }
+        }
+        self.bodies.recover(last)
+    }
+
+    /// Where segments are read from: sled and the body files.
+    pub(crate) fn segments(&self) -> Segments<'_> {
+        Segments { tree: &self.tree, bodies: &self.bodies }
     }
 
     /// Body segments left by retention below the first span segment (they hold bases, see
@@ -247,16 +270,25 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable: the body files first, so no durable
+    /// reference names bytes that are not.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.bodies.sync()?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Bytes of the stored body segments (as sled holds them, compressed): what bodies cost
-    /// on disk before sled's own overhead (for benches and diagnostics).
+    /// Bytes of the stored body segments (compressed; in a body file or inline in sled): what
+    /// the bodies still stored cost on disk before the files' and sled's own overhead (for
+    /// benches and diagnostics).
     pub fn body_bytes(&self) -> usize {
-        self.tree.scan_prefix([BODY_SEGMENT]).filter_map(|e| e.ok()).map(|(_, v)| v.len()).sum()
+        let values = self.tree.scan_prefix([BODY_SEGMENT]).filter_map(|e| e.ok());
+        values.map(|(_, v)| body_log::BodyRef::decode(&v).map_or(v.len(), |r| r.len as usize)).sum()
+    }
+
+    /// Bytes of the body files on disk (retention frees them a whole file at a time).
+    pub fn body_file_bytes(&self) -> u64 {
+        self.bodies.file_bytes_on_disk()
     }
 
     /// Number of spans stored, deleted ones not (walks the segments; for tests and diagnostics).

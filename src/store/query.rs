@@ -246,7 +246,7 @@ impl Store {
             return Ok(false);
         }
         let Some(needle) = &walk.text else { return Ok(true) };
-        Ok(match walk.bodies.raw_bodies(&self.tree, position)? {
+        Ok(match walk.bodies.raw_bodies(self.segments(), position)? {
             Some((_, request, response)) => needle.found_in(&request) || needle.found_in(response),
             None => false,
         })
@@ -347,7 +347,7 @@ impl Store {
                 continue;
             }
             for seq in (index::seq_of_position(start)..=index::seq_of_position(end - 1)).rev() {
-                let Some(segment) = cache.get(&self.tree, seq)? else { continue };
+                let Some(segment) = cache.get(self.segments(), seq)? else { continue };
                 let count = take_u32(segment)?.0.min(u32::from(u16::MAX)) as u16;
                 let positions = (0..count).rev().map(|i| index::position(seq, i));
                 out.extend(positions.filter(|p| (start..end).contains(p)));
@@ -358,7 +358,7 @@ impl Store {
 
     /// The span at `position`, or `None` when its segment is gone (retention).
     fn span_at(&self, cache: &mut SegmentCache, position: u64) -> Result<Option<Span>, StoreError> {
-        let Some(segment) = cache.get(&self.tree, index::seq_of_position(position))? else { return Ok(None) };
+        let Some(segment) = cache.get(self.segments(), index::seq_of_position(position))? else { return Ok(None) };
         match SpanSegment::new(segment)?.nth(usize::from(index::index_of_position(position))) {
             Some(span) => {
                 let span = span?;

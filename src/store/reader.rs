@@ -55,7 +55,7 @@ impl Store {
             let (key, segment) = entry?;
             let seq = seq_of(&key);
             let segment = RawSegment::of(segment)?;
-            let bodies = self.tree.get(segment_key(BODY_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
+            let bodies = self.segments().get(BODY_SEGMENT, seq)?;
             let mut spans = Vec::new();
             for (index, span) in SpanSegment::new(&segment)?.enumerate() {
                 let span = span?;
@@ -63,7 +63,7 @@ impl Store {
                     continue;
                 }
                 let kept = match &bodies {
-                    Some(b) => bodies_at(&self.tree, b, index)?,
+                    Some(b) => bodies_at(self.segments(), b, index)?,
                     None => SpanBodies::default(),
                 };
                 spans.push((decode::<Span>(span.json)?, kept));
@@ -152,7 +152,7 @@ impl Store {
         for position in positions {
             let seq = index::seq_of_position(position);
             // A segment deleted by retention may still have entries until its index is pruned.
-            let Some(segment) = cache.get(&self.tree, seq)? else { continue };
+            let Some(segment) = cache.get(self.segments(), seq)? else { continue };
             let index = usize::from(index::index_of_position(position));
             let Some(span) = SpanSegment::new(segment)?.nth(index) else {
                 return Err(StoreError::Corrupt("index points past the end of its segment".into()));
@@ -179,8 +179,8 @@ impl Store {
             Ok(false)
         })?;
         let Some((span, seq, index)) = found else { return Ok(None) };
-        let bodies = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
-            Some(segment) => bodies_at(&self.tree, &RawSegment::of(segment)?, index)?,
+        let bodies = match self.segments().get(BODY_SEGMENT, seq)? {
+            Some(segment) => bodies_at(self.segments(), &segment, index)?,
             None => SpanBodies::default(),
         };
         Ok(Some((span, bodies)))
@@ -207,12 +207,12 @@ impl SegmentCache {
         SegmentCache { kind: BODY_SEGMENT, segments: HashMap::new() }
     }
 
-    pub(super) fn get(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<&[u8]>, StoreError> {
+    pub(super) fn get(&mut self, from: Segments, seq: u64) -> Result<Option<&[u8]>, StoreError> {
         if !self.segments.contains_key(&seq) {
             if self.segments.len() > 256 {
                 self.segments.clear();
             }
-            let segment = tree.get(segment_key(self.kind, seq))?.map(RawSegment::of).transpose()?;
+            let segment = from.get(self.kind, seq)?;
             self.segments.insert(seq, segment);
         }
         Ok(self.segments.get(&seq).and_then(|v| v.as_deref()))
@@ -220,9 +220,9 @@ impl SegmentCache {
 
     /// (A cache of body segments.) The raw bodies of the span at `position`; `None` when they
     /// were not kept or their segment is gone.
-    pub(crate) fn raw_bodies(&mut self, tree: &sled::Tree, position: u64) -> Result<Option<Bodies<'_>>, StoreError> {
-        let Some(segment) = self.get(tree, index::seq_of_position(position))? else { return Ok(None) };
-        resolved(tree, raw_bodies_at(segment, usize::from(index::index_of_position(position)))?)
+    pub(crate) fn raw_bodies(&mut self, from: Segments, position: u64) -> Result<Option<Bodies<'_>>, StoreError> {
+        let Some(segment) = self.get(from, index::seq_of_position(position))? else { return Ok(None) };
+        resolved(from, raw_bodies_at(segment, usize::from(index::index_of_position(position)))?)
     }
 }
 
@@ -236,7 +236,7 @@ impl Store {
         mut emit: impl FnMut(Span, SpanBodies) -> bool,
     ) -> Result<(), StoreError> {
         self.for_each_match(query, |walk, position, span| {
-            let bodies = span_bodies(walk.bodies.raw_bodies(&self.tree, position)?);
+            let bodies = span_bodies(walk.bodies.raw_bodies(self.segments(), position)?);
             Ok(emit(span, bodies))
         })
     }

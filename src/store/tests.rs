@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::model::ids::{SpanId, TraceId};
 use crate::model::span::{Span, SpanBodies, SpanWrite};
 use crate::model::span::{SpanKind, SpanStatus, UsageSource};
+use crate::store::body_log::BodyRef;
 use crate::store::index;
 use crate::store::layout::*;
 use crate::store::reader::SegmentCache;
@@ -207,19 +208,29 @@ fn segments_are_stored_compressed_and_closed_near_the_target_size() {
     write_with_bodies(&store, trace, 2_000);
     write_with_bodies(&store, trace, 2_000);
     let (mut raw, mut stored, mut segments) = (0, 0, 0);
-    for kind in [SPAN_SEGMENT, BODY_SEGMENT] {
-        for entry in store.tree.scan_prefix([kind]) {
-            let value = entry.unwrap().1;
-            assert_eq!(value[0], b'Z', "compressed");
-            assert!(value.len() <= 2 * SEGMENT_TARGET_BYTES, "{} bytes", value.len());
-            raw += RawSegment::of(value.clone()).unwrap().len();
-            stored += value.len();
-            segments += 1;
-        }
+    for entry in store.tree.scan_prefix([SPAN_SEGMENT]) {
+        let value = entry.unwrap().1;
+        assert_eq!(value[0], b'Z', "compressed");
+        assert!(value.len() <= 2 * SEGMENT_TARGET_BYTES, "{} bytes", value.len());
+        raw += RawSegment::of(value.clone()).unwrap().len();
+        stored += value.len();
+        segments += 1;
     }
     assert!(raw > 3 * stored, "ratio {raw} / {stored}");
     // Planned on the ratio, a segment holds several times the spans of an uncompressed one.
     assert!(segments < 2 * raw / SEGMENT_TARGET_BYTES / 3, "{segments} segments for {raw} raw bytes");
+    // Their bodies are in body files, compressed, one record per span segment.
+    let (mut body_raw, mut body_stored, mut body_segments) = (0, 0, 0);
+    for entry in store.tree.scan_prefix([BODY_SEGMENT]) {
+        let value = entry.unwrap().1;
+        let body_ref = BodyRef::decode(&value).expect("a reference into a body file");
+        body_raw += store.segments().raw(value).unwrap().len();
+        body_stored += body_ref.len as usize;
+        body_segments += 1;
+    }
+    assert_eq!(body_segments, segments);
+    assert!(body_raw > 3 * body_stored, "ratio {body_raw} / {body_stored}");
+    assert_eq!(store.body_bytes(), body_stored);
     let spans = store.trace_spans(&trace).unwrap();
     assert_eq!(spans.len(), 4_000);
     let last = spans.last().unwrap();
@@ -239,7 +250,7 @@ fn a_format_2_store_with_raw_segments_reads_and_moves_to_format_4() {
         for kind in [SPAN_SEGMENT, BODY_SEGMENT] {
             for entry in store.tree.scan_prefix([kind]).collect::<Vec<_>>() {
                 let (key, value) = entry.unwrap();
-                store.tree.insert(key, &*RawSegment::of(value).unwrap()).unwrap();
+                store.tree.insert(key, &*store.segments().raw(value).unwrap()).unwrap();
             }
         }
         store.tree.insert(FORMAT_KEY, &[FORMAT2]).unwrap();
@@ -760,4 +771,146 @@ fn a_memtable_flushed_during_a_walk_hides_no_span() {
     assert!(store.index.estimate(&sources[0], &team) > 0);
     let ranges = store.index.block_ranges(&store.tree, &sources[0], &[], (0, u64::MAX)).unwrap();
     assert!(!ranges.is_empty());
+}
+
+/// Files of the store's body folder, and all their bytes.
+fn body_files(path: &Path) -> (usize, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let mut count = 0;
+    for entry in std::fs::read_dir(path.join("bodies")).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        count += 1;
+    }
+    (count, bytes)
+}
+
+#[test]
+fn bodies_written_to_body_files_read_back_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let trace = TraceId::random();
+    {
+        let store = reopen(&path);
+        write_with_bodies(&store, trace, 500);
+        store.flush().unwrap();
+    }
+    let store = reopen(&path);
+    assert_eq!(store.tree.get(FORMAT_KEY).unwrap().unwrap().as_ref(), [FORMAT_VERSION]);
+    assert_eq!(body_files(&path).0, 1);
+    let spans = store.trace_spans(&trace).unwrap();
+    assert_eq!(spans.len(), 500);
+    for (i, span) in spans.iter().enumerate().step_by(97) {
+        let (_, bodies) = store.span(&trace, &span.span_id).unwrap().unwrap();
+        let expected = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"question {i}"}}]}}"#);
+        assert_eq!(bodies.request_body.as_deref(), Some(expected.as_str()));
+        assert_eq!(bodies.response_body.unwrap(), format!(r#"{{"choices":[{{"message":{{"content":"answer {i}"}}}}]}}"#));
+    }
+    // The search index, rebuilt from the segments at open, reads the bodies through the files.
+    let mut q = TraceQuery::default();
+    q.text = Some("question 421".into());
+    assert_eq!(store.find_traces(&q).unwrap().traces.len(), 1);
+}
+
+#[test]
+fn body_bytes_a_crash_left_after_the_last_commit_are_cut_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let trace = TraceId::random();
+    {
+        let store = reopen(&path);
+        write_with_bodies(&store, trace, 50);
+        store.flush().unwrap();
+    }
+    let file = std::fs::read_dir(path.join("bodies")).unwrap().next().unwrap().unwrap().path();
+    let committed = std::fs::metadata(&file).unwrap().len();
+    // A batch whose bodies reached the file but whose references never reached sled.
+    let mut torn = std::fs::read(&file).unwrap();
+    torn.extend_from_slice(&[0xAB; 3000]);
+    std::fs::write(&file, torn).unwrap();
+    let store = reopen(&path);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), committed);
+    write_with_bodies(&store, trace, 50);
+    let spans = store.trace_spans(&trace).unwrap();
+    assert_eq!(spans.len(), 100);
+    for span in &spans {
+        let (_, bodies) = store.span(&trace, &span.span_id).unwrap().unwrap();
+        assert!(bodies.request_body.unwrap().contains("question"));
+    }
+}
+
+#[test]
+fn a_damaged_body_record_reads_as_an_error_and_its_spans_can_still_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let trace = TraceId::random();
+    let store = reopen(&path);
+    write_with_bodies(&store, trace, 20);
+    store.flush().unwrap();
+    let file = std::fs::read_dir(path.join("bodies")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&file, bytes).unwrap();
+    let spans = store.trace_spans(&trace).unwrap();
+    assert_eq!(spans.len(), 20, "spans still list");
+    let read = store.span(&trace, &spans[19].span_id);
+    assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+    let positions = store.select(&crate::store::Selection::Trace(trace), store.delete_start(), 100).unwrap().0;
+    assert_eq!(store.delete_positions(&positions).unwrap(), 20);
+    assert!(store.trace_spans(&trace).unwrap().is_empty());
+}
+
+#[test]
+fn deleting_a_span_erases_its_text_from_the_body_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let store = reopen(&path);
+    let (kept, gone) = (TraceId::random(), TraceId::random());
+    let write = |trace, marker: &str| SpanWrite {
+        span: span(trace, 1),
+        bodies: Some(SpanBodies {
+            request_body: Some(format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{marker}"}}]}}"#)),
+            response_body: Some(r#"{"choices":[]}"#.into()),
+            truncated: false,
+        }),
+    };
+    store.write_batch(&[write(kept, "Qv7Tk3ptZ3rfWq8"), write(gone, "Xp9Lg0nyW4bjHd2")]).unwrap();
+    store.flush().unwrap();
+    let contains = |needle: &[u8]| body_files(&path).1.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"Xp9Lg0nyW4bjHd2") && contains(b"Qv7Tk3ptZ3rfWq8"));
+    let positions = store.select(&crate::store::Selection::Trace(gone), store.delete_start(), 100).unwrap().0;
+    assert_eq!(store.delete_positions(&positions).unwrap(), 1);
+    assert!(!contains(b"Xp9Lg0nyW4bjHd2"), "the deleted text is gone from disk");
+    let kept_span = store.trace_spans(&kept).unwrap().remove(0);
+    let (_, bodies) = store.span(&kept, &kept_span.span_id).unwrap().unwrap();
+    assert!(bodies.request_body.unwrap().contains("Qv7Tk3ptZ3rfWq8"));
+}
+
+#[test]
+fn retention_removes_body_files_no_kept_span_refers_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let mut store = reopen(&path);
+    store.bodies.set_file_bytes(2048);
+    let (old, new) = (TraceId::random(), TraceId::random());
+    for _ in 0..10 {
+        write_with_bodies(&store, old, 100);
+    }
+    let before = store.body_file_bytes();
+    let files_before = body_files(&path).0;
+    assert!(files_before > 3, "{files_before} files");
+    let writes: Vec<SpanWrite> = (0..100)
+        .map(|i| SpanWrite {
+            span: span(new, 1_000_000 + i),
+            bodies: Some(SpanBodies { request_body: Some(format!("new {i}")), response_body: None, truncated: false }),
+        })
+        .collect();
+    store.write_batch(&writes).unwrap();
+    assert_eq!(store.delete_older_than(1_000_000).unwrap(), 1000);
+    assert!(store.body_file_bytes() * 4 < before, "{} of {before} bytes left", store.body_file_bytes());
+    assert!(body_files(&path).0 < files_before);
+    let spans = store.trace_spans(&new).unwrap();
+    assert_eq!(spans.len(), 100);
+    let (_, bodies) = store.span(&new, &spans[99].span_id).unwrap().unwrap();
+    assert_eq!(bodies.request_body.as_deref(), Some("new 99"));
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::model::span::SpanWrite;
+use crate::store::body_log::BodyRef;
 use crate::store::dedup;
 use crate::store::index;
 use crate::store::layout::*;
@@ -43,10 +44,10 @@ impl Store {
                 ledger.entry(key.encode(LEDGER)).or_default().add(&LedgerRow::of(&write.span));
             }
             let last = i + 1 == writes.len();
-            if last || segment.len() >= writer.raw_target || segment.count == u32::from(u16::MAX) {
+            if last || segment.is_full(writer.raw_target) {
                 // Claim the seq before writing: a failed batch must not reuse it.
                 self.next_seq.store(seq + 1, Ordering::Relaxed);
-                let result = segment.write(&self.tree, seq, &mut writer.compressor);
+                let result = segment.write(self.segments(), seq, &mut writer.compressor);
                 seq += 1;
                 match result {
                     Ok((raw, stored)) => {
@@ -177,9 +178,12 @@ impl Store {
             }
             // Plain removes, bodies first (a span left without its bodies is harmless and is
             // deleted next time): a sled batch per segment rolls sled's log buffer twice.
-            let holds_bases = match self.tree.get(segment_key(BODY_SEGMENT, seq))? {
-                Some(bodies) => records(&RawSegment::of(bodies)?)?.iter().any(|(flags, _, _)| flags & dedup::BASE != 0),
-                None => false,
+            let holds_bases = match self.segments().get(BODY_SEGMENT, seq) {
+                Ok(Some(bodies)) => records(&bodies)?.iter().any(|(flags, _, _)| flags & dedup::BASE != 0),
+                Ok(None) => false,
+                // Unreadable bodies (a body file damaged or lost) lend nothing: removed with the spans.
+                Err(StoreError::Corrupt(_)) => false,
+                Err(e) => return Err(e),
             };
             match holds_bases {
                 true => orphaned = Some(orphaned.map_or((seq, seq), |(from, _)| (from, seq))),
@@ -208,7 +212,25 @@ impl Store {
             }
         }
         writer.orphans = kept;
+        self.free_body_files()?;
         Ok(deleted)
+    }
+
+    /// Removes the body files no remaining `B` value refers to: those below the first one
+    /// referred to (segments are removed oldest first, so the files before it are unused).
+    fn free_body_files(&self) -> Result<(), StoreError> {
+        let mut first_needed = u64::MAX;
+        for value in self.tree.scan_prefix([BODY_SEGMENT]).values() {
+            if let Some(body_ref) = BodyRef::decode(&value?) {
+                first_needed = body_ref.file;
+                break;
+            }
+        }
+        let freed = self.bodies.remove_files_before(first_needed)?;
+        if freed > 0 {
+            tracing::info!(bytes = freed, "retention removed body files");
+        }
+        Ok(())
     }
 
     /// Moves an exporter's cursor (called by the recorder thread, the one writer).

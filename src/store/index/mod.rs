@@ -30,7 +30,7 @@ use crate::model::span::Span;
 use crate::store::error::StoreError;
 use crate::store::layout::SPAN_SEGMENT;
 use crate::store::layout::{
-    decode, raw_bodies_at, resolved, segment_key, seq_of, RawSegment, SpanSegment, BODY_SEGMENT,
+    decode, raw_bodies_at, resolved, segment_key, seq_of, RawSegment, Segments, SpanSegment, BODY_SEGMENT,
 };
 use run::RunMeta;
 use terms::Field;
@@ -147,7 +147,8 @@ impl SearchIndex {
 
     /// Loads the runs' headers and re-reads the committed spans written after the last run
     /// (all of them for a store written before the index existed, with progress in the log).
-    pub(crate) fn load(&self, tree: &sled::Tree) -> Result<(), StoreError> {
+    pub(crate) fn load(&self, from: Segments) -> Result<(), StoreError> {
+        let tree = from.tree;
         let mut runs = Vec::new();
         let mut stale = Vec::new();
         for entry in tree.scan_prefix([run::RUN_META]) {
@@ -177,7 +178,7 @@ impl SearchIndex {
             let (key, segment) = entry?;
             let seq = seq_of(&key);
             let segment = RawSegment::of(segment)?;
-            let bodies = tree.get(segment_key(BODY_SEGMENT, seq))?.map(RawSegment::of).transpose()?;
+            let bodies = from.get(BODY_SEGMENT, seq)?;
             let mut spans = Vec::new();
             for (i, span) in SpanSegment::new(&segment)?.enumerate() {
                 let span = span?;
@@ -185,7 +186,7 @@ impl SearchIndex {
                     continue;
                 }
                 let (request, response) = match &bodies {
-                    Some(b) => resolved(tree, raw_bodies_at(b, i)?)?
+                    Some(b) => resolved(from, raw_bodies_at(b, i)?)?
                         .map_or((Cow::Borrowed(&[][..]), &[][..]), |(_, q, r)| (q, r)),
                     None => (Cow::Borrowed(&[][..]), &[][..]),
                 };
