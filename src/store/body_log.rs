@@ -114,7 +114,12 @@ impl BodyLog {
             let file = OpenOptions::new().read(true).write(true).open(entry.path()).map_err(io_error)?;
             files.insert(id, Arc::new(file));
         }
-        Ok(BodyLog { dir: dir.to_path_buf(), file_bytes: FILE_BYTES, active: Mutex::new(None), files: RwLock::new(files) })
+        Ok(BodyLog {
+            dir: dir.to_path_buf(),
+            file_bytes: FILE_BYTES,
+            active: Mutex::new(None),
+            files: RwLock::new(files),
+        })
     }
 
     #[cfg(test)]
@@ -130,7 +135,8 @@ impl BodyLog {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
         let keep_through = last.map_or(0, |r| r.file);
-        let after: Vec<u64> = files.range(keep_through.saturating_add(u64::from(last.is_some()))..).map(|(id, _)| *id).collect();
+        let after: Vec<u64> =
+            files.range(keep_through.saturating_add(u64::from(last.is_some()))..).map(|(id, _)| *id).collect();
         for id in after {
             files.remove(&id);
             std::fs::remove_file(self.dir.join(file_name(id))).map_err(io_error)?;
@@ -138,15 +144,25 @@ impl BodyLog {
         }
         let Some(last) = last else { return Ok(()) };
         let Some(file) = files.get(&last.file) else {
-            tracing::warn!(file = last.file, "a body file the store refers to is missing: its spans read without bodies");
+            tracing::warn!(
+                file = last.file,
+                "a body file the store refers to is missing: its spans read without bodies"
+            );
             return Ok(());
         };
         let len = file.metadata().map_err(io_error)?.len();
         if len > last.end() {
             file.set_len(last.end()).map_err(io_error)?;
-            tracing::warn!(file = last.file, bytes = len - last.end(), "cut off the bodies of a write a crash cut short");
+            tracing::warn!(
+                file = last.file,
+                bytes = len - last.end(),
+                "cut off the bodies of a write a crash cut short"
+            );
         } else if len < last.end() {
-            tracing::warn!(file = last.file, "a body file is shorter than the store expects: the last bodies read as lost");
+            tracing::warn!(
+                file = last.file,
+                "a body file is shorter than the store expects: the last bodies read as lost"
+            );
         }
         *active = Some(Active { id: last.file, file: file.clone(), len: len.min(last.end()), dirty: false });
         Ok(())

@@ -333,7 +333,9 @@ impl SegmentWriter {
     /// (`raw_target`), or its bodies at [`MAX_BODY_SEGMENT_BYTES`]. Bodies go to a body file,
     /// so they no longer close the span segment early.
     pub(super) fn is_full(&self, raw_target: usize) -> bool {
-        self.spans.len() >= raw_target || self.bodies.len() >= MAX_BODY_SEGMENT_BYTES || self.count == u32::from(u16::MAX)
+        self.spans.len() >= raw_target
+            || self.bodies.len() >= MAX_BODY_SEGMENT_BYTES
+            || self.count == u32::from(u16::MAX)
     }
 
     /// Appends a span and its bodies as record `count` of segment `seq`; its request is stored
@@ -448,11 +450,7 @@ pub(super) fn live_spans(segment: &[u8]) -> Result<u64, StoreError> {
 /// The request text of a record: the stored bytes themselves, or its pieces put together (the
 /// segments they refer to read from `from`). `None` when text it refers to is gone (only a
 /// record already past retention can meet that): its request then reads as not kept.
-pub(crate) fn resolve<'a>(
-    from: Segments,
-    flags: u8,
-    request: &'a [u8],
-) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
+pub(crate) fn resolve<'a>(from: Segments, flags: u8, request: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
     if flags & dedup::PIECES == 0 {
         return Ok(Some(Cow::Borrowed(request)));
     }
@@ -465,9 +463,7 @@ pub(crate) fn resolve<'a>(
             dedup::Piece::Ref(r) => {
                 let segment = match segments.entry(r.seq) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(from.get(BODY_SEGMENT, r.seq)?)
-                    }
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(from.get(BODY_SEGMENT, r.seq)?),
                 };
                 let Some(segment) = segment else { return Ok(None) };
                 let Some((base_flags, base_request, _)) = raw_bodies_at(segment, usize::from(r.index))? else {

@@ -803,7 +803,10 @@ fn bodies_written_to_body_files_read_back_after_reopen() {
         let (_, bodies) = store.span(&trace, &span.span_id).unwrap().unwrap();
         let expected = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"question {i}"}}]}}"#);
         assert_eq!(bodies.request_body.as_deref(), Some(expected.as_str()));
-        assert_eq!(bodies.response_body.unwrap(), format!(r#"{{"choices":[{{"message":{{"content":"answer {i}"}}}}]}}"#));
+        assert_eq!(
+            bodies.response_body.unwrap(),
+            format!(r#"{{"choices":[{{"message":{{"content":"answer {i}"}}}}]}}"#)
+        );
     }
     // The search index, rebuilt from the segments at open, reads the bodies through the files.
     let mut q = TraceQuery::default();
