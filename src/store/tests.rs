@@ -809,8 +809,7 @@ fn bodies_written_to_body_files_read_back_after_reopen() {
         );
     }
     // The search index, rebuilt from the segments at open, reads the bodies through the files.
-    let mut q = TraceQuery::default();
-    q.text = Some("question 421".into());
+    let q = TraceQuery { text: Some("question 421".into()), ..TraceQuery::default() };
     assert_eq!(store.find_traces(&q).unwrap().traces.len(), 1);
 }
 
