@@ -182,7 +182,7 @@ fn accept(
                         "building a span panicked; the call is recorded as an error span"
                     );
                     record.info.reservation = None;
-                    span_builder::unreadable_span(&record, &recorder.settings, &panic)
+                    span_builder::unreadable_span(&mut record, &recorder.settings, &panic)
                 }
             };
             if let Some(reservation) = record.info.reservation.take() {

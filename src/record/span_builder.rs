@@ -153,17 +153,18 @@ pub fn build_span(record: &mut CallRecord, settings: &RecorderSettings) -> SpanW
     };
 
     let bodies = match settings.capture_bodies && !omit_bodies {
-        true => Some(kept_bodies_owned(record, request_bytes, names_credential, response_bytes, settings)),
+        true => Some(kept_bodies(record, request_bytes, names_credential, response_bytes, settings)),
         false => None,
     };
     SpanWrite { span, bodies }
 }
 
-/// [`kept_bodies`] for the end of [`build_span`], which hands over its copies of the bodies:
-/// the record's are taken too, so a body kept whole is usually the only holder of its buffer
-/// and becomes the stored text without a copy. Runs after every parse, so a panic before it
-/// (the recorder's fallback span) still finds the record's bodies.
-fn kept_bodies_owned(
+/// The bodies as stored: credentials redacted from the request, each cut to the capture limit.
+/// Takes the callers' copies of the bodies, and the record's own handles on them go too, so a
+/// body kept whole is usually the only holder of its buffer and becomes the stored text without
+/// a copy (a 12 KB agent step). Called after every parse, so a panic before it (the recorder's
+/// fallback span) still finds the record's bodies.
+fn kept_bodies(
     record: &mut CallRecord,
     request: Bytes,
     names_credential: Option<bool>,
@@ -181,29 +182,11 @@ fn kept_bodies_owned(
     SpanBodies { request_body, response_body, truncated: request_cut || response_cut || truncated }
 }
 
-/// The bodies as stored: credentials redacted from the request, each cut to the capture limit.
-fn kept_bodies(
-    record: &CallRecord,
-    request: &Bytes,
-    names_credential: Option<bool>,
-    response: &[u8],
-    settings: &RecorderSettings,
-) -> SpanBodies {
-    let request = redact_credentials(request.clone(), names_credential);
-    let (request_body, request_cut) = stored_text(&request, settings.max_capture_bytes);
-    let (response_body, response_cut) = stored_text(response, settings.max_capture_bytes);
-    SpanBodies {
-        request_body,
-        response_body,
-        truncated: request_cut || response_cut || record.request_body.truncated() || record.response_body.truncated(),
-    }
-}
-
 /// The span of a call whose span building panicked (a body no parser expected): its ids,
 /// route, timing and status, marked as an error that says so; no model, tokens or cost. The
 /// bodies are kept when decoding and redacting them still works (the panic was elsewhere, in
 /// token counting say); if that panics too, the span is kept without them.
-pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: &str) -> SpanWrite {
+pub fn unreadable_span(record: &mut CallRecord, settings: &RecorderSettings, panic: &str) -> SpanWrite {
     let operation = providers::operation_for(record.info.provider.api, &record.info.path);
     let (base, omit_bodies) = call_span(record, &operation, operation.as_str().to_string());
     let bodies = (settings.capture_bodies && !omit_bodies)
@@ -212,7 +195,7 @@ pub fn unreadable_span(record: &CallRecord, settings: &RecorderSettings, panic: 
                 let request = record.request_body.joined(TRUNCATION_MARK.as_bytes());
                 let response =
                     decoded_response(&record.response_body, record.response_encoding.as_ref(), record.response_is_sse);
-                kept_bodies(record, &request, None, &response, settings)
+                kept_bodies(record, request, None, response, settings)
             }))
             .ok()
         })

@@ -91,6 +91,19 @@ pub(crate) struct BodyLog {
     files: RwLock<BTreeMap<u64, Arc<File>>>,
 }
 
+/// The first body-file reference among `B` values, in the order given (oldest first for
+/// retention, newest first for recovery); `None` when none refers to a file.
+pub(crate) fn first_body_ref(
+    values: impl Iterator<Item = sled::Result<sled::IVec>>,
+) -> Result<Option<BodyRef>, StoreError> {
+    for value in values {
+        if let Some(body_ref) = BodyRef::decode(&value?) {
+            return Ok(Some(body_ref));
+        }
+    }
+    Ok(None)
+}
+
 fn file_name(id: u64) -> String {
     format!("{id:020}.log")
 }
@@ -134,9 +147,8 @@ impl BodyLog {
         // Locked in the order `append` takes them: the active file, then the handles.
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
-        let keep_through = last.map_or(0, |r| r.file);
-        let after: Vec<u64> =
-            files.range(keep_through.saturating_add(u64::from(last.is_some()))..).map(|(id, _)| *id).collect();
+        let first_unused = last.map_or(0, |r| r.file + 1);
+        let after: Vec<u64> = files.range(first_unused..).map(|(id, _)| *id).collect();
         for id in after {
             files.remove(&id);
             std::fs::remove_file(self.dir.join(file_name(id))).map_err(io_error)?;

@@ -153,14 +153,13 @@ impl Store {
             // (deleted again by the next try), never bodies without their span.
             if let Some(stored) = self.tree.get(segment_key(BODY_SEGMENT, seq))? {
                 let in_file = BodyRef::decode(&stored);
-                match self.segments().raw(stored) {
-                    Ok(bodies) => {
+                match unless_damaged(self.segments().raw(stored))? {
+                    Some(bodies) => {
                         let bodies = without_bodies(&bodies, &hit)?;
                         self.tree.insert(segment_key(BODY_SEGMENT, seq), writer.compressor.encode(&bodies))?;
                     }
                     // A damaged body record: nothing of it can be kept or read.
-                    Err(StoreError::Corrupt(_)) => self.tree.remove(segment_key(BODY_SEGMENT, seq)).map(drop)?,
-                    Err(e) => return Err(e),
+                    None => self.tree.remove(segment_key(BODY_SEGMENT, seq)).map(drop)?,
                 }
                 superseded.extend(in_file);
             }
@@ -195,11 +194,7 @@ impl Store {
         let mut candidates: BTreeMap<u64, HashSet<usize>> = BTreeMap::new();
         for (seq, indices) in by_seq {
             // Unreadable bodies (a damaged body record) lend no text: nothing to copy from them.
-            let bodies = match self.segments().get(BODY_SEGMENT, *seq) {
-                Ok(Some(bodies)) => bodies,
-                Ok(None) | Err(StoreError::Corrupt(_)) => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(bodies) = unless_damaged(self.segments().get(BODY_SEGMENT, *seq))?.flatten() else { continue };
             let records = records(&bodies)?;
             let bases: Vec<usize> =
                 indices.iter().copied().filter(|i| records.get(*i).is_some_and(|r| r.0 & dedup::BASE != 0)).collect();
@@ -231,11 +226,7 @@ impl Store {
         for (seq, indices) in candidates {
             let Some(stored) = self.tree.get(segment_key(BODY_SEGMENT, seq))? else { continue };
             let in_file = BodyRef::decode(&stored);
-            let bodies = match self.segments().raw(stored) {
-                Ok(bodies) => bodies,
-                Err(StoreError::Corrupt(_)) => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(bodies) = unless_damaged(self.segments().raw(stored))? else { continue };
             if let Some(rewritten) = materialized(&bodies, &indices, &owners)? {
                 self.tree.insert(segment_key(BODY_SEGMENT, seq), compressor.encode(&rewritten))?;
                 superseded.extend(in_file);

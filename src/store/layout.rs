@@ -237,6 +237,16 @@ impl Segments<'_> {
     }
 }
 
+/// A read's answer, `None` when what it read is damaged (a body record whose CRC fails, a body
+/// file gone): for the writer's passes, to which unreadable bodies lend nothing.
+pub(super) fn unless_damaged<T>(read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::Corrupt(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The bodies of span `index` in an encoded body segment (pieces of its request read from `segments`).
 pub(super) fn bodies_at(segments: Segments, segment: &[u8], index: usize) -> Result<SpanBodies, StoreError> {
     Ok(span_bodies(resolved(segments, raw_bodies_at(segment, index)?)?))

@@ -206,14 +206,7 @@ impl Store {
 
     /// Cuts the body files back to the last record a `B` value refers to (see `body_log`).
     fn recover_body_files(&self) -> Result<(), StoreError> {
-        let mut last = None;
-        for value in self.tree.scan_prefix([BODY_SEGMENT]).values().rev() {
-            if let Some(body_ref) = body_log::BodyRef::decode(&value?) {
-                last = Some(body_ref);
-                break;
-            }
-        }
-        self.bodies.recover(last)
+        self.bodies.recover(body_log::first_body_ref(self.tree.scan_prefix([BODY_SEGMENT]).values().rev())?)
     }
 
     /// Where segments are read from: sled and the body files.

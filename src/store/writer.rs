@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::model::span::SpanWrite;
-use crate::store::body_log::BodyRef;
+use crate::store::body_log::first_body_ref;
 use crate::store::dedup;
 use crate::store::index;
 use crate::store::layout::*;
@@ -178,12 +178,10 @@ impl Store {
             }
             // Plain removes, bodies first (a span left without its bodies is harmless and is
             // deleted next time): a sled batch per segment rolls sled's log buffer twice.
-            let holds_bases = match self.segments().get(BODY_SEGMENT, seq) {
-                Ok(Some(bodies)) => records(&bodies)?.iter().any(|(flags, _, _)| flags & dedup::BASE != 0),
-                Ok(None) => false,
-                // Unreadable bodies (a body file damaged or lost) lend nothing: removed with the spans.
-                Err(StoreError::Corrupt(_)) => false,
-                Err(e) => return Err(e),
+            // Unreadable bodies (a body file damaged or lost) lend nothing: removed with the spans.
+            let holds_bases = match unless_damaged(self.segments().get(BODY_SEGMENT, seq))?.flatten() {
+                Some(bodies) => records(&bodies)?.iter().any(|(flags, _, _)| flags & dedup::BASE != 0),
+                None => false,
             };
             match holds_bases {
                 true => orphaned = Some(orphaned.map_or((seq, seq), |(from, _)| (from, seq))),
@@ -219,14 +217,8 @@ impl Store {
     /// Removes the body files no remaining `B` value refers to: those below the first one
     /// referred to (segments are removed oldest first, so the files before it are unused).
     fn free_body_files(&self) -> Result<(), StoreError> {
-        let mut first_needed = u64::MAX;
-        for value in self.tree.scan_prefix([BODY_SEGMENT]).values() {
-            if let Some(body_ref) = BodyRef::decode(&value?) {
-                first_needed = body_ref.file;
-                break;
-            }
-        }
-        let freed = self.bodies.remove_files_before(first_needed)?;
+        let first = first_body_ref(self.tree.scan_prefix([BODY_SEGMENT]).values())?;
+        let freed = self.bodies.remove_files_before(first.map_or(u64::MAX, |r| r.file))?;
         if freed > 0 {
             tracing::info!(bytes = freed, "retention removed body files");
         }
