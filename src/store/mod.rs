@@ -7,7 +7,9 @@
 //! spans, and their bodies) and one **index run** for the whole batch, all in one tree:
 //!
 //! - `S` ‖ seq(8)                 → span segment: spans (JSON) of one batch, ≤ ~6 KB
-//! - `B` ‖ seq(8)                 → body segment: the same spans' bodies, in the same order
+//! - `B` ‖ seq(8)                 → body segment: the same spans' bodies, in the same order; since
+//!   store format 6 a 25-byte reference to it in a body file (`body_log`), or the segment itself
+//!   once a delete rewrote it
 //! - `I` ‖ seq(8)                 → index run: the batch's commit record (see `layout::Run`)
 //! - `X`/`Y` ‖ run(8) ...          → search-index runs (see `index/`): postings by trace, team, ...
 //! - `L` ‖ day(4) ‖ team 0 user 0 provider 0 model → usage ledger counters (see `ledger.rs`)
@@ -40,7 +42,7 @@
 //! (zero ids, start 0, an empty JSON) and its body record is emptied (flags 0): counts and
 //! order stay, so positions stay valid; every reader skips tombstones (see `delete.rs`).
 //!
-//! Files: `layout` (keys and value encodings), `segment_codec` (compression of a segment),
+//! Files: `layout` (keys and value encodings), `segment_codec` (compression of a segment), `body_log` (body segments in files),
 //! `writer` (batches, merges, retention), `reader` (traces, spans, segments for exporters),
 //! `delete` (tombstones), `dedup` (requests stored as pieces of earlier ones), `ledger` (the usage ledger's keys and counters), `error`.
 
