@@ -134,7 +134,12 @@ impl Server {
         let proxy_task =
             tokio::spawn(accept_loop(proxy_listener, tls, header_timeout, shutdown_rx.clone(), move || {
                 let proxy = proxy.clone();
-                service_fn(move |req| proxy.clone().handle(req))
+                // Boxed per request: hyper keeps a connection's in-flight future in a box sized
+                // for it from the connection's first byte to its last, and the proxy's future is
+                // ~6 KB — held by every idle keep-alive connection and every streaming answer
+                // (whose future is done once the head is sent) otherwise. Boxed, that box holds a
+                // pointer, and the future's bytes live only while a request is being answered.
+                service_fn(move |req| Box::pin(proxy.clone().handle(req)))
             }));
         let admin_task = tokio::spawn(accept_loop(admin_listener, None, header_timeout, shutdown_rx, move || {
             let admin = admin.clone();
