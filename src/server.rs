@@ -333,7 +333,12 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let Some(protocol) = protocol_of(&io, header_read_timeout).await else { return };
+    let mut builder = match protocol {
+        Protocol::Http1 => auto::Builder::new(TokioExecutor::new()).http1_only(),
+        Protocol::Http2 => auto::Builder::new(TokioExecutor::new()).http2_only(),
+        Protocol::Either => auto::Builder::new(TokioExecutor::new()),
+    };
     // The parser's own limits sit above `server.max_header_bytes` (at most 256 KiB), so that
     // oversized headers get the proxy's provider-shaped 431 rather than a bare one.
     builder
@@ -360,6 +365,58 @@ async fn serve_connection<S, B>(
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+/// The HTTP a connection speaks, known before hyper reads from it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Not known (a TLS client that offered no ALPN): hyper-util reads the preface to tell.
+    Either,
+}
+
+/// The first bytes of the HTTP/2 client preface (`PRI * HTTP/2.0`); `PRI` is no HTTP/1 method.
+const H2_PREFACE_START: &[u8] = b"PRI";
+
+/// Which HTTP `io` speaks: by ALPN over TLS, by peeking at its first bytes (left in the
+/// socket) over plain TCP. `None` when the client closes or sends nothing within `timeout`.
+///
+/// Peeking instead of letting hyper-util sniff the preface keeps the read buffer to one 8 KB
+/// allocation: hyper-util hands its 24 sniffed bytes to hyper as a first read, after which
+/// hyper's next reservation of 8 KB no longer fits and its buffer doubles to 16 KB for the
+/// connection's life (see BENCHMARKS.md, "Fifth sitting").
+async fn protocol_of(io: &Connection, timeout: Duration) -> Option<Protocol> {
+    let stream = match io {
+        Connection::Tls(tls) => {
+            return Some(match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                Some(_) => Protocol::Http1,
+                None => Protocol::Either,
+            })
+        }
+        Connection::Plain(stream) => stream,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = [0u8; H2_PREFACE_START.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if first[..n] != H2_PREFACE_START[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == first.len() {
+            return Some(Protocol::Http2);
+        }
+        // Fewer bytes than it takes to tell (a client writing a byte at a time): a peek would
+        // return the same bytes at once, so wait a little for more.
+        tokio::time::sleep(PEEK_RETRY).await;
+    }
+}
+
+/// Pause between two peeks at a connection's first bytes while they cannot tell its HTTP.
+const PEEK_RETRY: Duration = Duration::from_millis(5);
 
 fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, StartError> {
     use rustls::pki_types::pem::PemObject;

@@ -91,6 +91,48 @@ async fn a_client_slower_than_the_header_read_timeout_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_client_that_connects_and_sends_nothing_is_disconnected_after_the_header_read_timeout() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let store = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let proxy = Proxy::start_with_server(
+        store,
+        "header_read_timeout_secs = 0.5\n",
+        &provider("openai", "/openai", mock.addr, "openai"),
+    )
+    .await;
+    // Not one byte: the proxy cannot yet tell HTTP/1 from HTTP/2, and must not wait forever.
+    let mut stream = TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_all(&mut stream, Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the silent client was held {:?}", started.elapsed());
+    assert!(answer.is_empty(), "{answer}");
+    still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_request_written_a_byte_at_a_time_is_answered() {
+    let mock = Mock::start(Duration::ZERO).await;
+    let proxy = Proxy::start(&provider("openai", "/openai", mock.addr, "openai")).await;
+    // `P` could begin `PRI` (HTTP/2's preface) or `POST`: the proxy waits for the bytes that
+    // tell, leaves them in the socket for hyper, and serves the request as HTTP/1.
+    let request = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    let mut stream = TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    for byte in &request.as_bytes()[..6] {
+        stream.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream.write_all(&request.as_bytes()[6..]).await.unwrap();
+    let answer = read_all(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+}
+
+#[tokio::test]
 async fn smuggling_attempts_are_refused_or_reframed_never_passed_on() {
     let upstream = Scripted::start(|_req| Response::new(full("{}"))).await;
     let proxy = Proxy::start(&provider("openai", "/openai", upstream.addr, "openai")).await;
