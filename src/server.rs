@@ -334,10 +334,11 @@ async fn serve_connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(protocol) = protocol_of(&io, header_read_timeout).await else { return };
+    let builder = auto::Builder::new(TokioExecutor::new());
     let mut builder = match protocol {
-        Protocol::Http1 => auto::Builder::new(TokioExecutor::new()).http1_only(),
-        Protocol::Http2 => auto::Builder::new(TokioExecutor::new()).http2_only(),
-        Protocol::Either => auto::Builder::new(TokioExecutor::new()),
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Either => builder,
     };
     // The parser's own limits sit above `server.max_header_bytes` (at most 256 KiB), so that
     // oversized headers get the proxy's provider-shaped 431 rather than a bare one.

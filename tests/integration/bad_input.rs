@@ -70,8 +70,9 @@ async fn oversized_headers_get_a_provider_shaped_431_and_never_reach_the_upstrea
     assert_eq!(status, 200);
 }
 
-#[tokio::test]
-async fn a_client_slower_than_the_header_read_timeout_is_disconnected() {
+/// A proxy in front of a mock upstream (returned, to be kept alive), its
+/// `header_read_timeout_secs` half a second.
+async fn proxy_with_a_short_header_read_timeout() -> (Mock, Proxy) {
     let mock = Mock::start(Duration::ZERO).await;
     let store = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
     let proxy = Proxy::start_with_server(
@@ -80,6 +81,12 @@ async fn a_client_slower_than_the_header_read_timeout_is_disconnected() {
         &provider("openai", "/openai", mock.addr, "openai"),
     )
     .await;
+    (mock, proxy)
+}
+
+#[tokio::test]
+async fn a_client_slower_than_the_header_read_timeout_is_disconnected() {
+    let (_mock, proxy) = proxy_with_a_short_header_read_timeout().await;
     let mut stream = TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
     // Half a request line, then nothing: the connection must be closed, not held forever.
     stream.write_all(b"POST /openai/v1/chat/comp").await.unwrap();
@@ -92,14 +99,7 @@ async fn a_client_slower_than_the_header_read_timeout_is_disconnected() {
 
 #[tokio::test]
 async fn a_client_that_connects_and_sends_nothing_is_disconnected_after_the_header_read_timeout() {
-    let mock = Mock::start(Duration::ZERO).await;
-    let store = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
-    let proxy = Proxy::start_with_server(
-        store,
-        "header_read_timeout_secs = 0.5\n",
-        &provider("openai", "/openai", mock.addr, "openai"),
-    )
-    .await;
+    let (_mock, proxy) = proxy_with_a_short_header_read_timeout().await;
     // Not one byte: the proxy cannot yet tell HTTP/1 from HTTP/2, and must not wait forever.
     let mut stream = TcpStream::connect(proxy.server().proxy_addr()).await.unwrap();
     let started = std::time::Instant::now();
